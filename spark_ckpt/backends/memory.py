@@ -1,0 +1,102 @@
+"""In-process backend: fast, for tests and development. Data is gone when the process exits."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Iterable
+
+from ..errors import CheckpointNotFoundError, DuplicateCheckpointError, LeaseError
+from ..model import CheckpointHeader, Lease, StoredCheckpoint
+from .base import LocalBackend
+from .leases import check_fence, grant_lease
+
+
+class MemoryBackend(LocalBackend):
+    name = "memory"
+    url_schemes = ("memory",)
+    durable = False
+
+    # One store per URL location, so two configs naming "memory://shared" see the same data.
+    _stores: dict[str, "MemoryBackend"] = {}
+
+    def __init__(self) -> None:
+        self._items: dict[str, StoredCheckpoint] = {}
+        self._by_position: dict[tuple[str, int], str] = {}
+        self._leases: dict[str, Lease] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, **options: object) -> "MemoryBackend":
+        location = url.split("://", 1)[1] if "://" in url else ""
+        if not location:
+            return cls()
+        return cls._stores.setdefault(location, cls())
+
+    def put(self, header: CheckpointHeader, blob: bytes, *, lease: Lease | None = None) -> None:
+        with self._lock:
+            check_fence(self._leases.get(header.execution_id), lease, header.execution_id)
+            position = (header.execution_id, header.seq)
+            if position in self._by_position or header.checkpoint_id in self._items:
+                raise DuplicateCheckpointError(
+                    f"checkpoint seq {header.seq} of execution {header.execution_id} already exists; not overwritten"
+                )
+            self._items[header.checkpoint_id] = StoredCheckpoint(header, bytes(blob))
+            self._by_position[position] = header.checkpoint_id
+
+    def get(self, checkpoint_id: str) -> StoredCheckpoint:
+        try:
+            return self._items[checkpoint_id]
+        except KeyError:
+            raise CheckpointNotFoundError(f"no checkpoint with id {checkpoint_id!r} in memory backend") from None
+
+    def _sorted(self) -> list[CheckpointHeader]:
+        return sorted(
+            (item.header for item in list(self._items.values())),
+            key=lambda h: (h.created_at, h.seq),
+            reverse=True,
+        )
+
+    def list(self, *, graph_id=None, execution_id=None, limit=None) -> list[CheckpointHeader]:
+        out = [
+            h for h in self._sorted()
+            if (graph_id is None or h.graph_id == graph_id)
+            and (execution_id is None or h.execution_id == execution_id)
+        ]
+        return out[:limit] if limit is not None else out
+
+    def executions(self, *, graph_id=None, unfinished_only=False, limit=None) -> list[CheckpointHeader]:
+        seen: dict[str, CheckpointHeader] = {}
+        for h in self._sorted():
+            if graph_id is not None and h.graph_id != graph_id:
+                continue
+            newest = seen.get(h.execution_id)
+            if newest is None or h.seq > newest.seq:
+                seen[h.execution_id] = h
+        out = sorted(seen.values(), key=lambda h: (h.created_at, h.seq), reverse=True)
+        if unfinished_only:
+            out = [h for h in out if h.unfinished]
+        return out[:limit] if limit is not None else out
+
+    def delete(self, checkpoint_ids: Iterable[str]) -> int:
+        n = 0
+        with self._lock:
+            for cid in checkpoint_ids:
+                item = self._items.pop(cid, None)
+                if item is not None:
+                    self._by_position.pop((item.header.execution_id, item.header.seq), None)
+                    n += 1
+        return n
+
+    def acquire_lease(self, execution_id: str, owner: str, ttl_s: float) -> Lease:
+        with self._lock:
+            lease = grant_lease(self._leases.get(execution_id), execution_id, owner, ttl_s, time.time())
+            self._leases[execution_id] = lease
+            return lease
+
+    def release_lease(self, lease: Lease) -> None:
+        with self._lock:
+            current = self._leases.get(lease.execution_id)
+            if current is not None and current.token == lease.token and current.owner == lease.owner:
+                # keep the token so the next owner's token still grows; just expire it
+                self._leases[lease.execution_id] = Lease(lease.execution_id, "", lease.token, 0.0)

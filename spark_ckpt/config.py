@@ -1,0 +1,169 @@
+"""``CheckpointConfig``: what to checkpoint, when, where, and how it is encoded."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import attrs
+
+from .errors import ConfigError, UnknownBackendError
+
+STRATEGIES_BUILTIN = ("iteration", "time", "event")
+DURABILITY_MODES = ("sync", "async", "exit")
+
+#: default location per built-in backend when neither ``path`` nor a URL is given
+DEFAULT_PATHS = {"sqlite": "./checkpoints.db", "file": "./checkpoints"}
+
+
+def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and value <= 0:
+        raise ConfigError(f"CheckpointConfig.{attribute.name} must be > 0, got {value!r}")
+
+
+def _durability(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value not in DURABILITY_MODES:
+        raise ConfigError(
+            f"CheckpointConfig.durability must be one of {', '.join(DURABILITY_MODES)}, got {value!r}"
+        )
+
+
+@attrs.define
+class CheckpointConfig:
+    """How a wrapped graph or agent is checkpointed.
+
+    ``strategy``: "iteration" (every ``interval`` supersteps), "time" (every ``interval`` seconds,
+    checked at superstep boundaries), "event" (only on ``checkpoint_now()``), or a plugin's name.
+
+    ``backend``: a name ("memory", "file", "sqlite", or a plugin's) used with ``path``, or a URL:
+    ``memory://``, ``file://./dir``, ``sqlite:///abs/x.db`` / ``sqlite://rel.db``, ``postgresql://...``.
+
+    ``durability``:
+      * "sync" (default): a checkpoint is committed before the next superstep starts. A crash loses
+        at most the superstep that was running.
+      * "async": the write runs while the next superstep runs; a crash can also lose the checkpoint
+        that was being written (recovery resumes from the one before it). Faster on slow stores.
+      * "exit": checkpoints are kept in memory and written when the run ends or fails; a hard crash
+        (kill -9, power loss) loses the whole run's progress.
+    """
+
+    enabled: bool = True
+    strategy: str = "iteration"
+    interval: float = attrs.field(default=1, validator=_positive)
+    backend: str = "sqlite"
+    path: str | None = None
+    retention_count: int | None = attrs.field(default=None, validator=_positive)
+    retention_max_age_s: float | None = attrs.field(default=None, validator=_positive)
+    durability: str = attrs.field(default="sync", validator=_durability)
+    #: compress payloads with this transform ("gzip", or a plugin's) when >= compression_threshold bytes
+    compression: str | None = None
+    compression_threshold: int = 4096
+    #: refuse to recover into a graph whose structure changed since the checkpoint, unless True
+    allow_graph_change: bool = False
+    #: seconds a worker's lease on an execution lasts without renewal
+    lease_ttl_s: float = attrs.field(default=60.0, validator=_positive)
+    #: extra keyword options passed to the backend factory
+    backend_options: dict[str, Any] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        if self.retention_count is not None and int(self.retention_count) != self.retention_count:
+            raise ConfigError(f"CheckpointConfig.retention_count must be an integer, got {self.retention_count!r}")
+
+    @classmethod
+    def from_env(cls, prefix: str = "SPARK_CKPT_", **overrides: Any) -> "CheckpointConfig":
+        """Build from ``SPARK_CKPT_BACKEND``, ``SPARK_CKPT_PATH``, ``SPARK_CKPT_STRATEGY``,
+        ``SPARK_CKPT_INTERVAL``, ``SPARK_CKPT_RETENTION_COUNT``, ``SPARK_CKPT_DURABILITY``."""
+        values: dict[str, Any] = {}
+        for field, conv in (
+            ("backend", str), ("path", str), ("strategy", str), ("interval", float),
+            ("retention_count", int), ("durability", str),
+        ):
+            raw = os.environ.get(prefix + field.upper())
+            if raw:
+                try:
+                    values[field] = conv(raw)
+                except ValueError:
+                    raise ConfigError(f"{prefix + field.upper()}={raw!r} is not a valid {conv.__name__}") from None
+        values.update(overrides)
+        return cls(**values)
+
+    # -- building the parts ----------------------------------------------------------------------
+    def backend_url(self) -> str:
+        """The backend as one URL (what listings and the CLI show)."""
+        if "://" in self.backend:
+            return self.backend
+        path = self.path or DEFAULT_PATHS.get(self.backend, "")
+        return f"{self.backend}://{path}"
+
+    def open_backend(self):
+        """Instantiate the configured backend (through the plugin registry)."""
+        return open_backend(self.backend_url(), **self.backend_options)
+
+    def make_policy(self):
+        from . import plugins
+
+        available = plugins.policies()
+        try:
+            factory = available[self.strategy]
+        except KeyError:
+            raise ConfigError(
+                f"unknown checkpoint strategy {self.strategy!r}; available: {', '.join(sorted(available))}"
+            ) from None
+        return factory(self)
+
+    def make_retention_rules(self) -> list[Any]:
+        from . import plugins
+
+        rules = plugins.retention_rules()
+        chosen = []
+        if self.retention_count is not None:
+            chosen.append(rules["count"](self))
+        if self.retention_max_age_s is not None:
+            chosen.append(rules["age"](self))
+        return chosen
+
+    def make_codec(self):
+        from . import plugins
+        from .codec import Codec, GzipTransform
+
+        layers = plugins.serializers()
+        pipeline = []
+        if self.compression:
+            if self.compression == "gzip":
+                pipeline.append(GzipTransform(threshold=self.compression_threshold))
+            elif self.compression in layers:
+                pipeline.append(layers[self.compression])
+            else:
+                raise ConfigError(
+                    f"unknown compression {self.compression!r}; available: gzip, "
+                    + ", ".join(sorted(set(layers) - {"json"}))
+                )
+        return Codec(pipeline=pipeline, readable=layers.values())
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """``"sqlite:///x.db"`` -> ``("sqlite", "/x.db")``; ``"sqlite://x.db"`` -> ``("sqlite", "x.db")``."""
+    if "://" not in url:
+        raise ConfigError(f"not a backend URL: {url!r} (expected scheme://location, e.g. sqlite:///x.db)")
+    scheme, rest = url.split("://", 1)
+    return scheme.lower(), rest
+
+
+def open_backend(url_or_name: str, **options: Any):
+    """Open a backend from a URL (``sqlite:///x.db``) or a bare name (``memory``)."""
+    from . import plugins
+
+    classes = plugins.backends()
+    if "://" not in url_or_name:
+        url_or_name = f"{url_or_name}://{DEFAULT_PATHS.get(url_or_name, '')}"
+    scheme, _ = split_url(url_or_name)
+    for cls in classes.values():
+        if scheme == cls.name or scheme in cls.url_schemes:
+            return cls.from_url(url_or_name, **options)
+    listing = ", ".join(
+        f"{name} ({'/'.join(cls.url_schemes) or name}://)" for name, cls in sorted(classes.items())
+    )
+    raise UnknownBackendError(
+        f"unknown checkpoint backend {scheme!r} in {url_or_name!r}; available: {listing}. "
+        "Other backends are separate packages, e.g. pip install spark-ckpt[postgres]"
+    )

@@ -1,0 +1,76 @@
+"""One exception hierarchy: every error spark-ckpt raises is a ``SparkCkptError``.
+
+Each subclass says what went wrong *and* what the caller can do about it; the message
+always names the offending thing (backend name, checkpoint id, state key path ...).
+"""
+
+from __future__ import annotations
+
+
+class SparkCkptError(Exception):
+    """Base class of every spark-ckpt error."""
+
+
+class ConfigError(SparkCkptError, ValueError):
+    """A configuration value is invalid (unknown backend, bad URL, bad strategy ...)."""
+
+
+class UnknownBackendError(ConfigError):
+    """No registered backend matches the requested name or URL scheme."""
+
+
+class BackendError(SparkCkptError):
+    """The storage backend failed (unwritable path, lost connection ...)."""
+
+
+class CheckpointNotFoundError(SparkCkptError, LookupError):
+    """A checkpoint id (or offset) that does not exist was asked for."""
+
+
+class DuplicateCheckpointError(BackendError):
+    """A checkpoint with the same (execution_id, seq) is already stored; nothing was overwritten."""
+
+
+class CodecError(SparkCkptError):
+    """A checkpoint could not be encoded or decoded."""
+
+
+class EncodeError(CodecError, TypeError):
+    """A state value cannot be encoded; the message names its key path."""
+
+
+class CorruptCheckpointError(CodecError):
+    """Stored bytes are truncated, altered or not a spark-ckpt checkpoint at all."""
+
+
+class UnsupportedFormatError(CodecError):
+    """The checkpoint was written by a newer format version or with an unknown codec layer."""
+
+
+class GraphMismatchError(SparkCkptError):
+    """A checkpoint belongs to another graph, or the graph's structure changed since it was written."""
+
+
+class NothingToRecoverError(SparkCkptError):
+    """``recover_and_continue()`` found no unfinished execution; it never silently starts afresh."""
+
+
+class LeaseError(SparkCkptError):
+    """Another worker owns the execution (or our lease expired and was taken over)."""
+
+
+class PluginError(SparkCkptError):
+    """A plugin failed to load or implements an unknown hook."""
+
+
+class RunStopped(SparkCkptError):
+    """A plugin asked to stop the run. Raised from a hook, it propagates to the caller of ``run``
+    (every other exception from a plugin is logged and swallowed so it never masks the user's own)."""
+
+
+class BudgetExceededError(RunStopped):
+    """A plugin stopped the run because it exceeded a configured budget."""
+
+
+class UnsafeToRetryError(SparkCkptError):
+    """A tool marked not safe to re-run was in flight at a crash; it is reported, not repeated."""

@@ -1,0 +1,164 @@
+"""Plain records that describe checkpoints. No I/O and no Spark import here.
+
+A *checkpoint* is one ``GraphCheckpoint`` (or an agent snapshot) turned into bytes by the codec.
+Backends only ever see those bytes plus a ``CheckpointHeader``: the small clear-text index they
+need to list, order and prune checkpoints.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import attrs
+
+#: Version of the checkpoint *content* layout (``GraphCheckpoint``). The codec envelope has its own.
+CONTENT_VERSION = 1
+
+# Status of an execution as of a given checkpoint. The newest checkpoint of an execution decides.
+RUNNING = "running"
+FAILED = "failed"
+COMPLETED = "completed"
+UNFINISHED_STATUSES = frozenset({RUNNING, FAILED})
+STATUSES = frozenset({RUNNING, FAILED, COMPLETED})
+
+GRAPH = "graph"
+AGENT = "agent"
+
+
+def new_id(prefix: str = "") -> str:
+    """A sortable-enough random id (time prefix keeps ids roughly ordered in listings)."""
+    return f"{prefix}{int(time.time() * 1000):013x}{uuid.uuid4().hex[:12]}"
+
+
+@attrs.frozen
+class CheckpointHeader:
+    """What a backend may index in the clear: ids, order, time, size, status. Nothing sensitive."""
+
+    checkpoint_id: str
+    graph_id: str
+    execution_id: str
+    seq: int
+    created_at: float
+    status: str = RUNNING
+    kind: str = GRAPH
+    size: int = 0
+
+    @property
+    def unfinished(self) -> bool:
+        return self.status in UNFINISHED_STATUSES
+
+
+@attrs.frozen
+class StoredCheckpoint:
+    """A header plus the opaque encoded bytes, as a backend returns it."""
+
+    header: CheckpointHeader
+    blob: bytes
+
+
+@attrs.frozen
+class Lease:
+    """Ownership of one execution by one worker; ``token`` is the fencing token (grows on takeover)."""
+
+    execution_id: str
+    owner: str
+    token: int
+    expires_at: float
+
+
+@attrs.frozen
+class GraphMetadata:
+    graph_id: str
+    graph_version: str
+    execution_id: str
+
+
+@attrs.frozen
+class Visit:
+    """One completed (or skipped) node visit, as journaled for replay.
+
+    ``index`` counts visits of ``node_key`` within the execution (0-based); together they are the
+    replay key. ``output`` is the node's ``NodeMessage`` dumped to JSON-able data.
+    """
+
+    node_key: str
+    index: int
+    superstep: int
+    output: Any = None
+    status: str = "completed"  # completed | skipped
+    started_at: float = 0.0
+    duration_s: float = 0.0
+
+
+@attrs.frozen
+class NodeSnapshot:
+    """The parts of a Spark node's ``_state`` worth keeping (never its recursive context_snapshot)."""
+
+    process_count: int = 0
+    processing: bool = False
+    pending_inputs: list[Any] = attrs.field(factory=list)
+    outputs: Any = None
+    custom: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class FailureInfo:
+    """The visit that was running when the execution failed, with its input."""
+
+    node_key: str
+    index: int
+    error_type: str
+    error: str
+    input: Any = None
+
+
+@attrs.frozen
+class GraphCheckpoint:
+    """Everything needed to continue one execution of one graph (the guide's checkpoint shape)."""
+
+    checkpoint_id: str
+    seq: int
+    timestamp: float
+    graph_metadata: GraphMetadata
+    status: str = RUNNING
+    superstep: int = 0
+    run_input: Any = None
+    graph_state: dict[str, Any] = attrs.field(factory=dict)
+    node_states: dict[str, NodeSnapshot] = attrs.field(factory=dict)
+    current_node: str | None = None
+    execution_history: list[Visit] = attrs.field(factory=list)
+    skip_nodes: list[str] = attrs.field(factory=list)
+    failure: FailureInfo | None = None
+    result: Any = None
+    # Per-node extra state contributed by adapters (e.g. an agent node's full snapshot), keyed by node key.
+    node_extras: dict[str, Any] = attrs.field(factory=dict)
+    # Free-form data contributed by plugins (``spark_ckpt_checkpoint_extras``).
+    extras: dict[str, Any] = attrs.field(factory=dict)
+    version: int = CONTENT_VERSION
+    kind: str = GRAPH
+
+    @property
+    def graph_id(self) -> str:
+        return self.graph_metadata.graph_id
+
+    @property
+    def execution_id(self) -> str:
+        return self.graph_metadata.execution_id
+
+    @property
+    def id(self) -> str:  # the guide uses ``checkpoint.id``
+        return self.checkpoint_id
+
+    def header(self, size: int = 0) -> CheckpointHeader:
+        return CheckpointHeader(
+            checkpoint_id=self.checkpoint_id,
+            graph_id=self.graph_id,
+            execution_id=self.execution_id,
+            seq=self.seq,
+            created_at=self.timestamp,
+            status=self.status,
+            kind=self.kind,
+            size=size,
+        )
