@@ -132,6 +132,9 @@ class GraphCheckpoint:
     skip_nodes: list[str] = attrs.field(factory=list)
     failure: FailureInfo | None = None
     result: Any = None
+    # Journals of visits that were still running when this checkpoint was written (e.g. an agent's
+    # completed LLM/tool calls), keyed by node key: {"visit_index": int, "data": adapter data}.
+    inflight: dict[str, Any] = attrs.field(factory=dict)
     # Per-node extra state contributed by adapters (e.g. an agent node's full snapshot), keyed by node key.
     node_extras: dict[str, Any] = attrs.field(factory=dict)
     # Free-form data contributed by plugins (``spark_ckpt_checkpoint_extras``).
