@@ -7,8 +7,8 @@ need to list, order and prune checkpoints.
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from typing import Any
 
 import attrs
@@ -28,8 +28,11 @@ AGENT = "agent"
 
 
 def new_id(prefix: str = "") -> str:
-    """A sortable-enough random id (time prefix keeps ids roughly ordered in listings)."""
-    return f"{prefix}{int(time.time() * 1000):013x}{uuid.uuid4().hex[:12]}"
+    """A random id with a millisecond time prefix, so ids sort roughly by creation time.
+
+    ``os.urandom`` rather than ``uuid4``: ids are minted on the hot path, and this is ~10x cheaper.
+    """
+    return f"{prefix}{int(time.time() * 1000):011x}{os.urandom(8).hex()}"
 
 
 @attrs.frozen
@@ -163,5 +166,85 @@ class GraphCheckpoint:
             created_at=self.timestamp,
             status=self.status,
             kind=self.kind,
+            size=size,
+        )
+
+
+# --- agents ---------------------------------------------------------------------------------------
+#: Version of the agent snapshot layout (``CheckpointedAgent.checkpoint()``).
+AGENT_SNAPSHOT_VERSION = 1
+
+LLM_CALL = "llm"
+TOOL_CALL = "tool"
+#: written before a tool marked not safe to re-run starts, so a crash inside it is detected
+TOOL_STARTED = "tool_started"
+
+
+@attrs.frozen
+class AgentCall:
+    """One completed LLM or tool call of an agent run, journaled before the agent acts on it.
+
+    LLM calls are replayed in order (``index`` counts them within the run); a tool call is matched by
+    ``(after_llm, tool_use_id, tool_name)``: the LLM call that requested it and its id, so parallel
+    tool execution may complete in any order.
+    """
+
+    kind: str  # LLM_CALL | TOOL_CALL | TOOL_STARTED
+    index: int
+    method: str = ""  # get_text | get_json | tool
+    response: Any = None  # LLM: the model's response, as JSON-able data
+    usage: dict[str, Any] | None = None
+    model_id: str | None = None
+    messages_digest: str | None = None  # what the agent sent: replay refuses a diverging conversation
+    after_llm: int = -1
+    tool_name: str | None = None
+    tool_use_id: str | None = None
+    tool_args: Any = None
+    tool_result: Any = None  # JSON-able form of what the tool returned
+    tool_block: Any = None  # the toolResult block the agent sends to the model
+    tool_trace: Any = None  # Spark's ToolTrace for this call
+    started_at: float = 0.0
+    duration_s: float = 0.0
+
+
+@attrs.frozen
+class AgentRecord:
+    """One stored record of a checkpointed agent (``CheckpointHeader.kind == "agent"``).
+
+    ``graph_id`` in the header is the agent id; one ``run()`` is one execution. Agent state is stored
+    as a chain: a record holds either a full snapshot (``state_full``), a delta against the state of
+    ``prev_state_id`` (``state_delta``), or neither (its state is the one of ``prev_state_id``), so a
+    long conversation stores each message once.
+    """
+
+    checkpoint_id: str
+    agent_id: str
+    execution_id: str
+    seq: int
+    timestamp: float
+    event: str  # run_started | call | run_finished | saved
+    status: str = RUNNING
+    prev_state_id: str | None = None
+    state_full: dict[str, Any] | None = None
+    state_delta: list[Any] | None = None
+    run_input: Any = None
+    calls: list[AgentCall] = attrs.field(factory=list)
+    error: str | None = None
+    version: int = AGENT_SNAPSHOT_VERSION
+    kind: str = AGENT
+
+    @property
+    def has_state(self) -> bool:
+        return self.state_full is not None or self.state_delta is not None
+
+    def header(self, size: int = 0) -> CheckpointHeader:
+        return CheckpointHeader(
+            checkpoint_id=self.checkpoint_id,
+            graph_id=self.agent_id,
+            execution_id=self.execution_id,
+            seq=self.seq,
+            created_at=self.timestamp,
+            status=self.status,
+            kind=AGENT,
             size=size,
         )

@@ -130,6 +130,14 @@ class Hooks:
     def __init__(self, pm: pluggy.PluginManager | None = None) -> None:
         self.pm = pm or get_plugin_manager()
 
+    @property
+    def wants_node_events(self) -> bool:
+        return self._has_impls("spark_ckpt_pre_node") or self._has_impls("spark_ckpt_post_node")
+
+    @property
+    def wants_post_checkpoint(self) -> bool:
+        return self._has_impls("spark_ckpt_post_checkpoint")
+
     def _has_impls(self, name: str) -> bool:
         return bool(getattr(self.pm.hook, name).get_hookimpls())
 

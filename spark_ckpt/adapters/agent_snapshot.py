@@ -1,0 +1,296 @@
+"""Full, JSON-serializable snapshots of a Spark ``Agent``, and putting them back.
+
+Spark 0.3.2's ``Agent.checkpoint()`` is not JSON-serializable (``last_result`` is a NodeMessage), drops
+the strategy plan, step count and agent id, and never has cost calls; ``Agent.restore`` re-applies the
+memory window and shares hook lists with the original config. This module does all of it as data.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import time
+from collections import deque
+from typing import Any
+
+from ..errors import ConfigError, CorruptCheckpointError
+from ..model import AGENT_SNAPSHOT_VERSION
+
+SNAPSHOT_KIND = "spark_ckpt.agent"
+# Agent state keys with a dedicated place in the snapshot; everything else JSON-able goes to "custom".
+_KNOWN_STATE_KEYS = {
+    "messages", "tool_traces", "last_result", "last_error", "last_output", "history",
+    "strategy_plan", "strategy_plan_events", "context_snapshot", "processing", "pending_inputs",
+    "process_count",
+}
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON-able copy of ``value``. Objects JSON cannot hold become tagged descriptions, never silently
+    something that looks like the original (a NodeMessage becomes its fields, an exception its type and text)."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, enum.Enum):
+        return jsonable(value.value)
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, deque, set, frozenset)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, BaseException):
+        return {"__exception__": type(value).__name__, "message": str(value)}
+    fields = _pydantic_fields(value)
+    if fields is not None:
+        return {k: jsonable(v) for k, v in fields.items()}
+    return {"__repr__": type(value).__name__, "text": str(value)}
+
+
+def _pydantic_fields(value: Any) -> dict[str, Any] | None:
+    model_fields = getattr(type(value), "model_fields", None)
+    if not isinstance(model_fields, dict):
+        return None
+    out = {name: getattr(value, name, None) for name in model_fields}
+    out.update(getattr(value, "model_extra", None) or {})
+    return out
+
+
+def node_message_from_data(data: Any) -> Any:
+    """Rebuild a NodeMessage from ``jsonable`` output (None stays None)."""
+    if data is None:
+        return None
+    from spark.nodes.types import NodeMessage
+
+    if not isinstance(data, dict):
+        return NodeMessage(content=data)
+    return NodeMessage(**data)
+
+
+def _class_ref(obj: Any) -> str:
+    cls = obj if isinstance(obj, type) else type(obj)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _model_info(model: Any) -> dict[str, Any]:
+    inner = getattr(model, "inner_model", model)
+    info: dict[str, Any] = {"type": _class_ref(inner)}
+    try:
+        cfg = inner.get_config()
+        if isinstance(cfg, dict) and cfg.get("model_id") is not None:
+            info["model_id"] = str(cfg["model_id"])
+    except Exception:  # a model without a usable config still snapshots
+        pass
+    return info
+
+
+def _config_data(agent: Any) -> dict[str, Any]:
+    cfg = agent.config
+    memory = cfg.memory_config
+    strategy = getattr(agent, "reasoning_strategy", None)
+    data = {
+        "agent_class": _class_ref(agent),
+        "name": cfg.name,
+        "description": cfg.description,
+        "system_prompt": cfg.system_prompt,
+        "prompt_template": cfg.prompt_template,
+        "output_mode": cfg.output_mode,
+        "output_schema": _class_ref(cfg.output_schema) if cfg.output_schema else None,
+        "max_steps": cfg.max_steps,
+        "parallel_tool_execution": cfg.parallel_tool_execution,
+        "tool_choice": cfg.tool_choice,
+        "tools": sorted(agent.tool_registry.registry),
+        "model": _model_info(agent.model),
+        "memory_policy": {
+            "policy": jsonable(memory.policy),
+            "window": memory.window,
+            "summary_max_chars": memory.summary_max_chars,
+            "custom_callable": memory.callable is not None,
+        },
+        "reasoning_strategy": _class_ref(strategy) if strategy is not None else None,
+        "budget": jsonable(cfg.budget) if cfg.budget is not None else None,
+        "keep_in_state": list(getattr(cfg, "keep_in_state", []) or []),
+    }
+    return data
+
+
+def _cost_calls(agent: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "model_id": call.model_id,
+            "input_tokens": call.input_tokens,
+            "output_tokens": call.output_tokens,
+            "cost": call.total_cost,
+            "timestamp": call.timestamp,
+            "namespace": call.namespace,
+        }
+        for call in agent.cost_tracker.calls
+    ]
+
+
+def _last_result_data(last_result: Any, messages: list[Any]) -> Any:
+    data = jsonable(last_result)
+    # The final answer is also the newest assistant message: store its text once.
+    if isinstance(data, dict) and isinstance(data.get("content"), str) and messages:
+        newest = messages[-1]
+        if newest == {"role": "assistant", "content": [{"text": data["content"]}]}:
+            data = {k: v for k, v in data.items() if k != "content"}
+            data["content_from_memory"] = True
+    return data
+
+
+def _last_result_from_data(data: Any, messages: list[Any]) -> Any:
+    if isinstance(data, dict) and data.get("content_from_memory"):
+        data = {k: v for k, v in data.items() if k != "content_from_memory"}
+        data["content"] = messages[-1]["content"][0]["text"]
+    return node_message_from_data(data)
+
+
+def take_snapshot(agent: Any, agent_id: str | None) -> dict[str, Any]:
+    """The agent's full state as plain JSON-able data (the guide's checkpoint layout)."""
+    state = agent._state
+    messages = jsonable(list(agent.memory_manager.memory))
+    custom = {k: jsonable(v) for k, v in state.items() if k not in _KNOWN_STATE_KEYS}
+    memory = agent.memory_manager
+    return {
+        "kind": SNAPSHOT_KIND,
+        "version": AGENT_SNAPSHOT_VERSION,
+        "timestamp": time.time(),
+        "agent_id": agent_id,
+        "config": _config_data(agent),
+        "memory": {
+            "messages": messages,
+            "memory_policy": {
+                "policy": jsonable(memory.policy),
+                "window": memory.window,
+                "summary_max_chars": memory.summary_max_chars,
+            },
+        },
+        "state": {
+            "tool_traces": jsonable(state.get("tool_traces", [])),
+            "last_result": _last_result_data(state.get("last_result"), messages),
+            "last_error": jsonable(state.get("last_error")),
+            "last_output": jsonable(state.get("last_output")),
+            "step_count": int(state.get("process_count", 0)),
+            "custom": custom,
+        },
+        "cost_tracking": {"calls": _cost_calls(agent)},
+        "strategy_state": {
+            "strategy": _class_ref(agent.reasoning_strategy),
+            "history": jsonable(state.get("history", [])),
+            "strategy_plan": jsonable(state.get("strategy_plan")),
+            "strategy_plan_events": jsonable(state.get("strategy_plan_events", [])),
+        },
+    }
+
+
+def check_snapshot(data: Any) -> dict[str, Any]:
+    """Validate the outer shape of a snapshot; ``CorruptCheckpointError`` names what is wrong."""
+    if not isinstance(data, dict):
+        raise CorruptCheckpointError(f"an agent checkpoint is a dict, got {type(data).__name__}")
+    if data.get("kind") != SNAPSHOT_KIND:
+        raise CorruptCheckpointError(
+            "not a spark-ckpt agent checkpoint (kind is "
+            f"{data.get('kind')!r}); build it with CheckpointedAgent.checkpoint()"
+        )
+    version = data.get("version")
+    if not isinstance(version, int) or version > AGENT_SNAPSHOT_VERSION:
+        from ..errors import UnsupportedFormatError
+
+        raise UnsupportedFormatError(
+            f"agent checkpoint version {version!r} is newer than this spark-ckpt understands "
+            f"({AGENT_SNAPSHOT_VERSION}); upgrade spark-ckpt"
+        )
+    for section in ("memory", "state", "cost_tracking", "strategy_state"):
+        if not isinstance(data.get(section), dict):
+            raise CorruptCheckpointError(f"agent checkpoint has no {section!r} section")
+    return data
+
+
+def apply_snapshot(agent: Any, data: dict[str, Any]) -> None:
+    """Put a snapshot's state into ``agent`` (memory as stored: the window is not re-applied)."""
+    check_snapshot(data)
+    memory = data["memory"]
+    messages = copy.deepcopy(memory.get("messages") or [])
+    agent.memory_manager.memory = messages
+    state_data = data["state"]
+    state = agent._state
+    state["tool_traces"] = copy.deepcopy(state_data.get("tool_traces") or [])
+    state["last_result"] = _last_result_from_data(state_data.get("last_result"), messages)
+    state["last_error"] = state_data.get("last_error")
+    state["last_output"] = copy.deepcopy(state_data.get("last_output"))
+    state["process_count"] = int(state_data.get("step_count") or 0)
+    for key, value in (state_data.get("custom") or {}).items():
+        state[key] = copy.deepcopy(value)
+    strategy = data["strategy_state"]
+    state["history"] = copy.deepcopy(strategy.get("history") or [])
+    if strategy.get("strategy_plan") is not None:
+        state["strategy_plan"] = copy.deepcopy(strategy["strategy_plan"])
+    else:
+        state.pop("strategy_plan", None)
+    if strategy.get("strategy_plan_events"):
+        state["strategy_plan_events"] = copy.deepcopy(strategy["strategy_plan_events"])
+    else:
+        state.pop("strategy_plan_events", None)
+    tracker = agent.cost_tracker
+    tracker.reset()
+    for call in data["cost_tracking"].get("calls") or []:
+        tracker.record_call(
+            model_id=call["model_id"],
+            input_tokens=int(call["input_tokens"]),
+            output_tokens=int(call["output_tokens"]),
+            timestamp=call.get("timestamp"),
+            namespace=call.get("namespace"),
+        )
+
+
+# -- config isolation -------------------------------------------------------------------------------
+def _is_agent_post_llm_hook(hook: Any) -> bool:
+    owner = getattr(hook, "__self__", None)
+    return getattr(hook, "__name__", None) == "post_llm_hook" and owner is not None and hasattr(owner, "memory_manager")
+
+
+def isolate_hooks(agent: Any) -> None:
+    """Give ``agent`` hook lists of its own.
+
+    Spark sets ``agent.after_llm_hooks`` to its config's list and appends the agent's own
+    ``post_llm_hook`` to it: every agent built from one config then writes its answers into the memory
+    of all the others. Afterwards the agent runs only its own ``post_llm_hook`` (plus the user's hooks),
+    and the shared list no longer calls into it.
+    """
+    shared = agent.after_llm_hooks
+    mine = [h for h in shared if not _is_agent_post_llm_hook(h) or h.__self__ is agent]
+    if not any(_is_agent_post_llm_hook(h) for h in mine):
+        mine.append(agent.post_llm_hook)
+    for hook in list(shared):
+        if _is_agent_post_llm_hook(hook) and hook.__self__ is agent:
+            shared.remove(hook)
+    agent.after_llm_hooks = mine
+    agent.before_llm_hooks = list(agent.before_llm_hooks)
+    user_after = [h for h in mine if not _is_agent_post_llm_hook(h)]
+    agent.config = agent.config.model_copy(
+        update={
+            "after_llm_hooks": user_after,
+            "before_llm_hooks": list(agent.before_llm_hooks),
+            "memory_config": agent.config.memory_config.model_copy(),
+        }
+    )
+    agent.memory_config = agent.config.memory_config
+
+
+def fresh_config(config: Any) -> Any:
+    """A deep copy of an ``AgentConfig`` that shares only the model and tool objects with it.
+
+    Agents' own ``post_llm_hook`` entries that Spark left in the config's hook list are dropped: the
+    new agent adds its own.
+    """
+    if config is None:
+        raise ConfigError("an AgentConfig is needed to rebuild the agent (the model and tools are not data)")
+    memo: dict[int, Any] = {id(config.model): config.model}
+    for tool in config.tools or []:
+        memo[id(tool)] = tool
+    user_after = [h for h in config.after_llm_hooks if not _is_agent_post_llm_hook(h)]
+    user_before = [h for h in config.before_llm_hooks if not _is_agent_post_llm_hook(h)]
+    for hook in (*user_after, *user_before):
+        memo[id(hook)] = hook  # hooks are code: share them, never copy what they are bound to
+    fresh = copy.deepcopy(config, memo)
+    fresh.after_llm_hooks = list(user_after)
+    fresh.before_llm_hooks = list(user_before)
+    return fresh
