@@ -6,7 +6,8 @@ execution (the one recovery resumes from, and the one it falls back to if that f
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from .backends.base import Backend
 from .markers import hookimpl
@@ -48,9 +49,14 @@ class AgeRetention:
 
 
 def protected_ids(backend: Backend, graph_id: str | None) -> set[str]:
-    """Ids recovery may still need: the newest few checkpoints of each unfinished execution."""
+    """Ids recovery may still need: the newest few checkpoints of each unfinished execution.
+
+    "Newest" by time (what listings show) and, separately, the highest ``seq`` (what recovery
+    resumes from): they differ only if a clock stepped back, and then both are kept.
+    """
     keep: set[str] = set()
     for latest in backend.executions(graph_id=graph_id, unfinished_only=True):
+        keep.add(latest.checkpoint_id)
         for header in backend.list(execution_id=latest.execution_id, limit=KEEP_PER_UNFINISHED_EXECUTION):
             keep.add(header.checkpoint_id)
     return keep

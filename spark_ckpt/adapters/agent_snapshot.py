@@ -242,55 +242,58 @@ def apply_snapshot(agent: Any, data: dict[str, Any]) -> None:
 
 
 # -- config isolation -------------------------------------------------------------------------------
-def _is_agent_post_llm_hook(hook: Any) -> bool:
+_HOOK_LISTS = ("pre_process_hooks", "post_process_hooks", "before_llm_hooks", "after_llm_hooks")
+
+
+def _node_bound(hook: Any) -> Any:
+    """The Spark node a hook is a bound method of (Spark adds those to the config's lists), else None."""
+    from spark.nodes.base import BaseNode
+
     owner = getattr(hook, "__self__", None)
-    return getattr(hook, "__name__", None) == "post_llm_hook" and owner is not None and hasattr(owner, "memory_manager")
+    return owner if isinstance(owner, BaseNode) else None
 
 
 def isolate_hooks(agent: Any) -> None:
     """Give ``agent`` hook lists of its own.
 
-    Spark sets ``agent.after_llm_hooks`` to its config's list and appends the agent's own
-    ``post_llm_hook`` to it: every agent built from one config then writes its answers into the memory
-    of all the others. Afterwards the agent runs only its own ``post_llm_hook`` (plus the user's hooks),
-    and the shared list no longer calls into it.
+    Spark sets ``agent.after_llm_hooks`` (and the other hook lists) to its config's lists and appends
+    the agent's own bound methods (``post_llm_hook``, ``process_keep_in_state``) to them: every agent
+    built from one config then writes its answers into the memory of all the others. Afterwards the
+    agent runs only its own bound hooks plus the user's, and the shared lists no longer call into it.
     """
-    shared = agent.after_llm_hooks
-    mine = [h for h in shared if not _is_agent_post_llm_hook(h) or h.__self__ is agent]
-    if not any(_is_agent_post_llm_hook(h) for h in mine):
-        mine.append(agent.post_llm_hook)
-    for hook in list(shared):
-        if _is_agent_post_llm_hook(hook) and hook.__self__ is agent:
+    updates: dict[str, Any] = {}
+    for name in _HOOK_LISTS:
+        shared = getattr(agent, name, None)
+        if not isinstance(shared, list):
+            continue
+        mine = [h for h in shared if _node_bound(h) in (None, agent)]
+        for hook in [h for h in shared if _node_bound(h) is agent]:
             shared.remove(hook)
-    agent.after_llm_hooks = mine
-    agent.before_llm_hooks = list(agent.before_llm_hooks)
-    user_after = [h for h in mine if not _is_agent_post_llm_hook(h)]
-    agent.config = agent.config.model_copy(
-        update={
-            "after_llm_hooks": user_after,
-            "before_llm_hooks": list(agent.before_llm_hooks),
-            "memory_config": agent.config.memory_config.model_copy(),
-        }
-    )
+        setattr(agent, name, mine)
+        updates[name] = [h for h in mine if _node_bound(h) is None]
+    updates["memory_config"] = agent.config.memory_config.model_copy()
+    agent.config = agent.config.model_copy(update=updates)
     agent.memory_config = agent.config.memory_config
 
 
 def fresh_config(config: Any) -> Any:
     """A deep copy of an ``AgentConfig`` that shares only the model and tool objects with it.
 
-    Agents' own ``post_llm_hook`` entries that Spark left in the config's hook list are dropped: the
-    new agent adds its own.
+    Bound methods of other agents that Spark left in the config's hook lists are dropped: the new
+    agent adds its own.
     """
     if config is None:
         raise ConfigError("an AgentConfig is needed to rebuild the agent (the model and tools are not data)")
     memo: dict[int, Any] = {id(config.model): config.model}
     for tool in config.tools or []:
         memo[id(tool)] = tool
-    user_after = [h for h in config.after_llm_hooks if not _is_agent_post_llm_hook(h)]
-    user_before = [h for h in config.before_llm_hooks if not _is_agent_post_llm_hook(h)]
-    for hook in (*user_after, *user_before):
-        memo[id(hook)] = hook  # hooks are code: share them, never copy what they are bound to
-    fresh = copy.deepcopy(config, memo)
-    fresh.after_llm_hooks = list(user_after)
-    fresh.before_llm_hooks = list(user_before)
-    return fresh
+    hook_lists = {name: [h for h in getattr(config, name, None) or [] if _node_bound(h) is None]
+                  for name in _HOOK_LISTS}
+    for hooks in hook_lists.values():
+        for hook in hooks:
+            memo[id(hook)] = hook  # hooks are code: share them, never copy what they are bound to
+    # the lists themselves may hold other agents' bound methods: copy them without those
+    originals = {name: getattr(config, name) for name in hook_lists}
+    for name, hooks in hook_lists.items():
+        memo[id(originals[name])] = list(hooks)
+    return copy.deepcopy(config, memo)

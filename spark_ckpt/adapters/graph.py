@@ -43,6 +43,7 @@ from ..model import (
     COMPLETED, CONTENT_VERSION, FAILED, GRAPH, RUNNING, CheckpointHeader, FailureInfo, GraphCheckpoint, GraphMetadata,
     Lease, NodeSnapshot, Visit, new_id,
 )
+from ..backends.leases import worker_identity
 from ..plugins import Hooks
 from ..retention import prune
 from .runtime import VisitContext, _current_visit, current_visit, node_state_adapter_for
@@ -155,7 +156,7 @@ class CheckpointedGraph:
         self.structure = structure_digest(graph, self._keys)
         self.graph_id = graph_id or self._default_graph_id(graph)
         self.graph_version = graph_version or self.structure
-        self.worker_id = worker_id or f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.worker_id = worker_id or worker_identity()
         self.backend = self.config.open_backend()
         self.codec: Codec = self.config.make_codec()
         self.policy = self.config.make_policy()

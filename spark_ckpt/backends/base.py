@@ -74,6 +74,16 @@ class Backend(ABC):
     def delete(self, checkpoint_ids: Iterable[str]) -> int:
         """Delete these checkpoints; return how many existed. Unknown ids are ignored."""
 
+    def replace(self, header: CheckpointHeader, blob: bytes) -> None:
+        """Atomically swap the bytes of an existing checkpoint for an equivalent re-encoding.
+
+        Only key rotation (``spark_ckpt.codec.rekey``) calls this, with the checkpoint's own header
+        (``size`` updated) and bytes that decode to the same content. Readers see the old bytes or
+        the new ones, never a mix or nothing; ``CheckpointNotFoundError`` if the checkpoint is gone.
+        Optional: the default raises ``NotImplementedError`` and rekey reports it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support replace()")
+
     # -- leases --------------------------------------------------------------------------------
     @abstractmethod
     def acquire_lease(self, execution_id: str, owner: str, ttl_s: float) -> Lease:

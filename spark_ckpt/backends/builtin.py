@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..markers import hookimpl
 
 
 @hookimpl
 def spark_ckpt_register_backends(register: Callable[[type], None]) -> None:
+    from .file import FileBackend
     from .memory import MemoryBackend
+    from .sqlite import SqliteBackend
 
     register(MemoryBackend)
-    try:
-        from .file import FileBackend
-        from .sqlite import SqliteBackend
-    except ImportError:  # pragma: no cover - while file/sqlite are being written
-        return
     register(FileBackend)
     register(SqliteBackend)

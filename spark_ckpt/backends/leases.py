@@ -2,21 +2,59 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
+
 from ..errors import LeaseError
 from ..model import Lease
+
+_HOST = socket.gethostname()
+
+
+def worker_identity() -> str:
+    """``host:pid:nonce``: who owns a lease. The host and pid let a worker on the same machine see
+    that the owner of a lease died (kill -9) and take the execution over without waiting for expiry."""
+    return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """True only when ``owner`` is a process of this host that no longer exists."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != _HOST or not pid_text.isdigit():
+        return False  # another machine (or an unknown format): only expiry tells
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def grant_lease(current: Lease | None, execution_id: str, owner: str, ttl_s: float, now: float) -> Lease:
     """The lease ``owner`` gets now, given the ``current`` one; ``LeaseError`` if another holds it.
 
-    The same owner renews (same token). A new owner after expiry gets ``token + 1``, which makes the
-    previous owner's writes fail their fencing check.
+    The same owner renews (same token). A new owner after expiry (or after the owner process died on
+    this host) gets ``token + 1``, which makes the previous owner's writes fail their fencing check.
     """
     if current is None:
         return Lease(execution_id, owner, 1, now + ttl_s)
     if current.owner == owner and current.expires_at > now:
         return Lease(execution_id, owner, current.token, now + ttl_s)
-    if current.expires_at > now:
+    if current.expires_at > now and current.owner and not owner_is_dead(current.owner):
         raise LeaseError(
             f"execution {execution_id} is owned by worker {current.owner!r} for another "
             f"{current.expires_at - now:.1f}s; it may still be running. Wait for it to finish or for "

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Iterable
+from collections.abc import Iterable
+from typing import ClassVar
 
-from ..errors import CheckpointNotFoundError, DuplicateCheckpointError, LeaseError
+from ..errors import CheckpointNotFoundError, DuplicateCheckpointError
 from ..model import CheckpointHeader, Lease, StoredCheckpoint
 from .base import LocalBackend
 from .leases import check_fence, grant_lease
@@ -18,7 +19,7 @@ class MemoryBackend(LocalBackend):
     durable = False
 
     # One store per URL location, so two configs naming "memory://shared" see the same data.
-    _stores: dict[str, "MemoryBackend"] = {}
+    _stores: ClassVar[dict[str, MemoryBackend]] = {}
 
     def __init__(self) -> None:
         self._items: dict[str, StoredCheckpoint] = {}
@@ -27,7 +28,7 @@ class MemoryBackend(LocalBackend):
         self._lock = threading.Lock()
 
     @classmethod
-    def from_url(cls, url: str, **options: object) -> "MemoryBackend":
+    def from_url(cls, url: str, **options: object) -> MemoryBackend:
         location = url.split("://", 1)[1] if "://" in url else ""
         if not location:
             return cls()
@@ -87,6 +88,13 @@ class MemoryBackend(LocalBackend):
                     self._by_position.pop((item.header.execution_id, item.header.seq), None)
                     n += 1
         return n
+
+    def replace(self, header: CheckpointHeader, blob: bytes) -> None:
+        with self._lock:
+            current = self._items.get(header.checkpoint_id)
+            if current is None or (current.header.execution_id, current.header.seq) != (header.execution_id, header.seq):
+                raise CheckpointNotFoundError(f"no checkpoint with id {header.checkpoint_id!r} in memory backend to replace")
+            self._items[header.checkpoint_id] = StoredCheckpoint(header, bytes(blob))
 
     def acquire_lease(self, execution_id: str, owner: str, ttl_s: float) -> Lease:
         with self._lock:

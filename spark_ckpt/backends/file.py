@@ -1,0 +1,511 @@
+"""File backend: one file per checkpoint under a directory; no server, no database.
+
+URLs: ``file://./relative/dir``, ``file:///absolute/dir`` (``CheckpointConfig(backend="file", path=...)``
+builds the same). Option ``fsync`` (default True): fsync each file and its directory so a committed
+checkpoint survives power loss; ``fsync=False`` only survives a crash of the process.
+
+Layout (every id is escaped: characters outside ``[A-Za-z0-9_-]`` become ``%XX``, so ``/`` and
+``..`` can never form a path)::
+
+    <root>/spark-ckpt-store                     marker + layout version; a non-empty directory
+                                                without it is refused, never written into
+    <root>/graphs/<graph_id>/<execution_id>/<seq:012d>.ckpt
+    <root>/ids/<checkpoint_id>                  symlink to ../graphs/.../<seq>.ckpt (lookup by id)
+    <root>/leases/<execution_id>.lease          JSON {owner, token, expires_at}
+    <root>/leases/<execution_id>.lock           flock()ed around lease changes and fenced puts
+
+A ``.ckpt`` file is ``MAGIC`` + a 4-byte big-endian header length + the header as JSON + the blob.
+The backend never decodes the blob: a damaged blob is returned as stored, for the codec to reject.
+
+Writes are atomic and never replace anything: the bytes go to a temp file in the target directory
+(fsynced), then ``os.link`` publishes it under its ``<seq>.ckpt`` name, which fails if that slot is
+taken, so two writers of one ``(execution_id, seq)`` cannot both win. The id symlink is created
+first (``os.symlink`` is exclusive too); a crash in between leaves a dangling link, treated as absent.
+Temp files (``.tmp-*``) and any other foreign names are ignored by every listing.
+
+Listing reads directory entries and only the headers of the files it returns; ``executions()`` reads
+one header per execution (the file with the highest ``seq``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Self
+
+import orjson
+
+from ..errors import (
+    BackendError,
+    CheckpointNotFoundError,
+    ConfigError,
+    CorruptCheckpointError,
+    DuplicateCheckpointError,
+)
+from ..model import CheckpointHeader, Lease, StoredCheckpoint
+from .base import LocalBackend
+from .leases import check_fence, grant_lease
+
+MAGIC = b"SCKPTF1\n"
+LAYOUT_VERSION = "1"
+MARKER = "spark-ckpt-store"
+SUFFIX = ".ckpt"
+_LENGTH_BYTES = 4
+_PREFIX = len(MAGIC) + _LENGTH_BYTES
+_CHECKPOINT_NAME = re.compile(r"^(-?\d+)\.ckpt$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+#: keep escaped names well under the usual 255-byte file name limit
+MAX_NAME_BYTES = 200
+
+
+def escape_name(value: str, what: str) -> str:
+    """``value`` as one safe path component (reversible; never ``.``/``..``, never contains ``/``)."""
+    if not isinstance(value, str) or not value:
+        raise BackendError(f"{what} must be a non-empty string to be stored by the file backend, got {value!r}")
+    escaped = _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), value)
+    if len(escaped) > MAX_NAME_BYTES:
+        raise BackendError(
+            f"{what} {value[:40]!r}... is too long for a file name once escaped ({len(escaped)} > "
+            f"{MAX_NAME_BYTES} bytes); use shorter ids or the sqlite backend"
+        )
+    return escaped
+
+
+def _header_dict(h: CheckpointHeader) -> dict:
+    return {
+        "checkpoint_id": h.checkpoint_id, "graph_id": h.graph_id, "execution_id": h.execution_id,
+        "seq": h.seq, "created_at": h.created_at, "status": h.status, "kind": h.kind, "size": h.size,
+    }
+
+
+class FileBackend(LocalBackend):
+    """Checkpoints as files in a directory tree (see the module docstring for the layout)."""
+
+    name = "file"
+    url_schemes = ("file",)
+    durable = True
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.root = os.path.abspath(os.path.expanduser(os.fspath(root)))
+        self.fsync = bool(fsync)
+        self._graphs = os.path.join(self.root, "graphs")
+        self._ids = os.path.join(self.root, "ids")
+        self._leases = os.path.join(self.root, "leases")
+        self._known_dirs: set[str] = set()
+        self._dirs_lock = threading.Lock()
+        self._open_store()
+
+    @classmethod
+    def from_url(cls, url: str, **options: object) -> FileBackend:
+        location = url.split("://", 1)[1] if "://" in url else url
+        if not location:
+            raise ConfigError(f"file backend URL {url!r} has no directory; use file://./dir or file:///abs/dir")
+        unknown = set(options) - {"fsync"}
+        if unknown:
+            raise ConfigError(f"unknown file backend option(s) {', '.join(sorted(unknown))}; known: fsync")
+        return cls(location, **options)  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        return f"file://{self.root}"
+
+    # -- directory setup -----------------------------------------------------------------------------
+    def _open_store(self) -> None:
+        marker = os.path.join(self.root, MARKER)
+        try:
+            if os.path.isdir(self.root) and not os.path.exists(marker) and any(
+                not name.startswith(".") for name in os.listdir(self.root)
+            ):
+                raise BackendError(
+                    f"{self.root!r} is a non-empty directory that is not a spark-ckpt file store; it was left "
+                    "untouched. Point the file backend at an empty or new directory"
+                )
+            self._ensure_dir(self.root)
+            if not os.path.exists(marker):
+                self._write_atomic(self.root, MARKER, f"spark-ckpt file store, layout {LAYOUT_VERSION}\n".encode(), replace=True)
+            for directory in (self._graphs, self._ids, self._leases):
+                self._ensure_dir(directory)
+        except OSError as exc:
+            raise BackendError(
+                f"cannot use {self.root!r} as a checkpoint directory ({exc.strerror or exc}); "
+                "choose a writable directory (its parent must exist or be creatable)"
+            ) from exc
+        with open(marker, "rb") as f:
+            text = f.read().decode(errors="replace")
+        if not text.rstrip().endswith(f"layout {LAYOUT_VERSION}"):
+            raise BackendError(
+                f"file store {self.root!r} uses an unsupported layout ({text.strip()!r}); "
+                "upgrade spark-ckpt to read it"
+            )
+
+    def _ensure_dir(self, path: str) -> None:
+        if path in self._known_dirs:
+            return
+        if not os.path.isdir(path):
+            parent = os.path.dirname(path)
+            if parent != path and not os.path.isdir(parent):
+                self._ensure_dir(parent)
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                if not os.path.isdir(path):
+                    raise
+            else:
+                self._fsync_dir(parent)
+        with self._dirs_lock:
+            self._known_dirs.add(path)
+
+    def _fsync_dir(self, path: str) -> None:
+        if not self.fsync:
+            return
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _write_temp(self, directory: str, data: bytes) -> str:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if self.fsync:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        return tmp
+
+    def _write_atomic(self, directory: str, name: str, data: bytes, *, replace: bool) -> None:
+        tmp = self._write_temp(directory, data)
+        try:
+            if replace:
+                os.replace(tmp, os.path.join(directory, name))
+            else:
+                os.link(tmp, os.path.join(directory, name))
+        finally:
+            if not replace:
+                os.unlink(tmp)
+        self._fsync_dir(directory)
+
+    # -- paths ----------------------------------------------------------------------------------------
+    def _execution_dir(self, graph_id: str, execution_id: str) -> str:
+        return os.path.join(
+            self._graphs, escape_name(graph_id, "graph_id"), escape_name(execution_id, "execution_id")
+        )
+
+    def _id_link(self, checkpoint_id: str) -> str:
+        return os.path.join(self._ids, escape_name(checkpoint_id, "checkpoint_id"))
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def put(self, header: CheckpointHeader, blob: bytes, *, lease: Lease | None = None) -> None:
+        h = header
+        if not isinstance(h.seq, int) or h.seq < 0:
+            raise BackendError(f"checkpoint seq must be a non-negative integer, got {h.seq!r}")
+        directory = self._execution_dir(h.graph_id, h.execution_id)
+        link = self._id_link(h.checkpoint_id)
+        name = f"{h.seq:012d}{SUFFIX}"
+        meta = orjson.dumps(_header_dict(h))
+        data = b"".join((MAGIC, len(meta).to_bytes(_LENGTH_BYTES, "big"), meta, blob))
+        try:
+            self._ensure_dir(directory)
+            try:
+                self._put_once(directory, name, link, data, h, lease)
+            except FileNotFoundError:
+                # A directory we created earlier was removed from outside: recreate it, try once more.
+                with self._dirs_lock:
+                    self._known_dirs.clear()
+                self._ensure_dir(directory)
+                self._ensure_dir(self._ids)
+                self._ensure_dir(self._leases)
+                self._put_once(directory, name, link, data, h, lease)
+        except OSError as exc:
+            raise BackendError(
+                f"file backend could not store checkpoint {h.checkpoint_id!r} under {directory!r} "
+                f"({exc.strerror or exc}); check the directory is writable and the disk is not full"
+            ) from exc
+
+    def _put_once(self, directory: str, name: str, link: str, data: bytes, h: CheckpointHeader, lease: Lease | None) -> None:
+        if lease is None:
+            self._publish(directory, name, link, data, h)
+            return
+        with self._execution_lock(h.execution_id):
+            check_fence(self._read_lease(h.execution_id), lease, h.execution_id)
+            self._publish(directory, name, link, data, h)
+
+    def _publish(self, directory: str, name: str, link: str, data: bytes, h: CheckpointHeader) -> None:
+        # ids/ and graphs/ are siblings: the link target is relative, so the store can be moved.
+        target = os.path.join("..", "graphs", *directory.rsplit(os.sep, 2)[1:], name)
+        tmp = self._write_temp(directory, data)
+        try:
+            self._claim_id(link, target, h)
+            try:
+                os.link(tmp, os.path.join(directory, name))
+            except FileExistsError:
+                os.unlink(link)
+                raise DuplicateCheckpointError(
+                    f"checkpoint seq {h.seq} of execution {h.execution_id} already exists in "
+                    f"{self.describe()}; not overwritten"
+                ) from None
+        finally:
+            os.unlink(tmp)
+        self._fsync_dir(directory)
+        self._fsync_dir(self._ids)
+
+    def _claim_id(self, link: str, target: str, h: CheckpointHeader) -> None:
+        try:
+            os.symlink(target, link)
+            return
+        except FileExistsError:
+            pass
+        if os.path.exists(link):  # follows the link: a live checkpoint owns this id
+            raise DuplicateCheckpointError(
+                f"checkpoint id {h.checkpoint_id!r} is already stored in {self.describe()}; not overwritten"
+            )
+        # A dangling link left by a crash between the two steps of an earlier put: take it over.
+        tmp_link = f"{link}.tmp-{os.getpid()}-{threading.get_ident()}"
+        os.symlink(target, tmp_link)
+        os.replace(tmp_link, link)
+
+    def _read_file(self, path: str, *, header_only: bool) -> StoredCheckpoint:
+        with open(path, "rb") as f:
+            prefix = f.read(_PREFIX)
+            meta_len = int.from_bytes(prefix[len(MAGIC):], "big") if len(prefix) == _PREFIX else -1
+            meta = f.read(meta_len) if meta_len >= 0 and prefix.startswith(MAGIC) else b""
+            if len(meta) != meta_len:
+                raise CorruptCheckpointError(
+                    f"checkpoint file {os.path.realpath(path)!r} has a missing or truncated header; it is damaged. "
+                    "Delete it (spark-ckpt prune) or restore it from a backup"
+                )
+            blob = b"" if header_only else f.read()
+        try:
+            header = CheckpointHeader(**orjson.loads(meta))
+        except (orjson.JSONDecodeError, TypeError) as exc:
+            raise CorruptCheckpointError(f"checkpoint file {os.path.realpath(path)!r} has an unreadable header ({exc}); it is damaged") from exc
+        return StoredCheckpoint(header, blob)
+
+    def get(self, checkpoint_id: str) -> StoredCheckpoint:
+        try:
+            link = self._id_link(checkpoint_id)
+        except BackendError:
+            link = None
+        if link is not None:
+            try:
+                return self._read_file(link, header_only=False)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise BackendError(
+                    f"file backend could not read checkpoint {checkpoint_id!r} in {self.root!r} ({exc.strerror})"
+                ) from exc
+        raise CheckpointNotFoundError(f"no checkpoint with id {checkpoint_id!r} in {self.describe()}")
+
+    # -- listing ------------------------------------------------------------------------------------
+    @staticmethod
+    def _subdirs(path: str) -> Iterator[str]:
+        try:
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False):
+                        yield entry.path
+        except FileNotFoundError:
+            return
+
+    @staticmethod
+    def _checkpoint_files(directory: str) -> list[tuple[int, str]]:
+        """(seq, path) of the checkpoint files in one execution directory; foreign names ignored."""
+        found = []
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    match = _CHECKPOINT_NAME.match(entry.name)
+                    if match:
+                        found.append((int(match.group(1)), entry.path))
+        except FileNotFoundError:
+            pass
+        return found
+
+    def _execution_dirs(self, graph_id: str | None, execution_id: str | None) -> Iterator[str]:
+        try:
+            graph_name = escape_name(graph_id, "graph_id") if graph_id is not None else None
+            execution_name = escape_name(execution_id, "execution_id") if execution_id is not None else None
+        except BackendError:  # no such id can have been stored
+            return
+        graph_dirs = (
+            [os.path.join(self._graphs, graph_name)] if graph_name is not None else list(self._subdirs(self._graphs))
+        )
+        for graph_dir in graph_dirs:
+            if execution_name is not None:
+                candidate = os.path.join(graph_dir, execution_name)
+                if os.path.isdir(candidate):
+                    yield candidate
+            else:
+                yield from self._subdirs(graph_dir)
+
+    def _header_at(self, path: str) -> CheckpointHeader | None:
+        """The stored header; None if the file vanished meanwhile or its own header is damaged.
+
+        Damaged files (only possible through outside interference, since writes are atomic) are
+        left out of listings, so recovery falls back to the checkpoint before; ``get`` of their id
+        raises ``CorruptCheckpointError`` and ``delete`` removes them.
+        """
+        try:
+            return self._read_file(path, header_only=True).header
+        except (FileNotFoundError, CorruptCheckpointError):
+            return None
+        except OSError as exc:
+            raise BackendError(f"file backend could not read {path!r} ({exc.strerror})") from exc
+
+    def list(
+        self, *, graph_id: str | None = None, execution_id: str | None = None, limit: int | None = None
+    ) -> list[CheckpointHeader]:
+        headers = []
+        for directory in self._execution_dirs(graph_id, execution_id):
+            for _seq, path in self._checkpoint_files(directory):
+                header = self._header_at(path)
+                if header is not None:
+                    headers.append(header)
+        headers.sort(key=lambda h: (h.created_at, h.seq), reverse=True)
+        return headers[:limit] if limit is not None else headers
+
+    def executions(
+        self, *, graph_id: str | None = None, unfinished_only: bool = False, limit: int | None = None
+    ) -> list[CheckpointHeader]:
+        newest = []
+        for directory in self._execution_dirs(graph_id, None):
+            # Highest seq first; fall back to the next one if it vanished (deleted meanwhile).
+            for _seq, path in sorted(self._checkpoint_files(directory), reverse=True):
+                header = self._header_at(path)
+                if header is not None:
+                    if not unfinished_only or header.unfinished:
+                        newest.append(header)
+                    break
+        newest.sort(key=lambda h: (h.created_at, h.seq), reverse=True)
+        return newest[:limit] if limit is not None else newest
+
+    def delete(self, checkpoint_ids: Iterable[str]) -> int:
+        deleted = 0
+        for checkpoint_id in dict.fromkeys(checkpoint_ids):
+            try:
+                link = self._id_link(checkpoint_id)
+            except BackendError:
+                continue
+            try:
+                target = os.path.join(self._ids, os.readlink(link))
+            except (FileNotFoundError, OSError):
+                continue
+            try:
+                os.unlink(target)
+                deleted += 1
+            except FileNotFoundError:
+                pass
+            try:
+                os.unlink(link)
+            except FileNotFoundError:
+                pass
+        return deleted
+
+    def replace(self, header: CheckpointHeader, blob: bytes) -> None:
+        """Swap an existing checkpoint file for one with new bytes (key rotation): temp file + os.replace."""
+        h = header
+        path = os.path.join(self._execution_dir(h.graph_id, h.execution_id), f"{h.seq:012d}{SUFFIX}")
+        link = self._id_link(h.checkpoint_id)
+        missing = CheckpointNotFoundError(
+            f"no checkpoint {h.checkpoint_id!r} (seq {h.seq} of execution {h.execution_id}) in {self.describe()} to replace"
+        )
+        try:
+            if not os.path.exists(path) or os.path.realpath(link) != os.path.realpath(path):
+                raise missing
+            meta = orjson.dumps(_header_dict(h))
+            data = b"".join((MAGIC, len(meta).to_bytes(_LENGTH_BYTES, "big"), meta, blob))
+            tmp = self._write_temp(os.path.dirname(path), data)
+            os.replace(tmp, path)
+            self._fsync_dir(os.path.dirname(path))
+            if not os.path.lexists(link):  # deleted meanwhile: do not resurrect it
+                os.unlink(path)
+                raise missing
+        except OSError as exc:
+            raise BackendError(
+                f"file backend could not replace checkpoint {h.checkpoint_id!r} ({exc.strerror or exc})"
+            ) from exc
+
+    # -- leases -------------------------------------------------------------------------------------
+    def _lease_path(self, execution_id: str) -> str:
+        return os.path.join(self._leases, escape_name(execution_id, "execution_id") + ".lease")
+
+    def _execution_lock(self, execution_id: str) -> _FileLock:
+        return _FileLock(os.path.join(self._leases, escape_name(execution_id, "execution_id") + ".lock"))
+
+    def _read_lease(self, execution_id: str) -> Lease | None:
+        try:
+            with open(self._lease_path(execution_id), "rb") as f:
+                data = orjson.loads(f.read())
+        except FileNotFoundError:
+            return None
+        except orjson.JSONDecodeError as exc:
+            raise BackendError(
+                f"lease file {self._lease_path(execution_id)!r} is damaged ({exc}); delete it to let a worker "
+                "take the execution over"
+            ) from exc
+        return Lease(execution_id, data["owner"], data["token"], data["expires_at"])
+
+    def _write_lease(self, lease: Lease) -> None:
+        data = orjson.dumps({"owner": lease.owner, "token": lease.token, "expires_at": lease.expires_at})
+        self._write_atomic(self._leases, os.path.basename(self._lease_path(lease.execution_id)), data, replace=True)
+
+    def acquire_lease(self, execution_id: str, owner: str, ttl_s: float) -> Lease:
+        try:
+            with self._execution_lock(execution_id):
+                lease = grant_lease(self._read_lease(execution_id), execution_id, owner, ttl_s, time.time())
+                self._write_lease(lease)
+                return lease
+        except OSError as exc:
+            raise BackendError(
+                f"file backend could not write the lease of execution {execution_id} under {self._leases!r} "
+                f"({exc.strerror or exc}); check the directory is writable"
+            ) from exc
+
+    def release_lease(self, lease: Lease) -> None:
+        try:
+            with self._execution_lock(lease.execution_id):
+                current = self._read_lease(lease.execution_id)
+                if current is not None and current.token == lease.token and current.owner == lease.owner:
+                    # Keep the token so the next owner's token still grows; just expire the lease.
+                    self._write_lease(Lease(lease.execution_id, "", lease.token, 0.0))
+        except OSError as exc:
+            raise BackendError(
+                f"file backend could not release the lease of execution {lease.execution_id} ({exc.strerror or exc})"
+            ) from exc
+
+
+class _FileLock:
+    """An exclusive ``flock`` on a lock file; separate opens conflict, so threads exclude each other too."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = -1
+
+    def __enter__(self) -> Self:
+        import fcntl
+
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            while True:
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX)
+                    break
+                except InterruptedError:
+                    continue
+        except BaseException:
+            os.close(self._fd)
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        os.close(self._fd)  # closing the descriptor drops the lock

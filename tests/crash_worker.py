@@ -1,0 +1,100 @@
+"""A worker process for crash tests: runs or recovers a test graph, may SIGKILL itself on cue.
+
+    python tests/crash_worker.py run|recover GRAPH STORE_URL GRAPH_ID [INPUT_JSON]
+
+Crash cues (environment):
+  SPARK_CKPT_TEST_CRASH=node:visit          inside that node visit (tests/graphs.py)
+  SPARK_CKPT_TEST_CRASH_AFTER_CKPT=seq      right after checkpoint ``seq`` was committed
+  SPARK_CKPT_TEST_CRASH_IN_WRITE=seq        in the middle of writing checkpoint ``seq``: for SQLite after
+                                            the row is inserted but before COMMIT; for the file backend
+                                            after the temp file is written but before it is published
+Prints one JSON line: result content, graph state, and the recovery report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import graphs  # noqa: E402
+
+from spark_ckpt import CheckpointConfig, checkpointed, hookimpl  # noqa: E402
+from spark_ckpt.plugins import get_plugin_manager  # noqa: E402
+
+
+def die() -> None:
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class CrashAfterCheckpoint:
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+
+    @hookimpl
+    def spark_ckpt_post_checkpoint(self, event):
+        if event.header.seq == self.seq:
+            die()
+
+
+def arm_crash_in_write(graph, seq: int) -> None:
+    backend = graph.backend
+    conn = getattr(backend, "_conn", None)
+    if conn is not None:  # SQLite: die when COMMIT of the insert of ``seq`` starts
+        state = {"armed": False}
+
+        def trace(statement: str) -> None:
+            if statement.lstrip().upper().startswith("INSERT") and f", {seq}, " in _bound(statement):
+                state["armed"] = True
+            elif state["armed"] and statement.strip().upper() == "COMMIT":
+                die()
+
+        conn.set_trace_callback(trace)
+        return
+    real_link = os.link
+
+    def link(src, dst, *args, **kwargs):  # file backend: the temp file is complete, not yet published
+        if os.path.basename(str(dst)).startswith(f"{seq:012d}"):
+            die()
+        return real_link(src, dst, *args, **kwargs)
+
+    os.link = link
+
+
+def _bound(statement: str) -> str:
+    # the trace callback receives the statement with parameters expanded; normalise spacing
+    return " ".join(statement.replace("(", ", ").replace(")", " ,").split())
+
+
+async def main() -> None:
+    mode, graph_name, store, graph_id = sys.argv[1:5]
+    inputs = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {"n": 4}
+    durability = os.environ.get("SPARK_CKPT_TEST_DURABILITY", "sync")
+    graph = checkpointed(
+        graphs.build(graph_name), config=CheckpointConfig(backend=store, durability=durability), graph_id=graph_id
+    )
+    if os.environ.get("SPARK_CKPT_TEST_CRASH_AFTER_CKPT"):
+        get_plugin_manager().register(CrashAfterCheckpoint(int(os.environ["SPARK_CKPT_TEST_CRASH_AFTER_CKPT"])))
+    if os.environ.get("SPARK_CKPT_TEST_CRASH_IN_WRITE"):
+        arm_crash_in_write(graph, int(os.environ["SPARK_CKPT_TEST_CRASH_IN_WRITE"]))
+    if mode == "run":
+        result = await graph.run(inputs)
+    else:
+        result = await graph.recover_and_continue()
+    report = graph.last_recovery
+    print(json.dumps({
+        "result": result.content,
+        "state": graph.get_state_snapshot(),
+        "replayed": [f"{k}:{i}" for k, i in report.replayed] if report else [],
+        "live": [f"{k}:{i}" for k, i in report.live] if report else [],
+        "fell_back": report.fell_back if report else [],
+    }, default=str))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
