@@ -32,7 +32,7 @@ from typing import Any
 import attrs
 
 from ..codec import Codec, Identity, from_data, to_data
-from ..codec.convert import dumps_data
+from ..codec.convert import dumps_data, find_unencodable
 from ..config import CheckpointConfig
 from ..errors import (
     CheckpointNotFoundError, CodecError, ConfigError, GraphMismatchError, LeaseError,
@@ -62,7 +62,12 @@ def _dump_message(message: Any) -> Any:
     dump = getattr(message, "model_dump", None)
     if dump is None:
         return {"content": message}
-    return dump(mode="python", exclude_defaults=True)
+    data = dump(mode="python", exclude_defaults=True)
+    if "raw" in data and find_unencodable(data["raw"]) is not None:
+        # ``raw`` holds a model's unparsed response object: routing never reads it, and it is
+        # usually not plain data. Keep its repr rather than failing the checkpoint.
+        data["raw"] = {"__repr__": repr(data["raw"])[:2000]}
+    return data
 
 
 def _visit_data(visit: Visit) -> dict[str, Any]:

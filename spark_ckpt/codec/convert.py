@@ -23,19 +23,19 @@ _JSON_SCALARS = (str, bool, int, float, type(None))
 
 def find_unencodable(value: Any, path: str = "") -> tuple[str, Any] | None:
     """Return ``(key path, value)`` of the first value orjson cannot encode faithfully, else None."""
-    if isinstance(value, _JSON_SCALARS):
+    if type(value) in _JSON_SCALARS:
         if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
             return path or "<root>", value
         return None
-    if isinstance(value, dict):
+    if type(value) is dict:
         for key, item in value.items():
-            if not isinstance(key, str):
+            if type(key) is not str:
                 return f"{path}[{key!r}] (non-string key)", key
             found = find_unencodable(item, f"{path}.{key}" if path else key)
             if found:
                 return found
         return None
-    if isinstance(value, (list, tuple)):
+    if type(value) in (list, tuple):
         for i, item in enumerate(value):
             found = find_unencodable(item, f"{path}[{i}]")
             if found:
@@ -49,10 +49,20 @@ def to_data(obj: Any) -> Any:
     return converter.unstructure(obj)
 
 
+# orjson would turn datetimes, dataclasses and str/int subclasses into plain strings, dicts and
+# numbers, which come back as a different type on restore. Refuse them instead (they reach
+# ``_refuse`` and fail with the key path), so a restore never silently changes a value's type.
+_STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
 def dumps_data(data: Any, *, what: str = "checkpoint") -> bytes:
     """JSON-able data -> bytes; a value that cannot be encoded raises ``EncodeError`` naming its path."""
     try:
-        return orjson.dumps(data)
+        return orjson.dumps(data, default=_refuse, option=_STRICT)
     except (TypeError, orjson.JSONEncodeError) as exc:
         found = find_unencodable(data)
         where, bad = found if found else ("<unknown>", None)

@@ -1,0 +1,301 @@
+"""The guide's API on CheckpointedGraph: manual checkpoints, restore, skip, continue, policies, hooks."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from spark.graphs import Graph
+from spark.nodes import Node
+
+import graphs
+from spark_ckpt import CheckpointConfig, checkpoint_now, checkpointed, hookimpl
+from spark_ckpt.errors import RunStopped, SparkCkptError
+from spark_ckpt.model import GraphCheckpoint
+from spark_ckpt.plugins import get_plugin_manager
+
+
+@pytest.fixture
+def sqlite_config(tmp_path) -> CheckpointConfig:
+    return CheckpointConfig(backend="sqlite", path=str(tmp_path / "api.db"))
+
+
+@pytest.fixture
+def plugin():
+    """Register a test plugin for one test, always unregister it."""
+    registered = []
+
+    def register(obj):
+        get_plugin_manager().register(obj)
+        registered.append(obj)
+        return obj
+
+    yield register
+    for obj in registered:
+        get_plugin_manager().unregister(obj)
+
+
+def test_recover_after_in_process_failure_skips_completed_visits(sqlite_config, monkeypatch) -> None:
+    """Same process: a failed run is recovered; visits before the failure are replayed, not re-executed."""
+    graph = checkpointed(graphs.chain(5), config=sqlite_config, graph_id="inproc")
+    monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", "s3:0")
+    with pytest.raises(RuntimeError):
+        asyncio.run(graph.run({}))
+    monkeypatch.delenv("SPARK_CKPT_TEST_FAIL")
+    graphs.CALLS.clear()
+    result = asyncio.run(graph.recover_and_continue())
+    assert graphs.CALLS == ["s3:0", "s4:0"]
+    assert graph.last_recovery.replayed == [("s0", 0), ("s1", 0), ("s2", 0)]
+    assert result.content == {"step": "s4", "count": 5}
+    assert graph.get_state_snapshot()["count"] == 5
+    assert graph.backend.executions(graph_id="inproc")[0].status == "completed"
+
+
+def test_failed_checkpoint_records_the_failing_visit(sqlite_config, monkeypatch) -> None:
+    """The failure checkpoint names the node, the error and keeps the boundary state."""
+    graph = checkpointed(graphs.chain(4), config=sqlite_config, graph_id="failrec")
+    monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", "s2:0")
+    with pytest.raises(RuntimeError):
+        asyncio.run(graph.run({}))
+    last = graph.get_last_checkpoint()
+    assert last.status == "failed"
+    assert (last.failure.node_key, last.failure.error_type) == ("s2", "RuntimeError")
+    assert last.failure.input["content"] == {"step": "s1", "count": 2}
+    assert last.graph_state["count"] == 2  # the failing node's own write is not kept
+    assert graph.get_current_node() == "s2"
+
+
+def test_restore_skip_and_continue(sqlite_config, monkeypatch) -> None:
+    """The guide's manual recovery: restore, find the failed node, skip it, continue."""
+    graph = checkpointed(graphs.chain(4), config=sqlite_config, graph_id="skip")
+    monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", "s2:0")
+    with pytest.raises(RuntimeError):
+        asyncio.run(graph.run({}))
+    checkpoint = graph.get_last_checkpoint()
+    graph.restore_from_checkpoint(checkpoint.checkpoint_id)
+    failed = graph.get_current_node()
+    graph.skip_node(failed)
+    graphs.CALLS.clear()
+    result = asyncio.run(graph.continue_from_checkpoint())  # s2 would fail again: it is skipped
+    assert graphs.CALLS == ["s3:0"]
+    assert graph.last_recovery.skipped == [("s2", 0)]
+    assert result.content == {"step": "s3", "count": 3}
+
+
+def test_skip_node_with_explicit_output(sqlite_config, monkeypatch) -> None:
+    """skip_node(node, output=...) feeds that output to the successors."""
+    graph = checkpointed(graphs.chain(3), config=sqlite_config, graph_id="skip-out")
+    monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", "s1:0")
+    with pytest.raises(RuntimeError):
+        asyncio.run(graph.run({}))
+    graph.skip_node("s1", output={"step": "manual", "count": 41})
+    result = asyncio.run(graph.recover_and_continue())
+    assert result.content == {"step": "s2", "count": 2}
+    history = graph.get_last_checkpoint().execution_history
+    assert [(v.node_key, v.status) for v in history] == [("s0", "completed"), ("s1", "skipped"), ("s2", "completed")]
+    assert history[1].output["content"] == {"step": "manual", "count": 41}
+
+
+def test_continue_from_an_older_checkpoint_forks_a_new_execution(sqlite_config) -> None:
+    """Continuing from a checkpoint that is not the newest never rewrites the old execution's history."""
+    graph = checkpointed(graphs.chain(4), config=sqlite_config, graph_id="fork")
+    asyncio.run(graph.run({}))
+    original = graph.list_checkpoints()
+    older = graph.get_checkpoint(offset=2)
+    graphs.CALLS.clear()
+    result = asyncio.run(graph.continue_from_checkpoint(older.checkpoint_id))
+    assert result.content == {"step": "s3", "count": 4}  # state restored to the older checkpoint, then s2, s3 ran
+    assert graph.last_recovery.execution_id != older.execution_id
+    assert graphs.CALLS == [f"s{i}:0" for i in range(len(older.execution_history), 4)]
+    after = graph.list_checkpoints(execution_id=older.execution_id)
+    assert [h.checkpoint_id for h in after] == [h.checkpoint_id for h in original]
+
+
+def test_manual_checkpoints_save_and_load(sqlite_config, tmp_path) -> None:
+    """create_checkpoint / save_checkpoint / load_from_checkpoint / get_checkpoint(offset=)."""
+    graph = checkpointed(graphs.chain(3), config=sqlite_config, graph_id="manual")
+    asyncio.run(graph.run({}))
+    manual = graph.create_checkpoint()
+    assert isinstance(manual, GraphCheckpoint) and manual.graph_state["count"] == 3
+    assert graph.get_last_checkpoint().checkpoint_id == manual.checkpoint_id
+    assert graph.get_checkpoint(offset=1).status == "completed"
+    path = graph.save_checkpoint(tmp_path / "manual.ckpt", manual)
+    fresh = checkpointed(graphs.chain(3), config=CheckpointConfig(backend="memory://"), graph_id="manual")
+    loaded = fresh.load_from_checkpoint(path)
+    assert loaded == manual
+    assert fresh.get_state_snapshot() == graph.get_state_snapshot()
+    assert fresh._nodes_by_key["s1"].state["visits"] == 1
+
+
+def test_list_checkpoints_limit_and_order(sqlite_config) -> None:
+    graph = checkpointed(graphs.chain(4), config=sqlite_config, graph_id="listing")
+    asyncio.run(graph.run({}))
+    headers = graph.list_checkpoints(limit=3)
+    assert len(headers) == 3
+    assert [h.seq for h in headers] == sorted((h.seq for h in headers), reverse=True)
+    assert headers[0].status == "completed"
+    assert len(graph.list_checkpoints()) == 5  # start + one per superstep (the last is final)
+
+
+def test_state_snapshot_is_a_deep_copy(sqlite_config) -> None:
+    graph = checkpointed(graphs.pipeline(), config=sqlite_config, graph_id="snap")
+    asyncio.run(graph.run({"n": 2}))
+    snap = graph.get_state_snapshot()
+    snap["items"].append("mutated")
+    assert "mutated" not in graph.get_state_snapshot()["items"]
+
+
+class Milestones(Node):
+    async def process(self, context):
+        i = context.inputs.content.get("i", 0) + 1
+        if i in (2, 4):
+            if i == 2:
+                await checkpoint_now()
+            else:
+                await context.create_checkpoint()  # the guide's spelling
+        return {"i": i, "more": i < 5}
+
+
+def milestone_graph() -> Graph:
+    node = Milestones(id="m")
+    node.on(more=True) >> node
+    return Graph(start=node)
+
+
+def test_event_strategy_checkpoints_only_when_asked(tmp_path) -> None:
+    """strategy="event": checkpoints at checkpoint_now()/context.create_checkpoint() (+ start and final)."""
+    graph = checkpointed(milestone_graph(), config=CheckpointConfig(backend="sqlite", path=str(tmp_path / "e.db"),
+                                                                    strategy="event"), graph_id="events")
+    asyncio.run(graph.run({"i": 0}))
+    history_lengths = sorted(len(graph._decode(graph.backend.get(h.checkpoint_id).blob).execution_history)
+                             for h in graph.list_checkpoints())
+    assert history_lengths == [0, 2, 4, 5]
+
+
+def test_checkpoint_now_outside_a_run_is_a_clear_error() -> None:
+    with pytest.raises(SparkCkptError, match="inside a node"):
+        asyncio.run(checkpoint_now())
+
+
+@pytest.mark.parametrize("strategy,interval,expected", [("iteration", 2, 4), ("iteration", 1, 6), ("time", 3600, 2)])
+def test_policies(tmp_path, strategy, interval, expected) -> None:
+    """iteration every N supersteps; time every N seconds (checked at boundaries); start+final always."""
+    graph = checkpointed(graphs.chain(5), config=CheckpointConfig(backend="sqlite", path=str(tmp_path / "p.db"),
+                                                                  strategy=strategy, interval=interval), graph_id="pol")
+    asyncio.run(graph.run({}))
+    assert len(graph.list_checkpoints()) == expected
+
+
+@pytest.mark.parametrize("durability", ["async", "exit"])
+def test_durability_modes_store_the_same_final_checkpoint(tmp_path, durability) -> None:
+    graph = checkpointed(graphs.pipeline(), config=CheckpointConfig(backend="sqlite", path=str(tmp_path / "d.db"),
+                                                                    durability=durability), graph_id="dur")
+    result = asyncio.run(graph.run({"n": 3}))
+    last = graph.get_last_checkpoint()
+    assert last.status == "completed" and last.result["content"] == result.content
+    if durability == "exit":
+        assert len(graph.list_checkpoints()) == 1  # written once, at the end
+
+
+def test_retention_count_prunes_finished_runs_only(tmp_path, monkeypatch) -> None:
+    """retention_count keeps the newest N, never the checkpoints an unfinished execution needs."""
+    config = CheckpointConfig(backend="sqlite", path=str(tmp_path / "r.db"), retention_count=3)
+    graph = checkpointed(graphs.chain(3), config=config, graph_id="ret")
+    monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", "s1:0")
+    with pytest.raises(RuntimeError):
+        asyncio.run(graph.run({}))
+    monkeypatch.delenv("SPARK_CKPT_TEST_FAIL")
+    failed_execution = graph.backend.executions(graph_id="ret")[0].execution_id
+    for _ in range(3):
+        asyncio.run(graph.run({}))
+    headers = graph.list_checkpoints()
+    kept_of_failed = [h for h in headers if h.execution_id == failed_execution]
+    assert len(kept_of_failed) == 2  # protected: recovery still needs them
+    assert len(headers) == 3 + 2
+    asyncio.run(graph.recover_and_continue(execution_id=failed_execution))
+
+
+def test_decorator_on_a_factory(tmp_path) -> None:
+    @checkpointed(config=CheckpointConfig(backend="sqlite", path=str(tmp_path / "f.db")), graph_id="factory")
+    def make():
+        return graphs.chain(2)
+
+    graph = make()
+    assert type(graph).__name__ == "CheckpointedGraph" and graph.graph_id == "factory"
+    assert asyncio.run(graph.run({})).content["count"] == 2
+
+
+def test_hooks_see_every_visit_live_and_replayed(sqlite_config, plugin, monkeypatch) -> None:
+    """pre/post node hooks (sync and async implementations) see live and replayed visits; on_failure fires."""
+    seen = []
+
+    class Observer:
+        @hookimpl
+        def spark_ckpt_pre_node(self, event):
+            seen.append(("pre", event.node_key, event.visit_index, event.replayed))
+
+        @hookimpl
+        async def spark_ckpt_post_node(self, event):
+            await asyncio.sleep(0)
+            seen.append(("post", event.node_key, event.visit_index, event.replayed, event.output.content["count"]))
+
+        @hookimpl
+        def spark_ckpt_on_failure(self, event):
+            seen.append(("failure", event.node_key, event.error_type))
+
+    plugin(Observer())
+    graph = checkpointed(graphs.chain(3), config=sqlite_config, graph_id="hooks")
+    monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", "s1:0")
+    with pytest.raises(RuntimeError):
+        asyncio.run(graph.run({}))
+    monkeypatch.delenv("SPARK_CKPT_TEST_FAIL")
+    asyncio.run(graph.recover_and_continue())
+    assert seen == [
+        ("pre", "s0", 0, False), ("post", "s0", 0, False, 1),
+        ("pre", "s1", 0, False), ("failure", "s1", "RuntimeError"),
+        ("pre", "s0", 0, True), ("post", "s0", 0, True, 1),
+        ("pre", "s1", 0, False), ("post", "s1", 0, False, 2),
+        ("pre", "s2", 0, False), ("post", "s2", 0, False, 3),
+    ]
+
+
+def test_failing_plugin_never_masks_the_users_exception(sqlite_config, plugin, monkeypatch) -> None:
+    class Broken:
+        @hookimpl
+        def spark_ckpt_on_failure(self, event):
+            raise ValueError("plugin bug")
+
+        @hookimpl
+        def spark_ckpt_post_node(self, event):
+            raise KeyError("another plugin bug")
+
+    plugin(Broken())
+    graph = checkpointed(graphs.chain(3), config=sqlite_config, graph_id="broken-plugin")
+    assert asyncio.run(graph.run({})).content["count"] == 3  # post_node errors are contained
+    monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", "s1:1")  # s1's second visit (this node's visit count carries over)
+    with pytest.raises(RuntimeError, match="injected failure in s1"):
+        asyncio.run(graph.run({}))
+    assert graph.get_last_checkpoint().status == "failed"
+
+
+def test_should_checkpoint_plugin_and_run_stopped(sqlite_config, plugin) -> None:
+    """A firstresult should_checkpoint plugin overrides the policy; RunStopped from a hook stops the run."""
+
+    class NeverExceptFinal:
+        @hookimpl
+        def spark_ckpt_should_checkpoint(self, decision):
+            return decision.reason == "final"
+
+    class StopAtS2:
+        @hookimpl
+        def spark_ckpt_pre_node(self, event):
+            if event.node_key == "s2":
+                raise RunStopped("budget exhausted at s2")
+
+    plugin(NeverExceptFinal())
+    graph = checkpointed(graphs.chain(3), config=sqlite_config, graph_id="decide")
+    asyncio.run(graph.run({}))
+    assert len(graph.list_checkpoints()) == 2  # start + final
+    plugin(StopAtS2())
+    with pytest.raises(RunStopped, match="budget"):
+        asyncio.run(graph.run({}))

@@ -1,0 +1,105 @@
+"""Wrapping is transparent: same outputs, graph state, node call order and exceptions as bare Spark."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from spark.agents import Agent
+from spark.graphs import Graph
+from spark.nodes import Node
+
+import graphs
+from spark_ckpt import CheckpointConfig, checkpointed
+
+
+def run_both(build, inputs, config: CheckpointConfig):
+    graphs.CALLS.clear()
+    bare = build()
+    bare_result = asyncio.run(bare.run(inputs))
+    bare_calls = list(graphs.CALLS)
+    graphs.CALLS.clear()
+    wrapped = checkpointed(build(), config=config, graph_id="transparency")
+    wrapped_result = asyncio.run(wrapped.run(inputs))
+    return (bare, bare_result, bare_calls), (wrapped, wrapped_result, list(graphs.CALLS))
+
+
+@pytest.fixture(params=["memory", "sqlite", "file"])
+def config(request, tmp_path) -> CheckpointConfig:
+    if request.param == "memory":
+        return CheckpointConfig(backend="memory://")
+    return CheckpointConfig(backend=request.param, path=str(tmp_path / request.param))
+
+
+@pytest.mark.parametrize("name,inputs", [("pipeline", {"n": 4}), ("pipeline", {"n": 5}), ("chain", {}), ("fan_out", {"value": 7})])
+def test_same_result_state_and_order(name, inputs, config) -> None:
+    """Loops, conditional edges and fan-out give identical results, state and call order when wrapped."""
+    (bare, r1, calls1), (wrapped, r2, calls2) = run_both(lambda: graphs.build(name), inputs, config)
+    assert r2.content == r1.content
+    assert wrapped.get_state_snapshot() == bare.state.get_snapshot()
+    assert calls2 == calls1 if name != "fan_out" else sorted(calls2) == sorted(calls1)
+    for key in ("report", "transform"):
+        if key in wrapped.node_keys:
+            node = wrapped._nodes_by_key[key]
+            bare_node = next(n for n in bare.nodes if n.id == key)
+            assert node.state["process_count"] == bare_node.state["process_count"]
+
+
+def test_same_exception(config, monkeypatch) -> None:
+    """A failing node raises the very same exception type and message to the caller."""
+    monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", "s2:0")
+    bare, wrapped = graphs.chain(), checkpointed(graphs.chain(), config=config, graph_id="fails")
+    with pytest.raises(RuntimeError) as bare_exc:
+        asyncio.run(bare.run({}))
+    with pytest.raises(RuntimeError) as wrapped_exc:
+        asyncio.run(wrapped.run({}))
+    assert str(wrapped_exc.value) == str(bare_exc.value) == "injected failure in s2"
+    assert wrapped.get_state_snapshot() == bare.state.get_snapshot()
+
+
+def test_repeated_runs_keep_state_like_spark(config) -> None:
+    """Several runs of one wrapped graph behave like several runs of the bare graph (state carries over)."""
+    bare, wrapped = graphs.chain(3), checkpointed(graphs.chain(3), config=config, graph_id="again")
+    for _ in range(3):
+        asyncio.run(bare.run({}))
+        asyncio.run(wrapped.run({}))
+    assert wrapped.get_state_snapshot() == bare.state.get_snapshot()
+    assert wrapped.get_state_snapshot()["count"] == 9
+    # each run is its own completed execution
+    executions = wrapped.backend.executions(graph_id="again")
+    assert len(executions) == 3 and all(h.status == "completed" for h in executions)
+
+
+def test_agent_node_graph_is_transparent(config) -> None:
+    """A graph with a Spark Agent node (offline echo model) gives the same answer wrapped and bare."""
+
+    class Prepare(Node):
+        async def process(self, context):
+            return {"prompt": f"summarise {context.inputs.content['topic']}"}
+
+    class Ask(Node):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.agent = Agent()
+
+        async def process(self, context):
+            result = await self.agent.run(context.inputs.content["prompt"])
+            return {"answer": str(getattr(result, "content", result))}
+
+    def build():
+        prepare = Prepare(id="prepare")
+        ask = Ask(id="ask")
+        prepare >> ask
+        return Graph(start=prepare)
+
+    (_, r1, _), (_, r2, _) = run_both(build, {"topic": "checkpoints"}, config)
+    assert r2.content == r1.content
+    assert "checkpoints" in r2.content["answer"]
+
+
+def test_disabled_config_runs_bare(tmp_path) -> None:
+    """enabled=False: the graph runs untouched and nothing is stored."""
+    wrapped = checkpointed(graphs.chain(2), config=CheckpointConfig(enabled=False, backend="sqlite", path=str(tmp_path / "x.db")))
+    result = asyncio.run(wrapped.run({}))
+    assert result.content["count"] == 2
+    assert wrapped.list_checkpoints() == []
