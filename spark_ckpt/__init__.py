@@ -10,11 +10,39 @@ from __future__ import annotations
 from typing import Any
 
 from .config import CheckpointConfig
-from .errors import (
-    BackendError, BudgetExceededError, CheckpointNotFoundError, CodecError, ConfigError,
-    CorruptCheckpointError, DuplicateCheckpointError, EncodeError, GraphMismatchError, LeaseError,
-    NothingToRecoverError, PluginError, RunStopped, SparkCkptError, UnknownBackendError,
-    UnsafeToRetryError, UnsupportedFormatError,
+from .errors import (  # noqa: F401  (re-exported: the whole error hierarchy)
+    SparkCkptError,
+    ConfigError,
+    UnknownBackendError,
+    BackendError,
+    CheckpointNotFoundError,
+    DuplicateCheckpointError,
+    GraphMismatchError,
+    CodecError,
+    EncodeError,
+    CorruptCheckpointError,
+    UnsupportedFormatError,
+    NotACheckpointError,
+    ChecksumMismatchError,
+    TruncatedCheckpointError,
+    TamperedCheckpointError,
+    CheckpointSwappedError,
+    DecompressionLimitError,
+    EncryptionKeyError,
+    MissingKeyError,
+    WrongKeyError,
+    PlaintextRefusedError,
+    PickleRefusedError,
+    UnsignedPickleError,
+    PickleSignatureError,
+    InvalidKeyError,
+    RekeyError,
+    NothingToRecoverError,
+    LeaseError,
+    PluginError,
+    RunStopped,
+    BudgetExceededError,
+    UnsafeToRetryError,
 )
 from .markers import hookimpl
 
@@ -23,10 +51,7 @@ __version__ = "0.1.0"
 __all__ = [
     "checkpointed", "checkpoint_now", "CheckpointConfig", "hookimpl", "open_backend",
     "CheckpointedGraph", "CheckpointedAgent",
-    "SparkCkptError", "ConfigError", "UnknownBackendError", "BackendError", "CheckpointNotFoundError",
-    "DuplicateCheckpointError", "CodecError", "EncodeError", "CorruptCheckpointError",
-    "UnsupportedFormatError", "GraphMismatchError", "NothingToRecoverError", "LeaseError",
-    "PluginError", "RunStopped", "BudgetExceededError", "UnsafeToRetryError",
+    "SparkCkptError", "ConfigError", "UnknownBackendError", "BackendError", "CheckpointNotFoundError", "DuplicateCheckpointError", "GraphMismatchError", "CodecError", "EncodeError", "CorruptCheckpointError", "UnsupportedFormatError", "NotACheckpointError", "ChecksumMismatchError", "TruncatedCheckpointError", "TamperedCheckpointError", "CheckpointSwappedError", "DecompressionLimitError", "EncryptionKeyError", "MissingKeyError", "WrongKeyError", "PlaintextRefusedError", "PickleRefusedError", "UnsignedPickleError", "PickleSignatureError", "InvalidKeyError", "RekeyError", "NothingToRecoverError", "LeaseError", "PluginError", "RunStopped", "BudgetExceededError", "UnsafeToRetryError",
 ]
 
 

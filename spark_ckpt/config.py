@@ -28,6 +28,13 @@ def _durability(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         )
 
 
+def _keys(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None:
+        from .codec.crypto import Keyring
+
+        Keyring(value, instance.active_key)  # raises InvalidKeyError, never echoing key material
+
+
 @attrs.define
 class CheckpointConfig:
     """How a wrapped graph or agent is checkpointed.
@@ -54,6 +61,8 @@ class CheckpointConfig:
     path: str | None = None
     retention_count: int | None = attrs.field(default=None, validator=_positive)
     retention_max_age_s: float | None = attrs.field(default=None, validator=_positive)
+    #: names of extra retention rules registered by plugins (``spark_ckpt_register_retention``)
+    retention: tuple[str, ...] = attrs.field(default=(), converter=lambda v: (v,) if isinstance(v, str) else tuple(v))
     durability: str = attrs.field(default="sync", validator=_durability)
     #: compress payloads with this transform ("gzip", or a plugin's) when >= compression_threshold bytes
     compression: str | None = None
@@ -64,6 +73,19 @@ class CheckpointConfig:
     lease_ttl_s: float = attrs.field(default=60.0, validator=_positive)
     #: extra keyword options passed to the backend factory
     backend_options: dict[str, Any] = attrs.field(factory=dict)
+    #: encryption keys by key id (32 raw bytes or base64/hex text); None reads SPARK_CKPT_KEYS
+    #: ("k1:<base64>,k2:<base64>"). With keys, unencrypted checkpoints are refused on read.
+    encryption_keys: dict[str, bytes | str] | None = attrs.field(default=None, repr=False, validator=_keys)
+    #: key id new checkpoints are encrypted with (default: the only key, or SPARK_CKPT_ACTIVE_KEY)
+    active_key: str | None = None
+    #: with encryption configured, still read unencrypted checkpoints (migration only)
+    allow_plaintext: bool = False
+    #: "json" (default, recommended), "pickle" (needs pickle_signing_key) or a plugin's serializer
+    serializer: str = "json"
+    #: HMAC-SHA256 key (>= 32 bytes, raw or base64/hex) that signs pickles and verifies them before loading
+    pickle_signing_key: bytes | str | None = attrs.field(default=None, repr=False)
+    #: a compressed payload that would expand past this many bytes is refused before expanding
+    max_decompressed_size: int = attrs.field(default=512 * 1024 * 1024, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.retention_count is not None and int(self.retention_count) != self.retention_count:
@@ -120,25 +142,63 @@ class CheckpointConfig:
             chosen.append(rules["count"](self))
         if self.retention_max_age_s is not None:
             chosen.append(rules["age"](self))
+        for name in self.retention:
+            if name not in rules:
+                raise ConfigError(f"unknown retention rule {name!r}; available: {', '.join(sorted(rules))}")
+            chosen.append(rules[name](self))
         return chosen
 
     def make_codec(self):
         from . import plugins
-        from .codec import Codec, GzipTransform
+        from .codec import Codec, GzipTransform, Keyring, SignedPickleSerializer, ZstdTransform, zstandard_available
 
-        layers = plugins.serializers()
+        # "pickle" is reserved: it exists only when a signing key is configured (never unpickle by surprise)
+        layers = {name: layer for name, layer in plugins.serializers().items() if name != "pickle"}
+        limit = self.max_decompressed_size
         pipeline = []
         if self.compression:
             if self.compression == "gzip":
-                pipeline.append(GzipTransform(threshold=self.compression_threshold))
+                pipeline.append(GzipTransform(threshold=self.compression_threshold, max_size=limit))
+            elif self.compression == "zstd":
+                if not zstandard_available():
+                    raise ConfigError("compression='zstd' needs the zstandard package: pip install zstandard")
+                pipeline.append(ZstdTransform(threshold=self.compression_threshold, max_size=limit))
             elif self.compression in layers:
                 pipeline.append(layers[self.compression])
             else:
                 raise ConfigError(
-                    f"unknown compression {self.compression!r}; available: gzip, "
+                    f"unknown compression {self.compression!r}; available: gzip, zstd, "
                     + ", ".join(sorted(set(layers) - {"json"}))
                 )
-        return Codec(pipeline=pipeline, readable=layers.values())
+        readable = list(layers.values())
+        signed_pickle = None
+        if self.pickle_signing_key is not None:
+            signed_pickle = SignedPickleSerializer(self.pickle_signing_key)
+            readable.append(signed_pickle)
+        serializer = None
+        if self.serializer == "pickle":
+            if signed_pickle is None:
+                raise ConfigError(
+                    "serializer='pickle' needs pickle_signing_key= (>= 32 bytes): pickles are only written "
+                    "and read signed. Prefer the default serializer='json'"
+                )
+            serializer = signed_pickle
+        elif self.serializer != "json":
+            if self.serializer not in layers or not hasattr(layers[self.serializer], "loads"):
+                raise ConfigError(
+                    f"unknown serializer {self.serializer!r}; available: json, pickle, "
+                    + ", ".join(sorted(n for n, layer in layers.items() if hasattr(layer, "loads")))
+                )
+            serializer = layers[self.serializer]
+        if self.encryption_keys is not None:
+            keyring = Keyring(self.encryption_keys, self.active_key)
+        else:  # keys from SPARK_CKPT_KEYS; an explicit active_key still wins over SPARK_CKPT_ACTIVE_KEY
+            override = {"SPARK_CKPT_ACTIVE_KEY": self.active_key} if self.active_key else {}
+            keyring = Keyring.from_env({**os.environ, **override})
+        return Codec(
+            serializer, pipeline, readable=readable, keyring=keyring,
+            allow_plaintext=self.allow_plaintext, max_decompressed_size=limit,
+        )
 
 
 def split_url(url: str) -> tuple[str, str]:

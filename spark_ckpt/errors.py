@@ -31,6 +31,10 @@ class DuplicateCheckpointError(BackendError):
     """A checkpoint with the same (execution_id, seq) is already stored; nothing was overwritten."""
 
 
+class GraphMismatchError(SparkCkptError):
+    """A checkpoint belongs to another graph, or the graph's structure changed since it was written."""
+
+
 class CodecError(SparkCkptError):
     """A checkpoint could not be encoded or decoded."""
 
@@ -47,8 +51,64 @@ class UnsupportedFormatError(CodecError):
     """The checkpoint was written by a newer format version or with an unknown codec layer."""
 
 
-class GraphMismatchError(SparkCkptError):
-    """A checkpoint belongs to another graph, or the graph's structure changed since it was written."""
+class NotACheckpointError(CorruptCheckpointError):
+    """The bytes do not start with the spark-ckpt signature: another tool wrote them."""
+
+
+class ChecksumMismatchError(CorruptCheckpointError):
+    """The envelope checksum does not match: bytes were altered or lost after writing."""
+
+
+class TruncatedCheckpointError(ChecksumMismatchError):
+    """The checkpoint is shorter than its header says: the write did not complete (torn write)."""
+
+
+class TamperedCheckpointError(CorruptCheckpointError):
+    """Authenticated decryption failed: ciphertext, nonce, tag or the data bound to them was altered."""
+
+
+class CheckpointSwappedError(GraphMismatchError, CorruptCheckpointError):
+    """A checkpoint written for one (graph, execution, seq) was found at another position."""
+
+
+class DecompressionLimitError(CodecError):
+    """A compressed payload would expand past ``max_decompressed_size``; it was not expanded."""
+
+
+class EncryptionKeyError(CodecError):
+    """Base of the key problems met while reading an encrypted checkpoint."""
+
+
+class MissingKeyError(EncryptionKeyError):
+    """The checkpoint was encrypted with a key id that is not configured here."""
+
+
+class WrongKeyError(EncryptionKeyError):
+    """A key with the checkpoint's key id is configured, but it is not the key that encrypted it."""
+
+
+class PlaintextRefusedError(CodecError):
+    """Encryption is configured but the checkpoint is not encrypted (and ``allow_plaintext`` is off)."""
+
+
+class PickleRefusedError(CodecError):
+    """A pickled checkpoint was refused before unpickling it."""
+
+
+class UnsignedPickleError(PickleRefusedError):
+    """The pickle carries no signature, or no pickle signing key is configured to verify it."""
+
+
+class PickleSignatureError(PickleRefusedError):
+    """The pickle's HMAC signature does not match the configured signing key."""
+
+
+class InvalidKeyError(ConfigError):
+    """Key material or a key id in the configuration is malformed (never echoed in the message)."""
+
+
+class RekeyError(SparkCkptError):
+    """``rekey_backend`` could not re-encrypt some checkpoints; the rest were re-encrypted."""
 
 
 class NothingToRecoverError(SparkCkptError):

@@ -171,3 +171,23 @@ def test_all_errors_share_one_base() -> None:
     for error in (UnknownBackendError, BackendError, CheckpointNotFoundError, CorruptCheckpointError, EncodeError,
                   GraphMismatchError, NothingToRecoverError, UnsupportedFormatError, ConfigError):
         assert issubclass(error, SparkCkptError)
+
+
+def test_recovery_falls_back_past_a_corrupt_newest_checkpoint(tmp_path, monkeypatch) -> None:
+    """A torn newest checkpoint is passed over (and reported); recovery resumes from the one before it."""
+    import sqlite3
+
+    db = tmp_path / "fallback.db"
+    config = CheckpointConfig(backend="sqlite", path=str(db))
+    monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", "s3:0")
+    g = checkpointed(graphs.chain(5), config=config, graph_id="fallback")
+    with pytest.raises(RuntimeError):
+        asyncio.run(g.run({}))
+    monkeypatch.delenv("SPARK_CKPT_TEST_FAIL")
+    newest = g.list_checkpoints(limit=1)[0]
+    with sqlite3.connect(db) as conn:  # tear the newest row's blob as a crash mid-write on a bad disk would
+        conn.execute("UPDATE checkpoints SET blob = substr(blob, 1, 40) WHERE checkpoint_id = ?", (newest.checkpoint_id,))
+    fresh = checkpointed(graphs.chain(5), config=config, graph_id="fallback")
+    result = asyncio.run(fresh.recover_and_continue())
+    assert fresh.last_recovery.fell_back == [newest.checkpoint_id]
+    assert result.content == {"step": "s4", "count": 5}

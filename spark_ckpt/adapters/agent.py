@@ -474,7 +474,13 @@ class CheckpointedAgent:
         h = stored.header
         if h.kind != AGENT:
             raise CorruptCheckpointError(f"checkpoint {h.checkpoint_id} is a {h.kind} checkpoint, not an agent's")
-        return self.codec.decode(stored.blob, AgentRecord, Identity(h.graph_id, h.execution_id, h.seq))
+        data, _ = self.codec.decode_data(stored.blob, Identity(h.graph_id, h.execution_id, h.seq))
+        if not isinstance(data, dict):
+            raise CorruptCheckpointError(f"agent checkpoint {h.checkpoint_id} does not hold an agent record")
+        # what the header already says is not repeated in the payload
+        data.update(checkpoint_id=h.checkpoint_id, agent_id=h.graph_id, execution_id=h.execution_id,
+                    seq=h.seq, timestamp=h.created_at, status=h.status)
+        return from_data(data, AgentRecord)
 
     async def _put(self, record: AgentRecord, lease: Any) -> None:
         data = _compact(to_data(record))
@@ -518,9 +524,14 @@ _CALL_DEFAULTS = {
 }
 
 
+_IN_HEADER = frozenset({"checkpoint_id", "agent_id", "execution_id", "seq", "timestamp", "status", "kind"})
+
+
 def _compact(data: dict[str, Any]) -> dict[str, Any]:
-    """Drop fields at their default: one record per call must stay small next to what it holds."""
-    out = {k: v for k, v in data.items() if k not in _RECORD_DEFAULTS or v != _RECORD_DEFAULTS[k]}
+    """Drop fields at their default or already in the header: one record per call (or per turn) must
+    stay small next to what it holds."""
+    out = {k: v for k, v in data.items()
+           if k not in _IN_HEADER and (k not in _RECORD_DEFAULTS or v != _RECORD_DEFAULTS[k])}
     if "calls" in out:
         out["calls"] = [{k: v for k, v in c.items() if k not in _CALL_DEFAULTS or v != _CALL_DEFAULTS[k]}
                         for c in out["calls"]]

@@ -35,7 +35,7 @@ from ..codec import Codec, Identity, from_data, to_data
 from ..codec.convert import dumps_data, find_unencodable
 from ..config import CheckpointConfig
 from ..errors import (
-    CheckpointNotFoundError, CodecError, ConfigError, GraphMismatchError, LeaseError,
+    CheckpointNotFoundError, CodecError, ConfigError, CorruptCheckpointError, GraphMismatchError, LeaseError,
     NothingToRecoverError, SparkCkptError,
 )
 from ..events import CheckpointDecision, CheckpointSaved, FailureEvent, NodeEvent
@@ -771,7 +771,9 @@ class CheckpointedGraph:
         for header in headers:
             try:
                 record = self._decode((await self.backend.aget(header.checkpoint_id)).blob, header)
-            except CodecError as exc:
+            except CorruptCheckpointError as exc:
+                # torn, altered or swapped bytes: an earlier checkpoint may be intact. Key and format
+                # problems (wrong key, plaintext refused ...) are not: every earlier one fails alike.
                 log.warning("checkpoint %s failed to verify (%s); falling back to the previous one", header.checkpoint_id, exc)
                 fell_back.append(header.checkpoint_id)
                 continue

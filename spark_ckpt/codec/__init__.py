@@ -1,27 +1,44 @@
-"""Checkpoint codec: record -> data (cattrs) -> bytes (serializer) -> transforms -> envelope."""
+"""Checkpoint codec: record -> data (cattrs) -> bytes (serializer) -> compression -> encryption -> envelope.
+
+Reading undoes the chain named in the envelope, and fails closed: with encryption configured, an
+envelope whose last layer is not the cipher is refused (``PlaintextRefusedError``) unless
+``allow_plaintext=True``; a pickle is loaded only after its signature verified.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Iterable, TypeVar
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, TypeVar
 
-from ..errors import GraphMismatchError, UnsupportedFormatError
+from ..errors import (
+    CheckpointSwappedError, CorruptCheckpointError, PlaintextRefusedError, SparkCkptError,
+    TamperedCheckpointError, UnsupportedFormatError,
+)
 from .convert import converter, from_data, to_data
-from .envelope import Envelope, Identity, pack, unpack
-from .layers import GzipTransform, JsonSerializer, Serializer, Transform
+from .crypto import AesGcmTransform, Keyring, new_key
+from .envelope import Envelope, Identity, describe, pack, unpack
+from .layers import (
+    DEFAULT_MAX_DECOMPRESSED, GzipTransform, JsonSerializer, Serializer, Transform, ZstdTransform,
+    zstandard_available,
+)
+from .signed_pickle import PICKLE_LAYER, SignedPickleSerializer, refuse_unconfigured_pickle
 
 T = TypeVar("T")
 
 __all__ = [
     "Codec", "Identity", "Envelope", "Serializer", "Transform", "JsonSerializer", "GzipTransform",
-    "converter", "to_data", "from_data", "pack", "unpack",
+    "ZstdTransform", "AesGcmTransform", "Keyring", "SignedPickleSerializer", "new_key",
+    "zstandard_available", "converter", "to_data", "from_data", "pack", "unpack", "describe",
 ]
 
 
 class Codec:
     """Encodes records into verified envelopes and back.
 
-    ``serializers``/``transforms`` are every layer this codec can *read*; ``serializer`` and
-    ``pipeline`` (names, in order) are what it *writes*.
+    ``serializer`` and ``pipeline`` (in order) are what it *writes*; then, when ``keyring`` has an
+    active key, the payload is encrypted under it as the last layer. ``readable`` adds layers it
+    can *read* (plugin layers). With a non-empty keyring, reading refuses unencrypted envelopes
+    unless ``allow_plaintext`` is set (for migrating old checkpoints).
     """
 
     def __init__(
@@ -30,18 +47,47 @@ class Codec:
         pipeline: Iterable[Transform] = (),
         *,
         readable: Iterable[Serializer | Transform] = (),
+        keyring: Keyring | None = None,
+        allow_plaintext: bool = False,
+        max_decompressed_size: int = DEFAULT_MAX_DECOMPRESSED,
     ) -> None:
         self.serializer = serializer or JsonSerializer()
         self.pipeline = list(pipeline)
+        self.keyring = keyring or Keyring()
+        self.encryption = AesGcmTransform(self.keyring)
+        self.allow_plaintext = allow_plaintext
         self.layers: dict[str, Serializer | Transform] = {}
-        for layer in [JsonSerializer(), GzipTransform(), *readable, self.serializer, *self.pipeline]:
+        defaults = [
+            JsonSerializer(),
+            GzipTransform(max_size=max_decompressed_size),
+            ZstdTransform(max_size=max_decompressed_size),
+        ]
+        for layer in [*defaults, *readable, self.serializer, *self.pipeline, self.encryption]:
             self.layers[layer.name] = layer
 
+    @property
+    def encrypts(self) -> bool:
+        """True when new checkpoints are encrypted (the keyring has an active key)."""
+        return self.keyring.active is not None
+
+    @property
+    def requires_encryption(self) -> bool:
+        return bool(self.keyring) and not self.allow_plaintext
+
+    # -- writing ---------------------------------------------------------------------------------
     def encode_data(self, data: Any, identity: Identity) -> bytes:
-        payload = self.serializer.dumps(data)
-        layers: list[dict[str, Any]] = [{"name": self.serializer.name}]
-        for transform in self.pipeline:
-            done = transform.encode(payload, identity)
+        encode = getattr(self.serializer, "encode", None)
+        if encode is not None:
+            payload, params = encode(data, identity)
+        else:
+            payload, params = self.serializer.dumps(data), {}
+        layers: list[dict[str, Any]] = [{"name": self.serializer.name, **params}]
+        pipeline = [*self.pipeline, self.encryption] if self.encrypts else self.pipeline
+        for transform in pipeline:
+            if getattr(transform, "binds_layers", False):
+                done = transform.encode(payload, identity, preceding=list(layers))  # type: ignore[call-arg]
+            else:
+                done = transform.encode(payload, identity)
             if done is not None:
                 payload, params = done
                 layers.append({"name": transform.name, **params})
@@ -50,29 +96,104 @@ class Codec:
     def encode(self, record: Any, identity: Identity) -> bytes:
         return self.encode_data(to_data(record), identity)
 
+    # -- reading ---------------------------------------------------------------------------------
     def decode_data(self, blob: bytes, expected: Identity | None = None) -> tuple[Any, Identity]:
         envelope = unpack(blob)
         if expected is not None and envelope.identity != expected:
-            raise GraphMismatchError(
-                f"checkpoint was written for {envelope.identity} but was read as {expected}: "
-                "it was copied or swapped onto another execution or position"
+            raise CheckpointSwappedError(
+                f"checkpoint was written for {_where(envelope.identity)} but was read as {_where(expected)}: "
+                "it was copied or swapped onto another execution or position; use the checkpoint stored "
+                "for this position (or an earlier one)"
+            )
+        layers = envelope.layers
+        self._check_encrypted(layers)
+        serializer = self._layer(layers[0]["name"])
+        if not _is_serializer(serializer):
+            raise CorruptCheckpointError(
+                f"checkpoint's first layer {layers[0]['name']!r} is not a serializer; the header was altered"
             )
         payload = envelope.payload
-        for layer in reversed(envelope.layers[1:]):
-            transform = self._layer(layer["name"])
-            payload = transform.decode(payload, layer, envelope.identity)  # type: ignore[union-attr]
-        serializer = self._layer(envelope.layers[0]["name"])
-        return serializer.loads(payload, envelope.layers[0]), envelope.identity  # type: ignore[union-attr]
+        for index in range(len(layers) - 1, 0, -1):
+            params = layers[index]
+            transform = self._layer(params["name"])
+            if _is_serializer(transform) or not hasattr(transform, "decode"):
+                raise CorruptCheckpointError(
+                    f"checkpoint lists serializer {params['name']!r} as a transform; the header was altered"
+                )
+            with _contained(params["name"]):
+                if getattr(transform, "binds_layers", False):
+                    payload = transform.decode(  # type: ignore[call-arg]
+                        payload, params, envelope.identity, preceding=layers[:index]
+                    )
+                else:
+                    payload = transform.decode(payload, params, envelope.identity)  # type: ignore[union-attr]
+        with _contained(layers[0]["name"]):
+            decode = getattr(serializer, "decode", None)
+            if decode is not None:
+                return decode(payload, layers[0], envelope.identity), envelope.identity
+            return serializer.loads(payload, layers[0]), envelope.identity  # type: ignore[union-attr]
 
     def decode(self, blob: bytes, cls: type[T], expected: Identity | None = None) -> T:
         data, _ = self.decode_data(blob, expected)
         return from_data(data, cls)
 
+    def is_current(self, blob: bytes) -> bool:
+        """True when ``blob`` is already written the way this codec writes (encrypted under the
+        active key, or plaintext when no key is active); ``rekey`` skips those."""
+        layers = unpack(blob).layers
+        last = layers[-1]
+        if not self.encrypts:
+            return last["name"] != self.encryption.name
+        return (
+            last["name"] == self.encryption.name
+            and last.get("kid") == self.keyring.active
+            and last.get("kcv") == self.keyring.check_value(self.keyring.active)  # type: ignore[arg-type]
+        )
+
+    def _check_encrypted(self, layers: list[dict[str, Any]]) -> None:
+        names = [layer["name"] for layer in layers]
+        if self.encryption.name in names[:-1]:
+            # a layer after the cipher would be unauthenticated; we never write that
+            raise TamperedCheckpointError(
+                f"checkpoint layer chain {names} has layers outside the cipher; it was altered, "
+                "use an earlier checkpoint"
+            )
+        if self.requires_encryption and names[-1] != self.encryption.name:
+            raise PlaintextRefusedError(
+                f"checkpoint is not encrypted (layers {names}) but encryption is configured, so it is "
+                "refused: a plaintext checkpoint may have been planted. If it predates encryption, read it "
+                "with CheckpointConfig(allow_plaintext=True) once and run `spark-ckpt rekey` to encrypt it"
+            )
+
     def _layer(self, name: str) -> Serializer | Transform:
         try:
             return self.layers[name]
         except KeyError:
+            if name == PICKLE_LAYER:
+                raise refuse_unconfigured_pickle() from None
             raise UnsupportedFormatError(
                 f"checkpoint uses codec layer {name!r}, which is not available here "
                 f"(known: {', '.join(sorted(self.layers))}); install or configure the plugin that provides it"
             ) from None
+
+
+@contextmanager
+def _contained(layer_name: str) -> Iterator[None]:
+    """A (plugin) layer failing on hostile bytes is reported as corrupt, never as a stray exception."""
+    try:
+        yield
+    except SparkCkptError:
+        raise
+    except Exception as exc:
+        raise CorruptCheckpointError(
+            f"codec layer {layer_name!r} could not decode the checkpoint ({exc!r}); it is damaged or altered, "
+            "use an earlier checkpoint"
+        ) from exc
+
+
+def _is_serializer(layer: Any) -> bool:
+    return hasattr(layer, "loads")
+
+
+def _where(identity: Identity) -> str:
+    return f"graph {identity.graph_id!r}, execution {identity.execution_id!r}, seq {identity.seq}"

@@ -6,9 +6,11 @@ Layout (all integers big-endian)::
     | header (JSON) | payload
 
 The digest covers everything after itself, so a torn write or a flipped byte is detected without
-any key. The header names the codec layers applied to the payload, in order (e.g.
-``["json", "gzip"]``), and the identity ``(graph_id, execution_id, seq)`` the checkpoint was
-written for, so a reader can tell what the bytes are before trying to decode them.
+any key. It is not a MAC: only encryption (``crypto.py``) detects deliberate tampering. The header
+names the codec layers applied to the payload, in order (e.g. ``[{"name": "json"}, {"name": "gzip",
+...}]``), the identity ``(graph_id, execution_id, seq)`` the checkpoint was written for, and the
+payload length ``n`` (so a torn write is reported as such), so a reader can tell what the bytes
+are before trying to decode them.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from typing import Any
 import attrs
 import orjson
 
-from ..errors import CorruptCheckpointError, UnsupportedFormatError
+from ..errors import (
+    ChecksumMismatchError, CorruptCheckpointError, NotACheckpointError, TruncatedCheckpointError,
+    UnsupportedFormatError,
+)
 
 MAGIC = b"SPCKPT"
 ENVELOPE_VERSION = 1
@@ -59,54 +64,125 @@ def _digest(body: bytes) -> bytes:
 def pack(envelope: Envelope) -> bytes:
     ident = envelope.identity
     header = orjson.dumps(
-        {"layers": envelope.layers, "id": [ident.graph_id, ident.execution_id, ident.seq]}
+        {
+            "layers": envelope.layers,
+            "id": [ident.graph_id, ident.execution_id, ident.seq],
+            # payload length: lets a reader tell a torn write from a flipped byte
+            "n": len(envelope.payload),
+        }
     )
     body = bytes([envelope.version]) + struct.pack(">I", len(header)) + header + envelope.payload
     # version byte goes before the digest on disk; the digest covers it too
     return MAGIC + body[:1] + _digest(body) + body[1:]
 
 
+def _claimed_length(blob: bytes) -> int | None:
+    """Total length the (not yet verified) header claims, or None if it cannot tell."""
+    (header_len,) = struct.unpack(">I", blob[_PREFIX - 4 : _PREFIX])
+    if len(blob) < _PREFIX + header_len:
+        return _PREFIX + header_len
+    try:
+        n = orjson.loads(blob[_PREFIX : _PREFIX + header_len]).get("n")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    if isinstance(n, int) and not isinstance(n, bool) and n >= 0:
+        return _PREFIX + header_len + n
+    return None
+
+
+def _truncated(length: int, claimed: int | None = None) -> TruncatedCheckpointError:
+    what = f"{length} of {claimed} bytes" if claimed else f"{length} bytes"
+    return TruncatedCheckpointError(
+        f"checkpoint is truncated ({what}): it was not written completely (or its length field is "
+        "damaged); use an earlier checkpoint (get_checkpoint(offset=1)) or `spark-ckpt verify` to find intact ones"
+    )
+
+
 def unpack(blob: bytes) -> Envelope:
-    """Parse and verify an envelope; raise ``CorruptCheckpointError``/``UnsupportedFormatError``."""
+    """Parse and verify an envelope.
+
+    Raises a ``CorruptCheckpointError`` subclass (``NotACheckpointError``, ``TruncatedCheckpointError``,
+    ``ChecksumMismatchError``) or ``UnsupportedFormatError``; never anything else.
+    """
     if not isinstance(blob, (bytes, bytearray, memoryview)):
-        raise CorruptCheckpointError(f"expected bytes, got {type(blob).__name__}")
+        raise NotACheckpointError(f"expected checkpoint bytes, got {type(blob).__name__}")
     blob = bytes(blob)
-    if len(blob) < _PREFIX or not blob.startswith(MAGIC):
-        if blob.startswith(MAGIC[:3]) or len(blob) < len(MAGIC):
-            raise CorruptCheckpointError(
-                f"checkpoint is truncated ({len(blob)} bytes): it was not written completely"
-            )
-        raise CorruptCheckpointError(
+    if len(blob) < len(MAGIC):
+        if MAGIC.startswith(blob):
+            raise _truncated(len(blob))
+        raise NotACheckpointError(
             "not a spark-ckpt checkpoint (missing the SPCKPT signature); was it written by another tool?"
         )
+    if not blob.startswith(MAGIC):
+        raise NotACheckpointError(
+            "not a spark-ckpt checkpoint (missing the SPCKPT signature); was it written by another tool?"
+        )
+    if len(blob) < _PREFIX:
+        raise _truncated(len(blob))
     version = blob[len(MAGIC)]
     digest = blob[len(MAGIC) + 1 : len(MAGIC) + 1 + _DIGEST_SIZE]
     body = bytes([version]) + blob[len(MAGIC) + 1 + _DIGEST_SIZE :]
-    if version > ENVELOPE_VERSION:
-        raise UnsupportedFormatError(
-            f"checkpoint envelope version {version} is newer than this spark-ckpt understands "
-            f"({ENVELOPE_VERSION}); upgrade spark-ckpt to read it"
-        )
     if _digest(body) != digest:
-        raise CorruptCheckpointError(
-            "checkpoint checksum mismatch: the bytes were truncated or altered after writing; "
+        claimed = _claimed_length(blob)
+        if claimed is not None and len(blob) < claimed:
+            raise _truncated(len(blob), claimed)
+        if version != ENVELOPE_VERSION:
+            raise UnsupportedFormatError(
+                f"checkpoint envelope version {version} is not one this spark-ckpt reads "
+                f"(it reads {ENVELOPE_VERSION}) and its checksum does not verify: if a newer spark-ckpt "
+                "wrote it, upgrade; otherwise the checkpoint is damaged, use an earlier one"
+            )
+        raise ChecksumMismatchError(
+            "checkpoint checksum mismatch: the bytes were altered after writing; "
             "use an earlier checkpoint (get_checkpoint(offset=1)) or `spark-ckpt verify` to find intact ones"
+        )
+    if version != ENVELOPE_VERSION:
+        raise UnsupportedFormatError(
+            f"checkpoint envelope version {version} is not one this spark-ckpt reads "
+            f"(it reads {ENVELOPE_VERSION}); upgrade spark-ckpt to read it"
         )
     (header_len,) = struct.unpack(">I", body[1:5])
     header_bytes = body[5 : 5 + header_len]
     if len(header_bytes) != header_len:
-        raise CorruptCheckpointError("checkpoint header is truncated")
+        raise _truncated(len(blob), _PREFIX + header_len)
     try:
         header = orjson.loads(header_bytes)
         graph_id, execution_id, seq = header["id"]
         layers = list(header["layers"])
-        if not all(isinstance(layer, dict) and isinstance(layer.get("name"), str) for layer in layers):
-            raise ValueError("bad layer list")
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise CorruptCheckpointError(f"checkpoint header is unreadable: {exc}") from None
+    if not (
+        isinstance(graph_id, str) and isinstance(execution_id, str)
+        and isinstance(seq, int) and not isinstance(seq, bool)
+    ):
+        raise CorruptCheckpointError("checkpoint header has a malformed identity (graph_id, execution_id, seq)")
+    unknown = set(header) - {"layers", "id", "n"}
+    if unknown:  # version 1 has exactly these keys; anything else means the header was edited
+        raise CorruptCheckpointError(f"checkpoint header has unknown fields {sorted(unknown)}; it was altered")
+    n = header.get("n")
+    if n is not None and n != len(body) - 5 - header_len:
+        raise CorruptCheckpointError("checkpoint header's payload length does not match the payload; it was altered")
+    if not layers or not all(isinstance(layer, dict) and isinstance(layer.get("name"), str) for layer in layers):
+        raise CorruptCheckpointError("checkpoint header has a malformed codec layer list")
     return Envelope(
         layers=layers,
-        identity=Identity(str(graph_id), str(execution_id), int(seq)),
+        identity=Identity(graph_id, execution_id, seq),
         payload=body[5 + header_len :],
         version=version,
     )
+
+
+def describe(blob: bytes) -> dict[str, Any]:
+    """What a stored checkpoint is, read from its verified header alone (no keys needed)."""
+    envelope = unpack(blob)
+    encryption = next((layer for layer in envelope.layers if "kid" in layer), None)
+    return {
+        "version": envelope.version,
+        "layers": envelope.layer_names,
+        "graph_id": envelope.identity.graph_id,
+        "execution_id": envelope.identity.execution_id,
+        "seq": envelope.identity.seq,
+        "encrypted": encryption is not None,
+        "key_id": encryption.get("kid") if encryption else None,
+        "payload_size": len(envelope.payload),
+    }

@@ -1,0 +1,83 @@
+"""Re-encrypt stored checkpoints under the active key (key rotation, plaintext migration).
+
+Rotation: add the new key, make it active, run ``rekey_backend``; once it returns without error
+every checkpoint is readable with the active key alone and the old key can be dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import attrs
+
+from ..errors import BackendError, CheckpointNotFoundError, RekeyError, SparkCkptError
+from . import Codec
+from .envelope import Identity
+
+Progress = Callable[[int, int], None]
+
+
+def rekey_backend(
+    backend: Any, codec: Codec, *, graph_id: str | None = None, progress: Progress | None = None
+) -> int:
+    """Re-encrypt every stored checkpoint (optionally of one graph) under ``codec``'s active key.
+
+    Each checkpoint is decoded with whatever configured key wrote it (plaintext ones only if
+    ``codec.allow_plaintext``), re-encoded for the same identity, verified to decode to the same
+    data, and only then swapped in with ``backend.replace(header, blob)``, which each backend
+    makes atomic. Checkpoints already under the active key are skipped, so running it again is
+    safe. ``progress(done, total)`` is called after each checkpoint. Returns how many were
+    re-encrypted. A checkpoint that cannot be read (wrong key, damaged) is left untouched and
+    reported in a ``RekeyError`` raised at the end, after all the others were processed.
+    """
+    if not codec.encrypts:
+        raise RekeyError(
+            "no active encryption key is configured, so there is nothing to re-encrypt under; "
+            "set encryption_keys/active_key or SPARK_CKPT_KEYS/SPARK_CKPT_ACTIVE_KEY"
+        )
+    headers = backend.list(graph_id=graph_id)
+    total = len(headers)
+    rekeyed = 0
+    failures: list[tuple[str, SparkCkptError]] = []
+    for done, header in enumerate(headers, 1):
+        try:
+            if _rekey_one(backend, codec, header):
+                rekeyed += 1
+        except CheckpointNotFoundError:
+            pass  # pruned while we were working: nothing left to re-encrypt
+        except NotImplementedError:
+            raise BackendError(
+                f"backend {getattr(backend, 'name', type(backend).__name__)!r} cannot replace stored "
+                "checkpoints, which rekey needs; nothing was changed. Upgrade the backend (plugin), or "
+                "export the checkpoints and import them into a backend that can"
+            ) from None
+        except SparkCkptError as exc:
+            failures.append((header.checkpoint_id, exc))
+        if progress is not None:
+            progress(done, total)
+    if failures:
+        listed = "; ".join(f"{cid}: {exc}" for cid, exc in failures[:5])
+        more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
+        error = RekeyError(
+            f"{len(failures)} of {total} checkpoints could not be re-encrypted and were left as they were "
+            f"({rekeyed} were re-encrypted); keep the old keys configured until these are fixed or deleted: "
+            f"{listed}{more}"
+        )
+        error.rekeyed = rekeyed  # type: ignore[attr-defined]
+        error.failures = failures  # type: ignore[attr-defined]
+        raise error
+    return rekeyed
+
+
+def _rekey_one(backend: Any, codec: Codec, header: Any) -> bool:
+    stored = backend.get(header.checkpoint_id)
+    if codec.is_current(stored.blob):
+        return False
+    identity = Identity(header.graph_id, header.execution_id, header.seq)
+    data, _ = codec.decode_data(stored.blob, expected=identity)
+    blob = codec.encode_data(data, identity)
+    # never swap in bytes we cannot read back to the same content
+    if codec.decode_data(blob, expected=identity)[0] != data:
+        raise RekeyError(f"re-encoded checkpoint {header.checkpoint_id} does not read back identically; left as it was")
+    backend.replace(attrs.evolve(stored.header, size=len(blob)), blob)
+    return True
