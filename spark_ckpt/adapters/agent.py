@@ -313,6 +313,9 @@ class CheckpointedAgent:
             finally:
                 self._binding.standalone = None
                 self._running = False
+                # Spark nests every previous context snapshot into the next one (each run gets slower
+                # and deeper); nothing reads it, so drop it after each run.
+                self.agent._state["context_snapshot"] = None
         except BaseException as exc:
             # A failed run leaves the agent as it was before it: recovery re-runs it from there.
             apply_snapshot(self.agent, _with_timestamp(pre_run))

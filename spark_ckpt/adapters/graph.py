@@ -793,7 +793,10 @@ class CheckpointedGraph:
             skips = {**{k: None for k in record.skip_nodes}, **self._pending_skips}
             self._pending_skips = {}
             if same_execution:
-                ex = _Execution(execution_id=record.execution_id, run_input=record.run_input, seq=record.seq, lease=lease)
+                # continue numbering after the newest stored seq (it may be a corrupt one we passed over)
+                newest = await self.backend.alist(execution_id=record.execution_id, limit=1)
+                seq = max([record.seq] + [h.seq for h in newest])
+                ex = _Execution(execution_id=record.execution_id, run_input=record.run_input, seq=seq, lease=lease)
             else:
                 ex = _Execution(execution_id=new_id("ex-"), run_input=record.run_input)
             ex.replay = {(v.node_key, v.index): v for v in record.execution_history}
