@@ -332,8 +332,10 @@ class _ProgressBar:
         self.label = label
         self.stream = stream or sys.stderr
         self.shown = False
+        self.total: int | None = None
 
     def __call__(self, done: int, total: int | None = None, *_: Any) -> None:
+        self.total = total
         if total:
             filled = int(30 * done / total)
             text = f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}"
@@ -353,15 +355,20 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     from .transfer import export_checkpoints
 
     src = _open_store(args.source)
-    dst = _open_store(args.target, must_exist=False)
+    try:
+        dst = _open_store(args.target, must_exist=False)
+    except BaseException:
+        src.close()
+        raise
     bar = _ProgressBar("exporting")
     try:
-        result = export_checkpoints(src, dst, graph_id=args.graph, verify=True, progress=bar)
+        copied = export_checkpoints(src, dst, graph_id=args.graph, verify=True, progress=bar)
     finally:
         bar.finish()
         src.close()
         dst.close()
-    print(f"exported to {args.target}: {_summary(result)}", file=out)
+    already = f" ({bar.total - copied} already there)" if bar.total and bar.total > copied else ""
+    print(f"exported {copied} checkpoint(s) from {args.source} to {args.target}{already}", file=out)
     return 0
 
 
@@ -371,18 +378,13 @@ def cmd_rekey(args: argparse.Namespace, out: TextIO) -> int:
     backend = _open_store(_store_url(args))
     bar = _ProgressBar("re-encrypting")
     try:
-        result = rekey_backend(backend, _codec(args), graph_id=args.graph, progress=bar)
+        result: int = rekey_backend(backend, _codec(args), graph_id=args.graph, progress=bar)
     finally:
         bar.finish()
         backend.close()
-    print(f"rekeyed: {_summary(result)}", file=out)
+    unchanged = f" ({bar.total - result} already under the active key)" if bar.total and bar.total > result else ""
+    print(f"rekeyed: {result} checkpoint(s){unchanged}", file=out)
     return 0
-
-
-def _summary(result: Any) -> str:
-    if isinstance(result, int):
-        return f"{result} checkpoint(s)"
-    return str(result)
 
 
 # -- parser ----------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@ key configuration, signed pickle, compression limits."""
 
 from __future__ import annotations
 
+from spark_ckpt.codec.envelope import digest as envelope_digest
+
 import base64
-import hashlib
 import os
 import pickle
 import struct
@@ -31,28 +32,28 @@ from spark_ckpt.model import FailureInfo, GraphCheckpoint, GraphMetadata, NodeSn
 
 K1, K2 = new_key(), new_key()
 IDENT = Identity("graph-a", "exec-1", 3)
-PREFIX = 6 + 1 + 16 + 4  # magic, version, digest, header length
+PREFIX = 6 + 1 + 4 + 4  # magic, version, checksum, header length
 
 
 def reseal(blob: bytes) -> bytes:
     """Recompute the envelope checksum, as an attacker who edits stored bytes can."""
-    body = blob[6:7] + blob[23:]
-    return blob[:7] + hashlib.blake2b(body, digest_size=16).digest() + blob[23:]
+    body = blob[6:7] + blob[11:]
+    return blob[:7] + envelope_digest(body) + blob[11:]
 
 
 def with_header(blob: bytes, edit) -> bytes:
     """Rewrite the clear-text header JSON with ``edit(header) -> header`` and reseal."""
-    (header_len,) = struct.unpack(">I", blob[23:27])
+    (header_len,) = struct.unpack(">I", blob[11:15])
     header = orjson.loads(blob[PREFIX : PREFIX + header_len])
     new = orjson.dumps(edit(header))
-    return reseal(blob[:23] + struct.pack(">I", len(new)) + new + blob[PREFIX + header_len :])
+    return reseal(blob[:11] + struct.pack(">I", len(new)) + new + blob[PREFIX + header_len :])
 
 
 def regions(blob: bytes) -> dict[str, range]:
-    (header_len,) = struct.unpack(">I", blob[23:27])
+    (header_len,) = struct.unpack(">I", blob[11:15])
     payload = PREFIX + header_len
     return {
-        "magic": range(0, 6), "version": range(6, 7), "digest": range(7, 23), "header length": range(23, 27),
+        "magic": range(0, 6), "version": range(6, 7), "digest": range(7, 11), "header length": range(11, 15),
         "header": range(27, payload), "nonce": range(payload, payload + 12),
         "ciphertext": range(payload + 12, len(blob) - 16), "tag": range(len(blob) - 16, len(blob)),
     }

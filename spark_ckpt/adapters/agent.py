@@ -100,6 +100,7 @@ class CheckpointedAgent:
         # newest stored state record that outlives its run: (checkpoint_id, snapshot without timestamp)
         self._head: tuple[str, dict[str, Any]] | None = None
         self._bytes_since_full = 0
+        self._chain_length = 0  # delta records since the last full snapshot
         self._running = False
 
     # -- plumbing ---------------------------------------------------------------------------------
@@ -379,6 +380,7 @@ class CheckpointedAgent:
         if self._head is None:
             record = AgentRecord(**base, state_full=snapshot)
             self._bytes_since_full = 0
+            self._chain_length = 0
         else:
             head_id, head_state = self._head
             if head_state == snapshot:
@@ -386,12 +388,17 @@ class CheckpointedAgent:
             ops = agent_delta.diff(head_state, snapshot)
             delta_size = len(orjson.dumps(ops))
             full_size = len(orjson.dumps(snapshot))
-            if self._bytes_since_full + delta_size >= FULL_SNAPSHOT_RATIO * full_size:
+            # keep chains shorter than the retention count, or retention could never delete anything
+            keep = self.config.retention_count
+            if (self._bytes_since_full + delta_size >= FULL_SNAPSHOT_RATIO * full_size
+                    or (keep is not None and self._chain_length + 1 >= keep)):
                 record = AgentRecord(**base, state_full=snapshot)
                 self._bytes_since_full = 0
+                self._chain_length = 0
             else:
                 record = AgentRecord(**base, prev_state_id=head_id, state_delta=ops)
                 self._bytes_since_full += delta_size
+                self._chain_length += 1
         if advance_head:
             self._set_head(record_id, snapshot)
         return record

@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable
 import orjson
 from spark.models.base import Model
 
-from ..errors import GraphMismatchError, RunStopped, SparkCkptError, UnsafeToRetryError
+from ..errors import GraphMismatchError, RunStopped, UnsafeToRetryError
 from ..events import AgentCallEvent, FailureEvent
 from ..model import LLM_CALL, TOOL_CALL, TOOL_STARTED, AgentCall
 from .agent_snapshot import jsonable
@@ -316,12 +316,11 @@ class AgentBinding:
             if unsafe:
                 await session.record(AgentCall(kind=TOOL_STARTED, started_at=time.time(), **base))
             started = time.time()
-            traces = self.agent._state["tool_traces"]
             result, block = await self.original_tool_executor(tool_call, context)
             if block is None:  # unknown tool: nothing ran
                 return result, block
             session.live_tool_calls += 1
-            trace = _find_trace(traces, use_id, name)
+            trace = _find_trace(self.agent._state["tool_traces"], use_id, name)
             entry = AgentCall(
                 kind=TOOL_CALL, tool_result=jsonable(result), tool_block=jsonable(block),
                 tool_trace=jsonable(trace), started_at=started, duration_s=time.time() - started, **base,
@@ -516,5 +515,5 @@ def _tool_rerun_allowed(visit: Any) -> bool:
 
 __all__ = [
     "AgentBinding", "CallSession", "CheckpointingModel", "bind", "binding_of", "not_safe_to_rerun",
-    "unsafe_in_flight", "SparkCkptError",
+    "unsafe_in_flight",
 ]

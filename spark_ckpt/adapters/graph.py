@@ -262,10 +262,13 @@ class CheckpointedGraph:
             renewer.stop()
             self._active = None
             self._clear_context_snapshots()
-            try:
-                await self.backend.arelease_lease(ex.lease)
-            except Exception:  # releasing is an optimisation: the lease expires anyway
-                log.debug("lease release failed", exc_info=True)
+            if ex.last_status != COMPLETED:
+                # A completed execution is never recovered, so its lease needs no release (one write
+                # fewer per run); an unfinished one is released so another worker can take it over now.
+                try:
+                    await self.backend.arelease_lease(ex.lease)
+                except Exception:  # releasing is an optimisation: the lease expires anyway
+                    log.debug("lease release failed", exc_info=True)
 
     async def _finish(self, ex: _Execution, result: Any) -> None:
         if ex.last_status != COMPLETED:
@@ -475,22 +478,29 @@ class CheckpointedGraph:
         for key, node in self._nodes_by_key.items():
             if dirty is not None and key not in dirty:
                 node_states[key] = ex.node_states[key]
-                if node_states[key]["pending_inputs"]:
+                if node_states[key].get("pending_inputs"):
                     next_nodes.append(key)
                 continue
             state = getattr(node, "_state", None) or {}
             pending = [self._dump_cached(ex, m) for m in state.get("pending_inputs", ())]
             if pending:
                 next_nodes.append(key)
-            node_states[key] = {
-                "process_count": state.get("process_count", 0),
-                "processing": state.get("processing", False),
-                "pending_inputs": pending,
-                "outputs": self._dump_cached(ex, getattr(node, "outputs", None)),
-                # a node with a state adapter (an agent) keeps its state in node_extras instead
-                "custom": {} if self._has_adapters and node_state_adapter_for(node) is not None
-                else {k: v for k, v in state.items() if k not in _NODE_RUNTIME_KEYS},
-            }
+            entry = {}  # only what differs from a fresh node (NodeSnapshot's defaults): smaller checkpoints
+            if state.get("process_count"):
+                entry["process_count"] = state["process_count"]
+            if state.get("processing"):
+                entry["processing"] = True
+            if pending:
+                entry["pending_inputs"] = pending
+            outputs = self._dump_cached(ex, getattr(node, "outputs", None))
+            if outputs:
+                entry["outputs"] = outputs
+            # a node with a state adapter (an agent) keeps its state in node_extras instead
+            if not (self._has_adapters and node_state_adapter_for(node) is not None):
+                custom = {k: v for k, v in state.items() if k not in _NODE_RUNTIME_KEYS}
+                if custom:
+                    entry["custom"] = custom
+            node_states[key] = entry
         ex.node_states = node_states
         if self._has_adapters:
             for key, node in self._nodes_by_key.items():
