@@ -50,7 +50,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "checkpointed", "checkpoint_now", "CheckpointConfig", "hookimpl", "open_backend",
-    "CheckpointedGraph", "CheckpointedAgent",
+    "CheckpointedGraph", "CheckpointedAgent", "not_safe_to_rerun",
     "SparkCkptError", "ConfigError", "UnknownBackendError", "BackendError", "CheckpointNotFoundError", "DuplicateCheckpointError", "GraphMismatchError", "CodecError", "EncodeError", "CorruptCheckpointError", "UnsupportedFormatError", "NotACheckpointError", "ChecksumMismatchError", "TruncatedCheckpointError", "TamperedCheckpointError", "CheckpointSwappedError", "DecompressionLimitError", "EncryptionKeyError", "MissingKeyError", "WrongKeyError", "PlaintextRefusedError", "PickleRefusedError", "UnsignedPickleError", "PickleSignatureError", "InvalidKeyError", "RekeyError", "NothingToRecoverError", "LeaseError", "PluginError", "RunStopped", "BudgetExceededError", "UnsafeToRetryError",
 ]
 
@@ -111,6 +111,10 @@ def __getattr__(name: str) -> Any:
         from .adapters.graph import CheckpointedGraph
 
         return CheckpointedGraph
+    if name == "not_safe_to_rerun":
+        from .adapters.agent_calls import not_safe_to_rerun
+
+        return not_safe_to_rerun
     if name == "CheckpointedAgent":
         from .adapters.agent import CheckpointedAgent
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from .backends.base import Backend
 from .markers import hookimpl
-from .model import CheckpointHeader
+from .model import GRAPH, CheckpointHeader
 
 #: How many of an unfinished execution's newest checkpoints are never pruned.
 KEEP_PER_UNFINISHED_EXECUTION = 2
@@ -63,11 +63,17 @@ def protected_ids(backend: Backend, graph_id: str | None) -> set[str]:
 
 
 def plan_prune(
-    backend: Backend, rules: Iterable[Any], graph_id: str | None = None
+    backend: Backend, rules: Iterable[Any], graph_id: str | None = None, *, kinds: Iterable[str] = (GRAPH,)
 ) -> list[CheckpointHeader]:
-    """Headers the rules would delete for ``graph_id`` (all graphs if None), newest first."""
+    """Headers the rules would delete for ``graph_id`` (all graphs if None), newest first.
+
+    Only records of ``kinds`` are considered. Agent records (kind "agent") form delta chains whose
+    bases only the agent adapter can see, so they are pruned by ``CheckpointedAgent.prune()``, which
+    passes ``kinds=("agent",)`` together with the ids its chains still need.
+    """
+    kinds = frozenset(kinds)
     protected = protected_ids(backend, graph_id)
-    headers = backend.list(graph_id=graph_id)
+    headers = [h for h in backend.list(graph_id=graph_id) if h.kind in kinds]
     by_graph: dict[str, list[CheckpointHeader]] = {}
     for h in headers:
         by_graph.setdefault(h.graph_id, []).append(h)
@@ -79,8 +85,10 @@ def plan_prune(
     return [h for h in headers if h.checkpoint_id in doomed]
 
 
-def prune(backend: Backend, rules: Iterable[Any], graph_id: str | None = None, dry_run: bool = False) -> list[CheckpointHeader]:
-    """Apply the rules; return what was (or, with ``dry_run``, would be) deleted."""
+def prune(
+    backend: Backend, rules: Iterable[Any], graph_id: str | None = None, dry_run: bool = False
+) -> list[CheckpointHeader]:
+    """Apply the rules to graph checkpoints; return what was (or, with ``dry_run``, would be) deleted."""
     doomed = plan_prune(backend, list(rules), graph_id)
     if doomed and not dry_run:
         backend.delete([h.checkpoint_id for h in doomed])

@@ -126,3 +126,13 @@ def test_sigkill_of_an_agent_inside_a_checkpointed_graph(tmp_path):
     assert code == 0
     assert calls == ["tool:step", "llm", "tool:step", "llm"]
     same_outcome(out, reference("task:3"))
+
+
+def test_sigkill_of_an_agent_that_is_the_start_node(tmp_path):
+    """The agent runs in the very first superstep: its calls are journaled on top of the start record."""
+    code, _, calls = worker(tmp_path, "graph-start-run", "db.sqlite", "task:3", kill="tool:2", counter="first")
+    assert code == -signal.SIGKILL and calls == ["llm", "tool:step", "llm"]
+    code, out, calls = worker(tmp_path, "graph-start-recover", "db.sqlite", "task:3", counter="second")
+    assert code == 0
+    assert calls == ["tool:step", "llm", "tool:step", "llm"]
+    same_outcome(out, reference("task:3"))

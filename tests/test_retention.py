@@ -130,3 +130,18 @@ def test_no_rules_plan_nothing(backend):
     store(backend, *(make_header(seq, status=COMPLETED) for seq in range(3)))
     assert plan_prune(backend, []) == []
     assert CountRetention(CheckpointConfig()).select_for_deletion(backend.list(), set()) == []
+
+
+def test_graph_pruning_leaves_agent_records_alone(backend):
+    """Agent records form delta chains only the agent adapter understands: generic pruning skips them."""
+    import attrs
+
+    store(
+        backend,
+        *(attrs.evolve(make_header(seq, graph_id="bot", execution_id=f"a{seq}", status=COMPLETED), kind="agent")
+          for seq in range(4)),
+        *(make_header(seq, graph_id="bot", execution_id="g", status=COMPLETED) for seq in range(4)),
+    )
+    doomed = prune(backend, CheckpointConfig(retention_count=1).make_retention_rules(), graph_id="bot")
+    assert doomed and all(h.kind == "graph" for h in doomed)
+    assert {h.execution_id for h in backend.list(graph_id="bot") if h.kind == "agent"} == {"a0", "a1", "a2", "a3"}

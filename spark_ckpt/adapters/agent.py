@@ -208,7 +208,8 @@ class CheckpointedAgent:
         if not rules:
             return []
         needed = self._needed_ids()
-        doomed = [h for h in plan_prune(self.backend, rules, self.agent_id) if h.checkpoint_id not in needed]
+        doomed = [h for h in plan_prune(self.backend, rules, self.agent_id, kinds=(AGENT,))
+                  if h.checkpoint_id not in needed]
         if doomed and not dry_run:
             self.backend.delete([h.checkpoint_id for h in doomed])
         return doomed

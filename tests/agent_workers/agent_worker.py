@@ -95,11 +95,13 @@ async def graph_main(mode: str, db: str, task: str, agent_config) -> None:
     prepare = Prepare(name="prepare")
     agent = Agent(agent_config.model_copy(update={"prompt_template": "{{ text }}"}))
     prepare >> agent
+    agent_first = mode.startswith("graph-start")  # the agent is the start node: its calls run in superstep 0
     graph = checkpointed(
-        Graph(start=prepare), config=CheckpointConfig(backend="sqlite", path=db, lease_ttl_s=0.5), graph_id="g"
+        Graph(start=agent if agent_first else prepare),
+        config=CheckpointConfig(backend="sqlite", path=db, lease_ttl_s=0.5), graph_id="g",
     )
-    if mode == "graph-run":
-        result = await graph.run(task)
+    if mode in ("graph-run", "graph-start-run"):
+        result = await graph.run({"text": task} if agent_first else task)
     else:
         result = await graph.recover_and_continue()
     from spark_ckpt.adapters.agent_snapshot import take_snapshot
