@@ -1,0 +1,398 @@
+"""The ``spark-ckpt`` command line, against a real SQLite store filled through the backend and codec."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from spark_ckpt.cli import main
+from spark_ckpt.codec import Identity, from_data, to_data
+from spark_ckpt.config import CheckpointConfig, open_backend
+from spark_ckpt.model import (
+    COMPLETED, FAILED, RUNNING, FailureInfo, GraphCheckpoint, GraphMetadata, NodeSnapshot, Visit,
+)
+
+NOW = time.time()
+
+
+def _checkpoint(graph: str, execution: str, seq: int, created_at: float, status: str = RUNNING, **extra) -> GraphCheckpoint:
+    return GraphCheckpoint(
+        checkpoint_id=f"ck-{execution}-{seq}",
+        seq=seq,
+        timestamp=created_at,
+        graph_metadata=GraphMetadata(graph, "v1", execution),
+        status=status,
+        superstep=seq,
+        graph_state={"counter": seq, "rows": [{"id": i, "name": f"row {i}"} for i in range(40)]},
+        node_states={
+            "fetch": NodeSnapshot(process_count=1, outputs={"content": {"n": 40}}),
+            "transform": NodeSnapshot(process_count=seq, pending_inputs=[{"content": "next"}]),
+        },
+        current_node="transform",
+        execution_history=[Visit("fetch", 0, 0, {"content": {"n": 40}})]
+        + [Visit("transform", i, i + 1, {"content": i}) for i in range(seq)],
+        **extra,
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path, no_env_config) -> dict:
+    """A SQLite store: graph etl (a completed and a failed execution), graph other (one running)."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    backend = open_backend(url)
+    codec = CheckpointConfig().make_codec()
+    day = 86400
+    records = [
+        # etl / e-old: three checkpoints two days ago, completed
+        _checkpoint("etl", "e-old", 0, NOW - 2 * day),
+        _checkpoint("etl", "e-old", 1, NOW - 2 * day + 1),
+        _checkpoint("etl", "e-old", 2, NOW - 2 * day + 2, COMPLETED, result={"content": "done"}),
+        # etl / e-new: two checkpoints an hour ago, the last one failed (unfinished: protected)
+        _checkpoint("etl", "e-new", 0, NOW - 3600),
+        _checkpoint("etl", "e-new", 1, NOW - 3600 + 1, FAILED, failure=FailureInfo(
+            node_key="transform", index=1, error_type="ValueError", error="bad row 7",
+            input={"content": "row 7"})),
+        # other / e-other: one running checkpoint, a minute ago
+        _checkpoint("other", "e-other", 0, NOW - 60),
+    ]
+    for record in records:
+        blob = codec.encode(record, Identity(record.graph_id, record.execution_id, record.seq))
+        backend.put(record.header(size=len(blob)), blob)
+    backend.close()
+    return {"url": url, "path": tmp_path / "store.db", "records": {r.checkpoint_id: r for r in records}}
+
+
+def run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(list(argv), out=out)
+    return code, out.getvalue()
+
+
+def _corrupt(path: Path, checkpoint_id: str, change) -> None:
+    conn = sqlite3.connect(path)
+    (blob,) = conn.execute("SELECT blob FROM checkpoints WHERE checkpoint_id = ?", (checkpoint_id,)).fetchone()
+    conn.execute("UPDATE checkpoints SET blob = ? WHERE checkpoint_id = ?", (change(bytes(blob)), checkpoint_id))
+    conn.commit()
+    conn.close()
+
+
+# -- list --------------------------------------------------------------------------------------------
+def test_list_shows_every_checkpoint_newest_first(store):
+    """`list` prints one row per checkpoint, newest first, with its header fields."""
+    code, out = run("--store", store["url"], "list")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[0].split() == ["id", "graph", "execution", "seq", "status", "size", "created_at"]
+    ids = [line.split()[0] for line in lines[1:]]
+    expected = sorted(store["records"].values(), key=lambda r: r.timestamp, reverse=True)
+    assert ids == [r.checkpoint_id for r in expected]
+    failed_row = next(line for line in lines if line.startswith("ck-e-new-1 "))
+    assert failed_row.split()[1:5] == ["etl", "e-new", "1", "failed"]
+
+
+def test_list_filters_limit_and_json(store):
+    """--graph/--execution/--limit filter; --json gives the same headers as data with local ISO times."""
+    code, out = run("--store", store["url"], "list", "--graph", "etl", "--limit", "2", "--json")
+    assert code == 0
+    rows = json.loads(out)
+    assert [r["id"] for r in rows] == ["ck-e-new-1", "ck-e-new-0"]
+    assert {r["graph"] for r in rows} == {"etl"}
+    created = store["records"]["ck-e-new-1"].timestamp
+    from datetime import datetime
+
+    assert datetime.fromisoformat(rows[0]["created_at"]).timestamp() == pytest.approx(created, abs=1)
+    assert rows[0]["size"] > 0
+
+    code, out = run("--store", store["url"], "list", "--execution", "e-old", "--json")
+    assert [r["seq"] for r in json.loads(out)] == [2, 1, 0]
+
+
+def test_list_executions_shows_status_per_execution(store):
+    """--executions prints one line per execution with the status of its newest checkpoint."""
+    code, out = run("--store", store["url"], "list", "--executions", "--json")
+    assert code == 0
+    status = {r["execution"]: (r["graph"], r["status"], r["last_seq"]) for r in json.loads(out)}
+    assert status == {
+        "e-old": ("etl", "completed", 2), "e-new": ("etl", "failed", 1), "e-other": ("other", "running", 0),
+    }
+    code, table = run("--store", store["url"], "list", "--executions", "--graph", "etl")
+    assert [line.split()[0] for line in table.strip().splitlines()[1:]] == ["e-new", "e-old"]
+
+
+def test_list_uses_the_store_from_the_environment(store, monkeypatch):
+    """Without --store, SPARK_CKPT_STORE names the store."""
+    monkeypatch.setenv("SPARK_CKPT_STORE", store["url"])
+    code, out = run("list", "--graph", "other")
+    assert code == 0 and "ck-e-other-0" in out
+
+
+# -- show --------------------------------------------------------------------------------------------
+def test_show_prints_a_readable_summary(store):
+    """`show` decodes a checkpoint: ids, state keys with previews, node states, history, failure."""
+    code, out = run("--store", store["url"], "show", "ck-e-new-1")
+    assert code == 0
+    assert "graph        etl (version v1)" in out
+    assert "execution    e-new" in out
+    assert "status failed" in out
+    assert "  counter: 1" in out
+    rows_line = next(line for line in out.splitlines() if line.startswith("  rows: "))
+    assert rows_line.endswith("...") and len(rows_line) < 100  # a preview, not the whole value
+    node_section = out.split("node states", 1)[1].split("execution history", 1)[0]
+    transform_row = next(line.split() for line in node_section.splitlines() if line.startswith("  transform "))
+    assert transform_row[1:3] == ["1", "1"]  # process count, pending inputs
+    assert "execution history (2 visits" in out
+    assert "failure      transform visit 1: ValueError: bad row 7" in out
+    assert '"row 7"' in out
+
+
+def test_show_json_round_trips_to_the_stored_record(store):
+    """`show --json` prints the decoded checkpoint, equal to what was stored."""
+    code, out = run("--store", store["url"], "show", "ck-e-old-2", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["header"]["status"] == "completed"
+    assert from_data(data["checkpoint"], GraphCheckpoint) == store["records"]["ck-e-old-2"]
+    assert data["checkpoint"] == json.loads(json.dumps(to_data(store["records"]["ck-e-old-2"])))
+
+
+def test_show_unknown_checkpoint_is_a_clear_error(store, capsys):
+    """An unknown id exits 2 with one error line naming it, and no traceback."""
+    code, out = run("--store", store["url"], "show", "ck-does-not-exist")
+    err = capsys.readouterr().err
+    assert code == 2 and out == ""
+    assert err.startswith("spark-ckpt: error: ") and "ck-does-not-exist" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+# -- verify ------------------------------------------------------------------------------------------
+def test_verify_passes_on_an_intact_store(store):
+    """`verify` decodes every checkpoint and exits 0 when all are intact."""
+    code, out = run("--store", store["url"], "verify")
+    assert code == 0
+    assert out.strip().splitlines()[-1] == f"{len(store['records'])} checked, 0 corrupt"
+
+
+def test_verify_reports_each_corrupt_checkpoint_and_exits_1(store):
+    """A flipped byte, a truncated blob and a blob swapped onto another checkpoint are each reported."""
+    flip = lambda blob: blob[:-5] + bytes([blob[-5] ^ 0x01]) + blob[-4:]  # noqa: E731
+    _corrupt(store["path"], "ck-e-old-0", flip)
+    _corrupt(store["path"], "ck-e-old-1", lambda blob: blob[: len(blob) // 2])
+    conn = sqlite3.connect(store["path"])
+    (other,) = conn.execute("SELECT blob FROM checkpoints WHERE checkpoint_id = 'ck-e-other-0'").fetchone()
+    conn.close()
+    _corrupt(store["path"], "ck-e-new-0", lambda _: bytes(other))
+
+    code, out = run("--store", store["url"], "verify")
+    assert code == 1
+    lines = out.strip().splitlines()
+    reported = {line.split()[1]: line for line in lines if line.startswith("CORRUPT")}
+    assert set(reported) == {"ck-e-old-0", "ck-e-old-1", "ck-e-new-0"}
+    assert "checksum" in reported["ck-e-old-0"]
+    assert "e-other" in reported["ck-e-new-0"]  # says whose checkpoint it really is
+    assert lines[-1] == f"{len(store['records'])} checked, 3 corrupt"
+
+    code, out = run("--store", store["url"], "verify", "--graph", "other")
+    assert code == 0 and out.strip() == "1 checked, 0 corrupt"
+
+
+# -- prune -------------------------------------------------------------------------------------------
+def _ids(url: str) -> set[str]:
+    return {r["id"] for r in json.loads(run("--store", url, "list", "--json")[1])}
+
+
+def test_prune_dry_run_deletes_nothing(store):
+    """--dry-run lists what --keep would delete and leaves the store as it was."""
+    before = _ids(store["url"])
+    code, out = run("--store", store["url"], "prune", "--graph", "etl", "--keep", "1", "--dry-run")
+    assert code == 0
+    assert out.splitlines()[0] == "would delete 3 checkpoint(s)"
+    listed = {line.split()[0] for line in out.splitlines()[1:] if line.startswith("  ")}
+    # newest etl checkpoint is kept by --keep; e-new's two are protected (failed = unfinished)
+    assert listed == {"ck-e-old-0", "ck-e-old-1", "ck-e-old-2"}
+    assert "kept 2 checkpoint(s) that unfinished executions need" in out
+    assert _ids(store["url"]) == before
+
+
+def test_prune_keeps_what_unfinished_executions_need(store):
+    """A real prune deletes the old completed execution but never the failed one's checkpoints."""
+    code, out = run("--store", store["url"], "prune", "--keep", "1")
+    assert code == 0 and out.splitlines()[0] == "deleted 3 checkpoint(s)"
+    assert _ids(store["url"]) == {"ck-e-new-0", "ck-e-new-1", "ck-e-other-0"}
+
+
+def test_prune_by_age(store):
+    """--max-age deletes checkpoints older than that many seconds (unprotected ones only)."""
+    code, out = run("--store", store["url"], "prune", "--max-age", str(86400))
+    assert code == 0 and out.splitlines()[0] == "deleted 3 checkpoint(s)"
+    assert _ids(store["url"]) == {"ck-e-new-0", "ck-e-new-1", "ck-e-other-0"}
+    code, out = run("--store", store["url"], "prune", "--max-age", "10")
+    assert out.splitlines()[0] == "deleted 0 checkpoint(s)"  # the rest is protected
+    assert _ids(store["url"]) == {"ck-e-new-0", "ck-e-new-1", "ck-e-other-0"}
+
+
+def test_prune_without_a_rule_is_refused(store, capsys):
+    code, _ = run("--store", store["url"], "prune")
+    assert code == 2 and "--keep" in capsys.readouterr().err
+    assert len(_ids(store["url"])) == len(store["records"])
+
+
+# -- bad input ---------------------------------------------------------------------------------------
+def test_unknown_backend_lists_the_available_ones(tmp_path, capsys):
+    """A URL with an unknown scheme exits 2 and names every available backend."""
+    code, _ = run("--store", "nosuch://somewhere", "list")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("spark-ckpt: error: ") and "Traceback" not in err
+    for name in ("memory", "file", "sqlite"):
+        assert name in err
+
+
+def test_not_a_url_is_a_clear_error(capsys):
+    code, _ = run("--store", "checkpoints.db", "list")
+    err = capsys.readouterr().err
+    assert code == 2 and "not a backend URL" in err
+
+
+def test_missing_store_is_reported_and_not_created(tmp_path, capsys):
+    """Reading commands never create an empty store where none exists."""
+    missing = tmp_path / "nowhere.db"
+    code, _ = run("--store", f"sqlite:///{missing}", "list")
+    assert code == 2 and "no checkpoint store" in capsys.readouterr().err
+    assert not missing.exists()
+
+
+def test_bad_number_is_a_usage_error(store, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--store", store["url"], "list", "--limit", "0"])
+    assert exc.value.code == 2 and "must be > 0" in capsys.readouterr().err
+
+
+# -- encrypted stores --------------------------------------------------------------------------------
+def test_encrypted_store_needs_its_key(tmp_path, no_env_config, monkeypatch, capsys):
+    """Without the key, `show` fails cleanly and `verify` reports the checkpoint as unreadable, not corrupt."""
+    from spark_ckpt.codec.crypto import new_key
+
+    url = f"sqlite:///{tmp_path / 'enc.db'}"
+    key = new_key()
+    codec = CheckpointConfig(encryption_keys={"k1": key}).make_codec()
+    record = _checkpoint("etl", "e-enc", 0, NOW)
+    blob = codec.encode(record, Identity("etl", "e-enc", 0))
+    backend = open_backend(url)
+    backend.put(record.header(size=len(blob)), blob)
+    backend.close()
+
+    code, out = run("--store", url, "verify")
+    assert code == 1 and "UNREADABLE ck-e-enc-0" in out and "0 corrupt, 1 unreadable" in out
+    code, _ = run("--store", url, "show", "ck-e-enc-0")
+    assert code == 2 and "k1" in capsys.readouterr().err
+
+    monkeypatch.setenv("MY_KEYS", f"k1:{key}")
+    code, out = run("--store", url, "--keys-env", "MY_KEYS", "show", "ck-e-enc-0", "--json")
+    assert code == 0 and from_data(json.loads(out)["checkpoint"], GraphCheckpoint) == record
+
+
+# -- startup -----------------------------------------------------------------------------------------
+def test_cli_starts_without_importing_spark(store):
+    """`list` through the real module entry point never imports Spark (it takes ~1 s to import)."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "spark_ckpt.cli", "--store", store["url"], "list"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "ck-e-other-0" in proc.stdout
+    imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "spark_ckpt.config" in imported and "sqlite3" in imported  # the import log is real
+    assert not {m for m in imported if m == "spark" or m.startswith("spark.")}
+
+
+# -- rekey -------------------------------------------------------------------------------------------
+def test_rekey_without_an_active_key_is_refused(store, capsys):
+    """`rekey` with no encryption key configured exits 2 and changes nothing."""
+    code, _ = run("--store", store["url"], "rekey")
+    err = capsys.readouterr().err
+    assert code == 2 and "no active encryption key" in err and "Traceback" not in err
+    assert run("--store", store["url"], "verify")[0] == 0
+
+
+def test_rekey_moves_every_checkpoint_to_the_active_key(store, monkeypatch, capsys):
+    """After `rekey` under k2, every checkpoint reads with k2 alone; progress goes to stderr."""
+    from spark_ckpt.codec.crypto import new_key
+
+    k1, k2 = new_key(), new_key()
+    monkeypatch.setenv("SPARK_CKPT_KEYS", f"k1:{k1},k2:{k2}")
+    code, out = run("--store", store["url"], "--active-key", "k2", "--allow-plaintext", "rekey")
+    assert code == 0, capsys.readouterr().err
+    assert f"rekeyed: {len(store['records'])} checkpoint(s)" in out
+    assert f"{len(store['records'])}/{len(store['records'])}" in capsys.readouterr().err
+    monkeypatch.setenv("SPARK_CKPT_KEYS", f"k2:{k2}")
+    assert run("--store", store["url"], "verify")[0] == 0
+    monkeypatch.setenv("SPARK_CKPT_KEYS", f"k1:{k1}")
+    code, out = run("--store", store["url"], "verify")
+    assert code == 1 and f"0 corrupt, {len(store['records'])} unreadable" in out
+
+
+def test_show_and_verify_handle_non_graph_checkpoints(tmp_path, no_env_config):
+    """Agent snapshots (kind "agent") are shown key by key and verified like graph checkpoints."""
+    from spark_ckpt.model import AGENT, CheckpointHeader
+
+    url = f"sqlite:///{tmp_path / 'agent.db'}"
+    codec = CheckpointConfig().make_codec()
+    blob = codec.encode_data({"memory": [{"role": "user", "content": "hi"}], "step": 3}, Identity("bot", "e-a", 0))
+    backend = open_backend(url)
+    backend.put(CheckpointHeader("ck-agent", "bot", "e-a", 0, NOW, kind=AGENT, size=len(blob)), blob)
+    backend.close()
+    code, out = run("--store", url, "show", "ck-agent")
+    assert code == 0 and "(agent)" in out and "  step: 3" in out and '"role":"user"' in out
+    assert run("--store", url, "verify") == (0, "1 checked, 0 corrupt\n")
+
+
+# -- export ------------------------------------------------------------------------------------------
+def _headers(url: str) -> list[dict]:
+    return json.loads(run("--store", url, "list", "--json")[1])
+
+
+def test_export_copies_every_checkpoint_with_progress(store, tmp_path, capsys):
+    """`export` copies into another backend kind; the copy lists and verifies the same; a rerun copies nothing."""
+    target = f"file://{tmp_path / 'exported'}"
+    code, out = run("export", "--from", store["url"], "--to", target)
+    assert code == 0, capsys.readouterr().err
+    n = len(store["records"])
+    assert out.strip() == f"exported {n} checkpoint(s) from {store['url']} to {target}"
+    assert f"{n}/{n}" in capsys.readouterr().err
+    assert _headers(target) == _headers(store["url"])
+    assert run("--store", target, "verify") == (0, f"{n} checked, 0 corrupt\n")
+
+    code, out = run("export", "--from", store["url"], "--to", target)
+    assert code == 0
+    assert out.strip() == f"exported 0 checkpoint(s) from {store['url']} to {target} ({n} already there)"
+
+
+def test_export_one_graph(store, tmp_path):
+    target = f"sqlite:///{tmp_path / 'other.db'}"
+    assert run("export", "--from", store["url"], "--to", target, "--graph", "other")[0] == 0
+    assert [h["id"] for h in _headers(target)] == ["ck-e-other-0"]
+
+
+def test_export_stops_at_a_damaged_checkpoint(store, tmp_path, capsys):
+    """A corrupt source checkpoint is not copied; the command exits 2 naming it."""
+    _corrupt(store["path"], "ck-e-new-0", lambda blob: blob[:-1] + bytes([blob[-1] ^ 0xFF]))
+    target = f"sqlite:///{tmp_path / 'partial.db'}"
+    code, _ = run("export", "--from", store["url"], "--to", target)
+    err = capsys.readouterr().err
+    assert code == 2 and "ck-e-new-0" in err and "Traceback" not in err
+    assert "ck-e-new-0" not in {h["id"] for h in _headers(target)}
+
+
+def test_export_from_a_missing_store_creates_nothing(tmp_path, capsys):
+    target = tmp_path / "dst.db"
+    code, _ = run("export", "--from", f"sqlite:///{tmp_path / 'nope.db'}", "--to", f"sqlite:///{target}")
+    assert code == 2 and "no checkpoint store" in capsys.readouterr().err
+    assert not target.exists()
