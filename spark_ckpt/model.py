@@ -131,7 +131,11 @@ class GraphCheckpoint:
     graph_state: dict[str, Any] = attrs.field(factory=dict)
     node_states: dict[str, NodeSnapshot] = attrs.field(factory=dict)
     current_node: str | None = None
+    #: visits ``history_start`` .. ``history_start + len(execution_history)`` of the execution's journal.
+    #: Checkpoints store only the visits since the previous one (linear, not quadratic, storage); the
+    #: adapter reads earlier checkpoints to give callers the whole history (``history_start == 0``).
     execution_history: list[Visit] = attrs.field(factory=list)
+    history_start: int = 0
     skip_nodes: list[str] = attrs.field(factory=list)
     failure: FailureInfo | None = None
     result: Any = None

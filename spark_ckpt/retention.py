@@ -1,7 +1,7 @@
 """What to keep: retention rules applied after each checkpoint and by ``spark-ckpt prune``.
 
-A rule never deletes a *protected* checkpoint: the newest two checkpoints of every unfinished
-execution (the one recovery resumes from, and the one it falls back to if that fails to verify).
+A rule never deletes a *protected* checkpoint: any checkpoint of an unfinished execution (recovery
+reads the whole chain of one, see ``protected_ids``).
 """
 
 from __future__ import annotations
@@ -12,10 +12,6 @@ from typing import Any
 from .backends.base import Backend
 from .markers import hookimpl
 from .model import GRAPH, CheckpointHeader
-
-#: How many of an unfinished execution's newest checkpoints are never pruned.
-KEEP_PER_UNFINISHED_EXECUTION = 2
-
 
 class CountRetention:
     """Keep the newest ``retention_count`` checkpoints of each graph (plus protected ones)."""
@@ -49,15 +45,16 @@ class AgeRetention:
 
 
 def protected_ids(backend: Backend, graph_id: str | None) -> set[str]:
-    """Ids recovery may still need: the newest few checkpoints of each unfinished execution.
+    """Ids recovery may still need: every checkpoint of each unfinished execution.
 
-    "Newest" by time (what listings show) and, separately, the highest ``seq`` (what recovery
-    resumes from): they differ only if a clock stepped back, and then both are kept.
+    Graph checkpoints store only the visits since the previous one, so recovery reads the whole
+    chain of an unfinished execution; none of it may go. (A finished execution's final checkpoint
+    holds its whole history, so its earlier ones are free to prune.)
     """
     keep: set[str] = set()
     for latest in backend.executions(graph_id=graph_id, unfinished_only=True):
         keep.add(latest.checkpoint_id)
-        for header in backend.list(execution_id=latest.execution_id, limit=KEEP_PER_UNFINISHED_EXECUTION):
+        for header in backend.list(execution_id=latest.execution_id):
             keep.add(header.checkpoint_id)
     return keep
 

@@ -5,9 +5,9 @@
 Crash cues (environment):
   SPARK_CKPT_TEST_CRASH=node:visit          inside that node visit (tests/graphs.py)
   SPARK_CKPT_TEST_CRASH_AFTER_CKPT=seq      right after checkpoint ``seq`` was committed
-  SPARK_CKPT_TEST_CRASH_IN_WRITE=seq        in the middle of writing checkpoint ``seq``: for SQLite after
-                                            the row is inserted but before COMMIT; for the file backend
-                                            after the temp file is written but before it is published
+  SPARK_CKPT_TEST_CRASH_IN_WRITE=seq        in the middle of writing checkpoint ``seq``: for SQLite while
+                                            its INSERT executes inside SQLite; for the file backend after
+                                            the temp file is written but before it is published
 Prints one JSON line: result content, graph state, and the recovery report.
 """
 
@@ -45,14 +45,12 @@ class CrashAfterCheckpoint:
 def arm_crash_in_write(graph, seq: int) -> None:
     backend = graph.backend
     conn = getattr(backend, "_conn", None)
-    if conn is not None:  # SQLite: die when COMMIT of the insert of ``seq`` starts
-        state = {"armed": False}
-
+    if conn is not None:
+        # SQLite: once the INSERT of ``seq`` starts, die from SQLite's progress handler, i.e. while
+        # the statement is executing inside SQLite, before it can commit.
         def trace(statement: str) -> None:
             if statement.lstrip().upper().startswith("INSERT") and f", {seq}, " in _bound(statement):
-                state["armed"] = True
-            elif state["armed"] and statement.strip().upper() == "COMMIT":
-                die()
+                conn.set_progress_handler(lambda: die(), 10)
 
         conn.set_trace_callback(trace)
         return

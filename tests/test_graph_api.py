@@ -167,8 +167,8 @@ def test_event_strategy_checkpoints_only_when_asked(tmp_path) -> None:
     graph = checkpointed(milestone_graph(), config=CheckpointConfig(backend="sqlite", path=str(tmp_path / "e.db"),
                                                                     strategy="event"), graph_id="events")
     asyncio.run(graph.run({"i": 0}))
-    history_lengths = sorted(len(graph._decode(graph.backend.get(h.checkpoint_id).blob).execution_history)
-                             for h in graph.list_checkpoints())
+    history_lengths = sorted(len(graph.get_checkpoint(offset=i).execution_history)
+                             for i in range(len(graph.list_checkpoints())))
     assert history_lengths == [0, 2, 4, 5]
 
 
@@ -210,8 +210,8 @@ def test_retention_count_prunes_finished_runs_only(tmp_path, monkeypatch) -> Non
         asyncio.run(graph.run({}))
     headers = graph.list_checkpoints()
     kept_of_failed = [h for h in headers if h.execution_id == failed_execution]
-    assert len(kept_of_failed) == 2  # protected: recovery still needs them
-    assert len(headers) == 3 + 2
+    assert len(kept_of_failed) == 3  # start, s0's superstep, failure: recovery still needs them all
+    assert len(headers) == 3 + 3
     asyncio.run(graph.recover_and_continue(execution_id=failed_execution))
 
 
@@ -299,3 +299,35 @@ def test_should_checkpoint_plugin_and_run_stopped(sqlite_config, plugin) -> None
     plugin(StopAtS2())
     with pytest.raises(RunStopped, match="budget"):
         asyncio.run(graph.run({}))
+
+
+class Counter(Node):
+    async def process(self, context):
+        i = context.inputs.content.get("i", 0) + 1
+        await context.graph_state.set("i", i)
+        return {"i": i, "more": i < 150}
+
+
+def test_long_runs_store_each_visit_once(tmp_path, monkeypatch) -> None:
+    """Checkpoints hold only the visits since the previous one: storage grows linearly with the run,
+    and any checkpoint still reads back with its whole history (also after a crash-free recovery)."""
+    from spark_ckpt.adapters import graph as graph_module
+
+    monkeypatch.setattr(graph_module, "FULL_HISTORY_EVERY", 40)
+    node = Counter(id="counter")
+    node.on(more=True) >> node
+    graph = checkpointed(Graph(start=node), config=CheckpointConfig(backend="sqlite", path=str(tmp_path / "l.db")),
+                         graph_id="long")
+    asyncio.run(graph.run({"i": 0}))
+    headers = graph.list_checkpoints()
+    stored = [graph._decode(graph.backend.get(h.checkpoint_id).blob, h) for h in headers]
+    visits_stored = sum(len(r.execution_history) for r in stored)
+    # each visit once in the deltas, plus the periodic full records (every 40) and the final one:
+    # linear in the run length (storing the whole history every time would be 150*151/2 = 11325)
+    periodic_and_final = [r for r in stored if r.history_start == 0 and len(r.execution_history) > 1]
+    assert len(periodic_and_final) == 4
+    assert visits_stored == 150 + sum(len(r.execution_history) - 1 for r in periodic_and_final)
+    assert visits_stored < 5 * 150
+    middle = graph.get_checkpoint(offset=70)
+    assert [v.index for v in middle.execution_history] == list(range(len(middle.execution_history)))
+    assert middle.graph_state["i"] == len(middle.execution_history)

@@ -52,6 +52,9 @@ from .structure import node_keys, ordered_nodes, structure_digest
 log = logging.getLogger("spark_ckpt.graph")
 
 # Keys Spark keeps in a node's _state that are runtime plumbing, not user state.
+#: a checkpoint with the whole journal at least this often (the others hold only new visits)
+FULL_HISTORY_EVERY = 64
+
 _NODE_RUNTIME_KEYS = frozenset({"context_snapshot", "processing", "pending_inputs", "process_count"})
 
 
@@ -128,6 +131,9 @@ class _Execution:
     failure: FailureInfo | None = None
     #: last superstep covered by the checkpoint this execution resumed from (-1: fresh run)
     resumed_through: int = -1
+    #: journal visits already in stored checkpoints; the next checkpoint stores only the ones after
+    persisted: int = 0
+    checkpoints_since_full: int = 0
 
     @property
     def replaying(self) -> bool:
@@ -403,6 +409,9 @@ class CheckpointedGraph:
     def _on_last_boundary(self, ex: _Execution, **changes: Any) -> dict[str, Any]:
         """A new record: the last boundary checkpoint's content with ``changes`` (new id and seq)."""
         data, _ = self.codec.decode_data(ex.last_blob)
+        # its visits are stored already: the new record carries none, and starts where it ended
+        data["history_start"] = data.get("history_start", 0) + len(data.get("execution_history", ()))
+        data["execution_history"] = []
         data.update(changes)
         data.update(checkpoint_id=new_id("ck-"), seq=ex.seq + 1, timestamp=time.time())
         data["graph_metadata"] = {"graph_id": self.graph_id, "graph_version": self.graph_version,
@@ -521,8 +530,7 @@ class CheckpointedGraph:
             "graph_state": self.graph.state.get_snapshot(),
             "node_states": node_states,
             "current_node": next_nodes[0] if len(next_nodes) == 1 else (",".join(next_nodes) or None),
-            # visits not yet replayed belong to the history too (the start record of a forked execution)
-            "execution_history": ex.journal + [_visit_data(v) for v in ex.replay.values()],
+            **self._history_fields(ex, status),
             "skip_nodes": list(ex.skip),
             "failure": None,
             "result": _dump_message(result) if result is not None else None,
@@ -532,6 +540,25 @@ class CheckpointedGraph:
             "version": CONTENT_VERSION,
             "kind": GRAPH,
         }
+
+    def _history_fields(self, ex: _Execution, status: str) -> dict[str, Any]:
+        """The journal part of a checkpoint: the visits since the last stored one, or all of them.
+
+        A full history is written for the final checkpoint (a finished execution is then readable from
+        one record), for "exit" durability (only the newest record is ever written), for the start
+        record of a forked execution, and every ``FULL_HISTORY_EVERY`` checkpoints (bounds how many
+        records recovery reads).
+        """
+        full = (
+            status == COMPLETED or self.config.durability == "exit" or ex.replay
+            or ex.checkpoints_since_full >= FULL_HISTORY_EVERY
+        )
+        if full:
+            ex.checkpoints_since_full = 0
+            # visits not yet replayed belong to the history too (the start record of a forked execution)
+            return {"execution_history": ex.journal + [_visit_data(v) for v in ex.replay.values()], "history_start": 0}
+        ex.checkpoints_since_full += 1
+        return {"execution_history": ex.journal[ex.persisted:], "history_start": ex.persisted}
 
     async def _checkpoint(self, ex: _Execution, *, reason: str, status: str, result: Any = None) -> dict[str, Any]:
         record = self._snapshot(ex, status, result)
@@ -558,6 +585,7 @@ class CheckpointedGraph:
         """Encode now (so later mutation cannot leak in), write according to the durability mode."""
         header, blob = self._encode(data)
         ex.seq = header.seq
+        ex.persisted = max(ex.persisted, data["history_start"] + len(data["execution_history"]))
         if not (data["inflight"] and header.status == RUNNING):
             # in-flight records stack on the boundary record; they never replace it
             ex.last_blob, ex.last_status = blob, header.status
@@ -610,7 +638,33 @@ class CheckpointedGraph:
         stored = self.backend.get(checkpoint_id)
         record = self._decode(stored.blob, stored.header)
         self._check_graph(record)
-        return record
+        return self._with_full_history(record)
+
+    def _with_full_history(self, record: GraphCheckpoint) -> GraphCheckpoint:
+        """``record`` with the execution's whole journal, read from its earlier checkpoints."""
+        if record.history_start == 0:
+            return record
+        segments = [record.execution_history]
+        needed = record.history_start  # visits [0, needed) still missing
+        for header in self.backend.list(execution_id=record.execution_id):
+            if header.seq >= record.seq or header.kind != GRAPH:
+                continue
+            earlier = self._decode(self.backend.get(header.checkpoint_id).blob, header)
+            end = earlier.history_start + len(earlier.execution_history)
+            if not earlier.execution_history or end < needed:
+                continue  # an in-flight/failure record (no visits), or a gap that a later read fills
+            segments.append(earlier.execution_history[: needed - earlier.history_start])
+            needed = earlier.history_start
+            if needed == 0:
+                break
+        if needed:
+            raise CorruptCheckpointError(
+                f"checkpoint {record.checkpoint_id} needs visits 0..{needed - 1} of execution "
+                f"{record.execution_id} from earlier checkpoints, which are missing (pruned by hand, or "
+                "damaged); use the execution's final checkpoint, or an earlier intact one"
+            )
+        history = [visit for segment in reversed(segments) for visit in segment]
+        return attrs.evolve(record, execution_history=history, history_start=0)
 
     def _check_graph(self, record: GraphCheckpoint) -> None:
         if record.kind != GRAPH:
@@ -649,7 +703,7 @@ class CheckpointedGraph:
                 f"graph {self.graph_id!r} has {len(headers)} checkpoint(s); none at offset {offset}"
             )
         header = headers[offset]
-        return self._decode(self.backend.get(header.checkpoint_id).blob, header)
+        return self._with_full_history(self._decode(self.backend.get(header.checkpoint_id).blob, header))
 
     # ------------------------------------------------------------------------------------------
     # manual checkpoint control (the guide's API)
@@ -675,9 +729,10 @@ class CheckpointedGraph:
         """Write a checkpoint (default: the newest) to ``path`` as its verified, encoded bytes."""
         if checkpoint is None:
             checkpoint = self.get_last_checkpoint() or self.create_checkpoint()
-        record = self._resolve(checkpoint)
+        record = self._with_full_history(self._resolve(checkpoint))
         target = Path(path)
-        blob = self.backend.get(record.checkpoint_id).blob
+        # re-encoded with the whole history, so the file stands alone
+        blob = self.codec.encode(record, Identity(record.graph_id, record.execution_id, record.seq))
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         try:
             with open(tmp, "wb") as fh:
@@ -788,7 +843,12 @@ class CheckpointedGraph:
                 fell_back.append(header.checkpoint_id)
                 continue
             self._check_graph(record)
-            return record, fell_back
+            try:
+                return self._with_full_history(record), fell_back
+            except CorruptCheckpointError as exc:
+                log.warning("checkpoint %s cannot be completed (%s); falling back", header.checkpoint_id, exc)
+                fell_back.append(header.checkpoint_id)
+                continue
         raise NothingToRecoverError(
             f"execution {execution_id} of graph {self.graph_id!r} has no checkpoint that verifies "
             f"({len(fell_back)} failed: {', '.join(fell_back) or 'none stored'}); run `spark-ckpt verify`"
@@ -810,6 +870,7 @@ class CheckpointedGraph:
             else:
                 ex = _Execution(execution_id=new_id("ex-"), run_input=record.run_input)
             ex.replay = {(v.node_key, v.index): v for v in record.execution_history}
+            ex.persisted = len(record.execution_history) if same_execution else 0
             ex.resumed_through = max((v.superstep for v in record.execution_history), default=-1)
             ex.inflight_recovered = dict(record.inflight)
             ex.skip = skips

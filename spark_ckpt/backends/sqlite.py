@@ -25,6 +25,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 
 from ..errors import (
@@ -123,7 +124,22 @@ class SqliteBackend(LocalBackend):
             raise ConfigError(f"sqlite backend option busy_timeout_s must be >= 0, got {busy_timeout_s!r}")
         self.synchronous = mode
         self._lock = threading.Lock()
-        self._conn = self._connect(busy_timeout_s)
+        self._conn = self._connect_retrying(busy_timeout_s)
+        # Close the connection when the backend is garbage-collected, so a backend that was never
+        # closed explicitly does not leak it (Python 3.13 warns about unclosed connections).
+        weakref.finalize(self, self._conn.close)
+
+    def _connect_retrying(self, busy_timeout_s: float) -> sqlite3.Connection:
+        """Open, retrying "database is locked": switching a new file to WAL does not wait on the busy
+        timeout, so processes opening one new store at the same moment can collide there."""
+        deadline = time.monotonic() + max(busy_timeout_s, 1.0)
+        while True:
+            try:
+                return self._connect(busy_timeout_s)
+            except BackendError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod

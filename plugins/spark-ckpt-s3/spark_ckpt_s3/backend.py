@@ -1,0 +1,452 @@
+"""``S3Backend``: checkpoints as S3 objects, published atomically with conditional writes.
+
+Key layout under ``s3://bucket/prefix``::
+
+    ckpt/<graph_id>/<execution_id>/<seq, 20 digits>   the checkpoint bytes; its header in user metadata
+    ids/<checkpoint_id>                               body: the key above (lookup by id)
+    execs/<execution_id>                              body: the graph_id (lookup by execution alone)
+    leases/<execution_id>                             JSON {owner, token, expires_at}
+
+(each id is percent-encoded, so one id never spans two key segments).
+
+* Publication is the single ``PutObject`` of the checkpoint key with ``If-None-Match: *``: S3 stores
+  an object whole or not at all, so a reader never sees part of a checkpoint, and a second writer
+  of the same ``(execution_id, seq)`` gets ``412 Precondition Failed`` -> ``DuplicateCheckpointError``.
+  The id pointer is written first; a pointer whose checkpoint never appeared is invisible.
+* Listing is a prefix query (one graph, or one execution), never a scan of the bucket. Headers are
+  read with ``HeadObject`` the first time a key is seen and cached by (key, ETag): checkpoints are
+  immutable, so later listings cost one ``ListObjectsV2`` page per 1000 checkpoints.
+* Leases are an object per execution, changed only with ``If-Match: <etag>`` (or ``If-None-Match``
+  when new), so two workers racing for one execution cannot both win. Expiry uses the workers'
+  clocks: keep them in sync (NTP) and ``ttl`` far above the skew.
+* Limitation: S3 has no multi-object transactions, so the fencing check (read the lease) and the
+  checkpoint write are two requests. A worker that stalls exactly between them can still publish
+  one checkpoint after a takeover. It cannot fork the history silently: the new owner continues
+  from the same last checkpoint and so writes the same sequence numbers, and each position can be
+  published only once; the loser gets ``DuplicateCheckpointError`` or ``LeaseError``.
+
+URL options: ``endpoint_url`` (any S3-compatible server), ``region``, ``addressing_style``
+(``path`` by default with a custom endpoint), ``create_bucket`` (``true`` to create a missing
+bucket), ``max_workers`` (parallel ``HeadObject`` calls when listing, default 8). Credentials come
+from the usual boto3 sources (environment, ``~/.aws``, instance roles); never from the URL.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterable, Iterator
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from spark_ckpt.backends.base import Backend
+from spark_ckpt.backends.leases import check_fence, grant_lease
+from spark_ckpt.errors import (
+    BackendError,
+    CheckpointNotFoundError,
+    ConfigError,
+    DuplicateCheckpointError,
+    LeaseError,
+)
+from spark_ckpt.model import CheckpointHeader, Lease, StoredCheckpoint
+
+_HEADER_META = "spark-ckpt-header"
+_ATTEMPT_META = "spark-ckpt-attempt"
+_TRUE = {"1", "true", "yes", "on"}
+_OPTIONS = {"endpoint_url", "region", "addressing_style", "create_bucket", "max_workers"}
+
+
+def _q(value: str) -> str:
+    # "." too: HTTP clients collapse "/./" and "/../" path segments
+    return quote(value, safe="").replace(".", "%2E") or "%00"
+
+
+def _header_json(header: CheckpointHeader) -> str:
+    # ASCII-only: S3 user metadata travels in HTTP headers
+    return json.dumps(
+        [header.checkpoint_id, header.graph_id, header.execution_id, header.seq, header.created_at,
+         header.status, header.kind, header.size],
+        separators=(",", ":"),
+    )
+
+
+def _header_from_json(text: str) -> CheckpointHeader:
+    cid, gid, eid, seq, created_at, status, kind, size = json.loads(text)
+    return CheckpointHeader(cid, gid, eid, int(seq), float(created_at), status, kind, int(size))
+
+
+def _newest_first(headers: Iterable[CheckpointHeader]) -> list[CheckpointHeader]:
+    # ties on (time, seq) across executions: the id decides, so every listing agrees
+    return sorted(headers, key=lambda h: (h.created_at, h.seq, h.checkpoint_id), reverse=True)
+
+
+class S3Backend(Backend):
+    """Checkpoints in an S3 bucket; see the module docstring for the layout and guarantees."""
+
+    name = "s3"
+    url_schemes = ("s3",)
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        addressing_style: str | None = None,
+        create_bucket: bool = False,
+        max_workers: int = 8,
+        client: Any = None,
+    ) -> None:
+        if not bucket:
+            raise ConfigError("S3 backend needs a bucket: s3://bucket/prefix")
+        import boto3
+        import botocore.config
+        import botocore.exceptions
+
+        self._botocore_errors = botocore.exceptions
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.endpoint_url = endpoint_url
+        if client is None:
+            style = addressing_style or ("path" if endpoint_url else "auto")
+            config = botocore.config.Config(
+                s3={"addressing_style": style},
+                retries={"max_attempts": 3, "mode": "standard"},
+                max_pool_connections=max(10, max_workers * 2),
+                connect_timeout=5,
+                read_timeout=60,
+            )
+            client = boto3.session.Session().client(
+                "s3", endpoint_url=endpoint_url, region_name=region, config=config
+            )
+        self._s3 = client
+        self._max_workers = max(1, max_workers)
+        self._headers: dict[str, tuple[str, CheckpointHeader]] = {}  # key -> (etag, header)
+        self._known_execs: set[str] = set()
+        self._key_of: dict[str, str] = {}  # checkpoint_id -> key, saves the pointer read on get
+        self._cache_lock = threading.Lock()  # guards the caches only, never a request
+        self._check_bucket(create_bucket)
+
+    @classmethod
+    def from_url(cls, url: str, **options: object) -> "S3Backend":
+        parts = urlsplit(url)
+        if parts.scheme.lower() != "s3":
+            raise ConfigError(f"not an S3 URL: {url!r} (expected s3://bucket/prefix?endpoint_url=...)")
+        values: dict[str, Any] = dict(parse_qsl(parts.query))
+        values.update(options)
+        unknown = set(values) - _OPTIONS
+        if unknown:
+            raise ConfigError(
+                f"unknown s3 backend option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_OPTIONS))}"
+                " (credentials go in the usual AWS environment variables or ~/.aws, not the URL)"
+            )
+        if parts.username or parts.password:
+            raise ConfigError("do not put credentials in the s3:// URL; use AWS_ACCESS_KEY_ID / ~/.aws instead")
+        kwargs: dict[str, Any] = {
+            "endpoint_url": values.get("endpoint_url"),
+            "region": values.get("region"),
+            "addressing_style": values.get("addressing_style"),
+            "create_bucket": str(values.get("create_bucket", "")).lower() in _TRUE,
+        }
+        if "max_workers" in values:
+            try:
+                kwargs["max_workers"] = int(values["max_workers"])  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                raise ConfigError(f"s3 option max_workers={values['max_workers']!r} is not an integer") from None
+        return cls(parts.hostname or parts.netloc, unquote(parts.path), **kwargs)
+
+    def describe(self) -> str:
+        where = f" at {self.endpoint_url}" if self.endpoint_url else ""
+        return f"s3 (s3://{self.bucket}/{self.prefix}{where})"
+
+    # -- low-level helpers -------------------------------------------------------------------------
+    def _key(self, *parts: str) -> str:
+        return "/".join(([self.prefix] if self.prefix else []) + list(parts))
+
+    def _ckpt_key(self, graph_id: str, execution_id: str, seq: int) -> str:
+        return self._key("ckpt", _q(graph_id), _q(execution_id), f"{seq:020d}")
+
+    def _code(self, exc: Exception) -> str:
+        if isinstance(exc, self._botocore_errors.ClientError):
+            return str(exc.response.get("Error", {}).get("Code", ""))
+        return ""
+
+    def _failed(self, action: str, exc: Exception) -> BackendError:
+        if isinstance(exc, self._botocore_errors.NoCredentialsError):
+            return BackendError(
+                f"S3 {action} failed: no AWS credentials found. Set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or configure ~/.aws) for the S3 endpoint"
+            )
+        if self._code(exc) == "NoSuchBucket":
+            return BackendError(
+                f"S3 bucket {self.bucket!r} does not exist; create it or add create_bucket=true to the URL"
+            )
+        return BackendError(f"S3 {action} on {self.describe()} failed: {exc}; check the endpoint, bucket and credentials (a failed write publishes nothing)")
+
+    def _call(self, action: str, fn: Any, /, **kwargs: Any) -> Any:
+        try:
+            return fn(**kwargs)
+        except (self._botocore_errors.BotoCoreError, self._botocore_errors.ClientError) as exc:
+            raise self._failed(action, exc) from exc
+
+    def _get_object(self, key: str) -> dict[str, Any] | None:
+        """The object (body read), or None if it does not exist."""
+        try:
+            response = self._s3.get_object(Bucket=self.bucket, Key=key)
+            response["Body"] = response["Body"].read()
+            return response
+        except self._botocore_errors.ClientError as exc:
+            if self._code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise self._failed(f"read of {key}", exc) from exc
+        except self._botocore_errors.BotoCoreError as exc:
+            raise self._failed(f"read of {key}", exc) from exc
+
+    def _put_new(self, key: str, body: bytes, **extra: Any) -> bool:
+        """Create ``key`` only if absent; False if it already existed."""
+        try:
+            self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*", **extra)
+            return True
+        except self._botocore_errors.ClientError as exc:
+            if self._code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise self._failed(f"write of {key}", exc) from exc
+        except self._botocore_errors.BotoCoreError as exc:
+            raise self._failed(f"write of {key}", exc) from exc
+
+    def _check_bucket(self, create: bool) -> None:
+        try:
+            self._s3.head_bucket(Bucket=self.bucket)
+            return
+        except self._botocore_errors.ClientError as exc:
+            if self._code(exc) not in ("404", "NoSuchBucket", "NotFound") or not create:
+                if self._code(exc) in ("404", "NoSuchBucket", "NotFound"):
+                    raise BackendError(
+                        f"S3 bucket {self.bucket!r} does not exist; create it or add create_bucket=true to the URL"
+                    ) from exc
+                raise self._failed("bucket check", exc) from exc
+        except self._botocore_errors.BotoCoreError as exc:
+            raise self._failed("bucket check", exc) from exc
+        self._call("bucket creation", self._s3.create_bucket, Bucket=self.bucket)
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def put(self, header: CheckpointHeader, blob: bytes, *, lease: Lease | None = None) -> None:
+        key = self._ckpt_key(header.graph_id, header.execution_id, header.seq)
+        # 1. the id pointer (invisible on its own: a pointer without its checkpoint is "not found")
+        pointer = self._key("ids", _q(header.checkpoint_id))
+        created_pointer = self._put_new(pointer, key.encode())
+        if not created_pointer:
+            existing = self._get_object(pointer)
+            if existing is not None and existing["Body"].decode() != key:
+                raise DuplicateCheckpointError(
+                    f"checkpoint id {header.checkpoint_id} is already used by another checkpoint in "
+                    f"{self.describe()}; it was not overwritten"
+                )
+        # 2. the execution -> graph pointer, once per execution and process
+        if header.execution_id not in self._known_execs:
+            self._put_new(self._key("execs", _q(header.execution_id)), header.graph_id.encode())
+            with self._cache_lock:
+                self._known_execs.add(header.execution_id)
+        # 3. fencing, then publication in one conditional PUT
+        if lease is not None:
+            check_fence(self._read_lease(header.execution_id)[0], lease, header.execution_id)
+        attempt = uuid.uuid4().hex
+        published = self._put_new(
+            key, bytes(blob),
+            Metadata={_HEADER_META: _header_json(header), _ATTEMPT_META: attempt},
+            ContentType="application/octet-stream",
+        )
+        if published:
+            with self._cache_lock:
+                self._key_of[header.checkpoint_id] = key
+            return
+        # 412: either another checkpoint holds the position, or botocore retried our own PUT
+        # after its response was lost; only the attempt marker tells them apart.
+        head = self._head(key)
+        if head is not None and head["Metadata"].get(_ATTEMPT_META) == attempt:
+            with self._cache_lock:
+                self._key_of[header.checkpoint_id] = key
+            return
+        if created_pointer:
+            self._call("cleanup", self._s3.delete_object, Bucket=self.bucket, Key=pointer)
+        raise DuplicateCheckpointError(
+            f"checkpoint seq {header.seq} of execution {header.execution_id} already exists in "
+            f"{self.describe()}; it was not overwritten"
+        )
+
+    def _head(self, key: str) -> dict[str, Any] | None:
+        try:
+            return self._s3.head_object(Bucket=self.bucket, Key=key)
+        except self._botocore_errors.ClientError as exc:
+            if self._code(exc) in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise self._failed(f"read of {key}", exc) from exc
+        except self._botocore_errors.BotoCoreError as exc:
+            raise self._failed(f"read of {key}", exc) from exc
+
+    def get(self, checkpoint_id: str) -> StoredCheckpoint:
+        known = self._key_of.get(checkpoint_id)
+        if known is not None:
+            item = self._get_object(known)
+            if item is not None:
+                header = _header_from_json(item["Metadata"][_HEADER_META])
+                if header.checkpoint_id == checkpoint_id:
+                    return StoredCheckpoint(header, item["Body"])
+        pointer = self._get_object(self._key("ids", _q(checkpoint_id)))
+        item = self._get_object(pointer["Body"].decode()) if pointer is not None else None
+        if item is None:
+            raise CheckpointNotFoundError(f"no checkpoint with id {checkpoint_id!r} in {self.describe()}")
+        return StoredCheckpoint(_header_from_json(item["Metadata"][_HEADER_META]), item["Body"])
+
+    def _prefix_for(self, graph_id: str | None, execution_id: str | None) -> str | None:
+        """The narrowest listing prefix; None when the execution is unknown."""
+        if execution_id is not None and graph_id is None:
+            found = self._get_object(self._key("execs", _q(execution_id)))
+            if found is None:
+                return None
+            graph_id = found["Body"].decode()
+        parts = ["ckpt"]
+        if graph_id is not None:
+            parts.append(_q(graph_id))
+            if execution_id is not None:
+                parts.append(_q(execution_id))
+        return self._key(*parts) + "/"
+
+    def _objects(self, prefix: str) -> Iterator[dict[str, Any]]:
+        paginator = self._s3.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                yield from page.get("Contents", [])
+        except (self._botocore_errors.BotoCoreError, self._botocore_errors.ClientError) as exc:
+            raise self._failed(f"listing of {prefix}", exc) from exc
+
+    def _headers_of(self, objects: list[dict[str, Any]]) -> list[CheckpointHeader]:
+        """Headers for listed objects: cached by (key, ETag), the rest read in parallel."""
+        out: dict[str, CheckpointHeader] = {}
+        missing = []
+        with self._cache_lock:
+            for obj in objects:
+                cached = self._headers.get(obj["Key"])
+                if cached is not None and cached[0] == obj["ETag"]:
+                    out[obj["Key"]] = cached[1]
+                else:
+                    missing.append(obj["Key"])
+
+        def load(key: str) -> tuple[str, dict[str, Any] | None]:
+            return key, self._head(key)
+
+        if missing:
+            with ThreadPoolExecutor(max_workers=min(self._max_workers, len(missing))) as pool:
+                for key, head in pool.map(load, missing):
+                    if head is None:  # deleted between the listing and now
+                        continue
+                    header = _header_from_json(head["Metadata"][_HEADER_META])
+                    out[key] = header
+                    with self._cache_lock:
+                        self._headers[key] = (head["ETag"], header)
+                        self._key_of[header.checkpoint_id] = key
+        return list(out.values())
+
+    def list(self, *, graph_id=None, execution_id=None, limit=None) -> list[CheckpointHeader]:
+        prefix = self._prefix_for(graph_id, execution_id)
+        if prefix is None:
+            return []
+        headers = _newest_first(self._headers_of(list(self._objects(prefix))))
+        return headers[:limit] if limit is not None else headers
+
+    def executions(self, *, graph_id=None, unfinished_only=False, limit=None) -> list[CheckpointHeader]:
+        newest: dict[str, dict[str, Any]] = {}
+        for obj in self._objects(self._prefix_for(graph_id, None) or ""):
+            execution_dir = obj["Key"].rsplit("/", 1)[0]
+            if execution_dir not in newest or obj["Key"] > newest[execution_dir]["Key"]:
+                newest[execution_dir] = obj  # zero-padded seq: the greatest key is the newest
+        headers = _newest_first(self._headers_of(list(newest.values())))
+        if unfinished_only:
+            headers = [h for h in headers if h.unfinished]
+        return headers[:limit] if limit is not None else headers
+
+    def delete(self, checkpoint_ids: Iterable[str]) -> int:
+        count = 0
+        for checkpoint_id in dict.fromkeys(checkpoint_ids):
+            pointer_key = self._key("ids", _q(checkpoint_id))
+            pointer = self._get_object(pointer_key)
+            if pointer is None:
+                continue
+            key = pointer["Body"].decode()
+            if self._head(key) is not None:
+                count += 1
+                self._call("delete", self._s3.delete_object, Bucket=self.bucket, Key=key)
+            # the checkpoint goes first: a pointer left behind by a crash here is invisible
+            self._call("delete", self._s3.delete_object, Bucket=self.bucket, Key=pointer_key)
+            with self._cache_lock:
+                self._headers.pop(key, None)
+                self._key_of.pop(checkpoint_id, None)
+        return count
+
+    def replace(self, header: CheckpointHeader, blob: bytes) -> None:
+        """Swap an existing checkpoint's bytes (key rotation): one PUT conditional on its ETag."""
+        key = self._ckpt_key(header.graph_id, header.execution_id, header.seq)
+        head = self._head(key)
+        if head is None or _header_from_json(head["Metadata"][_HEADER_META]).checkpoint_id != header.checkpoint_id:
+            raise CheckpointNotFoundError(f"no checkpoint with id {header.checkpoint_id!r} in {self.describe()} to replace")
+        try:
+            self._s3.put_object(
+                Bucket=self.bucket, Key=key, Body=bytes(blob), IfMatch=head["ETag"],
+                Metadata={_HEADER_META: _header_json(header), _ATTEMPT_META: uuid.uuid4().hex},
+                ContentType="application/octet-stream",
+            )
+        except self._botocore_errors.ClientError as exc:
+            if self._code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "404"):
+                raise CheckpointNotFoundError(
+                    f"checkpoint {header.checkpoint_id!r} changed or was deleted while being replaced; not replaced"
+                ) from exc
+            raise self._failed(f"replace of {key}", exc) from exc
+        except self._botocore_errors.BotoCoreError as exc:
+            raise self._failed(f"replace of {key}", exc) from exc
+
+    # -- leases ------------------------------------------------------------------------------------
+    def _lease_key(self, execution_id: str) -> str:
+        return self._key("leases", _q(execution_id))
+
+    def _read_lease(self, execution_id: str) -> tuple[Lease | None, str | None]:
+        found = self._get_object(self._lease_key(execution_id))
+        if found is None:
+            return None, None
+        data = json.loads(found["Body"])
+        return Lease(execution_id, data["owner"], int(data["token"]), float(data["expires_at"])), found["ETag"]
+
+    def _write_lease(self, lease: Lease, etag: str | None) -> bool:
+        body = json.dumps({"owner": lease.owner, "token": lease.token, "expires_at": lease.expires_at}).encode()
+        condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
+        try:
+            self._s3.put_object(Bucket=self.bucket, Key=self._lease_key(lease.execution_id), Body=body, **condition)
+            return True
+        except self._botocore_errors.ClientError as exc:
+            if self._code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "NoSuchKey", "404"):
+                return False
+            raise self._failed("lease write", exc) from exc
+        except self._botocore_errors.BotoCoreError as exc:
+            raise self._failed("lease write", exc) from exc
+
+    def acquire_lease(self, execution_id: str, owner: str, ttl_s: float) -> Lease:
+        for _ in range(5):
+            current, etag = self._read_lease(execution_id)
+            lease = grant_lease(current, execution_id, owner, ttl_s, time.time())
+            if self._write_lease(lease, etag):
+                return lease
+            # someone changed the lease between our read and write: look again
+        raise LeaseError(
+            f"execution {execution_id}'s lease kept changing under contention in {self.describe()}; "
+            "another worker is taking it over. Try again later"
+        )
+
+    def release_lease(self, lease: Lease) -> None:
+        current, etag = self._read_lease(lease.execution_id)
+        if current is not None and current.token == lease.token and current.owner == lease.owner:
+            self._write_lease(Lease(lease.execution_id, "", lease.token, 0.0), etag)
+
+    def close(self) -> None:
+        self._s3.close()
