@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import closing
+
 import sqlite3
 import subprocess
 import sys
@@ -277,7 +279,7 @@ def test_sqlite_uses_wal_and_the_requested_synchronous_mode(tmp_path):
     """The database is in WAL mode; synchronous defaults to NORMAL and FULL can be chosen."""
     path = tmp_path / "ckpt.db"
     backend = SqliteBackend(path)
-    with sqlite3.connect(path) as other:
+    with closing(sqlite3.connect(path)) as other:
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert backend._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     backend.close()
@@ -301,7 +303,7 @@ def test_sqlite_migrations_are_idempotent_on_reopen(tmp_path):
         assert again.applied_migrations() == applied
         assert again.get("exec-1-0").blob == b"kept"
         again.close()
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == len(applied)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import closing
+
 import asyncio
 import datetime
 import os
@@ -185,8 +187,9 @@ def test_recovery_falls_back_past_a_corrupt_newest_checkpoint(tmp_path, monkeypa
         asyncio.run(g.run({}))
     monkeypatch.delenv("SPARK_CKPT_TEST_FAIL")
     newest = g.list_checkpoints(limit=1)[0]
-    with sqlite3.connect(db) as conn:  # tear the newest row's blob as a crash mid-write on a bad disk would
+    with closing(sqlite3.connect(db)) as conn:  # tear the newest row's blob as a crash mid-write on a bad disk would
         conn.execute("UPDATE checkpoints SET blob = substr(blob, 1, 40) WHERE checkpoint_id = ?", (newest.checkpoint_id,))
+        conn.commit()
     fresh = checkpointed(graphs.chain(5), config=config, graph_id="fallback")
     result = asyncio.run(fresh.recover_and_continue())
     assert fresh.last_recovery.fell_back == [newest.checkpoint_id]

@@ -46,7 +46,7 @@ from ..model import (
 from ..backends.leases import worker_identity
 from ..plugins import Hooks
 from ..retention import prune
-from .runtime import VisitContext, _current_visit, current_visit, node_state_adapter_for
+from .runtime import LazyVisit, VisitContext, _current_visit, current_visit, node_state_adapter_for
 from .structure import node_keys, ordered_nodes, structure_digest
 
 log = logging.getLogger("spark_ckpt.graph")
@@ -217,7 +217,6 @@ class CheckpointedGraph:
         _install_context_create_checkpoint()
         from spark.graphs.hooks import GraphLifecycleEvent
 
-        self.graph.register_hook(GraphLifecycleEvent.BEFORE_ITERATION, self._before_superstep)
         self.graph.register_hook(GraphLifecycleEvent.AFTER_ITERATION, self._after_superstep)
 
     def node_key(self, node: Any) -> str:
@@ -362,7 +361,7 @@ class CheckpointedGraph:
         return output
 
     async def _live_visit(self, ex: _Execution, node: Any, key: str, index: int, inputs: Any, original_do: Any) -> Any:
-        token = _current_visit.set(self._visit_context(ex, key, index, replaying=False))
+        token = _current_visit.set(LazyVisit(lambda: self._visit_context(ex, key, index, replaying=False)))
         ex.running[(key, index)] = inputs  # dumped only if the visit fails
         started = time.time()
         t0 = time.perf_counter()
@@ -420,15 +419,18 @@ class CheckpointedGraph:
 
     # ------------------------------------------------------------------------------------------
     # superstep boundaries
-    async def _before_superstep(self, context: Any) -> None:
-        ex = self._active
-        if ex is not None:
-            ex.superstep = context.iteration_index
-
     async def _after_superstep(self, context: Any) -> None:
+        """At each superstep boundary (the only lifecycle hook used: each costs a few us per superstep)."""
         ex = self._active
         if ex is None:
             return
+        ex.superstep = context.iteration_index
+        try:
+            await self._superstep_done(ex, context)
+        finally:
+            ex.superstep = context.iteration_index + 1  # the visits that follow belong to the next one
+
+    async def _superstep_done(self, ex: _Execution, context: Any) -> None:
         ex.supersteps_since += 1
         if ex.replay or ex.superstep <= ex.resumed_through:
             # still inside the replayed prefix: the state is the restored checkpoint's, already stored

@@ -42,14 +42,34 @@ class VisitContext:
     persist_inflight: Callable[[Any], Awaitable[None]] | None = None
 
 
-_current_visit: contextvars.ContextVar[VisitContext | None] = contextvars.ContextVar(
+_current_visit: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "spark_ckpt_current_visit", default=None
 )
 
 
 def current_visit() -> VisitContext | None:
     """The visit the caller is running inside, or None outside a checkpointed graph."""
-    return _current_visit.get()
+    visit = _current_visit.get()
+    if visit is None or isinstance(visit, VisitContext):
+        return visit
+    return visit.materialize()  # a LazyVisit: most visits never ask, so it is built on first use
+
+
+class LazyVisit:
+    """Stands in the contextvar for a ``VisitContext`` until someone asks for it (saves building
+    one per node visit on the hot path). ``build`` makes it; the result is kept, so every caller in
+    the visit sees the same object."""
+
+    __slots__ = ("build", "built")
+
+    def __init__(self, build: Callable[[], VisitContext]) -> None:
+        self.build = build
+        self.built: VisitContext | None = None
+
+    def materialize(self) -> VisitContext:
+        if self.built is None:
+            self.built = self.build()
+        return self.built
 
 
 class NodeStateAdapter(Protocol):
