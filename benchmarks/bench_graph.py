@@ -1,12 +1,12 @@
 """Overhead of checkpointing a Spark graph: wrapped vs bare, in one process, alternating runs.
 
-    python benchmarks/bench_graph.py [--runs 300] [--backend sqlite]
+    python benchmarks/bench_graph.py [--runs 400]
 
 1. A 10-node chain, each node writing ~100 B into graph state, checkpointed after every superstep
-   (strategy="iteration", interval=1, durability="sync") vs the same graph unwrapped: median per-run
-   ratio (target <= 1.5x).
-2. A state-size sweep (1 KB, 100 KB, 1 MB of graph state): median run time and bytes written per
-   checkpoint.
+   (strategy="iteration", interval=1) vs the same graph unwrapped: median per-run ratio, for each
+   backend and durability mode (the issue's target: <= 1.5x with SQLite, durability "sync").
+2. A state-size sweep (1 KB, 100 KB, 1 MB of graph state) on SQLite: median run time and bytes
+   written per checkpoint.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+N_NODES = 10
 
-def build_chain(n_nodes: int = 10, payload_bytes: int = 100, state_bytes: int = 0):
+
+def build_chain(n_nodes: int = N_NODES, payload_bytes: int = 100, state_bytes: int = 0):
     from spark.graphs import Graph
     from spark.nodes import Node
 
@@ -43,94 +45,92 @@ def reset_snapshots(graph) -> None:
         node._state["context_snapshot"] = None
 
 
-def median_us(samples: list[float]) -> float:
-    return statistics.median(samples) * 1e6
-
-
-async def overhead(runs: int, backend: str, workdir: Path) -> dict[str, float]:
+def wrap(workdir: Path, backend: str, name: str, **config):
     from spark_ckpt import CheckpointConfig, checkpointed
 
-    bare = build_chain()
-    wrapped = checkpointed(
-        build_chain(),
-        config=CheckpointConfig(backend=backend, path=str(workdir / "bench.db") if backend == "sqlite" else
-                                str(workdir / "files") if backend == "file" else None,
-                                strategy="iteration", interval=1),
-        graph_id="bench-chain",
-    )
-    for _ in range(20):  # warm up both
-        await bare.run({"go": 1})
-        await wrapped.run({"go": 1})
-        reset_snapshots(bare)
-    bare_t: list[float] = []
-    wrapped_t: list[float] = []
-    ratios: list[float] = []
-    for _ in range(runs):
+    state_bytes = config.pop("state_bytes", 0)
+    path = {"sqlite": workdir / f"{name}.db", "file": workdir / name}.get(backend)
+    config.setdefault("interval", 1)
+    cfg = CheckpointConfig(backend=backend, path=str(path) if path else None, strategy="iteration", **config)
+    return checkpointed(build_chain(state_bytes=state_bytes), config=cfg, graph_id=name)
+
+
+async def alternate(bare, variants: dict, runs: int) -> dict[str, list[float]]:
+    """Run bare and every variant in turn, ``runs`` times (after a warm-up); per-run seconds."""
+    times: dict[str, list[float]] = {"bare": [], **{name: [] for name in variants}}
+    for i in range(runs + 20):
         t0 = time.perf_counter()
         await bare.run({"go": 1})
-        t1 = time.perf_counter()
-        await wrapped.run({"go": 1})
-        t2 = time.perf_counter()
+        elapsed = {"bare": time.perf_counter() - t0}
         reset_snapshots(bare)
-        bare_t.append(t1 - t0)
-        wrapped_t.append(t2 - t1)
-        ratios.append((t2 - t1) / (t1 - t0))
-    checkpoints = wrapped.list_checkpoints(limit=12)
-    return {
-        "bare_us": median_us(bare_t),
-        "wrapped_us": median_us(wrapped_t),
-        "ratio": statistics.median(ratios),
-        "per_node_added_us": (median_us(wrapped_t) - median_us(bare_t)) / 10,
-        "bytes_per_checkpoint": statistics.median(h.size for h in checkpoints),
-    }
-
-
-async def sweep(backend: str, workdir: Path, runs: int) -> list[tuple[str, float, float, float]]:
-    from spark_ckpt import CheckpointConfig, checkpointed
-
-    rows = []
-    for label, size in (("1 KB", 1024), ("100 KB", 100 * 1024), ("1 MB", 1024 * 1024)):
-        bare = build_chain(state_bytes=size)
-        wrapped = checkpointed(
-            build_chain(state_bytes=size),
-            config=CheckpointConfig(backend=backend, path=str(workdir / f"sweep-{size}.db") if backend == "sqlite"
-                                    else str(workdir / f"sweep-{size}") if backend == "file" else None),
-            graph_id=f"bench-sweep-{size}",
-        )
-        bt, wt = [], []
-        for _ in range(max(5, runs // (1 + size // 50_000))):
+        for name, graph in variants.items():
             t0 = time.perf_counter()
-            await bare.run({"go": 1})
-            t1 = time.perf_counter()
-            await wrapped.run({"go": 1})
-            t2 = time.perf_counter()
-            reset_snapshots(bare)
-            bt.append(t1 - t0)
-            wt.append(t2 - t1)
-        sizes = [h.size for h in wrapped.list_checkpoints(limit=12)]
-        rows.append((label, median_us(bt), median_us(wt), statistics.median(sizes)))
+            await graph.run({"go": 1})
+            elapsed[name] = time.perf_counter() - t0
+        if i >= 20:
+            for name, seconds in elapsed.items():
+                times[name].append(seconds)
+    return times
+
+
+def median_ratio(times: list[float], bare: list[float]) -> float:
+    return statistics.median(t / b for t, b in zip(times, bare))
+
+
+def bytes_per_checkpoint(graph) -> float:
+    return statistics.median(h.size for h in graph.list_checkpoints(limit=N_NODES + 2))
+
+
+async def overhead_table(runs: int, workdir: Path) -> list[str]:
+    variants = {
+        "memory, sync": wrap(workdir, "memory", "mem-sync"),
+        "file, sync": wrap(workdir, "file", "file-sync"),
+        "sqlite, sync": wrap(workdir, "sqlite", "sqlite-sync"),
+        "sqlite, async": wrap(workdir, "sqlite", "sqlite-async", durability="async"),
+        "sqlite, exit": wrap(workdir, "sqlite", "sqlite-exit", durability="exit"),
+        "sqlite, every 5 supersteps": wrap(workdir, "sqlite", "sqlite-5", interval=5),
+    }
+    times = await alternate(build_chain(), variants, runs)
+    bare_us = statistics.median(times["bare"]) * 1e6
+    rows = [
+        f"10-node chain, checkpoint every superstep unless noted; {runs} alternating runs; "
+        f"bare Spark run: {bare_us:.0f} us (median)",
+        "",
+        "| backend, durability | checkpointed run (us) | ratio to bare | added per node (us) | bytes / checkpoint |",
+        "|---|---|---|---|---|",
+    ]
+    for name, graph in variants.items():
+        run_us = statistics.median(times[name]) * 1e6
+        rows.append(
+            f"| {name} | {run_us:.0f} | {median_ratio(times[name], times['bare']):.2f}x | "
+            f"{(run_us - bare_us) / N_NODES:.0f} | {bytes_per_checkpoint(graph):.0f} |"
+        )
+    return rows
+
+
+async def sweep_table(runs: int, workdir: Path) -> list[str]:
+    rows = [
+        "| graph state | bare run (us) | checkpointed run, SQLite (us) | ratio | bytes / checkpoint |",
+        "|---|---|---|---|---|",
+    ]
+    for label, size in (("1 KB", 1024), ("100 KB", 100 * 1024), ("1 MB", 1024 * 1024)):
+        wrapped = wrap(workdir, "sqlite", f"sweep-{size}", state_bytes=size)
+        times = await alternate(build_chain(state_bytes=size), {"wrapped": wrapped}, max(10, runs // (1 + size // 50_000)))
+        rows.append(
+            f"| {label} | {statistics.median(times['bare']) * 1e6:.0f} | {statistics.median(times['wrapped']) * 1e6:.0f} "
+            f"| {median_ratio(times['wrapped'], times['bare']):.2f}x | {bytes_per_checkpoint(wrapped):.0f} |"
+        )
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=300)
-    parser.add_argument("--backend", default="sqlite", choices=["sqlite", "file", "memory"])
+    parser.add_argument("--runs", type=int, default=400)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        result = asyncio.run(overhead(args.runs, args.backend, workdir))
-        print(f"10-node chain, checkpoint every superstep, backend={args.backend}, {args.runs} alternating runs")
-        print(f"  bare Spark run      {result['bare_us']:8.0f} us (median)")
-        print(f"  checkpointed run    {result['wrapped_us']:8.0f} us (median)")
-        print(f"  median ratio        {result['ratio']:8.2f} x   (target <= 1.5x)")
-        print(f"  added per node      {result['per_node_added_us']:8.1f} us")
-        print(f"  bytes / checkpoint  {result['bytes_per_checkpoint']:8.0f}")
+        print("\n".join(asyncio.run(overhead_table(args.runs, Path(tmp)))))
         print()
-        print("| graph state | bare run (us) | checkpointed run (us) | ratio | bytes / checkpoint |")
-        print("|---|---|---|---|---|")
-        for label, b, w, size in asyncio.run(sweep(args.backend, workdir, max(20, args.runs // 10))):
-            print(f"| {label} | {b:.0f} | {w:.0f} | {w / b:.2f}x | {size:.0f} |")
+        print("\n".join(asyncio.run(sweep_table(max(20, args.runs // 10), Path(tmp)))))
     return 0
 
 

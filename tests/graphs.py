@@ -134,7 +134,7 @@ class Branch(Node):
 
 class Join(Node):
     async def process(self, context):
-        visit = record(self, context)
+        record(self, context)
         seen = await context.graph_state.get("joined", [])
         await context.graph_state.set("joined", sorted(seen + [context.inputs.content["from"]]))
         return {"joined": await context.graph_state.get("joined")}

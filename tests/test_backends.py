@@ -366,3 +366,17 @@ def test_sqlite_memory_url_refused_with_advice(tmp_path):
     """sqlite://:memory: is not a durable store: ConfigError pointing to memory://."""
     with pytest.raises(ConfigError, match="memory://"):
         open_backend("sqlite://:memory:")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "file"])
+def test_two_worker_processes_race_and_a_stalled_worker_is_fenced(tmp_path, kind):
+    """The lease scenarios every backend plugin runs (spark_ckpt.testing.leases), on the local backends."""
+    from spark_ckpt.testing.leases import race_two_workers, stalled_worker_is_fenced
+
+    url = f"sqlite:///{tmp_path}/leases.db" if kind == "sqlite" else f"file://{tmp_path}/leases"
+    backend = open_backend(url)
+    try:
+        race_two_workers(backend, url, tmp_path)
+        stalled_worker_is_fenced(backend, url)
+    finally:
+        backend.close()

@@ -45,7 +45,7 @@ from ..model import AGENT, COMPLETED, FAILED, RUNNING, AgentCall, AgentRecord, C
 from ..plugins import Hooks
 from . import agent_delta
 from .agent_calls import (
-    AgentBinding, CallSession, bind, binding_of, is_error_result, not_safe_to_rerun, unsafe_error,
+    AgentBinding, CallSession, bind, binding_of, not_safe_to_rerun, unsafe_error,
     unsafe_in_flight,
 )
 from .agent_snapshot import (

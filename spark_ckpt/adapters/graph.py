@@ -31,7 +31,7 @@ from typing import Any
 
 import attrs
 
-from ..codec import Codec, Identity, from_data, to_data
+from ..codec import Codec, Identity, to_data
 from ..codec.convert import dumps_data, find_unencodable
 from ..config import CheckpointConfig
 from ..errors import (
@@ -40,8 +40,7 @@ from ..errors import (
 )
 from ..events import CheckpointDecision, CheckpointSaved, FailureEvent, NodeEvent
 from ..model import (
-    COMPLETED, CONTENT_VERSION, FAILED, GRAPH, RUNNING, CheckpointHeader, FailureInfo, GraphCheckpoint, GraphMetadata,
-    Lease, NodeSnapshot, Visit, new_id,
+    COMPLETED, CONTENT_VERSION, FAILED, GRAPH, RUNNING, CheckpointHeader, FailureInfo, GraphCheckpoint, Lease, Visit, new_id,
 )
 from ..backends.leases import worker_identity
 from ..plugins import Hooks

@@ -9,7 +9,7 @@ import time
 import uuid
 
 import pytest
-from lease_worker import race_two_workers, stalled_worker_is_fenced
+from spark_ckpt.testing.leases import race_two_workers, stalled_worker_is_fenced
 
 from spark_ckpt.config import open_backend
 from spark_ckpt.errors import BackendError, ConfigError, DuplicateCheckpointError

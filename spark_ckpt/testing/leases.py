@@ -1,4 +1,11 @@
-"""A worker process for the lease tests: ``python lease_worker.py MODE URL EXECUTION_ID OWNER ARG``.
+"""Lease checks with real worker processes, for any backend (its plugin's tests call them):
+
+* ``race_two_workers(backend, url, tmp_path)``: two processes recover one execution at once;
+  exactly one continues it, the other is refused, and the history does not fork.
+* ``stalled_worker_is_fenced(backend, url)``: a worker stalls (SIGSTOP) past its lease, another
+  takes over, and the stalled one's next write is refused.
+
+The workers run this module: ``python -m spark_ckpt.testing.leases MODE URL EXECUTION_ID OWNER ARG``.
 
 race:  wait until the file ARG exists, then try to take the execution over and continue it
        (3 checkpoints after the newest one). Prints WON or REFUSED.
@@ -62,7 +69,8 @@ def main(mode: str, url: str, execution_id: str, owner: str, arg: str) -> int:
 # -- the scenarios, run from the test modules ----------------------------------------------------
 def _spawn(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, __file__, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "spark_ckpt.testing.leases", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
     )
 
 
