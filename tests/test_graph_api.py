@@ -331,3 +331,23 @@ def test_long_runs_store_each_visit_once(tmp_path, monkeypatch) -> None:
     middle = graph.get_checkpoint(offset=70)
     assert [v.index for v in middle.execution_history] == list(range(len(middle.execution_history)))
     assert middle.graph_state["i"] == len(middle.execution_history)
+
+
+def test_recovery_refuses_a_live_owner_or_waits_for_it(sqlite_config, monkeypatch) -> None:
+    """Another live worker holds the execution: LeaseError at once, or wait=True waits for its lease."""
+    from spark_ckpt.backends.leases import worker_identity
+    from spark_ckpt.errors import LeaseError
+
+    graph = checkpointed(graphs.chain(3), config=sqlite_config, graph_id="owned")
+    monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", "s1:0")
+    with pytest.raises(RuntimeError):
+        asyncio.run(graph.run({}))
+    monkeypatch.delenv("SPARK_CKPT_TEST_FAIL")
+    execution_id = graph.backend.executions(graph_id="owned")[0].execution_id
+    other = worker_identity()  # this very process, so it counts as alive
+    graph.backend.acquire_lease(execution_id, other, 0.4)
+    with pytest.raises(LeaseError, match="owned by worker"):
+        asyncio.run(graph.recover_and_continue())
+    graphs.CALLS.clear()
+    assert asyncio.run(graph.recover_and_continue(wait=True)).content["count"] == 3
+    assert graphs.CALLS == ["s1:0", "s2:0"]

@@ -24,7 +24,6 @@ snapshot lands in ``GraphCheckpoint.node_extras``.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import time
@@ -35,10 +34,11 @@ from typing import Any, Iterable
 import orjson
 from spark.agents import Agent
 
+from ..backends.leases import acquire_waiting
 from ..codec import Identity, from_data, to_data
 from ..config import CheckpointConfig
 from ..errors import (
-    CheckpointNotFoundError, ConfigError, CorruptCheckpointError, LeaseError, NothingToRecoverError,
+    CheckpointNotFoundError, ConfigError, CorruptCheckpointError, NothingToRecoverError,
     SparkCkptError,
 )
 from ..model import AGENT, COMPLETED, FAILED, RUNNING, AgentCall, AgentRecord, CheckpointHeader, new_id
@@ -499,16 +499,8 @@ class CheckpointedAgent:
         await self.backend.aput(record.header(len(blob)), blob, lease=lease)
 
     # -- leases ---------------------------------------------------------------------------------
-    async def _acquire(self, execution_id: str, *, wait: bool) -> Any:
-        ttl = self.config.lease_ttl_s
-        deadline = time.monotonic() + 2 * ttl + 1
-        while True:
-            try:
-                return await self.backend.aacquire_lease(execution_id, self._owner, ttl)
-            except LeaseError:
-                if not wait or time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(min(0.1, ttl / 4))
+    async def _acquire(self, execution_id: str, *, wait: bool | float) -> Any:
+        return await acquire_waiting(self.backend, execution_id, self._owner, self.config.lease_ttl_s, wait)
 
     async def _renew(self, lease: Any) -> Any:
         if lease is None or lease.expires_at - time.time() > self.config.lease_ttl_s / 2:

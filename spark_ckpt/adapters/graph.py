@@ -42,7 +42,7 @@ from ..events import CheckpointDecision, CheckpointSaved, FailureEvent, NodeEven
 from ..model import (
     COMPLETED, CONTENT_VERSION, FAILED, GRAPH, RUNNING, CheckpointHeader, FailureInfo, GraphCheckpoint, Lease, Visit, new_id,
 )
-from ..backends.leases import worker_identity
+from ..backends.leases import acquire_waiting, worker_identity
 from ..plugins import Hooks
 from ..retention import prune
 from .runtime import LazyVisit, VisitContext, _current_visit, current_visit, node_state_adapter_for
@@ -797,11 +797,13 @@ class CheckpointedGraph:
 
     # ------------------------------------------------------------------------------------------
     # recovery
-    async def recover_and_continue(self, *, execution_id: str | None = None) -> Any:
+    async def recover_and_continue(self, *, execution_id: str | None = None, wait: bool | float = False) -> Any:
         """Continue the latest unfinished execution of this graph (after a failure or a crash).
 
         Completed visits are replayed from the journal, not executed again. Raises
         ``NothingToRecoverError`` when there is no unfinished execution (it never starts afresh).
+        If another live worker owns the execution, raises ``LeaseError`` (``wait=True`` or a number of
+        seconds: wait for that worker to finish or for its lease to expire instead).
         """
         if execution_id is None:
             unfinished = [h for h in await self.backend.aexecutions(graph_id=self.graph_id, unfinished_only=True)
@@ -813,7 +815,7 @@ class CheckpointedGraph:
                 )
             execution_id = unfinished[0].execution_id
         record, fell_back = await self._latest_verified(execution_id)
-        return await self._continue(record, same_execution=True, fell_back=fell_back)
+        return await self._continue(record, same_execution=True, fell_back=fell_back, wait=wait)
 
     async def continue_from_checkpoint(self, checkpoint: GraphCheckpoint | str | None = None) -> Any:
         """Continue from the restored checkpoint (``restore_from_checkpoint``) or the given one.
@@ -855,10 +857,12 @@ class CheckpointedGraph:
             f"({len(fell_back)} failed: {', '.join(fell_back) or 'none stored'}); run `spark-ckpt verify`"
         )
 
-    async def _continue(self, record: GraphCheckpoint, *, same_execution: bool, fell_back: list[str]) -> Any:
+    async def _continue(
+        self, record: GraphCheckpoint, *, same_execution: bool, fell_back: list[str], wait: bool | float = False
+    ) -> Any:
         lease = None
         if same_execution:
-            lease = await self.backend.aacquire_lease(record.execution_id, self.worker_id, self.config.lease_ttl_s)
+            lease = await acquire_waiting(self.backend, record.execution_id, self.worker_id, self.config.lease_ttl_s, wait)
         try:
             self._restore_into_graph(record)
             skips = {**{k: None for k in record.skip_nodes}, **self._pending_skips}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import time
 import uuid
 
 from ..errors import LeaseError
@@ -73,3 +75,19 @@ def check_fence(current: Lease | None, presented: Lease | None, execution_id: st
             f"{presented.owner!r} was superseded (another worker took the execution over after this "
             "one stalled). This worker must stop; its work is not lost from the store"
         )
+
+
+async def acquire_waiting(backend, execution_id: str, owner: str, ttl_s: float, wait: bool | float = False) -> Lease:
+    """``backend.aacquire_lease``, optionally waiting for another owner's lease to end.
+
+    ``wait``: False raises ``LeaseError`` at once; True waits up to two lease lifetimes (the owner
+    finishes, or stops renewing and its lease expires); a number waits that many seconds.
+    """
+    deadline = time.monotonic() + (2 * ttl_s + 1 if wait is True else float(wait or 0))
+    while True:
+        try:
+            return await backend.aacquire_lease(execution_id, owner, ttl_s)
+        except LeaseError:
+            if not wait or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(min(0.1, ttl_s / 4))
