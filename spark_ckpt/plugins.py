@@ -81,6 +81,17 @@ def reset_plugin_manager() -> None:
     _registry_cache.clear()
 
 
+def register(plugin: Any, name: str | None = None) -> None:
+    """Register a plugin object or module at runtime (its ``register_*`` hooks are asked again)."""
+    get_plugin_manager().register(plugin, name=name)
+    _registry_cache.clear()
+
+
+def unregister(plugin: Any) -> None:
+    get_plugin_manager().unregister(plugin)
+    _registry_cache.clear()
+
+
 # -- registries filled through the register_* hooks ---------------------------------------------
 _registry_cache: dict[str, Any] = {}
 
