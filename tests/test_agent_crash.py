@@ -136,3 +136,16 @@ def test_sigkill_of_an_agent_that_is_the_start_node(tmp_path):
     assert code == 0
     assert calls == ["tool:step", "llm", "tool:step", "llm"]
     same_outcome(out, reference("task:3"))
+
+
+def test_unsafe_tool_in_flight_inside_a_graph(tmp_path):
+    """Inside a graph too, a not-safe-to-re-run tool in flight at the crash is reported, not repeated;
+    recover_and_continue(allow_unsafe_rerun=True) runs it again once the user has checked it."""
+    code, _, calls = worker(tmp_path, "graph-run", "db.sqlite", "task:3", "1", "unsafe", kill="tool:2", counter="first")
+    assert code == -signal.SIGKILL and calls == ["llm", "tool:charge", "llm"]
+    _, out, calls = worker(tmp_path, "graph-recover", "db.sqlite", "task:3", "1", "unsafe", counter="second")
+    assert out["error"] == "UnsafeToRetryError" and "'charge'" in out["message"]
+    assert calls == []
+    _, out, calls = worker(tmp_path, "graph-recover", "db.sqlite", "task:3", "1", "unsafe", "allow", counter="third")
+    assert calls == ["tool:charge", "llm", "tool:charge", "llm"]
+    same_outcome(out, reference("task:3", tool_name="charge"))

@@ -500,6 +500,7 @@ def _visit_session(visit: Any, binding: AgentBinding) -> CallSession:
     session = CallSession(
         agent_id=visit.node_key, execution_id=visit.execution_id, graph_id=visit.graph_id,
         node_key=visit.node_key, hooks=binding.hooks, persist=persist, replay=replay,
+        allow_unsafe_rerun=_tool_rerun_allowed(visit),
     )
     sessions[key] = session
     if replay:

@@ -133,6 +133,7 @@ class _Execution:
     #: journal visits already in stored checkpoints; the next checkpoint stores only the ones after
     persisted: int = 0
     checkpoints_since_full: int = 0
+    allow_unsafe_rerun: bool = False
 
     @property
     def replaying(self) -> bool:
@@ -334,7 +335,8 @@ class CheckpointedGraph:
             graph_id=self.graph_id, execution_id=ex.execution_id, node_key=key, visit_index=index,
             superstep=ex.superstep, backend=self.backend, codec=self.codec, hooks=self.hooks,
             config=self.config, lease=ex.lease, replaying=replaying,
-            recovered_inflight=recovered_data, persist_inflight=persist_inflight, extras={"graph": self},
+            recovered_inflight=recovered_data, persist_inflight=persist_inflight,
+            extras={"graph": self, "allow_unsafe_rerun": ex.allow_unsafe_rerun},
         )
 
     async def _replay_visit(self, ex: _Execution, node: Any, key: str, index: int, inputs: Any, visit: Visit) -> Any:
@@ -797,13 +799,17 @@ class CheckpointedGraph:
 
     # ------------------------------------------------------------------------------------------
     # recovery
-    async def recover_and_continue(self, *, execution_id: str | None = None, wait: bool | float = False) -> Any:
+    async def recover_and_continue(
+        self, *, execution_id: str | None = None, wait: bool | float = False, allow_unsafe_rerun: bool = False
+    ) -> Any:
         """Continue the latest unfinished execution of this graph (after a failure or a crash).
 
         Completed visits are replayed from the journal, not executed again. Raises
         ``NothingToRecoverError`` when there is no unfinished execution (it never starts afresh).
         If another live worker owns the execution, raises ``LeaseError`` (``wait=True`` or a number of
-        seconds: wait for that worker to finish or for its lease to expire instead).
+        seconds: wait for that worker to finish or for its lease to expire instead). An agent tool
+        marked not safe to re-run that was in flight at the crash raises ``UnsafeToRetryError``;
+        ``allow_unsafe_rerun=True`` runs it again (after you checked its side effect).
         """
         if execution_id is None:
             unfinished = [h for h in await self.backend.aexecutions(graph_id=self.graph_id, unfinished_only=True)
@@ -815,7 +821,8 @@ class CheckpointedGraph:
                 )
             execution_id = unfinished[0].execution_id
         record, fell_back = await self._latest_verified(execution_id)
-        return await self._continue(record, same_execution=True, fell_back=fell_back, wait=wait)
+        return await self._continue(record, same_execution=True, fell_back=fell_back, wait=wait,
+                                    allow_unsafe_rerun=allow_unsafe_rerun)
 
     async def continue_from_checkpoint(self, checkpoint: GraphCheckpoint | str | None = None) -> Any:
         """Continue from the restored checkpoint (``restore_from_checkpoint``) or the given one.
@@ -858,7 +865,8 @@ class CheckpointedGraph:
         )
 
     async def _continue(
-        self, record: GraphCheckpoint, *, same_execution: bool, fell_back: list[str], wait: bool | float = False
+        self, record: GraphCheckpoint, *, same_execution: bool, fell_back: list[str], wait: bool | float = False,
+        allow_unsafe_rerun: bool = False,
     ) -> Any:
         lease = None
         if same_execution:
@@ -878,6 +886,9 @@ class CheckpointedGraph:
             ex.persisted = len(record.execution_history) if same_execution else 0
             ex.resumed_through = max((v.superstep for v in record.execution_history), default=-1)
             ex.inflight_recovered = dict(record.inflight)
+            # still in flight until those visits complete: a failure record must keep them
+            ex.inflight = dict(record.inflight)
+            ex.allow_unsafe_rerun = allow_unsafe_rerun
             ex.skip = skips
             ex.report = RecoveryReport(execution_id=ex.execution_id, from_checkpoint=record.checkpoint_id, fell_back=fell_back)
             if not same_execution:

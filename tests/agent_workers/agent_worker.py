@@ -59,7 +59,7 @@ async def main() -> None:
         unsafe_tools={"charge"},
     )
     if mode.startswith("graph"):
-        await graph_main(mode, db, task, config)
+        await graph_main(mode, db, task, config, unsafe, allow=len(sys.argv) > 6 and sys.argv[6] == "allow")
         return
     if mode == "run":
         result = await agent.run(task)
@@ -80,13 +80,16 @@ async def main() -> None:
     }))
 
 
-async def graph_main(mode: str, db: str, task: str, agent_config) -> None:
+async def graph_main(mode: str, db: str, task: str, agent_config, unsafe: bool = False, allow: bool = False) -> None:
     """The same agent as a node of a checkpointed graph: prepare >> agent."""
     from spark.agents import Agent
     from spark.graphs import Graph
     from spark.nodes import Node
 
-    from spark_ckpt import CheckpointConfig, checkpointed
+    from spark_ckpt import CheckpointConfig, checkpointed, not_safe_to_rerun
+
+    if unsafe:
+        not_safe_to_rerun(charge)
 
     class Prepare(Node):
         async def process(self, context):
@@ -103,7 +106,11 @@ async def graph_main(mode: str, db: str, task: str, agent_config) -> None:
     if mode in ("graph-run", "graph-start-run"):
         result = await graph.run({"text": task} if agent_first else task)
     else:
-        result = await graph.recover_and_continue()
+        try:
+            result = await graph.recover_and_continue(allow_unsafe_rerun=allow)
+        except Exception as exc:
+            print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+            return
     from spark_ckpt.adapters.agent_snapshot import take_snapshot
 
     snapshot = take_snapshot(agent, None)
