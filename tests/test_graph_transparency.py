@@ -103,3 +103,29 @@ def test_disabled_config_runs_bare(tmp_path) -> None:
     result = asyncio.run(wrapped.run({}))
     assert result.content["count"] == 2
     assert wrapped.list_checkpoints() == []
+
+
+def test_graph_with_an_agent_node_is_transparent(config) -> None:
+    """A Spark Agent used directly as a graph node (offline echo model): same answer, state and memory."""
+    from spark.agents import AgentConfig
+    from spark.models.echo import EchoModel
+
+    class Prepare(Node):
+        async def process(self, context):
+            await context.graph_state.set("topic", context.inputs.content["topic"])
+            return {"text": f"tell me about {context.inputs.content['topic']}"}
+
+    def build():
+        prepare = Prepare(id="prepare")
+        agent = Agent(AgentConfig(model=EchoModel(), name="echo", prompt_template="{{ text }}"))
+        prepare >> agent
+        return Graph(start=prepare)
+
+    (bare, r1, _), (wrapped, r2, _) = run_both(build, {"topic": "checkpoints"}, config)
+    assert r2.content == r1.content and "checkpoints" in str(r2.content)
+    assert wrapped.get_state_snapshot() == bare.state.get_snapshot()
+    bare_agent = next(n for n in bare.nodes if isinstance(n, Agent))
+    wrapped_agent = wrapped._nodes_by_key["echo"]
+    assert wrapped_agent.memory_manager.memory == bare_agent.memory_manager.memory
+    # the agent's full snapshot travels in the graph checkpoint
+    assert "echo" in wrapped.get_last_checkpoint().node_extras
