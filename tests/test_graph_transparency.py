@@ -129,3 +129,53 @@ def test_graph_with_an_agent_node_is_transparent(config) -> None:
     assert wrapped_agent.memory_manager.memory == bare_agent.memory_manager.memory
     # the agent's full snapshot travels in the graph checkpoint
     assert "echo" in wrapped.get_last_checkpoint().node_extras
+
+
+def test_agent_node_in_a_loop_stores_each_message_once(tmp_path) -> None:
+    """An agent visited every other superstep: its state goes into graph checkpoints as deltas, so
+    storage grows with the conversation, not with its square; every checkpoint still reads back whole."""
+    import orjson
+    from spark.agents import AgentConfig
+    from spark.agents.memory import MemoryConfig
+    from spark.models.base import Model
+
+    turns = 40
+
+    class Brief(Model):
+        """Offline model: a short reply that depends on the conversation (EchoModel's grows with it)."""
+
+        def update_config(self, **config):
+            pass
+
+        def get_config(self):
+            return {"model_id": "gpt-4o-mini"}
+
+        async def get_text(self, messages, system_prompt=None, tool_specs=None, tool_choice=None, **kwargs):
+            return {"role": "assistant", "content": f"noted {len(messages)}", "stop_reason": "end_turn"}
+
+        async def get_json(self, *args, **kwargs):
+            raise NotImplementedError
+
+    class Driver(Node):
+        async def process(self, context):
+            turn = await context.graph_state.get("turn", 0) + 1
+            await context.graph_state.set("turn", turn)
+            return {"text": f"turn {turn}: " + "words " * 20, "more": turn <= turns}
+
+    driver = Driver(id="driver")
+    agent = Agent(AgentConfig(model=Brief(), name="echo", prompt_template="{{ text }}",
+                              memory_config=MemoryConfig(window=1000)))  # keep the whole conversation
+    driver.on(more=True) >> agent
+    agent >> driver
+    graph = checkpointed(Graph(start=driver), config=CheckpointConfig(backend="sqlite", path=str(tmp_path / "a.db")),
+                         graph_id="chat")
+    asyncio.run(graph.run({}))
+    headers = graph.list_checkpoints()
+    stored = [graph._decode(graph.backend.get(h.checkpoint_id).blob, h) for h in headers]
+    extras_bytes = sum(len(orjson.dumps(r.node_extras)) for r in stored)
+    final_state_bytes = len(orjson.dumps(graph.get_last_checkpoint().node_extras["echo"]))
+    assert len(graph.get_last_checkpoint().node_extras["echo"]["memory"]["messages"]) == 2 * turns
+    assert extras_bytes < 4 * final_state_bytes  # a full state per checkpoint would be ~turns/2 times it
+    middle = graph.get_checkpoint(offset=len(headers) // 2)
+    visits = sum(1 for v in middle.execution_history if v.node_key == "echo")
+    assert len(middle.node_extras["echo"]["memory"]["messages"]) == 2 * visits

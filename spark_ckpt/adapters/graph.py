@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import orjson
 
 from ..codec import Codec, Identity, to_data
 from ..codec.convert import dumps_data, find_unencodable
@@ -45,6 +46,7 @@ from ..model import (
 from ..backends.leases import acquire_waiting, worker_identity
 from ..plugins import Hooks
 from ..retention import prune
+from . import agent_delta
 from .runtime import LazyVisit, VisitContext, _current_visit, current_visit, node_state_adapter_for
 from .structure import node_keys, ordered_nodes, structure_digest
 
@@ -53,6 +55,13 @@ log = logging.getLogger("spark_ckpt.graph")
 # Keys Spark keeps in a node's _state that are runtime plumbing, not user state.
 #: a checkpoint with the whole journal at least this often (the others hold only new visits)
 FULL_HISTORY_EVERY = 64
+
+#: marks a ``node_extras`` entry holding changes (``agent_delta`` ops) rather than a whole state
+_DELTA = "__spark_ckpt_delta__"
+
+
+def _is_delta(entry: Any) -> bool:
+    return isinstance(entry, dict) and _DELTA in entry
 
 _NODE_RUNTIME_KEYS = frozenset({"context_snapshot", "processing", "pending_inputs", "process_count"})
 
@@ -134,6 +143,8 @@ class _Execution:
     persisted: int = 0
     checkpoints_since_full: int = 0
     allow_unsafe_rerun: bool = False
+    #: per adapter node (agent): its state as last stored, the base of the next delta
+    extras_stored: dict[str, Any] = attrs.field(factory=dict)
 
     @property
     def replaying(self) -> bool:
@@ -412,6 +423,7 @@ class CheckpointedGraph:
         # its visits are stored already: the new record carries none, and starts where it ended
         data["history_start"] = data.get("history_start", 0) + len(data.get("execution_history", ()))
         data["execution_history"] = []
+        data["node_extras"] = {}  # unchanged since the boundary record, which holds them
         data.update(changes)
         data.update(checkpoint_id=new_id("ck-"), seq=ex.seq + 1, timestamp=time.time())
         data["graph_metadata"] = {"graph_id": self.graph_id, "graph_version": self.graph_version,
@@ -514,11 +526,9 @@ class CheckpointedGraph:
                     entry["custom"] = custom
             node_states[key] = entry
         ex.node_states = node_states
+        full = self._writes_full_record(ex, status)
         if self._has_adapters:
-            for key, node in self._nodes_by_key.items():
-                adapter = node_state_adapter_for(node)
-                if adapter is not None:
-                    node_extras[key] = adapter.snapshot(node)
+            node_extras = self._extras_fields(ex, dirty, full)
         if ex.last_blob is not None:
             ex.seq += 1
         return {
@@ -533,7 +543,7 @@ class CheckpointedGraph:
             "graph_state": self.graph.state.get_snapshot(),
             "node_states": node_states,
             "current_node": next_nodes[0] if len(next_nodes) == 1 else (",".join(next_nodes) or None),
-            **self._history_fields(ex, status),
+            **self._history_fields(ex, full),
             "skip_nodes": list(ex.skip),
             "failure": None,
             "result": _dump_message(result) if result is not None else None,
@@ -544,24 +554,50 @@ class CheckpointedGraph:
             "kind": GRAPH,
         }
 
-    def _history_fields(self, ex: _Execution, status: str) -> dict[str, Any]:
-        """The journal part of a checkpoint: the visits since the last stored one, or all of them.
+    def _writes_full_record(self, ex: _Execution, status: str) -> bool:
+        """Whether this checkpoint stands alone (whole history, whole agent states) or holds only changes.
 
-        A full history is written for the final checkpoint (a finished execution is then readable from
-        one record), for "exit" durability (only the newest record is ever written), for the start
-        record of a forked execution, and every ``FULL_HISTORY_EVERY`` checkpoints (bounds how many
-        records recovery reads).
+        Full: the final checkpoint (a finished execution is then readable from one record), "exit"
+        durability (only the newest record is ever written), the start record of a forked execution,
+        and every ``FULL_HISTORY_EVERY`` checkpoints (bounds how many records recovery reads).
         """
-        full = (
+        full = bool(
             status == COMPLETED or self.config.durability == "exit" or ex.replay
             or ex.checkpoints_since_full >= FULL_HISTORY_EVERY
         )
+        ex.checkpoints_since_full = 0 if full else ex.checkpoints_since_full + 1
+        return full
+
+    def _history_fields(self, ex: _Execution, full: bool) -> dict[str, Any]:
+        """The journal part of a checkpoint: the visits since the last stored one, or all of them."""
         if full:
-            ex.checkpoints_since_full = 0
             # visits not yet replayed belong to the history too (the start record of a forked execution)
             return {"execution_history": ex.journal + [_visit_data(v) for v in ex.replay.values()], "history_start": 0}
-        ex.checkpoints_since_full += 1
         return {"execution_history": ex.journal[ex.persisted:], "history_start": ex.persisted}
+
+    def _extras_fields(self, ex: _Execution, dirty: set[str] | None, full: bool) -> dict[str, Any]:
+        """Adapter state (agents) for ``node_extras``: whole, or the changes since the stored one.
+
+        A node not visited since the last checkpoint is left out (unchanged). A visited one stores a
+        delta against its last stored state, so a conversation that grows turn by turn stores each
+        message once instead of the whole conversation at every checkpoint.
+        """
+        extras: dict[str, Any] = {}
+        for key, node in self._nodes_by_key.items():
+            adapter = node_state_adapter_for(node)
+            if adapter is None or not (full or dirty is None or key in dirty or key not in ex.extras_stored):
+                continue
+            # a private copy: the next delta is computed against it after the agent changed its state
+            state = orjson.loads(dumps_data(adapter.snapshot(node), what=f"state of node {key!r}"))
+            previous = ex.extras_stored.get(key)
+            if full or previous is None:
+                extras[key] = state
+            else:
+                ops = agent_delta.diff(previous, state)
+                if ops:
+                    extras[key] = {_DELTA: ops}
+            ex.extras_stored[key] = state
+        return extras
 
     async def _checkpoint(self, ex: _Execution, *, reason: str, status: str, result: Any = None) -> dict[str, Any]:
         record = self._snapshot(ex, status, result)
@@ -644,30 +680,45 @@ class CheckpointedGraph:
         return self._with_full_history(record)
 
     def _with_full_history(self, record: GraphCheckpoint) -> GraphCheckpoint:
-        """``record`` with the execution's whole journal, read from its earlier checkpoints."""
-        if record.history_start == 0:
+        """``record`` made whole: the execution's entire journal and every adapter node's full state,
+        read back from its earlier checkpoints (a checkpoint stores only what changed)."""
+        wanted = {k for k, n in self._nodes_by_key.items() if node_state_adapter_for(n) is not None}
+        extras = {k: v for k, v in record.node_extras.items() if not _is_delta(v)}
+        deltas = {k: [v[_DELTA]] for k, v in record.node_extras.items() if _is_delta(v)}
+        unresolved = (wanted | set(deltas)) - set(extras)
+        if record.history_start == 0 and not unresolved:
             return record
         segments = [record.execution_history]
         needed = record.history_start  # visits [0, needed) still missing
         for header in self.backend.list(execution_id=record.execution_id):
+            if needed == 0 and not unresolved:
+                break
             if header.seq >= record.seq or header.kind != GRAPH:
                 continue
             earlier = self._decode(self.backend.get(header.checkpoint_id).blob, header)
+            for key in list(unresolved):
+                entry = earlier.node_extras.get(key)
+                if entry is None:
+                    continue  # unchanged in that checkpoint: look further back
+                if _is_delta(entry):
+                    deltas.setdefault(key, []).append(entry[_DELTA])
+                    continue
+                for ops in reversed(deltas.pop(key, [])):
+                    entry = agent_delta.apply(entry, ops)
+                extras[key] = entry
+                unresolved.discard(key)
             end = earlier.history_start + len(earlier.execution_history)
-            if not earlier.execution_history or end < needed:
-                continue  # an in-flight/failure record (no visits), or a gap that a later read fills
-            segments.append(earlier.execution_history[: needed - earlier.history_start])
-            needed = earlier.history_start
-            if needed == 0:
-                break
-        if needed:
+            if needed and earlier.execution_history and end >= needed:
+                segments.append(earlier.execution_history[: needed - earlier.history_start])
+                needed = earlier.history_start
+        if needed or set(deltas):
             raise CorruptCheckpointError(
-                f"checkpoint {record.checkpoint_id} needs visits 0..{needed - 1} of execution "
-                f"{record.execution_id} from earlier checkpoints, which are missing (pruned by hand, or "
-                "damaged); use the execution's final checkpoint, or an earlier intact one"
+                f"checkpoint {record.checkpoint_id} of execution {record.execution_id} is incomplete without "
+                "earlier checkpoints that are missing (pruned by hand, or damaged); use the execution's "
+                "final checkpoint, or an earlier intact one"
             )
         history = [visit for segment in reversed(segments) for visit in segment]
-        return attrs.evolve(record, execution_history=history, history_start=0)
+        return attrs.evolve(record, execution_history=history, history_start=0, node_extras=extras)
 
     def _check_graph(self, record: GraphCheckpoint) -> None:
         if record.kind != GRAPH:
@@ -886,6 +937,7 @@ class CheckpointedGraph:
             ex.persisted = len(record.execution_history) if same_execution else 0
             ex.resumed_through = max((v.superstep for v in record.execution_history), default=-1)
             ex.inflight_recovered = dict(record.inflight)
+            ex.extras_stored = dict(record.node_extras) if same_execution else {}
             # still in flight until those visits complete: a failure record must keep them
             ex.inflight = dict(record.inflight)
             ex.allow_unsafe_rerun = allow_unsafe_rerun
