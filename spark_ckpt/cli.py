@@ -227,6 +227,8 @@ def _show_graph_checkpoint(header: Any, ckpt: Any, out: TextIO) -> None:
         )
 
     p(f"\nexecution history ({len(ckpt.execution_history)} visits; completed visits are replayed on recovery)")
+    if ckpt.history_start:
+        p(f"  (visits before #{ckpt.history_start} are stored in this execution's earlier checkpoints)")
     if ckpt.execution_history:
         _table(
             [[v.node_key, v.index, v.superstep,

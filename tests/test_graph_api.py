@@ -351,3 +351,33 @@ def test_recovery_refuses_a_live_owner_or_waits_for_it(sqlite_config, monkeypatc
     graphs.CALLS.clear()
     assert asyncio.run(graph.recover_and_continue(wait=True)).content["count"] == 3
     assert graphs.CALLS == ["s1:0", "s2:0"]
+
+
+class FlushingStep(Node):
+    """Flushes from inside the run, then records how many checkpoints the store holds."""
+
+    owner = None
+
+    async def process(self, context):
+        if self.id == "s2":
+            await FlushingStep.owner.flush()
+            FlushingStep.stored = len(FlushingStep.owner.list_checkpoints())
+        return {"step": self.id}
+
+
+@pytest.mark.parametrize("durability", ["exit", "async"])
+def test_flush_makes_pending_checkpoints_durable(tmp_path, durability) -> None:
+    """durability "exit" keeps checkpoints in memory and "async" writes behind: flush() stores them now."""
+    nodes = [FlushingStep(id=f"s{i}") for i in range(4)]
+    for a, b in zip(nodes, nodes[1:]):
+        a >> b
+    graph = checkpointed(Graph(start=nodes[0]), config=CheckpointConfig(
+        backend="sqlite", path=str(tmp_path / "f.db"), durability=durability), graph_id="flush")
+    FlushingStep.owner = graph
+    asyncio.run(graph.run({}))
+    # at s2 (superstep 2): the start record and the checkpoints of supersteps 0 and 1 were taken
+    if durability == "exit":
+        assert FlushingStep.stored == 1  # the newest one (each holds everything), written by flush()
+    else:
+        assert FlushingStep.stored == 3
+    assert graph.get_last_checkpoint().status == "completed"

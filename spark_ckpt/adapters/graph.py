@@ -1002,6 +1002,16 @@ class CheckpointedGraph:
             ex.checkpoint_requested = new_id("ck-")
         return ex.checkpoint_requested
 
+    async def flush(self) -> None:
+        """Wait until every checkpoint taken so far is stored (durability "async" or "exit").
+
+        From inside a node it makes the checkpoints of the current run durable now; after a run it
+        is a no-op (runs end flushed).
+        """
+        ex = self._active
+        if ex is not None:
+            await self._flush(ex)
+
     def close(self) -> None:
         self.backend.close()
 
