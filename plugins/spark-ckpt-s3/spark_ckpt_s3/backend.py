@@ -25,10 +25,19 @@ Key layout under ``s3://bucket/prefix``::
   from the same last checkpoint and so writes the same sequence numbers, and each position can be
   published only once; the loser gets ``DuplicateCheckpointError`` or ``LeaseError``.
 
+* Optional index (``index=<backend URL>``, e.g. ``sqlite:///var/ckpt-index.db`` or a
+  ``postgresql://`` URL): every header is also stored in that backend (with an empty blob), and
+  ``list``/``executions`` answer from it with one query instead of listing objects. The index row
+  is written right after the object is published; a writer killed in between leaves an object the
+  index does not know. That orphan was never acknowledged, so the next owner of the execution (it
+  holds the lease) replaces it when it writes the same position; ``rebuild_index()`` re-reads the
+  bucket into the index (e.g. when adding an index to an existing store).
+
 URL options: ``endpoint_url`` (any S3-compatible server), ``region``, ``addressing_style``
 (``path`` by default with a custom endpoint), ``create_bucket`` (``true`` to create a missing
-bucket), ``max_workers`` (parallel ``HeadObject`` calls when listing, default 8). Credentials come
-from the usual boto3 sources (environment, ``~/.aws``, instance roles); never from the URL.
+bucket), ``max_workers`` (parallel ``HeadObject`` calls when listing, default 8), ``index`` (above).
+Credentials come from the usual boto3 sources (environment, ``~/.aws``, instance roles); never from
+the URL.
 """
 
 from __future__ import annotations
@@ -55,7 +64,7 @@ from spark_ckpt.model import CheckpointHeader, Lease, StoredCheckpoint
 _HEADER_META = "spark-ckpt-header"
 _ATTEMPT_META = "spark-ckpt-attempt"
 _TRUE = {"1", "true", "yes", "on"}
-_OPTIONS = {"endpoint_url", "region", "addressing_style", "create_bucket", "max_workers"}
+_OPTIONS = {"endpoint_url", "region", "addressing_style", "create_bucket", "max_workers", "index"}
 
 
 def _q(value: str) -> str:
@@ -99,6 +108,7 @@ class S3Backend(Backend):
         create_bucket: bool = False,
         max_workers: int = 8,
         client: Any = None,
+        index: str | None = None,
     ) -> None:
         if not bucket:
             raise ConfigError("S3 backend needs a bucket: s3://bucket/prefix")
@@ -129,6 +139,13 @@ class S3Backend(Backend):
         self._key_of: dict[str, str] = {}  # checkpoint_id -> key, saves the pointer read on get
         self._cache_lock = threading.Lock()  # guards the caches only, never a request
         self._check_bucket(create_bucket)
+        self._index = None
+        if index:
+            from spark_ckpt.config import open_backend
+
+            if index.split("://", 1)[0].lower() == "s3":
+                raise ConfigError("the index of an S3 backend must be another kind of store (sqlite://, postgresql://)")
+            self._index = open_backend(index)
 
     @classmethod
     def from_url(cls, url: str, **options: object) -> "S3Backend":
@@ -150,6 +167,7 @@ class S3Backend(Backend):
             "region": values.get("region"),
             "addressing_style": values.get("addressing_style"),
             "create_bucket": str(values.get("create_bucket", "")).lower() in _TRUE,
+            "index": values.get("index") or None,
         }
         if "max_workers" in values:
             try:
@@ -259,9 +277,19 @@ class S3Backend(Backend):
             Metadata={_HEADER_META: _header_json(header), _ATTEMPT_META: attempt},
             ContentType="application/octet-stream",
         )
+        if not published and lease is not None and self._is_unindexed_orphan(header, key):
+            # left by a writer killed between publication and indexing: never acknowledged, and we
+            # own the execution now, so the position is ours to write
+            self._call("replace orphan", self._s3.delete_object, Bucket=self.bucket, Key=key)
+            published = self._put_new(
+                key, bytes(blob),
+                Metadata={_HEADER_META: _header_json(header), _ATTEMPT_META: attempt},
+                ContentType="application/octet-stream",
+            )
         if published:
             with self._cache_lock:
                 self._key_of[header.checkpoint_id] = key
+            self._index_put(header)
             return
         # 412: either another checkpoint holds the position, or botocore retried our own PUT
         # after its response was lost; only the attempt marker tells them apart.
@@ -269,6 +297,7 @@ class S3Backend(Backend):
         if head is not None and head["Metadata"].get(_ATTEMPT_META) == attempt:
             with self._cache_lock:
                 self._key_of[header.checkpoint_id] = key
+            self._index_put(header)
             return
         if created_pointer:
             self._call("cleanup", self._s3.delete_object, Bucket=self.bucket, Key=pointer)
@@ -276,6 +305,33 @@ class S3Backend(Backend):
             f"checkpoint seq {header.seq} of execution {header.execution_id} already exists in "
             f"{self.describe()}; it was not overwritten"
         )
+
+    # -- the optional index ---------------------------------------------------------------------------
+    def _index_put(self, header: CheckpointHeader) -> None:
+        if self._index is None:
+            return
+        try:
+            self._index.put(header, b"")
+        except DuplicateCheckpointError:
+            pass  # already indexed (a retried put)
+
+    def _is_unindexed_orphan(self, header: CheckpointHeader, key: str) -> bool:
+        if self._index is None:
+            return False
+        indexed = {h.seq for h in self._index.list(execution_id=header.execution_id)}
+        return header.seq not in indexed and self._head(key) is not None
+
+    def rebuild_index(self, graph_id: str | None = None) -> int:
+        """Put every checkpoint of the bucket (or of one graph) that the index lacks into it."""
+        if self._index is None:
+            raise ConfigError("this S3 backend has no index (add ?index=sqlite:///path.db to its URL)")
+        known = {h.checkpoint_id for h in self._index.list(graph_id=graph_id)}
+        added = 0
+        for header in self._headers_of(list(self._objects(self._prefix_for(graph_id, None) or self._key("ckpt") + "/"))):
+            if header.checkpoint_id not in known:
+                self._index_put(header)
+                added += 1
+        return added
 
     def _head(self, key: str) -> dict[str, Any] | None:
         try:
@@ -351,6 +407,8 @@ class S3Backend(Backend):
         return list(out.values())
 
     def list(self, *, graph_id=None, execution_id=None, limit=None) -> list[CheckpointHeader]:
+        if self._index is not None:
+            return self._index.list(graph_id=graph_id, execution_id=execution_id, limit=limit)
         prefix = self._prefix_for(graph_id, execution_id)
         if prefix is None:
             return []
@@ -358,6 +416,8 @@ class S3Backend(Backend):
         return headers[:limit] if limit is not None else headers
 
     def executions(self, *, graph_id=None, unfinished_only=False, limit=None) -> list[CheckpointHeader]:
+        if self._index is not None:
+            return self._index.executions(graph_id=graph_id, unfinished_only=unfinished_only, limit=limit)
         newest: dict[str, dict[str, Any]] = {}
         for obj in self._objects(self._prefix_for(graph_id, None) or ""):
             execution_dir = obj["Key"].rsplit("/", 1)[0]
@@ -370,7 +430,8 @@ class S3Backend(Backend):
 
     def delete(self, checkpoint_ids: Iterable[str]) -> int:
         count = 0
-        for checkpoint_id in dict.fromkeys(checkpoint_ids):
+        checkpoint_ids = list(dict.fromkeys(checkpoint_ids))  # may be a generator; read it once
+        for checkpoint_id in checkpoint_ids:
             pointer_key = self._key("ids", _q(checkpoint_id))
             pointer = self._get_object(pointer_key)
             if pointer is None:
@@ -384,6 +445,8 @@ class S3Backend(Backend):
             with self._cache_lock:
                 self._headers.pop(key, None)
                 self._key_of.pop(checkpoint_id, None)
+        if self._index is not None:
+            self._index.delete(checkpoint_ids)
         return count
 
     def replace(self, header: CheckpointHeader, blob: bytes) -> None:
@@ -406,6 +469,8 @@ class S3Backend(Backend):
             raise self._failed(f"replace of {key}", exc) from exc
         except self._botocore_errors.BotoCoreError as exc:
             raise self._failed(f"replace of {key}", exc) from exc
+        if self._index is not None:
+            self._index.replace(header, b"")  # the header's size may have changed
 
     # -- leases ------------------------------------------------------------------------------------
     def _lease_key(self, execution_id: str) -> str:
@@ -450,3 +515,5 @@ class S3Backend(Backend):
 
     def close(self) -> None:
         self._s3.close()
+        if self._index is not None:
+            self._index.close()

@@ -11,7 +11,7 @@ import pytest
 from spark_ckpt.testing.leases import race_two_workers, stalled_worker_is_fenced
 
 from spark_ckpt.config import open_backend
-from spark_ckpt.errors import BackendError, CheckpointNotFoundError, ConfigError
+from spark_ckpt.errors import BackendError, CheckpointNotFoundError, ConfigError, DuplicateCheckpointError
 from spark_ckpt.model import CheckpointHeader
 from spark_ckpt.testing.conformance import BackendConformance, make_header
 from spark_ckpt_s3 import S3Backend
@@ -142,5 +142,61 @@ def test_stalled_worker_is_fenced_after_expiry(s3_url):
     backend = open_backend(s3_url)
     try:
         stalled_worker_is_fenced(backend, s3_url)
+    finally:
+        backend.close()
+
+
+class TestS3BackendWithIndex(TestS3Backend):
+    """The same contract with ``?index=sqlite://...``: listings come from the index."""
+
+    def make_backend(self, tmp_path):
+        self.index_path = tmp_path / f"index-{uuid.uuid4().hex[:8]}.db"
+        return S3Backend.from_url(self._url(f"i-{uuid.uuid4().hex[:12]}") + f"&index=sqlite:///{self.index_path}")
+
+    def reopen_backend(self, backend, tmp_path):
+        return S3Backend.from_url(self._url(backend.prefix) + f"&index=sqlite:///{self.index_path}")
+
+
+def test_indexed_listing_makes_no_bucket_listing_calls(s3_url, tmp_path):
+    """With an index, list/executions are one local query: no ListObjects or HeadObject request."""
+    backend = S3Backend.from_url(s3_url + f"&index=sqlite:///{tmp_path}/index.db")
+    try:
+        for seq in range(5):
+            backend.put(make_header(seq, graph_id="g", execution_id="e"), b"x")
+        requests = []
+        backend._s3.meta.events.register("before-call.s3", lambda model, **_: requests.append(model.name))
+        assert [h.seq for h in backend.list(graph_id="g")] == [4, 3, 2, 1, 0]
+        assert [h.execution_id for h in backend.executions(graph_id="g")] == ["e"]
+        assert requests == []
+        assert backend.get("e-3").blob == b"x"
+        assert requests == ["GetObject"]
+    finally:
+        backend.close()
+
+
+def test_orphan_of_a_writer_killed_before_indexing_is_replaced_by_the_next_owner(s3_url, tmp_path):
+    """Published but never indexed (the writer died in between): invisible, and the next lease owner
+    writes that position instead of failing on it; rebuild_index() adopts orphans on request."""
+    url = s3_url + f"&index=sqlite:///{tmp_path}/index.db"
+    backend = S3Backend.from_url(url)
+    try:
+        backend.put(make_header(0, execution_id="e"), b"first")
+        real_index = backend._index
+        backend._index = None  # the crash: publish without indexing
+        backend.put(make_header(1, execution_id="e", checkpoint_id="orphan"), b"never acknowledged")
+        backend._index = real_index
+        assert [h.seq for h in backend.list(execution_id="e")] == [0]
+        lease = backend.acquire_lease("e", "next-owner", 30)
+        backend.put(make_header(1, execution_id="e", checkpoint_id="e-1"), b"second", lease=lease)
+        assert backend.get("e-1").blob == b"second"
+        assert [h.checkpoint_id for h in backend.list(execution_id="e")] == ["e-1", "e-0"]
+        # without a lease nobody may overwrite a position, indexed or not
+        with pytest.raises(DuplicateCheckpointError):
+            backend.put(make_header(1, execution_id="e", checkpoint_id="other"), b"x")
+        backend._index = None
+        backend.put(make_header(2, execution_id="e"), b"late orphan")
+        backend._index = real_index
+        assert backend.rebuild_index() == 1
+        assert [h.seq for h in backend.list(execution_id="e")] == [2, 1, 0]
     finally:
         backend.close()
