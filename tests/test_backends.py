@@ -371,12 +371,6 @@ def test_sqlite_memory_url_refused_with_advice(tmp_path):
 @pytest.mark.parametrize("kind", ["sqlite", "file"])
 def test_two_worker_processes_race_and_a_stalled_worker_is_fenced(tmp_path, kind):
     """The lease scenarios every backend plugin runs (spark_ckpt.testing.leases), on the local backends."""
-    from spark_ckpt.testing.leases import race_two_workers, stalled_worker_is_fenced
+    from spark_ckpt.testing.leases import check_leases
 
-    url = f"sqlite:///{tmp_path}/leases.db" if kind == "sqlite" else f"file://{tmp_path}/leases"
-    backend = open_backend(url)
-    try:
-        race_two_workers(backend, url, tmp_path)
-        stalled_worker_is_fenced(backend, url)
-    finally:
-        backend.close()
+    check_leases(f"sqlite:///{tmp_path}/leases.db" if kind == "sqlite" else f"file://{tmp_path}/leases", tmp_path)

@@ -4,6 +4,7 @@
   exactly one continues it, the other is refused, and the history does not fork.
 * ``stalled_worker_is_fenced(backend, url)``: a worker stalls (SIGSTOP) past its lease, another
   takes over, and the stalled one's next write is refused.
+* ``check_leases(url, tmp_path)``: both, on a backend opened from ``url``.
 
 The workers run this module: ``python -m spark_ckpt.testing.leases MODE URL EXECUTION_ID OWNER ARG``.
 
@@ -128,6 +129,16 @@ def stalled_worker_is_fenced(backend, url: str) -> None:
     owners = [backend.get(h.checkpoint_id).blob.decode().split(":")[0] for h in history]
     assert owners == ["slow-worker", "slow-worker", "new-worker", "new-worker"]
     assert history[-1].seq == last
+
+
+def check_leases(url: str, tmp_path: Path) -> None:
+    """Run both lease scenarios against the backend at ``url``."""
+    backend = open_backend(url)
+    try:
+        race_two_workers(backend, url, tmp_path)
+        stalled_worker_is_fenced(backend, url)
+    finally:
+        backend.close()
 
 
 if __name__ == "__main__":

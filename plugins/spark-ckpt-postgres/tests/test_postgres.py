@@ -9,7 +9,7 @@ import time
 import uuid
 
 import pytest
-from spark_ckpt.testing.leases import race_two_workers, stalled_worker_is_fenced
+from spark_ckpt.testing.leases import check_leases
 
 from spark_ckpt.config import open_backend
 from spark_ckpt.errors import BackendError, ConfigError, DuplicateCheckpointError
@@ -97,22 +97,10 @@ def test_unreachable_server_is_a_clear_backend_error():
     assert "secret" not in str(info.value)
 
 
-def test_two_worker_processes_race_for_one_execution(pg_url, tmp_path):
-    """Two real processes recover one execution: exactly one continues it, history does not fork."""
-    backend = open_backend(pg_url)
-    try:
-        race_two_workers(backend, pg_url, tmp_path)
-    finally:
-        backend.close()
-
-
-def test_stalled_worker_is_fenced_after_expiry(pg_url):
-    """A worker frozen past its lease cannot write after another worker took the execution over."""
-    backend = open_backend(pg_url)
-    try:
-        stalled_worker_is_fenced(backend, pg_url)
-    finally:
-        backend.close()
+def test_two_worker_processes_race_and_a_stalled_worker_is_fenced(pg_url, tmp_path):
+    """Two real processes recover one execution: exactly one continues it, history does not fork.
+    A worker frozen past its lease cannot write after another worker took the execution over."""
+    check_leases(pg_url, tmp_path)
 
 
 def test_dropped_connections_are_replaced(pg_url):

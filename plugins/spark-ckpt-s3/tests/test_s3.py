@@ -8,7 +8,7 @@ import uuid
 from urllib.parse import urlsplit
 
 import pytest
-from spark_ckpt.testing.leases import race_two_workers, stalled_worker_is_fenced
+from spark_ckpt.testing.leases import check_leases
 
 from spark_ckpt.config import open_backend
 from spark_ckpt.errors import BackendError, CheckpointNotFoundError, ConfigError, DuplicateCheckpointError
@@ -128,22 +128,10 @@ def test_orphan_pointer_from_a_crashed_put_is_invisible(s3_url):
         backend.close()
 
 
-def test_two_worker_processes_race_for_one_execution(s3_url, tmp_path):
-    """Two real processes recover one execution: exactly one continues it, history does not fork."""
-    backend = open_backend(s3_url)
-    try:
-        race_two_workers(backend, s3_url, tmp_path)
-    finally:
-        backend.close()
-
-
-def test_stalled_worker_is_fenced_after_expiry(s3_url):
-    """A worker frozen past its lease cannot write after another worker took the execution over."""
-    backend = open_backend(s3_url)
-    try:
-        stalled_worker_is_fenced(backend, s3_url)
-    finally:
-        backend.close()
+def test_two_worker_processes_race_and_a_stalled_worker_is_fenced(s3_url, tmp_path):
+    """Two real processes recover one execution: exactly one continues it, history does not fork.
+    A worker frozen past its lease cannot write after another worker took the execution over."""
+    check_leases(s3_url, tmp_path)
 
 
 class TestS3BackendWithIndex(TestS3Backend):
