@@ -201,3 +201,68 @@ def test_server_restart_mid_run_loses_no_acknowledged_checkpoint():
     finally:
         backend.close()
         cluster.destroy()
+
+
+def test_checkpointed_graph_survives_a_server_restart_mid_run():
+    """A real checkpointed Spark graph on PostgreSQL; the server restarts inside a node. The run fails
+    with a clear BackendError or completes; either way recovery (if needed) ends with the uninterrupted
+    run's result and state, and no acknowledged checkpoint is missing."""
+    from spark.graphs import Graph
+    from spark.nodes import Node
+
+    from spark_ckpt import CheckpointConfig, checkpointed
+    from spark_ckpt.errors import NothingToRecoverError
+    from spark_ckpt_postgres.testing import ThrowawayPostgres, find_pg_bin
+
+    if find_pg_bin() is None:
+        pytest.skip("needs the PostgreSQL server binaries to restart a private cluster")
+    cluster = ThrowawayPostgres().start()
+
+    class Step(Node):
+        async def process(self, context):
+            count = await context.graph_state.get("count", 0) + 1
+            await context.graph_state.set("count", count)
+            if self.id == "s3" and not restarted:
+                restarted.append(True)
+                cluster.restart()  # the next checkpoint write meets a restarted server
+            return {"count": count}
+
+    def build():
+        nodes = [Step(id=f"s{i}") for i in range(6)]
+        for a, b in zip(nodes, nodes[1:]):
+            a >> b
+        return Graph(start=nodes[0])
+
+    restarted: list[bool] = []
+    url = f"{cluster.dsn}?pool_timeout=20"
+    acknowledged: list[str] = []
+
+    class Acks:
+        from spark_ckpt import hookimpl
+
+        @hookimpl
+        def spark_ckpt_post_checkpoint(self, event):
+            acknowledged.append(event.header.checkpoint_id)
+
+    from spark_ckpt import plugins
+
+    acks = Acks()
+    plugins.register(acks)
+    try:
+        graph = checkpointed(build(), config=CheckpointConfig(backend=url), graph_id="restart")
+        try:
+            result = asyncio.run(graph.run({}))
+        except BackendError:
+            graph = checkpointed(build(), config=CheckpointConfig(backend=url), graph_id="restart")
+            result = asyncio.run(graph.recover_and_continue())
+        else:
+            with pytest.raises(NothingToRecoverError):
+                asyncio.run(graph.recover_and_continue())
+        assert restarted and result.content == {"count": 6}
+        assert graph.get_state_snapshot()["count"] == 6
+        stored = {h.checkpoint_id for h in graph.list_checkpoints()}
+        assert set(acknowledged) <= stored
+        graph.close()
+    finally:
+        plugins.unregister(acks)
+        cluster.destroy()
