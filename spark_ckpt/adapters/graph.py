@@ -424,6 +424,7 @@ class CheckpointedGraph:
         data["history_start"] = data.get("history_start", 0) + len(data.get("execution_history", ()))
         data["execution_history"] = []
         data["node_extras"] = {}  # unchanged since the boundary record, which holds them
+        data["status"], data["failure"] = RUNNING, None  # (the base may be a failure record we resume)
         data.update(changes)
         data.update(checkpoint_id=new_id("ck-"), seq=ex.seq + 1, timestamp=time.time())
         data["graph_metadata"] = {"graph_id": self.graph_id, "graph_version": self.graph_version,
