@@ -479,6 +479,14 @@ class CheckpointedGraph:
 
     # ------------------------------------------------------------------------------------------
     # taking checkpoints
+    def _graph_state_view(self) -> dict[str, Any]:
+        """The graph state to encode, without copying it when it holds no Spark bookkeeping keys
+        (``get_snapshot`` copies and filters every time). Safe because it is encoded right away."""
+        raw = self.graph.state.get_raw()
+        if any(key.startswith("__") for key in raw):
+            return self.graph.state.get_snapshot()
+        return raw
+
     def _dump_cached(self, ex: _Execution, message: Any) -> Any:
         cached = ex.dumps.get(id(message))
         if cached is not None and cached[0] is message:
@@ -533,7 +541,8 @@ class CheckpointedGraph:
         if ex.last_blob is not None:
             ex.seq += 1
         return {
-            "checkpoint_id": ex.checkpoint_requested or new_id("ck-"),
+            # unique without a random draw: execution ids are unique, and so is seq within one
+            "checkpoint_id": ex.checkpoint_requested or f"ck-{ex.execution_id.removeprefix('ex-')}-{ex.seq}",
             "seq": ex.seq,
             "timestamp": time.time(),
             "graph_metadata": {"graph_id": self.graph_id, "graph_version": self.graph_version,
@@ -541,7 +550,7 @@ class CheckpointedGraph:
             "status": status,
             "superstep": ex.superstep,
             "run_input": ex.run_input,
-            "graph_state": self.graph.state.get_snapshot(),
+            "graph_state": self._graph_state_view(),
             "node_states": node_states,
             "current_node": next_nodes[0] if len(next_nodes) == 1 else (",".join(next_nodes) or None),
             **self._history_fields(ex, full),
