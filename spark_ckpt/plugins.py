@@ -152,7 +152,9 @@ class Hooks:
     def _has_impls(self, name: str) -> bool:
         return bool(getattr(self.pm.hook, name).get_hookimpls())
 
-    async def _fire(self, name: str, **kwargs: Any) -> list[Any]:
+    async def _fire(self, name: str, *, first_result: bool = False, **kwargs: Any) -> list[Any]:
+        """Call each implementation (newest first), awaiting async ones; a plugin's exception is logged
+        and skipped, except ``RunStopped``. ``first_result``: stop at the first non-None answer."""
         caller = getattr(self.pm.hook, name)
         results: list[Any] = []
         # Call implementations one by one so one failing plugin cannot stop the others.
@@ -162,11 +164,16 @@ class Hooks:
                 value = impl.function(**args)
                 if inspect.isawaitable(value):
                     value = await value
-                results.append(value)
             except RunStopped:
                 raise
             except Exception:
                 log.exception("spark-ckpt plugin %r failed in %s; ignored", impl.plugin_name, name)
+                continue
+            if first_result:
+                if value is not None:
+                    return [value]
+            else:
+                results.append(value)
         return results
 
     async def pre_node(self, event: Any) -> None:
@@ -200,17 +207,5 @@ class Hooks:
         """First non-None answer of the plugins, or None when all defer."""
         if not self._has_impls("spark_ckpt_should_checkpoint"):
             return None
-        caller = self.pm.hook.spark_ckpt_should_checkpoint
-        for impl in reversed(caller.get_hookimpls()):
-            try:
-                value = impl.function(decision=decision)
-                if inspect.isawaitable(value):
-                    value = await value
-            except RunStopped:
-                raise
-            except Exception:
-                log.exception("spark-ckpt plugin %r failed in should_checkpoint; ignored", impl.plugin_name)
-                continue
-            if value is not None:
-                return bool(value)
-        return None
+        answers = await self._fire("spark_ckpt_should_checkpoint", first_result=True, decision=decision)
+        return bool(answers[0]) if answers else None

@@ -25,7 +25,6 @@ snapshot lands in ``GraphCheckpoint.node_extras``.
 from __future__ import annotations
 
 import os
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any, Iterable
 import orjson
 from spark.agents import Agent
 
-from ..backends.leases import acquire_waiting
+from ..backends.leases import acquire_waiting, worker_identity
 from ..codec import Identity, from_data, to_data
 from ..config import CheckpointConfig
 from ..errors import (
@@ -96,7 +95,7 @@ class CheckpointedAgent:
         self._binding.unsafe_tools |= set(unsafe_tools)
         self._backend: Any = None
         self._codec: Any = None
-        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._owner = worker_identity()
         # newest stored state record that outlives its run: (checkpoint_id, snapshot without timestamp)
         self._head: tuple[str, dict[str, Any]] | None = None
         self._bytes_since_full = 0

@@ -146,10 +146,6 @@ class _Execution:
     #: per adapter node (agent): its state as last stored, the base of the next delta
     extras_stored: dict[str, Any] = attrs.field(factory=dict)
 
-    @property
-    def replaying(self) -> bool:
-        return bool(self.replay)
-
 
 class CheckpointedGraph:
     """A Spark graph wrapped for checkpointing and recovery. See the module docstring.
@@ -332,7 +328,7 @@ class CheckpointedGraph:
         do.__wrapped__ = original_do  # type: ignore[attr-defined]
         return do
 
-    def _visit_context(self, ex: _Execution, key: str, index: int, replaying: bool) -> VisitContext:
+    def _visit_context(self, ex: _Execution, key: str, index: int) -> VisitContext:
         recovered = ex.inflight_recovered.get(key)
         if recovered is not None and recovered.get("visit_index") == index:
             recovered_data = recovered.get("data")
@@ -345,7 +341,7 @@ class CheckpointedGraph:
         return VisitContext(
             graph_id=self.graph_id, execution_id=ex.execution_id, node_key=key, visit_index=index,
             superstep=ex.superstep, backend=self.backend, codec=self.codec, hooks=self.hooks,
-            config=self.config, lease=ex.lease, replaying=replaying,
+            config=self.config, lease=ex.lease,
             recovered_inflight=recovered_data, persist_inflight=persist_inflight,
             extras={"graph": self, "allow_unsafe_rerun": ex.allow_unsafe_rerun},
         )
@@ -373,7 +369,7 @@ class CheckpointedGraph:
         return output
 
     async def _live_visit(self, ex: _Execution, node: Any, key: str, index: int, inputs: Any, original_do: Any) -> Any:
-        token = _current_visit.set(LazyVisit(lambda: self._visit_context(ex, key, index, replaying=False)))
+        token = _current_visit.set(LazyVisit(lambda: self._visit_context(ex, key, index)))
         ex.running[(key, index)] = inputs  # dumped only if the visit fails
         started = time.time()
         t0 = time.perf_counter()
