@@ -308,10 +308,15 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
     try:
         protected = protected_ids(backend, args.graph)
         doomed = prune(backend, rules, graph_id=args.graph, dry_run=args.dry_run)
+        # stores that can leave debris behind (the file backend's temp files of killed writers)
+        tidy = getattr(backend, "cleanup", None)
+        swept = tidy() if tidy is not None and not args.dry_run else 0
     finally:
         backend.close()
     verb = "would delete" if args.dry_run else "deleted"
     print(f"{verb} {len(doomed)} checkpoint(s)", file=out)
+    if swept:
+        print(f"removed {swept} temporary file(s) left by interrupted writes", file=out)
     for h in doomed:
         print(f"  {h.checkpoint_id}  graph {h.graph_id}  execution {h.execution_id}  seq {h.seq}  "
               f"{h.status}  {_local_time(h.created_at)}", file=out)

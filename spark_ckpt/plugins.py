@@ -149,6 +149,10 @@ class Hooks:
     def wants_post_checkpoint(self) -> bool:
         return self._has_impls("spark_ckpt_post_checkpoint")
 
+    @property
+    def wants_should_checkpoint(self) -> bool:
+        return self._has_impls("spark_ckpt_should_checkpoint")
+
     def _has_impls(self, name: str) -> bool:
         return bool(getattr(self.pm.hook, name).get_hookimpls())
 

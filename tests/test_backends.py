@@ -374,3 +374,36 @@ def test_two_worker_processes_race_and_a_stalled_worker_is_fenced(tmp_path, kind
     from spark_ckpt.testing.leases import check_leases
 
     check_leases(f"sqlite:///{tmp_path}/leases.db" if kind == "sqlite" else f"file://{tmp_path}/leases", tmp_path)
+
+
+def test_sqlite_m002_migrates_a_database_written_with_the_first_schema(tmp_path):
+    """A store created before the executions table keeps every checkpoint, lists them by graph and
+    execution as before, and new puts record their execution through the trigger."""
+    from sqlite_utils import Database
+
+    from spark_ckpt.backends.sqlite import _migrations
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    _migrations().apply(Database(conn), stop_before="m002_executions_table")
+    old = [make_header(seq, execution_id=f"exec-{seq % 2}") for seq in range(4)]
+    for h in old:
+        conn.execute(
+            "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (h.checkpoint_id, h.graph_id, h.execution_id, h.seq, h.created_at, h.status, h.kind, h.size, b"old"),
+        )
+    conn.close()
+
+    backend = SqliteBackend(path)
+    assert backend.applied_migrations()[-1] == "m002_executions_table"
+    graph_id = old[0].graph_id
+    assert {h.checkpoint_id for h in backend.list(graph_id=graph_id)} == {h.checkpoint_id for h in old}
+    assert {h.execution_id for h in backend.executions(graph_id=graph_id)} == {"exec-0", "exec-1"}
+    assert backend.get(old[3].checkpoint_id).blob == b"old"
+    new = make_header(9, execution_id="exec-new", graph_id="other-graph")
+    backend.put(new, b"new")
+    assert [h.checkpoint_id for h in backend.list(graph_id="other-graph")] == [new.checkpoint_id]
+    assert backend.list(graph_id="no-such-graph") == []
+    with closing(sqlite3.connect(path)) as check:
+        assert check.execute("SELECT count(*) FROM sqlite_master WHERE name = 'checkpoints_by_graph'").fetchone()[0] == 0
+    backend.close()

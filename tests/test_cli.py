@@ -396,3 +396,31 @@ def test_export_from_a_missing_store_creates_nothing(tmp_path, capsys):
     code, _ = run("export", "--from", f"sqlite:///{tmp_path / 'nope.db'}", "--to", f"sqlite:///{target}")
     assert code == 2 and "no checkpoint store" in capsys.readouterr().err
     assert not target.exists()
+
+
+def test_prune_on_a_file_store_sweeps_debris_of_killed_writers(tmp_path, no_env_config):
+    """On a file store, prune also removes temp files a killed writer left and the directory of an
+    execution it emptied; a dry run touches neither."""
+    from spark_ckpt.backends.file import FileBackend
+
+    root = tmp_path / "files"
+    backend = FileBackend(root)
+    codec = CheckpointConfig().make_codec()
+    for record in (_checkpoint("etl", "e-old", 0, NOW - 2 * 86400, COMPLETED, result={"content": "done"}),
+                   _checkpoint("etl", "e-new", 0, NOW - 60, COMPLETED, result={"content": "done"})):
+        blob = codec.encode(record, Identity(record.graph_id, record.execution_id, record.seq))
+        backend.put(record.header(size=len(blob)), blob)
+    backend.close()
+    (old_dir,) = [p for p in root.rglob("*") if p.is_dir() and p.name.endswith("e-old")]
+    (new_dir,) = [p for p in root.rglob("*") if p.is_dir() and p.name.endswith("e-new")]
+    leftover = new_dir / ".tmp-abc12345.part"  # an old-style temp file: no pid, so only age counts
+    leftover.write_bytes(b"half a checkpoint")
+    os.utime(leftover, (time.time() - 7200, time.time() - 7200))
+
+    code, out = run("--store", f"file://{root}", "prune", "--keep", "1", "--dry-run")
+    assert code == 0 and leftover.exists() and old_dir.exists()
+    code, out = run("--store", f"file://{root}", "prune", "--keep", "1")
+    assert code == 0 and out.splitlines()[0] == "deleted 1 checkpoint(s)"
+    assert "removed 1 temporary file(s)" in out
+    assert not leftover.exists() and not old_dir.exists() and new_dir.exists()
+    assert _ids(f"file://{root}") == {"ck-e-new-0"}

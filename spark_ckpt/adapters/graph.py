@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import operator
 import os
 import time
 import uuid
@@ -63,6 +64,8 @@ _DELTA = "__spark_ckpt_delta__"
 def _is_delta(entry: Any) -> bool:
     return isinstance(entry, dict) and _DELTA in entry
 
+#: Spark's bookkeeping keys in graph state (schema version, mailboxes) start with "__"
+_is_dunder = operator.methodcaller("startswith", "__")
 _NODE_RUNTIME_KEYS = frozenset({"context_snapshot", "processing", "pending_inputs", "process_count"})
 
 
@@ -145,6 +148,11 @@ class _Execution:
     allow_unsafe_rerun: bool = False
     #: per adapter node (agent): its state as last stored, the base of the next delta
     extras_stored: dict[str, Any] = attrs.field(factory=dict)
+    #: which optional hooks have implementations, read once per run (a plugin registered while a
+    #: run is going takes effect from the next run)
+    node_hooks: bool = False
+    policy_hooks: bool = False
+    post_checkpoint_hooks: bool = False
 
 
 class CheckpointedGraph:
@@ -181,6 +189,7 @@ class CheckpointedGraph:
         self.retention_rules = self.config.make_retention_rules()
         self.hooks = Hooks()
         self._has_adapters = False
+        self._adapter_keys: set[str] = set()  # nodes whose state an adapter (agent) snapshots
         self._active: _Execution | None = None
         self._restored: GraphCheckpoint | None = None
         self._pending_skips: dict[str, Any] = {}
@@ -205,6 +214,7 @@ class CheckpointedGraph:
             if adapter is not None:
                 adapter.prepare(node, self)
                 self._has_adapters = True
+                self._adapter_keys.add(key)
             original_do = node.do
             node.do = self._make_do_wrapper(node, key, original_do)
             node._spark_ckpt_wrapped = self
@@ -255,13 +265,18 @@ class CheckpointedGraph:
                 f"graph {self.graph_id!r} is already running execution {self._active.execution_id}; "
                 "a CheckpointedGraph runs one execution at a time (wrap another graph instance for parallel runs)"
             )
-        if ex.lease is None:
+        # The start record lets a crash in the very first superstep be recovered. Written at once
+        # (durability "sync"), it goes to the store with the lease, in one transaction where it can.
+        start_with_lease = start_state is None and ex.lease is None and self.config.durability == "sync"
+        if ex.lease is None and not start_with_lease:
             ex.lease = await self.backend.aacquire_lease(ex.execution_id, self.worker_id, self.config.lease_ttl_s)
         self._active = ex
+        hooks = self.hooks
+        ex.node_hooks, ex.policy_hooks = hooks.wants_node_events, hooks.wants_should_checkpoint
+        ex.post_checkpoint_hooks = hooks.wants_post_checkpoint
         renewer = _LeaseRenewer(self, ex)
         try:
             if start_state is None:
-                # the start record: lets a crash in the very first superstep be recovered
                 await self._checkpoint(ex, reason="start", status=RUNNING)
             result = await self.graph.run(inputs)
         except BaseException as exc:
@@ -274,7 +289,7 @@ class CheckpointedGraph:
             renewer.stop()
             self._active = None
             self._clear_context_snapshots()
-            if ex.last_status != COMPLETED:
+            if ex.last_status != COMPLETED and ex.lease is not None:
                 # A completed execution is never recovered, so its lease needs no release (one write
                 # fewer per run); an unfinished one is released so another worker can take it over now.
                 try:
@@ -318,10 +333,11 @@ class CheckpointedGraph:
             if ex.dirty is not None:
                 ex.dirty.add(key)
                 ex.dirty.update(successors)
-            recorded = ex.replay.pop((key, index), None)
-            if recorded is not None:
-                return await self._replay_visit(ex, node, key, index, inputs, recorded)
-            if key in ex.skip:
+            if ex.replay:
+                recorded = ex.replay.pop((key, index), None)
+                if recorded is not None:
+                    return await self._replay_visit(ex, node, key, index, inputs, recorded)
+            if ex.skip and key in ex.skip:
                 return await self._skip_visit(ex, node, key, index, inputs)
             return await self._live_visit(ex, node, key, index, inputs, original_do)
 
@@ -374,7 +390,7 @@ class CheckpointedGraph:
         started = time.time()
         t0 = time.perf_counter()
         try:
-            if self.hooks.wants_node_events:
+            if ex.node_hooks:
                 await self.hooks.pre_node(NodeEvent(self.graph_id, ex.execution_id, key, index, ex.superstep, node, inputs))
             try:
                 output = await original_do(inputs)
@@ -394,7 +410,7 @@ class CheckpointedGraph:
             ex.inflight.pop(key, None)
             if ex.report is not None:
                 ex.report.live.append((key, index))
-            if self.hooks.wants_node_events:
+            if ex.node_hooks:
                 await self.hooks.post_node(NodeEvent(self.graph_id, ex.execution_id, key, index, ex.superstep, node, inputs, output, duration_s=duration)
             )
             return output
@@ -458,7 +474,7 @@ class CheckpointedGraph:
             supersteps_since_last=ex.supersteps_since, seconds_since_last=time.monotonic() - ex.last_checkpoint_at,
             strategy=self.config.strategy, interval=self.config.interval,
         )
-        wanted = await self.hooks.should_checkpoint(decision)
+        wanted = await self.hooks.should_checkpoint(decision) if ex.policy_hooks else None
         if wanted is None:
             wanted = self.policy.should_checkpoint(decision)
         if wanted or final:
@@ -479,7 +495,7 @@ class CheckpointedGraph:
         """The graph state to encode, without copying it when it holds no Spark bookkeeping keys
         (``get_snapshot`` copies and filters every time). Safe because it is encoded right away."""
         raw = self.graph.state.get_raw()
-        if any(key.startswith("__") for key in raw):
+        if any(map(_is_dunder, raw)):
             return self.graph.state.get_snapshot()
         return raw
 
@@ -499,38 +515,15 @@ class CheckpointedGraph:
         Built directly (not through cattrs) and encoded at once, so no deep copy is needed: this runs
         at every superstep boundary and is most of the per-checkpoint overhead.
         """
-        node_states: dict[str, Any] = {}
+        # Only nodes visited (or fed) since the last snapshot are read again: ``ex.node_states`` is
+        # updated in place (it is encoded right away, so sharing it between records is safe).
+        node_states = ex.node_states
+        dirty, ex.dirty = ex.dirty, set()
+        nodes = self._nodes_by_key
+        for key in nodes if dirty is None else dirty:
+            node_states[key] = self._node_entry(ex, key, nodes[key])
+        next_nodes = [key for key, entry in node_states.items() if "pending_inputs" in entry]
         node_extras: dict[str, Any] = {}
-        next_nodes: list[str] = []
-        dirty = ex.dirty
-        ex.dirty = set()
-        for key, node in self._nodes_by_key.items():
-            if dirty is not None and key not in dirty:
-                node_states[key] = ex.node_states[key]
-                if node_states[key].get("pending_inputs"):
-                    next_nodes.append(key)
-                continue
-            state = getattr(node, "_state", None) or {}
-            pending = [self._dump_cached(ex, m) for m in state.get("pending_inputs", ())]
-            if pending:
-                next_nodes.append(key)
-            entry = {}  # only what differs from a fresh node (NodeSnapshot's defaults): smaller checkpoints
-            if state.get("process_count"):
-                entry["process_count"] = state["process_count"]
-            if state.get("processing"):
-                entry["processing"] = True
-            if pending:
-                entry["pending_inputs"] = pending
-            outputs = self._dump_cached(ex, getattr(node, "outputs", None))
-            if outputs:
-                entry["outputs"] = outputs
-            # a node with a state adapter (an agent) keeps its state in node_extras instead
-            if not (self._has_adapters and node_state_adapter_for(node) is not None):
-                custom = {k: v for k, v in state.items() if k not in _NODE_RUNTIME_KEYS}
-                if custom:
-                    entry["custom"] = custom
-            node_states[key] = entry
-        ex.node_states = node_states
         full = self._writes_full_record(ex, status)
         if self._has_adapters:
             node_extras = self._extras_fields(ex, dirty, full)
@@ -559,6 +552,28 @@ class CheckpointedGraph:
             "version": CONTENT_VERSION,
             "kind": GRAPH,
         }
+
+    def _node_entry(self, ex: _Execution, key: str, node: Any) -> dict[str, Any]:
+        """A node's state for ``node_states``: only what differs from a fresh node (NodeSnapshot's
+        defaults), so checkpoints stay small."""
+        state = getattr(node, "_state", None) or {}
+        entry: dict[str, Any] = {}
+        if state.get("process_count"):
+            entry["process_count"] = state["process_count"]
+        if state.get("processing"):
+            entry["processing"] = True
+        pending = state.get("pending_inputs")
+        if pending:
+            entry["pending_inputs"] = [self._dump_cached(ex, m) for m in pending]
+        outputs = self._dump_cached(ex, getattr(node, "outputs", None))
+        if outputs:
+            entry["outputs"] = outputs
+        # a node with a state adapter (an agent) keeps its state in node_extras instead
+        if key not in self._adapter_keys:
+            custom = {k: v for k, v in state.items() if k not in _NODE_RUNTIME_KEYS}
+            if custom:
+                entry["custom"] = custom
+        return entry
 
     def _writes_full_record(self, ex: _Execution, status: str) -> bool:
         """Whether this checkpoint stands alone (whole history, whole agent states) or holds only changes.
@@ -649,8 +664,11 @@ class CheckpointedGraph:
         await self._put(ex, header, blob)
 
     async def _put(self, ex: _Execution, header: CheckpointHeader, blob: bytes) -> None:
-        await self.backend.aput(header, blob, lease=ex.lease)
-        if self.hooks.wants_post_checkpoint:
+        if ex.lease is None:  # a fresh execution's start record: takes the lease in the same write
+            ex.lease = await self.backend.astart_execution(header, blob, self.worker_id, self.config.lease_ttl_s)
+        else:
+            await self.backend.aput(header, blob, lease=ex.lease)
+        if ex.post_checkpoint_hooks:
             await self.hooks.post_checkpoint(CheckpointSaved(header=header, backend=self.backend.describe()))
 
     async def _flush_deferred(self, ex: _Execution) -> None:

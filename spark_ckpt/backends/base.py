@@ -10,11 +10,14 @@ Rules:
 * ``put`` is atomic: a reader sees either the whole checkpoint or nothing; it never replaces an
   existing checkpoint. Storing a second checkpoint with the same ``(execution_id, seq)`` raises
   ``DuplicateCheckpointError`` and leaves the first intact.
-* ``list`` returns headers newest first: by ``created_at``, then ``seq``, descending.
+* ``list`` returns headers newest first: by ``created_at``, then ``seq``, then ``checkpoint_id``,
+  descending (``newest_first``), so every backend orders ties alike.
 * ``executions`` returns the newest header of each execution (its current status).
 * Leases: ``acquire_lease`` grants an execution to one owner at a time. A lease that expired may
   be taken by another owner, and then its fencing ``token`` grows. ``put(..., lease=...)`` refuses
   to write (``LeaseError``) unless that exact token is still the execution's current one.
+* ``start_execution`` takes a new execution's lease and stores its first checkpoint under it; the
+  default does the two calls, a backend that can do both in one transaction overrides it.
 * The sync methods are the core; the ``a*`` twins default to running them in a worker thread.
   Local backends override them to call straight through; remote ones give real async versions.
   No backend-wide lock on the async path.
@@ -27,6 +30,11 @@ from abc import ABC, abstractmethod
 from typing import ClassVar, Iterable, Sequence
 
 from ..model import CheckpointHeader, Lease, StoredCheckpoint
+
+
+def newest_first(header: CheckpointHeader) -> tuple[float, int, str]:
+    """Sort key (with ``reverse=True``) of the listing order every backend uses."""
+    return header.created_at, header.seq, header.checkpoint_id
 
 
 class Backend(ABC):
@@ -93,6 +101,17 @@ class Backend(ABC):
     def release_lease(self, lease: Lease) -> None:
         """Give the lease up (no-op if it was already taken over)."""
 
+    def start_execution(self, header: CheckpointHeader, blob: bytes, owner: str, ttl_s: float) -> Lease:
+        """Acquire the lease of ``header.execution_id`` for ``owner`` and ``put`` the execution's first
+        checkpoint under it; returns the lease. Override to do both in one transaction."""
+        lease = self.acquire_lease(header.execution_id, owner, ttl_s)
+        try:
+            self.put(header, blob, lease=lease)
+        except BaseException:
+            self.release_lease(lease)
+            raise
+        return lease
+
     # -- lifecycle -----------------------------------------------------------------------------
     def close(self) -> None:
         """Release connections and files."""
@@ -128,6 +147,9 @@ class Backend(ABC):
     async def arelease_lease(self, lease: Lease) -> None:
         await asyncio.to_thread(self.release_lease, lease)
 
+    async def astart_execution(self, header: CheckpointHeader, blob: bytes, owner: str, ttl_s: float) -> Lease:
+        return await asyncio.to_thread(self.start_execution, header, blob, owner, ttl_s)
+
 
 class LocalBackend(Backend):
     """A backend whose calls are fast and local: the async twins call the sync methods directly.
@@ -160,3 +182,6 @@ class LocalBackend(Backend):
 
     async def arelease_lease(self, lease: Lease) -> None:
         self.release_lease(lease)
+
+    async def astart_execution(self, header: CheckpointHeader, blob: bytes, owner: str, ttl_s: float) -> Lease:
+        return self.start_execution(header, blob, owner, ttl_s)

@@ -21,7 +21,17 @@ Writes are atomic and never replace anything: the bytes go to a temp file in the
 (fsynced), then ``os.link`` publishes it under its ``<seq>.ckpt`` name, which fails if that slot is
 taken, so two writers of one ``(execution_id, seq)`` cannot both win. The id symlink is created
 first (``os.symlink`` is exclusive too); a crash in between leaves a dangling link, treated as absent.
-Temp files (``.tmp-*``) and any other foreign names are ignored by every listing.
+Temp files (``.tmp-<host>-<pid>-<random>.part``, host as a crc32 tag) and any other foreign names are
+ignored by every listing.
+
+Cleanup: ``delete`` removes the stale temp files of every execution directory it touched, then that
+directory if it is empty, then its graph directory if that is empty too (never ``graphs/`` or the
+root; ``rmdir`` only ever removes an empty directory). ``cleanup()`` does the same for the whole store
+(plus temp files in the root and ``leases/``); it is not run on open, which stays O(1). A temp file is
+stale when its writer was a process of this host that no longer exists, or when it is older than
+``STALE_TEMP_AGE_S`` (other hosts sharing the directory, names without a pid). A writer whose
+execution directory was removed meanwhile (by a ``delete`` in another process) recreates it and tries
+again, so pruning never makes a concurrent ``put`` fail.
 
 Listing reads directory entries and only the headers of the files it returns; ``executions()`` reads
 one header per execution (the file with the highest ``seq``).
@@ -31,9 +41,11 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Iterable, Iterator
 from typing import Self
 
@@ -47,8 +59,8 @@ from ..errors import (
     DuplicateCheckpointError,
 )
 from ..model import CheckpointHeader, Lease, StoredCheckpoint
-from .base import LocalBackend
-from .leases import check_fence, grant_lease
+from .base import LocalBackend, newest_first
+from .leases import check_fence, grant_lease, owner_is_dead
 
 MAGIC = b"SCKPTF1\n"
 LAYOUT_VERSION = "1"
@@ -60,6 +72,15 @@ _CHECKPOINT_NAME = re.compile(r"^(-?\d+)\.ckpt$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 #: keep escaped names well under the usual 255-byte file name limit
 MAX_NAME_BYTES = 200
+#: a temp file untouched this long is a dead writer's, whoever wrote it (no write stalls an hour;
+#: generous because mtimes on a shared file system come from another clock)
+STALE_TEMP_AGE_S = 3600.0
+_HOST = socket.gethostname()
+_HOST_TAG = f"{zlib.crc32(_HOST.encode()):08x}"
+#: exactly what ``_write_temp`` creates (mkstemp adds 8 of [a-z0-9_]); older versions wrote no host/pid
+_TEMP_NAME = re.compile(r"^\.tmp-(?:([0-9a-f]{8})-(\d+)-)?[a-z0-9_]{8}\.part$")
+#: a put retries this often when a concurrent delete removed its directory in between
+_PUT_ATTEMPTS = 3
 
 
 def escape_name(value: str, what: str) -> str:
@@ -161,14 +182,18 @@ class FileBackend(LocalBackend):
     def _fsync_dir(self, path: str) -> None:
         if not self.fsync:
             return
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            return  # emptied and removed by a concurrent delete(): nothing left in it to make durable
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
 
     def _write_temp(self, directory: str, data: bytes) -> str:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+        # Host and pid in the name let cleanup() see at once that the writer was killed.
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".tmp-{_HOST_TAG}-{os.getpid()}-", suffix=".part")
         try:
             view = memoryview(data)
             while view:
@@ -214,17 +239,21 @@ class FileBackend(LocalBackend):
         meta = orjson.dumps(_header_dict(h))
         data = b"".join((MAGIC, len(meta).to_bytes(_LENGTH_BYTES, "big"), meta, blob))
         try:
-            self._ensure_dir(directory)
-            try:
-                self._put_once(directory, name, link, data, h, lease)
-            except FileNotFoundError:
-                # A directory we created earlier was removed from outside: recreate it, try once more.
-                with self._dirs_lock:
-                    self._known_dirs.clear()
-                self._ensure_dir(directory)
-                self._ensure_dir(self._ids)
-                self._ensure_dir(self._leases)
-                self._put_once(directory, name, link, data, h, lease)
+            for attempt in range(_PUT_ATTEMPTS):
+                try:
+                    self._ensure_dir(directory)
+                    self._put_once(directory, name, link, data, h, lease)
+                    return
+                except FileNotFoundError:
+                    # A directory we created or saw earlier was removed (delete() of the last checkpoint
+                    # of this execution or graph, in another process, or by hand) before our temp file
+                    # was in it: nothing was published, so recreate the directories and try again.
+                    if attempt == _PUT_ATTEMPTS - 1:
+                        raise
+                    with self._dirs_lock:
+                        self._known_dirs.clear()
+                    self._ensure_dir(self._ids)
+                    self._ensure_dir(self._leases)
         except OSError as exc:
             raise BackendError(
                 f"file backend could not store checkpoint {h.checkpoint_id!r} under {directory!r} "
@@ -254,9 +283,17 @@ class FileBackend(LocalBackend):
                     f"{self.describe()}; not overwritten"
                 ) from None
         finally:
-            os.unlink(tmp)
+            self._unlink_quietly(tmp)  # gone only if cleanup() judged it stale: never a reason to fail
         self._fsync_dir(directory)
         self._fsync_dir(self._ids)
+
+    @staticmethod
+    def _unlink_quietly(path: str) -> bool:
+        try:
+            os.unlink(path)
+            return True
+        except FileNotFoundError:
+            return False
 
     def _claim_id(self, link: str, target: str, h: CheckpointHeader) -> None:
         try:
@@ -371,7 +408,7 @@ class FileBackend(LocalBackend):
                 header = self._header_at(path)
                 if header is not None:
                     headers.append(header)
-        headers.sort(key=lambda h: (h.created_at, h.seq), reverse=True)
+        headers.sort(key=newest_first, reverse=True)
         return headers[:limit] if limit is not None else headers
 
     def executions(
@@ -386,11 +423,12 @@ class FileBackend(LocalBackend):
                     if not unfinished_only or header.unfinished:
                         newest.append(header)
                     break
-        newest.sort(key=lambda h: (h.created_at, h.seq), reverse=True)
+        newest.sort(key=newest_first, reverse=True)
         return newest[:limit] if limit is not None else newest
 
     def delete(self, checkpoint_ids: Iterable[str]) -> int:
         deleted = 0
+        touched: set[str] = set()
         for checkpoint_id in dict.fromkeys(checkpoint_ids):
             try:
                 link = self._id_link(checkpoint_id)
@@ -400,16 +438,62 @@ class FileBackend(LocalBackend):
                 target = os.path.join(self._ids, os.readlink(link))
             except (FileNotFoundError, OSError):
                 continue
-            try:
-                os.unlink(target)
-                deleted += 1
-            except FileNotFoundError:
-                pass
-            try:
-                os.unlink(link)
-            except FileNotFoundError:
-                pass
+            touched.add(os.path.dirname(os.path.normpath(target)))
+            deleted += self._unlink_quietly(target)
+            self._unlink_quietly(link)
+        for directory in touched:
+            self._tidy_execution_dir(directory, STALE_TEMP_AGE_S)
         return deleted
+
+    def cleanup(self, *, max_temp_age_s: float = STALE_TEMP_AGE_S) -> int:
+        """Remove stale temp files everywhere in the store, and execution (and graph) directories
+        left empty; returns how many temp files were removed. Safe while other processes write."""
+        removed = self._remove_stale_temps(self.root, max_temp_age_s)
+        removed += self._remove_stale_temps(self._leases, max_temp_age_s)
+        for directory in list(self._execution_dirs(None, None)):
+            removed += self._tidy_execution_dir(directory, max_temp_age_s)
+        return removed
+
+    def _tidy_execution_dir(self, directory: str, max_temp_age_s: float) -> int:
+        """Remove the stale temp files of one execution directory, then the directory and its graph
+        directory if they are left empty; returns how many temp files were removed."""
+        graph_dir = os.path.dirname(directory)
+        if os.path.dirname(graph_dir) != self._graphs:
+            return 0  # a link retargeted by hand: only ever tidy <root>/graphs/<graph>/<execution>
+        removed = self._remove_stale_temps(directory, max_temp_age_s)
+        for path in (directory, graph_dir):
+            with self._dirs_lock:
+                self._known_dirs.discard(path)
+            try:
+                # Fails unless empty, atomically: a checkpoint or a live writer's temp file keeps it. A
+                # writer that cached the directory and finds it gone recreates it (see put).
+                os.rmdir(path)
+            except OSError:
+                break
+        return removed
+
+    @staticmethod
+    def _remove_stale_temps(directory: str, max_age_s: float) -> int:
+        removed = 0
+        now = time.time()
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    match = _TEMP_NAME.match(entry.name)
+                    if not match or not entry.is_file(follow_symlinks=False):
+                        continue
+                    host_tag, pid = match.groups()
+                    try:
+                        age = now - entry.stat(follow_symlinks=False).st_mtime
+                    except FileNotFoundError:
+                        continue
+                    # A writer of another host, or one whose pid is alive (maybe reused), only ages out.
+                    dead = host_tag == _HOST_TAG and owner_is_dead(f"{_HOST}:{pid}")
+                    if dead or age > max_age_s:
+                        removed += FileBackend._unlink_quietly(entry.path)
+        except FileNotFoundError:
+            pass
+        return removed
 
     def replace(self, header: CheckpointHeader, blob: bytes) -> None:
         """Swap an existing checkpoint file for one with new bytes (key rotation): temp file + os.replace."""

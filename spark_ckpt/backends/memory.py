@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from ..errors import CheckpointNotFoundError, DuplicateCheckpointError
 from ..model import CheckpointHeader, Lease, StoredCheckpoint
-from .base import LocalBackend
+from .base import LocalBackend, newest_first
 from .leases import check_fence, grant_lease
 
 
@@ -54,7 +54,7 @@ class MemoryBackend(LocalBackend):
     def _sorted(self) -> list[CheckpointHeader]:
         return sorted(
             (item.header for item in list(self._items.values())),
-            key=lambda h: (h.created_at, h.seq),
+            key=newest_first,
             reverse=True,
         )
 
@@ -74,7 +74,7 @@ class MemoryBackend(LocalBackend):
             newest = seen.get(h.execution_id)
             if newest is None or h.seq > newest.seq:
                 seen[h.execution_id] = h
-        out = sorted(seen.values(), key=lambda h: (h.created_at, h.seq), reverse=True)
+        out = sorted(seen.values(), key=newest_first, reverse=True)
         if unfinished_only:
             out = [h for h in out if h.unfinished]
         return out[:limit] if limit is not None else out

@@ -10,10 +10,12 @@ power loss too, at roughly ten times the cost per checkpoint.
 
 Schema: named, append-only migrations (sqlite-utils ``Migrations``, set ``spark_ckpt``) applied on
 open inside one ``BEGIN IMMEDIATE`` transaction, so two processes opening a new file at once do not
-race. Tables ``checkpoints`` (one row per checkpoint, ``UNIQUE(execution_id, seq)``, the blob last so
-listings never read it) and ``leases`` (one row per execution). Indexes: the primary key, the
-unique (execution_id, seq) pair (listing by execution, newest per execution) and (graph_id,
-created_at, seq) (listing by graph); each extra index costs ~5-8 us per ``put``, so there are no more.
+race. Tables ``checkpoints`` (one row per checkpoint, the blob last so listings never read it),
+``executions`` (execution -> graph, filled by a trigger in the same statement as a checkpoint's
+insert) and ``leases`` (one row per execution). Every B-tree a ``put`` writes costs a page write
+into the WAL (~5-10 us here), so a put touches only three: the table, ``UNIQUE(checkpoint_id)`` and
+``UNIQUE(execution_id, seq)`` (listing by execution, newest per execution). Listing by graph goes
+through ``executions`` (written once per execution) instead of a per-checkpoint graph index.
 
 The hot path (``put``/``get``) uses the plain ``sqlite3`` connection and its statement cache; one
 connection per backend object, guarded by a lock because a transaction spans several statements.
@@ -55,6 +57,10 @@ _INSERT_FENCED = (
     "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS "
     "(SELECT 1 FROM leases WHERE execution_id = ? AND token = ? AND owner = ?)"
 )
+# listing by graph: through ``executions`` (the checkpoints table has no graph index)
+_OF_GRAPH = "execution_id IN (SELECT execution_id FROM executions WHERE graph_id = ?)"
+# newest first; equal times are ordered by seq, then by id, so every backend lists ties alike
+_NEWEST_FIRST = " ORDER BY created_at DESC, seq DESC, checkpoint_id DESC LIMIT ?"
 _GET = f"SELECT {_HEADER_COLUMNS}, blob FROM checkpoints WHERE checkpoint_id = ?"
 _GET_LEASE = "SELECT execution_id, owner, token, expires_at FROM leases WHERE execution_id = ?"
 _SET_LEASE = (
@@ -97,6 +103,37 @@ def _migrations():
                 expires_at REAL NOT NULL
             )
             """
+        )
+
+    @migrations(name="m002_executions_table")
+    def _executions(db) -> None:
+        # The per-checkpoint (graph_id, created_at, seq) index and the separate TEXT primary key cost a
+        # page write each per put; graph lookups go through a table written once per execution instead.
+        db.execute(
+            """
+            CREATE TABLE checkpoints_new (
+                checkpoint_id TEXT NOT NULL UNIQUE,
+                graph_id TEXT NOT NULL,
+                execution_id TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                created_at REAL NOT NULL,
+                status TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                size INTEGER NOT NULL,
+                blob BLOB NOT NULL,
+                UNIQUE (execution_id, seq)
+            )
+            """
+        )
+        db.execute(f"INSERT INTO checkpoints_new ({_HEADER_COLUMNS}, blob) SELECT {_HEADER_COLUMNS}, blob FROM checkpoints")
+        db.execute("DROP TABLE checkpoints")  # drops checkpoints_by_graph with it
+        db.execute("ALTER TABLE checkpoints_new RENAME TO checkpoints")
+        db.execute("CREATE TABLE executions (execution_id TEXT PRIMARY KEY, graph_id TEXT NOT NULL) WITHOUT ROWID")
+        db.execute("CREATE INDEX executions_by_graph ON executions (graph_id)")
+        db.execute("INSERT OR IGNORE INTO executions SELECT execution_id, graph_id FROM checkpoints")
+        db.execute(
+            "CREATE TRIGGER checkpoints_record_execution AFTER INSERT ON checkpoints BEGIN "
+            "INSERT OR IGNORE INTO executions (execution_id, graph_id) VALUES (NEW.execution_id, NEW.graph_id); END"
         )
 
     return migrations
@@ -274,16 +311,34 @@ class SqliteBackend(LocalBackend):
                     check_fence(self._read_lease(h.execution_id), lease, h.execution_id)
                     raise LeaseError(f"write to execution {h.execution_id} refused: lease check failed")
             except sqlite3.IntegrityError as exc:
-                if "checkpoint_id" in str(exc):
-                    raise DuplicateCheckpointError(
-                        f"checkpoint id {h.checkpoint_id!r} is already stored in {self.path!r}; not overwritten"
-                    ) from None
-                raise DuplicateCheckpointError(
-                    f"checkpoint seq {h.seq} of execution {h.execution_id} already exists in {self.path!r}; "
-                    "not overwritten"
-                ) from None
+                raise self._duplicate(h, exc) from None
             except sqlite3.Error as exc:
                 raise self._failed(f"store checkpoint {h.checkpoint_id!r}", exc) from exc
+
+    def _duplicate(self, h: CheckpointHeader, exc: sqlite3.IntegrityError) -> DuplicateCheckpointError:
+        if "checkpoint_id" in str(exc):
+            return DuplicateCheckpointError(
+                f"checkpoint id {h.checkpoint_id!r} is already stored in {self.path!r}; not overwritten"
+            )
+        return DuplicateCheckpointError(
+            f"checkpoint seq {h.seq} of execution {h.execution_id} already exists in {self.path!r}; not overwritten"
+        )
+
+    def start_execution(self, header: CheckpointHeader, blob: bytes, owner: str, ttl_s: float) -> Lease:
+        """Lease and first checkpoint in one transaction: one commit (WAL append) instead of two."""
+        h = header
+
+        def change(conn: sqlite3.Connection) -> Lease:
+            lease = grant_lease(self._read_lease(h.execution_id), h.execution_id, owner, ttl_s, time.time())
+            conn.execute(_SET_LEASE, (lease.execution_id, lease.owner, lease.token, lease.expires_at))
+            try:
+                conn.execute(_INSERT, (h.checkpoint_id, h.graph_id, h.execution_id, h.seq, h.created_at,
+                                       h.status, h.kind, h.size, blob))
+            except sqlite3.IntegrityError as exc:
+                raise self._duplicate(h, exc) from None
+            return lease
+
+        return self._lease_transaction(f"start execution {h.execution_id}", change)
 
     def get(self, checkpoint_id: str) -> StoredCheckpoint:
         with self._lock:
@@ -308,7 +363,7 @@ class SqliteBackend(LocalBackend):
     ) -> list[CheckpointHeader]:
         where, params = [], []
         if graph_id is not None:
-            where.append("graph_id = ?")
+            where.append(_OF_GRAPH)
             params.append(graph_id)
         if execution_id is not None:
             where.append("execution_id = ?")
@@ -316,7 +371,7 @@ class SqliteBackend(LocalBackend):
         sql = f"SELECT {_HEADER_COLUMNS} FROM checkpoints"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, seq DESC LIMIT ?"
+        sql += _NEWEST_FIRST
         params.append(-1 if limit is None else limit)
         return self._query("list checkpoints", sql, params)
 
@@ -331,7 +386,7 @@ class SqliteBackend(LocalBackend):
         )
         params: list = []
         if graph_id is not None:
-            inner += " WHERE graph_id = ?"
+            inner += f" WHERE {_OF_GRAPH}"
             params.append(graph_id)
         inner += " GROUP BY execution_id"
         sql = f"SELECT {_HEADER_COLUMNS} FROM ({inner})"
@@ -339,7 +394,7 @@ class SqliteBackend(LocalBackend):
             statuses = sorted(UNFINISHED_STATUSES)
             sql += f" WHERE status IN ({', '.join('?' * len(statuses))})"
             params.extend(statuses)
-        sql += " ORDER BY created_at DESC, seq DESC LIMIT ?"
+        sql += _NEWEST_FIRST
         params.append(-1 if limit is None else limit)
         return self._query("list executions", sql, params)
 

@@ -14,9 +14,9 @@ from ..errors import (
     CheckpointSwappedError, CorruptCheckpointError, PlaintextRefusedError, SparkCkptError,
     TamperedCheckpointError, UnsupportedFormatError,
 )
-from .convert import converter, from_data, to_data
+from .convert import converter, dumps_data, from_data, to_data
 from .crypto import AesGcmTransform, Keyring, new_key
-from .envelope import Envelope, Identity, describe, pack, unpack
+from .envelope import Envelope, Identity, describe, pack, pack_parts, unpack
 from .layers import (
     DEFAULT_MAX_DECOMPRESSED, GzipTransform, JsonSerializer, Serializer, Transform, ZstdTransform,
     zstandard_available,
@@ -53,6 +53,8 @@ class Codec:
     ) -> None:
         self.serializer = serializer or JsonSerializer()
         self.pipeline = list(pipeline)
+        #: JSON and no other layer (unless encrypting): encode_data takes a direct path
+        self._plain_json = type(self.serializer) is JsonSerializer and not self.pipeline
         self.keyring = keyring or Keyring()
         self.encryption = AesGcmTransform(self.keyring)
         self.allow_plaintext = allow_plaintext
@@ -76,6 +78,8 @@ class Codec:
 
     # -- writing ---------------------------------------------------------------------------------
     def encode_data(self, data: Any, identity: Identity) -> bytes:
+        if self._plain_json and not self.encrypts:  # the default: no layer but JSON
+            return pack_parts([{"name": "json"}], identity, dumps_data(data))
         encode = getattr(self.serializer, "encode", None)
         if encode is not None:
             payload, params = encode(data, identity)

@@ -71,19 +71,28 @@ def digest(body: bytes) -> bytes:
 _digest = digest
 
 
+_LENGTH = struct.Struct(">I")
+
+
 def pack(envelope: Envelope) -> bytes:
-    ident = envelope.identity
+    return pack_parts(envelope.layers, envelope.identity, envelope.payload, envelope.version)
+
+
+def pack_parts(layers: list[dict[str, Any]], ident: Identity, payload: bytes, version: int = ENVELOPE_VERSION) -> bytes:
+    """``pack`` without building an ``Envelope`` (the write path runs this once per checkpoint)."""
     header = orjson.dumps(
         {
-            "layers": envelope.layers,
+            "layers": layers,
             "id": [ident.graph_id, ident.execution_id, ident.seq],
             # payload length: lets a reader tell a torn write from a flipped byte
-            "n": len(envelope.payload),
+            "n": len(payload),
         }
     )
-    body = bytes([envelope.version]) + struct.pack(">I", len(header)) + header + envelope.payload
-    # version byte goes before the digest on disk; the digest covers it too
-    return MAGIC + body[:1] + _digest(body) + body[1:]
+    version_byte = bytes((version,))
+    framed_header = _LENGTH.pack(len(header)) + header
+    # the digest covers everything after itself: version, header length, header, payload
+    checksum = zlib.crc32(payload, zlib.crc32(framed_header, zlib.crc32(version_byte)))
+    return b"".join((MAGIC, version_byte, checksum.to_bytes(4, "big"), framed_header, payload))
 
 
 def _claimed_length(blob: bytes) -> int | None:

@@ -224,6 +224,18 @@ class BackendConformance:
         self.put_all(backend, *headers[::-1])
         assert _ids(backend.list()) == ["exec-1-3", "exec-1-1", "other-0", "exec-1-2", "exec-1-0"]
 
+    def test_list_ties_on_time_and_seq_break_by_id(self, backend: Backend) -> None:
+        """Checkpoints of different executions with equal time and seq list by checkpoint id,
+        descending: every backend gives the same order, so tools comparing listings agree."""
+        self.put_all(
+            backend,
+            make_header(0, execution_id="b", created_at=T0),
+            make_header(0, execution_id="c", created_at=T0),
+            make_header(0, execution_id="a", created_at=T0),
+        )
+        assert _ids(backend.list()) == ["c-0", "b-0", "a-0"]
+        assert _ids(backend.executions()) == ["c-0", "b-0", "a-0"]
+
     def test_list_filters(self, backend: Backend) -> None:
         """graph_id and execution_id filter independently and together."""
         self.put_all(
@@ -416,6 +428,29 @@ class BackendConformance:
         with pytest.raises(LeaseError):
             backend.put(make_header(0), b"x", lease=Lease("exec-1", "worker-a", forged.token, forged.expires_at))
         assert backend.list() == []
+
+    def test_start_execution_leases_and_stores(self, backend: Backend) -> None:
+        """start_execution stores the first checkpoint and returns a lease that fences later puts;
+        another owner cannot start the same execution while that lease is valid."""
+        lease = backend.start_execution(make_header(0), b"first", "worker-a", 30)
+        assert (lease.execution_id, lease.owner) == ("exec-1", "worker-a")
+        assert backend.get("exec-1-0").blob == b"first"
+        backend.put(make_header(1), b"second", lease=lease)
+        with pytest.raises(LeaseError):
+            backend.start_execution(make_header(2), b"forked", "worker-b", 30)
+        assert _ids(backend.list()) == ["exec-1-1", "exec-1-0"]
+        assert backend.acquire_lease("exec-1", "worker-a", 30).token == lease.token
+        other = asyncio.run(backend.astart_execution(make_header(0, execution_id="e2"), b"async", "worker-c", 30))
+        assert (other.execution_id, other.owner, backend.get("e2-0").blob) == ("e2", "worker-c", b"async")
+
+    def test_start_execution_duplicate_leaves_no_lease(self, backend: Backend) -> None:
+        """A start_execution whose checkpoint is refused as a duplicate keeps the stored one and holds
+        no lease afterwards, so another worker can take the execution at once."""
+        backend.put(make_header(0), b"kept")
+        with pytest.raises(DuplicateCheckpointError):
+            backend.start_execution(make_header(0), b"other", "worker-a", 30)
+        assert backend.get("exec-1-0").blob == b"kept"
+        assert backend.acquire_lease("exec-1", "worker-b", 30).owner == "worker-b"
 
     def test_release_lets_another_owner_in(self, backend: Backend) -> None:
         """After release another owner acquires at once, with a larger token; the old lease is fenced."""
