@@ -378,7 +378,7 @@ def test_two_worker_processes_race_and_a_stalled_worker_is_fenced(tmp_path, kind
 
 def test_sqlite_m002_migrates_a_database_written_with_the_first_schema(tmp_path):
     """A store created before the executions table keeps every checkpoint, lists them by graph and
-    execution as before, and new puts record their execution through the trigger."""
+    execution as before, and new puts record their execution for listing by graph."""
     from sqlite_utils import Database
 
     from spark_ckpt.backends.sqlite import _migrations
@@ -407,3 +407,24 @@ def test_sqlite_m002_migrates_a_database_written_with_the_first_schema(tmp_path)
     with closing(sqlite3.connect(path)) as check:
         assert check.execute("SELECT count(*) FROM sqlite_master WHERE name = 'checkpoints_by_graph'").fetchone()[0] == 0
     backend.close()
+
+
+def test_sqlite_lists_by_graph_what_another_connection_wrote(tmp_path):
+    """Each backend object records an execution's graph once; executions written through another
+    object (another process) or started with start_execution are listed by graph all the same."""
+    path = tmp_path / "ckpt.db"
+    first, second = SqliteBackend(path), SqliteBackend(path)
+    first.put(make_header(0, graph_id="g", execution_id="e1"), b"a")
+    second.put(make_header(1, graph_id="g", execution_id="e1"), b"b")
+    second.start_execution(make_header(0, graph_id="g", execution_id="e2"), b"c", "worker", 30)
+    first.put(make_header(0, graph_id="h", execution_id="e3"), b"d")
+    for backend in (first, second):
+        assert _ids_of(backend.list(graph_id="g")) == {"e1-0", "e1-1", "e2-0"}
+        assert {h.execution_id for h in backend.executions(graph_id="g")} == {"e1", "e2"}
+        assert _ids_of(backend.list(graph_id="h")) == {"e3-0"}
+    first.close()
+    second.close()
+
+
+def _ids_of(headers) -> set[str]:
+    return {h.checkpoint_id for h in headers}

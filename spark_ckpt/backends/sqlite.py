@@ -11,8 +11,9 @@ power loss too, at roughly ten times the cost per checkpoint.
 Schema: named, append-only migrations (sqlite-utils ``Migrations``, set ``spark_ckpt``) applied on
 open inside one ``BEGIN IMMEDIATE`` transaction, so two processes opening a new file at once do not
 race. Tables ``checkpoints`` (one row per checkpoint, the blob last so listings never read it),
-``executions`` (execution -> graph, filled by a trigger in the same statement as a checkpoint's
-insert) and ``leases`` (one row per execution). Every B-tree a ``put`` writes costs a page write
+``executions`` (execution -> graph, written once per execution: by ``start_execution`` in its
+transaction, else before the execution's first put; a trigger doing it on every insert cost ~14 us
+per put) and ``leases`` (one row per execution). Every B-tree a ``put`` writes costs a page write
 into the WAL (~5-10 us here), so a put touches only three: the table, ``UNIQUE(checkpoint_id)`` and
 ``UNIQUE(execution_id, seq)`` (listing by execution, newest per execution). Listing by graph goes
 through ``executions`` (written once per execution) instead of a per-checkpoint graph index.
@@ -61,6 +62,7 @@ _INSERT_FENCED = (
 _OF_GRAPH = "execution_id IN (SELECT execution_id FROM executions WHERE graph_id = ?)"
 # newest first; equal times are ordered by seq, then by id, so every backend lists ties alike
 _NEWEST_FIRST = " ORDER BY created_at DESC, seq DESC, checkpoint_id DESC LIMIT ?"
+_RECORD_EXECUTION = "INSERT OR IGNORE INTO executions (execution_id, graph_id) VALUES (?, ?)"
 _GET = f"SELECT {_HEADER_COLUMNS}, blob FROM checkpoints WHERE checkpoint_id = ?"
 _GET_LEASE = "SELECT execution_id, owner, token, expires_at FROM leases WHERE execution_id = ?"
 _SET_LEASE = (
@@ -131,10 +133,6 @@ def _migrations():
         db.execute("CREATE TABLE executions (execution_id TEXT PRIMARY KEY, graph_id TEXT NOT NULL) WITHOUT ROWID")
         db.execute("CREATE INDEX executions_by_graph ON executions (graph_id)")
         db.execute("INSERT OR IGNORE INTO executions SELECT execution_id, graph_id FROM checkpoints")
-        db.execute(
-            "CREATE TRIGGER checkpoints_record_execution AFTER INSERT ON checkpoints BEGIN "
-            "INSERT OR IGNORE INTO executions (execution_id, graph_id) VALUES (NEW.execution_id, NEW.graph_id); END"
-        )
 
     return migrations
 
@@ -161,6 +159,8 @@ class SqliteBackend(LocalBackend):
             raise ConfigError(f"sqlite backend option busy_timeout_s must be >= 0, got {busy_timeout_s!r}")
         self.synchronous = mode
         self._lock = threading.Lock()
+        #: executions this object has already recorded in ``executions`` (rows are never removed)
+        self._recorded: set[str] = set()
         self._conn = self._connect_retrying(busy_timeout_s)
         # Close the connection when the backend is garbage-collected, so a backend that was never
         # closed explicitly does not leak it (Python 3.13 warns about unclosed connections).
@@ -302,6 +302,8 @@ class SqliteBackend(LocalBackend):
         with self._lock:
             conn = self._conn
             try:
+                if h.execution_id not in self._recorded:
+                    self._record_execution(conn, h)
                 if lease is None:
                     conn.execute(_INSERT, params)  # autocommit: one statement, one transaction
                     return
@@ -314,6 +316,13 @@ class SqliteBackend(LocalBackend):
                 raise self._duplicate(h, exc) from None
             except sqlite3.Error as exc:
                 raise self._failed(f"store checkpoint {h.checkpoint_id!r}", exc) from exc
+
+    def _record_execution(self, conn: sqlite3.Connection, h: CheckpointHeader) -> None:
+        """Map the execution to its graph (for listing by graph), once per execution and object."""
+        conn.execute(_RECORD_EXECUTION, (h.execution_id, h.graph_id))
+        if len(self._recorded) > 10_000:  # bound the memory of very long-lived workers
+            self._recorded.clear()
+        self._recorded.add(h.execution_id)
 
     def _duplicate(self, h: CheckpointHeader, exc: sqlite3.IntegrityError) -> DuplicateCheckpointError:
         if "checkpoint_id" in str(exc):
@@ -331,6 +340,7 @@ class SqliteBackend(LocalBackend):
         def change(conn: sqlite3.Connection) -> Lease:
             lease = grant_lease(self._read_lease(h.execution_id), h.execution_id, owner, ttl_s, time.time())
             conn.execute(_SET_LEASE, (lease.execution_id, lease.owner, lease.token, lease.expires_at))
+            conn.execute(_RECORD_EXECUTION, (h.execution_id, h.graph_id))
             try:
                 conn.execute(_INSERT, (h.checkpoint_id, h.graph_id, h.execution_id, h.seq, h.created_at,
                                        h.status, h.kind, h.size, blob))
@@ -338,7 +348,9 @@ class SqliteBackend(LocalBackend):
                 raise self._duplicate(h, exc) from None
             return lease
 
-        return self._lease_transaction(f"start execution {h.execution_id}", change)
+        lease = self._lease_transaction(f"start execution {h.execution_id}", change)
+        self._recorded.add(h.execution_id)
+        return lease
 
     def get(self, checkpoint_id: str) -> StoredCheckpoint:
         with self._lock:
