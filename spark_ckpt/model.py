@@ -35,6 +35,24 @@ def new_id(prefix: str = "") -> str:
     return f"{prefix}{int(time.time() * 1000):011x}{os.urandom(8).hex()}"
 
 
+def canonical_checkpoint_id(execution_id: str, seq: int) -> str:
+    """The id of the ``seq``-th checkpoint of a graph execution (``ex-...``): ``ck-<...>-<seq>``.
+
+    Derived, not drawn, so a store can find the row by ``(execution_id, seq)`` and needs no separate
+    index on the id (``canonical_key`` is the inverse)."""
+    return f"ck-{execution_id.removeprefix('ex-')}-{seq}"
+
+
+def canonical_key(checkpoint_id: str) -> tuple[str, int] | None:
+    """``(execution_id, seq)`` if ``checkpoint_id`` has the canonical shape, else None."""
+    if not checkpoint_id.startswith("ck-"):
+        return None
+    body, dash, seq = checkpoint_id[3:].rpartition("-")
+    if not dash or not (seq.isascii() and seq.isdigit()) or str(int(seq)) != seq:
+        return None
+    return f"ex-{body}", int(seq)
+
+
 @attrs.frozen
 class CheckpointHeader:
     """What a backend may index in the clear: ids, order, time, size, status. Nothing sensitive."""

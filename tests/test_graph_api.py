@@ -51,6 +51,26 @@ def test_recover_after_in_process_failure_skips_completed_visits(sqlite_config, 
     assert graph.backend.executions(graph_id="inproc")[0].status == "completed"
 
 
+def test_run_and_recovery_write_only_derived_checkpoint_ids(sqlite_config, monkeypatch) -> None:
+    """Every record of a failed run and of its recovery (start, boundary, failure, final) carries the
+    id derived from (execution, seq), which SQLite finds without a separate id index."""
+    from spark_ckpt.backends.sqlite import _CANONICAL
+    from spark_ckpt.model import canonical_checkpoint_id
+
+    graph = checkpointed(graphs.chain(4), config=sqlite_config, graph_id="ids")
+    monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", "s2:0")
+    with pytest.raises(RuntimeError):
+        asyncio.run(graph.run({}))
+    monkeypatch.delenv("SPARK_CKPT_TEST_FAIL")
+    asyncio.run(graph.recover_and_continue())
+    headers = graph.list_checkpoints()
+    assert {h.status for h in headers} >= {"running", "failed", "completed"}
+    assert all(h.checkpoint_id == canonical_checkpoint_id(h.execution_id, h.seq) for h in headers)
+    conn = graph.backend._conn
+    assert conn.execute(f"SELECT count(*) FROM checkpoints WHERE NOT {_CANONICAL}").fetchone()[0] == 0
+    assert graph.get_checkpoint(offset=1).checkpoint_id == headers[1].checkpoint_id
+
+
 def test_failed_checkpoint_records_the_failing_visit(sqlite_config, monkeypatch) -> None:
     """The failure checkpoint names the node, the error and keeps the boundary state."""
     graph = checkpointed(graphs.chain(4), config=sqlite_config, graph_id="failrec")

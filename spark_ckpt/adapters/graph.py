@@ -42,7 +42,8 @@ from ..errors import (
 )
 from ..events import CheckpointDecision, CheckpointSaved, FailureEvent, NodeEvent
 from ..model import (
-    COMPLETED, CONTENT_VERSION, FAILED, GRAPH, RUNNING, CheckpointHeader, FailureInfo, GraphCheckpoint, Lease, Visit, new_id,
+    COMPLETED, CONTENT_VERSION, FAILED, GRAPH, RUNNING, CheckpointHeader, FailureInfo, GraphCheckpoint, Lease, Visit,
+    canonical_checkpoint_id, new_id,
 )
 from ..backends.leases import acquire_waiting, worker_identity
 from ..plugins import Hooks
@@ -438,7 +439,7 @@ class CheckpointedGraph:
         data["node_extras"] = {}  # unchanged since the boundary record, which holds them
         data["status"], data["failure"] = RUNNING, None  # (the base may be a failure record we resume)
         data.update(changes)
-        data.update(checkpoint_id=new_id("ck-"), seq=ex.seq + 1, timestamp=time.time())
+        data.update(checkpoint_id=canonical_checkpoint_id(ex.execution_id, ex.seq + 1), seq=ex.seq + 1, timestamp=time.time())
         data["graph_metadata"] = {"graph_id": self.graph_id, "graph_version": self.graph_version,
                                   "execution_id": ex.execution_id}
         return data
@@ -531,7 +532,7 @@ class CheckpointedGraph:
             ex.seq += 1
         return {
             # unique without a random draw: execution ids are unique, and so is seq within one
-            "checkpoint_id": ex.checkpoint_requested or f"ck-{ex.execution_id.removeprefix('ex-')}-{ex.seq}",
+            "checkpoint_id": ex.checkpoint_requested or canonical_checkpoint_id(ex.execution_id, ex.seq),
             "seq": ex.seq,
             "timestamp": time.time(),
             "graph_metadata": {"graph_id": self.graph_id, "graph_version": self.graph_version,

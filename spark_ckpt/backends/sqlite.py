@@ -14,9 +14,11 @@ race. Tables ``checkpoints`` (one row per checkpoint, the blob last so listings 
 ``executions`` (execution -> graph, written once per execution: by ``start_execution`` in its
 transaction, else before the execution's first put; a trigger doing it on every insert cost ~14 us
 per put) and ``leases`` (one row per execution). Every B-tree a ``put`` writes costs a page write
-into the WAL (~5-10 us here), so a put touches only three: the table, ``UNIQUE(checkpoint_id)`` and
-``UNIQUE(execution_id, seq)`` (listing by execution, newest per execution). Listing by graph goes
-through ``executions`` (written once per execution) instead of a per-checkpoint graph index.
+into the WAL (~5-10 us here), so a graph checkpoint's put touches two: the table and
+``UNIQUE(execution_id, seq)`` (lookups by execution, newest per execution). Its id is canonical
+(``ck-<execution>-<seq>``, derived from those two), so it is found through that index; only other
+ids go into the partial unique index ``checkpoints_by_named_id``. Listing by graph goes through
+``executions`` (written once per execution) instead of a per-checkpoint graph index.
 
 The hot path (``put``/``get``) uses the plain ``sqlite3`` connection and its statement cache; one
 connection per backend object, guarded by a lock because a transaction spans several statements.
@@ -32,13 +34,12 @@ import weakref
 from collections.abc import Iterable
 
 from ..errors import (
-    LeaseError,
     BackendError,
     CheckpointNotFoundError,
     ConfigError,
     DuplicateCheckpointError,
 )
-from ..model import UNFINISHED_STATUSES, CheckpointHeader, Lease, StoredCheckpoint
+from ..model import UNFINISHED_STATUSES, CheckpointHeader, Lease, StoredCheckpoint, canonical_key
 from .base import LocalBackend
 from .leases import check_fence, grant_lease
 
@@ -47,23 +48,42 @@ SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 MIGRATION_SET = "spark_ckpt"
 
 _HEADER_COLUMNS = "checkpoint_id, graph_id, execution_id, seq, created_at, status, kind, size"
-_INSERT = (
-    "INSERT INTO checkpoints (checkpoint_id, graph_id, execution_id, seq, created_at, status, kind, size, blob) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# A canonical row's id is derived from its (execution_id, seq) (``model.canonical_checkpoint_id``), so it
+# needs no index of its own: only other ids go into the partial unique index. The expression must be
+# written identically in the index and in the queries, or SQLite will not use the index.
+_CANONICAL = (
+    "(substr(execution_id, 1, 3) = 'ex-' AND seq >= 0 "
+    "AND checkpoint_id = 'ck-' || substr(execution_id, 4) || '-' || seq)"
 )
-# One statement, so one implicit transaction: the row is written only if the presented lease is still
-# the execution's current one. Half the cost of BEGIN IMMEDIATE + SELECT + INSERT + COMMIT.
-_INSERT_FENCED = (
-    "INSERT INTO checkpoints (checkpoint_id, graph_id, execution_id, seq, created_at, status, kind, size, blob) "
-    "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS "
-    "(SELECT 1 FROM leases WHERE execution_id = ? AND token = ? AND owner = ?)"
-)
+_NAMED_ID = f"checkpoint_id = ? AND NOT {_CANONICAL}"
+
+
+def _put_statement(fenced: bool, guard: str | None) -> str:
+    """One INSERT ... SELECT ... WHERE: one statement, so one implicit transaction. ``fenced``: the
+    row is written only if the presented lease is still the execution's current one (half the cost
+    of BEGIN IMMEDIATE + SELECT + INSERT + COMMIT). ``guard``: the uniqueness check of an id that the
+    indexes alone cannot see across the two kinds of rows (see ``SqliteBackend.put``)."""
+    sql = (
+        "INSERT INTO checkpoints (checkpoint_id, graph_id, execution_id, seq, created_at, status, kind, size, blob) "
+        "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE 1"
+    )
+    if fenced:
+        sql += " AND EXISTS (SELECT 1 FROM leases WHERE execution_id = ? AND token = ? AND owner = ?)"
+    if guard == "named":  # a canonical row: no other row may carry its id as a chosen name
+        sql += f" AND NOT EXISTS (SELECT 1 FROM checkpoints WHERE {_NAMED_ID})"
+    elif guard == "canonical":  # a chosen name shaped like another row's canonical id
+        sql += " AND NOT EXISTS (SELECT 1 FROM checkpoints WHERE execution_id = ? AND seq = ?)"
+    return sql
+
+
+_PUT = {(fenced, guard): _put_statement(fenced, guard) for fenced in (False, True) for guard in (None, "named", "canonical")}
 # listing by graph: through ``executions`` (the checkpoints table has no graph index)
 _OF_GRAPH = "execution_id IN (SELECT execution_id FROM executions WHERE graph_id = ?)"
 # newest first; equal times are ordered by seq, then by id, so every backend lists ties alike
 _NEWEST_FIRST = " ORDER BY created_at DESC, seq DESC, checkpoint_id DESC LIMIT ?"
 _RECORD_EXECUTION = "INSERT OR IGNORE INTO executions (execution_id, graph_id) VALUES (?, ?)"
-_GET = f"SELECT {_HEADER_COLUMNS}, blob FROM checkpoints WHERE checkpoint_id = ?"
+_GET_CANONICAL = f"SELECT {_HEADER_COLUMNS}, blob FROM checkpoints WHERE execution_id = ? AND seq = ? AND checkpoint_id = ?"
+_GET_NAMED = f"SELECT {_HEADER_COLUMNS}, blob FROM checkpoints WHERE {_NAMED_ID}"
 _GET_LEASE = "SELECT execution_id, owner, token, expires_at FROM leases WHERE execution_id = ?"
 _SET_LEASE = (
     "INSERT INTO leases (execution_id, owner, token, expires_at) VALUES (?, ?, ?, ?) "
@@ -134,7 +154,41 @@ def _migrations():
         db.execute("CREATE INDEX executions_by_graph ON executions (graph_id)")
         db.execute("INSERT OR IGNORE INTO executions SELECT execution_id, graph_id FROM checkpoints")
 
+    @migrations(name="m003_canonical_ids_unindexed")
+    def _canonical_ids(db) -> None:
+        # Graph checkpoints' ids derive from (execution_id, seq): only other ids need an index.
+        db.execute(
+            """
+            CREATE TABLE checkpoints_new (
+                checkpoint_id TEXT NOT NULL,
+                graph_id TEXT NOT NULL,
+                execution_id TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                created_at REAL NOT NULL,
+                status TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                size INTEGER NOT NULL,
+                blob BLOB NOT NULL,
+                UNIQUE (execution_id, seq)
+            )
+            """
+        )
+        db.execute(f"INSERT INTO checkpoints_new ({_HEADER_COLUMNS}, blob) SELECT {_HEADER_COLUMNS}, blob FROM checkpoints")
+        db.execute("DROP TABLE checkpoints")
+        db.execute("ALTER TABLE checkpoints_new RENAME TO checkpoints")
+        db.execute(f"CREATE UNIQUE INDEX checkpoints_by_named_id ON checkpoints (checkpoint_id) WHERE NOT {_CANONICAL}")
+
     return migrations
+
+
+def _id_guard(h: CheckpointHeader) -> tuple[str | None, tuple]:
+    """Which uniqueness check ``h``'s id needs beyond the indexes (see ``_put_statement``)."""
+    key = canonical_key(h.checkpoint_id)
+    if key is None:
+        return None, ()  # an ordinary name: the partial unique index refuses a second one
+    if key == (h.execution_id, h.seq):
+        return "named", (h.checkpoint_id,)
+    return "canonical", key
 
 
 def _header(row: tuple) -> CheckpointHeader:
@@ -298,20 +352,20 @@ class SqliteBackend(LocalBackend):
     # -- checkpoints --------------------------------------------------------------------------------
     def put(self, header: CheckpointHeader, blob: bytes, *, lease: Lease | None = None) -> None:
         h = header
+        guard, guard_params = _id_guard(h)
         params = (h.checkpoint_id, h.graph_id, h.execution_id, h.seq, h.created_at, h.status, h.kind, h.size, blob)
+        if lease is not None:
+            params += (h.execution_id, lease.token, lease.owner)
         with self._lock:
             conn = self._conn
             try:
                 if h.execution_id not in self._recorded:
                     self._record_execution(conn, h)
-                if lease is None:
-                    conn.execute(_INSERT, params)  # autocommit: one statement, one transaction
-                    return
-                # The fencing check and the insert commit together, in one statement.
-                cursor = conn.execute(_INSERT_FENCED, (*params, h.execution_id, lease.token, lease.owner))
-                if cursor.rowcount != 1:
-                    check_fence(self._read_lease(h.execution_id), lease, h.execution_id)
-                    raise LeaseError(f"write to execution {h.execution_id} refused: lease check failed")
+                cursor = conn.execute(_PUT[(lease is not None, guard)], params + guard_params)
+                if cursor.rowcount != 1:  # refused by the fence or by the id guard
+                    if lease is not None:
+                        check_fence(self._read_lease(h.execution_id), lease, h.execution_id)
+                    raise self._duplicate(h, None)
             except sqlite3.IntegrityError as exc:
                 raise self._duplicate(h, exc) from None
             except sqlite3.Error as exc:
@@ -324,8 +378,8 @@ class SqliteBackend(LocalBackend):
             self._recorded.clear()
         self._recorded.add(h.execution_id)
 
-    def _duplicate(self, h: CheckpointHeader, exc: sqlite3.IntegrityError) -> DuplicateCheckpointError:
-        if "checkpoint_id" in str(exc):
+    def _duplicate(self, h: CheckpointHeader, exc: sqlite3.IntegrityError | None) -> DuplicateCheckpointError:
+        if exc is None or "checkpoint_id" in str(exc):  # None: the id guard refused it
             return DuplicateCheckpointError(
                 f"checkpoint id {h.checkpoint_id!r} is already stored in {self.path!r}; not overwritten"
             )
@@ -341,11 +395,14 @@ class SqliteBackend(LocalBackend):
             lease = grant_lease(self._read_lease(h.execution_id), h.execution_id, owner, ttl_s, time.time())
             conn.execute(_SET_LEASE, (lease.execution_id, lease.owner, lease.token, lease.expires_at))
             conn.execute(_RECORD_EXECUTION, (h.execution_id, h.graph_id))
+            guard, guard_params = _id_guard(h)
+            params = (h.checkpoint_id, h.graph_id, h.execution_id, h.seq, h.created_at, h.status, h.kind, h.size, blob)
             try:
-                conn.execute(_INSERT, (h.checkpoint_id, h.graph_id, h.execution_id, h.seq, h.created_at,
-                                       h.status, h.kind, h.size, blob))
+                cursor = conn.execute(_PUT[(False, guard)], params + guard_params)
             except sqlite3.IntegrityError as exc:
                 raise self._duplicate(h, exc) from None
+            if cursor.rowcount != 1:
+                raise self._duplicate(h, None)
             return lease
 
         lease = self._lease_transaction(f"start execution {h.execution_id}", change)
@@ -353,9 +410,12 @@ class SqliteBackend(LocalBackend):
         return lease
 
     def get(self, checkpoint_id: str) -> StoredCheckpoint:
+        key = canonical_key(checkpoint_id)
         with self._lock:
             try:
-                row = self._conn.execute(_GET, (checkpoint_id,)).fetchone()
+                row = self._conn.execute(_GET_CANONICAL, (*key, checkpoint_id)).fetchone() if key else None
+                if row is None:
+                    row = self._conn.execute(_GET_NAMED, (checkpoint_id,)).fetchone()
             except sqlite3.Error as exc:
                 raise self._failed(f"read checkpoint {checkpoint_id!r}", exc) from exc
         if row is None:
@@ -411,16 +471,20 @@ class SqliteBackend(LocalBackend):
         return self._query("list executions", sql, params)
 
     def delete(self, checkpoint_ids: Iterable[str]) -> int:
-        ids = [(cid,) for cid in dict.fromkeys(checkpoint_ids)]
+        ids = list(dict.fromkeys(checkpoint_ids))
         if not ids:
             return 0
+        canonical = [(*key, cid) for cid in ids if (key := canonical_key(cid)) is not None]
         with self._lock:
             conn = self._conn
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     before = conn.total_changes
-                    conn.executemany("DELETE FROM checkpoints WHERE checkpoint_id = ?", ids)
+                    conn.executemany(f"DELETE FROM checkpoints WHERE {_NAMED_ID}", [(cid,) for cid in ids])
+                    conn.executemany(
+                        "DELETE FROM checkpoints WHERE execution_id = ? AND seq = ? AND checkpoint_id = ?", canonical
+                    )
                     deleted = conn.total_changes - before
                 except BaseException:
                     conn.execute("ROLLBACK")

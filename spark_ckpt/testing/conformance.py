@@ -224,6 +224,25 @@ class BackendConformance:
         self.put_all(backend, *headers[::-1])
         assert _ids(backend.list()) == ["exec-1-3", "exec-1-1", "other-0", "exec-1-2", "exec-1-0"]
 
+    def test_ids_shaped_like_derived_ones_are_still_unique(self, backend: Backend) -> None:
+        """Ids are unique in the whole store, whatever their shape: a chosen id equal to another
+        checkpoint's derived id (``ck-<execution>-<seq>`` of ``ex-<execution>``) is a duplicate, in
+        either order, and get/delete find each row by its own id only."""
+        backend.put(make_header(0, execution_id="ex-a", checkpoint_id="ck-a-0"), b"derived")
+        with pytest.raises(DuplicateCheckpointError):
+            backend.put(make_header(5, execution_id="ex-b", checkpoint_id="ck-a-0"), b"named")
+        backend.put(make_header(5, execution_id="ex-b", checkpoint_id="ck-c-1"), b"named")
+        with pytest.raises(DuplicateCheckpointError):
+            backend.put(make_header(1, execution_id="ex-c", checkpoint_id="ck-c-1"), b"derived")
+        backend.put(make_header(0, execution_id="ex-d", checkpoint_id="custom"), b"custom")
+        assert backend.get("ck-a-0").blob == b"derived"
+        assert backend.get("ck-c-1").blob == b"named"
+        with pytest.raises(CheckpointNotFoundError):
+            backend.get("ck-d-0")  # (ex-d, 0) exists, under another id
+        assert sorted(_ids(backend.list())) == ["ck-a-0", "ck-c-1", "custom"]
+        assert backend.delete(["ck-c-1", "ck-a-0", "ck-d-0"]) == 2
+        assert _ids(backend.list()) == ["custom"]
+
     def test_list_ties_on_time_and_seq_break_by_id(self, backend: Backend) -> None:
         """Checkpoints of different executions with equal time and seq list by checkpoint id,
         descending: every backend gives the same order, so tools comparing listings agree."""
