@@ -149,3 +149,16 @@ def test_unsafe_tool_in_flight_inside_a_graph(tmp_path):
     _, out, calls = worker(tmp_path, "graph-recover", "db.sqlite", "task:3", "1", "unsafe", "allow", counter="third")
     assert calls == ["tool:charge", "llm", "tool:charge", "llm"]
     same_outcome(out, reference("task:3", tool_name="charge"))
+
+
+def test_sigkill_deep_in_a_long_agent_visit_inside_a_graph(tmp_path):
+    """An agent node making 30 tool calls in one visit stores its in-flight journal as per-call deltas;
+    killed inside the 25th tool, recovery rebuilds the whole journal from that chain and pays only
+    the rest."""
+    code, _, calls = worker(tmp_path, "graph-run", "db.sqlite", "task:30", kill="tool:25", counter="first")
+    assert code == -signal.SIGKILL
+    assert calls == ["llm", "tool:step"] * 24 + ["llm"]
+    code, out, calls = worker(tmp_path, "graph-recover", "db.sqlite", "task:30", counter="second")
+    assert code == 0
+    assert calls == ["tool:step", "llm"] * 6
+    same_outcome(out, reference("task:30"))

@@ -149,6 +149,9 @@ class _Execution:
     allow_unsafe_rerun: bool = False
     #: per adapter node (agent): its state as last stored, the base of the next delta
     extras_stored: dict[str, Any] = attrs.field(factory=dict)
+    #: per node with a visit in flight: (visit index, its journal as last stored, records since a
+    #: whole one), the base of the next in-flight delta
+    inflight_stored: dict[str, tuple[int, Any, int]] = attrs.field(factory=dict)
     #: which optional hooks have implementations, read once per run (a plugin registered while a
     #: run is going takes effect from the next run)
     node_hooks: bool = False
@@ -408,7 +411,9 @@ class CheckpointedGraph:
             ex.journal.append({"node_key": key, "index": index, "superstep": ex.superstep, "output": self._dump_cached(ex, output),
                                "status": "completed", "started_at": started, "duration_s": duration})
             ex.running.pop((key, index), None)
-            ex.inflight.pop(key, None)
+            if ex.inflight:
+                ex.inflight.pop(key, None)
+                ex.inflight_stored.pop(key, None)
             if ex.report is not None:
                 ex.report.live.append((key, index))
             if ex.node_hooks:
@@ -428,7 +433,26 @@ class CheckpointedGraph:
         ex.inflight[key] = {"visit_index": index, "data": data}
         if ex.last_blob is None:
             return
-        await self._store(ex, self._on_last_boundary(ex, inflight=dict(ex.inflight)), wait=True)
+        await self._store(ex, self._on_last_boundary(ex, inflight=self._inflight_fields(ex)), wait=True)
+
+    def _inflight_fields(self, ex: _Execution) -> dict[str, Any]:
+        """The in-flight journals for an in-flight record: per visit, the changes since the record
+        stored before (a visit making hundreds of calls stores each call once, not its whole journal
+        again per call); whole the first time and every ``FULL_HISTORY_EVERY`` records."""
+        fields: dict[str, Any] = {}
+        for key, entry in ex.inflight.items():
+            index = entry["visit_index"]
+            # a private copy: the next delta is computed against it
+            data = orjson.loads(dumps_data(entry["data"], what=f"in-flight journal of node {key!r}"))
+            stored = ex.inflight_stored.get(key)
+            if (stored is not None and stored[0] == index and stored[2] < FULL_HISTORY_EVERY
+                    and isinstance(data, dict) and isinstance(stored[1], dict)):
+                fields[key] = {"visit_index": index, _DELTA: agent_delta.diff(stored[1], data)}
+                ex.inflight_stored[key] = (index, data, stored[2] + 1)
+            else:
+                fields[key] = {"visit_index": index, "data": data}
+                ex.inflight_stored[key] = (index, data, 0)
+        return fields
 
     def _on_last_boundary(self, ex: _Execution, **changes: Any) -> dict[str, Any]:
         """A new record: the last boundary checkpoint's content with ``changes`` (new id and seq)."""
@@ -711,16 +735,30 @@ class CheckpointedGraph:
         extras = {k: v for k, v in record.node_extras.items() if not _is_delta(v)}
         deltas = {k: [v[_DELTA]] for k, v in record.node_extras.items() if _is_delta(v)}
         unresolved = (wanted | set(deltas)) - set(extras)
-        if record.history_start == 0 and not unresolved:
+        inflight = {k: v for k, v in record.inflight.items() if not _is_delta(v)}
+        inflight_deltas = {k: [v[_DELTA]] for k, v in record.inflight.items() if _is_delta(v)}
+        if record.history_start == 0 and not unresolved and not inflight_deltas:
             return record
         segments = [record.execution_history]
         needed = record.history_start  # visits [0, needed) still missing
         for header in self.backend.list(execution_id=record.execution_id):
-            if needed == 0 and not unresolved:
+            if needed == 0 and not unresolved and not inflight_deltas:
                 break
             if header.seq >= record.seq or header.kind != GRAPH:
                 continue
             earlier = self._decode(self.backend.get(header.checkpoint_id).blob, header)
+            for key in list(inflight_deltas):
+                index = record.inflight[key]["visit_index"]
+                entry = earlier.inflight.get(key)
+                if entry is None or entry.get("visit_index") != index:
+                    continue
+                if _is_delta(entry):
+                    inflight_deltas[key].append(entry[_DELTA])
+                    continue
+                data = entry["data"]
+                for ops in reversed(inflight_deltas.pop(key)):
+                    data = agent_delta.apply(data, ops)
+                inflight[key] = {"visit_index": index, "data": data}
             for key in list(unresolved):
                 entry = earlier.node_extras.get(key)
                 if entry is None:
@@ -736,14 +774,14 @@ class CheckpointedGraph:
             if needed and earlier.execution_history and end >= needed:
                 segments.append(earlier.execution_history[: needed - earlier.history_start])
                 needed = earlier.history_start
-        if needed or set(deltas):
+        if needed or deltas or inflight_deltas:
             raise CorruptCheckpointError(
                 f"checkpoint {record.checkpoint_id} of execution {record.execution_id} is incomplete without "
                 "earlier checkpoints that are missing (pruned by hand, or damaged); use the execution's "
                 "final checkpoint, or an earlier intact one"
             )
         history = [visit for segment in reversed(segments) for visit in segment]
-        return attrs.evolve(record, execution_history=history, history_start=0, node_extras=extras)
+        return attrs.evolve(record, execution_history=history, history_start=0, node_extras=extras, inflight=inflight)
 
     def _check_graph(self, record: GraphCheckpoint) -> None:
         if record.kind != GRAPH:
