@@ -52,6 +52,8 @@ class CheckpointConfig:
         that was being written (recovery resumes from the one before it). Faster on slow stores.
       * "exit": checkpoints are kept in memory and written when the run ends or fails; a hard crash
         (kill -9, power loss) loses the whole run's progress.
+      For a standalone agent the unit is one LLM or tool call's journal record instead of a superstep
+      (an agent node inside a graph follows the graph). ``await wrapped.flush()`` writes what is held.
     """
 
     enabled: bool = True

@@ -308,3 +308,62 @@ async def test_prune_keeps_the_state_chain_recovery_needs(tmp_path):
     fresh = checkpointed(Agent(make_config(memory_config=MemoryConfig(window=100))), config=cfg, agent_id="bot")
     assert fresh.restore_latest()
     assert fresh.checkpoint()["memory"] == agent.checkpoint()["memory"]
+
+
+# -- durability modes ------------------------------------------------------------------------------
+class _CountingPuts:
+    """Wraps a backend's aput to record what is stored while the run is still going."""
+
+    def __init__(self, agent: CheckpointedAgent) -> None:
+        self.during_run: list[str] = []
+        self.tasks: set[Any] = set()  # the asyncio tasks the writes ran in
+        backend = agent.backend
+        original = backend.aput
+
+        async def aput(header, blob, *, lease=None):
+            if agent._running:
+                self.during_run.append(header.checkpoint_id)
+            self.tasks.add(asyncio.current_task())
+            await original(header, blob, lease=lease)
+
+        backend.aput = aput
+
+
+def _stored_events(agent: CheckpointedAgent) -> list[tuple[int, str]]:
+    return sorted((h.seq, h.status) for h in agent.list_checkpoints())
+
+
+@pytest.mark.parametrize("mode", ["async", "exit"])
+@sync
+async def test_standalone_agent_honours_async_and_exit_durability(tmp_path, mode):
+    """"exit" stores nothing while the agent runs and everything when it ends; "async" writes while it
+    runs. Either way the stored run equals the "sync" one, and the answer is the same."""
+    reference = wrap(Agent(make_config()), tmp_path / "sync", keep_call_journal=True)
+    expected = await reference.run("task:3")
+    cfg = CheckpointConfig(backend="sqlite", path=str(tmp_path / f"{mode}.db"), durability=mode)
+    agent = checkpointed(Agent(make_config()), config=cfg, agent_id="bot", keep_call_journal=True)
+    puts = _CountingPuts(agent)
+    run_task = asyncio.current_task()
+    result = await agent.run("task:3")
+    assert result.content == expected.content
+    assert _stored_events(agent) == _stored_events(reference)
+    if mode == "exit":
+        assert puts.during_run == []
+    else:  # the start record and the call journal, while running, from tasks of their own
+        assert len(puts.during_run) >= 6
+        assert len(puts.tasks - {run_task}) >= 6
+
+
+@sync
+async def test_exit_durability_still_records_a_failed_run_for_recovery(tmp_path):
+    """With "exit", an ordinary failure writes the held journal and the failed record, so recovery
+    replays the calls made before it."""
+    cfg = CheckpointConfig(backend="sqlite", path=str(tmp_path / "exit.db"), durability="exit")
+    model = BrokenModel(fail_on=3)
+    agent = checkpointed(Agent(make_config(model=model)), config=cfg, agent_id="bot")
+    result = await agent.run("task:3")
+    assert result.content["error_type"] == "ConnectionError"
+    assert agent.list_checkpoints(limit=1)[0].status == "failed"
+    result = await agent.recover_and_continue()
+    assert result.content == "done(task:3): r0,r1,r2"
+    assert agent.last_session.replayed == 4

@@ -24,6 +24,7 @@ snapshot lands in ``GraphCheckpoint.node_extras``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
@@ -101,6 +102,10 @@ class CheckpointedAgent:
         self._bytes_since_full = 0
         self._chain_length = 0  # delta records since the last full snapshot
         self._running = False
+        # CheckpointConfig.durability: "async" writes the call journal while the agent goes on,
+        # "exit" keeps it in memory until the run ends (or fails); see _put
+        self._pending_write: asyncio.Task | None = None
+        self._deferred: list[tuple[CheckpointHeader, bytes, Any]] = []
 
     # -- plumbing ---------------------------------------------------------------------------------
     @property
@@ -191,7 +196,7 @@ class CheckpointedAgent:
         record = self._state_record(execution_id, 0, "saved", COMPLETED, advance_head=True)
         if record is None:
             return None
-        await self._put(record, lease=None)
+        await self._put(record, lease=None, wait=True)
         return record.checkpoint_id
 
     def list_checkpoints(self, limit: int | None = None) -> list[CheckpointHeader]:
@@ -330,7 +335,7 @@ class CheckpointedAgent:
         final = self._state_record(execution_id, seq, "run_finished", COMPLETED, advance_head=True)
         if final is None:
             final = self._bare_record(execution_id, seq, "run_finished", COMPLETED)
-        await self._put(final, lease)
+        await self._put(final, lease, wait=True)
         await self._release(lease)
         if not self.keep_call_journal:
             doomed = [h.checkpoint_id for h in self.backend.list(execution_id=execution_id)
@@ -356,7 +361,7 @@ class CheckpointedAgent:
         record = self._bare_record(execution_id, seq, "run_finished", FAILED)
         record = _evolve(record, error=message)
         try:
-            await self._put(record, lease)
+            await self._put(record, lease, wait=True)
         except SparkCkptError:
             # the run's journal is intact; recovery still finds it as "running"
             pass
@@ -492,10 +497,31 @@ class CheckpointedAgent:
                     seq=h.seq, timestamp=h.created_at, status=h.status)
         return from_data(data, AgentRecord)
 
-    async def _put(self, record: AgentRecord, lease: Any) -> None:
+    async def _put(self, record: AgentRecord, lease: Any, *, wait: bool = False) -> None:
+        """Store ``record`` as ``config.durability`` says: "sync" before returning; "async" in a task
+        the next write awaits; "exit" at the end of the run. ``wait``: now, after everything before it
+        (the records that end a run, explicit saves)."""
         data = _compact(to_data(record))
         blob = self.codec.encode_data(data, Identity(self.agent_id, record.execution_id, record.seq))
-        await self.backend.aput(record.header(len(blob)), blob, lease=lease)
+        header = record.header(len(blob))
+        mode = self.config.durability
+        if mode == "exit" and not wait:
+            self._deferred.append((header, blob, lease))
+            return
+        await self.flush()
+        if mode == "async" and not wait:
+            self._pending_write = asyncio.create_task(self.backend.aput(header, blob, lease=lease))
+            return
+        await self.backend.aput(header, blob, lease=lease)
+
+    async def flush(self) -> None:
+        """Write what the "async" and "exit" durability modes still hold, in order."""
+        if self._pending_write is not None:
+            task, self._pending_write = self._pending_write, None
+            await task
+        while self._deferred:
+            header, blob, lease = self._deferred.pop(0)
+            await self.backend.aput(header, blob, lease=lease)
 
     # -- leases ---------------------------------------------------------------------------------
     async def _acquire(self, execution_id: str, *, wait: bool | float) -> Any:
