@@ -35,13 +35,18 @@ def plugin():
         get_plugin_manager().unregister(obj)
 
 
+def _fail_at(graph, visit: str, monkeypatch, inputs=None) -> None:
+    """Run ``graph`` so that ``visit`` ("node:index") raises RuntimeError, then stop failing."""
+    monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", visit)
+    with pytest.raises(RuntimeError):
+        asyncio.run(graph.run({} if inputs is None else inputs))
+    monkeypatch.delenv("SPARK_CKPT_TEST_FAIL")
+
+
 def test_recover_after_in_process_failure_skips_completed_visits(sqlite_config, monkeypatch) -> None:
     """Same process: a failed run is recovered; visits before the failure are replayed, not re-executed."""
     graph = checkpointed(graphs.chain(5), config=sqlite_config, graph_id="inproc")
-    monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", "s3:0")
-    with pytest.raises(RuntimeError):
-        asyncio.run(graph.run({}))
-    monkeypatch.delenv("SPARK_CKPT_TEST_FAIL")
+    _fail_at(graph, "s3:0", monkeypatch)
     graphs.CALLS.clear()
     result = asyncio.run(graph.recover_and_continue())
     assert graphs.CALLS == ["s3:0", "s4:0"]
@@ -58,10 +63,7 @@ def test_run_and_recovery_write_only_derived_checkpoint_ids(sqlite_config, monke
     from spark_ckpt.model import canonical_checkpoint_id
 
     graph = checkpointed(graphs.chain(4), config=sqlite_config, graph_id="ids")
-    monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", "s2:0")
-    with pytest.raises(RuntimeError):
-        asyncio.run(graph.run({}))
-    monkeypatch.delenv("SPARK_CKPT_TEST_FAIL")
+    _fail_at(graph, "s2:0", monkeypatch)
     asyncio.run(graph.recover_and_continue())
     headers = graph.list_checkpoints()
     assert {h.status for h in headers} >= {"running", "failed", "completed"}
@@ -221,10 +223,7 @@ def test_retention_count_prunes_finished_runs_only(tmp_path, monkeypatch) -> Non
     """retention_count keeps the newest N, never the checkpoints an unfinished execution needs."""
     config = CheckpointConfig(backend="sqlite", path=str(tmp_path / "r.db"), retention_count=3)
     graph = checkpointed(graphs.chain(3), config=config, graph_id="ret")
-    monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", "s1:0")
-    with pytest.raises(RuntimeError):
-        asyncio.run(graph.run({}))
-    monkeypatch.delenv("SPARK_CKPT_TEST_FAIL")
+    _fail_at(graph, "s1:0", monkeypatch)
     failed_execution = graph.backend.executions(graph_id="ret")[0].execution_id
     for _ in range(3):
         asyncio.run(graph.run({}))
@@ -265,10 +264,7 @@ def test_hooks_see_every_visit_live_and_replayed(sqlite_config, plugin, monkeypa
 
     plugin(Observer())
     graph = checkpointed(graphs.chain(3), config=sqlite_config, graph_id="hooks")
-    monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", "s1:0")
-    with pytest.raises(RuntimeError):
-        asyncio.run(graph.run({}))
-    monkeypatch.delenv("SPARK_CKPT_TEST_FAIL")
+    _fail_at(graph, "s1:0", monkeypatch)
     asyncio.run(graph.recover_and_continue())
     assert seen == [
         ("pre", "s0", 0, False), ("post", "s0", 0, False, 1),
@@ -359,10 +355,7 @@ def test_recovery_refuses_a_live_owner_or_waits_for_it(sqlite_config, monkeypatc
     from spark_ckpt.errors import LeaseError
 
     graph = checkpointed(graphs.chain(3), config=sqlite_config, graph_id="owned")
-    monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", "s1:0")
-    with pytest.raises(RuntimeError):
-        asyncio.run(graph.run({}))
-    monkeypatch.delenv("SPARK_CKPT_TEST_FAIL")
+    _fail_at(graph, "s1:0", monkeypatch)
     execution_id = graph.backend.executions(graph_id="owned")[0].execution_id
     other = worker_identity()  # this very process, so it counts as alive
     graph.backend.acquire_lease(execution_id, other, 0.4)

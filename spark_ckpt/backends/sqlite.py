@@ -92,6 +92,31 @@ _SET_LEASE = (
 )
 
 
+def _rebuild_checkpoints(db, checkpoint_id_column: str) -> None:
+    """Recreate ``checkpoints`` with another definition of its id column (and none of its extra
+    indexes), keeping every row: SQLite cannot drop a constraint in place. Migrations call this, so
+    it must keep doing exactly this."""
+    db.execute(
+        f"""
+        CREATE TABLE checkpoints_new (
+            {checkpoint_id_column},
+            graph_id TEXT NOT NULL,
+            execution_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            status TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            blob BLOB NOT NULL,
+            UNIQUE (execution_id, seq)
+        )
+        """
+    )
+    db.execute(f"INSERT INTO checkpoints_new ({_HEADER_COLUMNS}, blob) SELECT {_HEADER_COLUMNS}, blob FROM checkpoints")
+    db.execute("DROP TABLE checkpoints")
+    db.execute("ALTER TABLE checkpoints_new RENAME TO checkpoints")
+
+
 def _migrations():
     from sqlite_utils import Migrations
 
@@ -131,25 +156,7 @@ def _migrations():
     def _executions(db) -> None:
         # The per-checkpoint (graph_id, created_at, seq) index and the separate TEXT primary key cost a
         # page write each per put; graph lookups go through a table written once per execution instead.
-        db.execute(
-            """
-            CREATE TABLE checkpoints_new (
-                checkpoint_id TEXT NOT NULL UNIQUE,
-                graph_id TEXT NOT NULL,
-                execution_id TEXT NOT NULL,
-                seq INTEGER NOT NULL,
-                created_at REAL NOT NULL,
-                status TEXT NOT NULL,
-                kind TEXT NOT NULL,
-                size INTEGER NOT NULL,
-                blob BLOB NOT NULL,
-                UNIQUE (execution_id, seq)
-            )
-            """
-        )
-        db.execute(f"INSERT INTO checkpoints_new ({_HEADER_COLUMNS}, blob) SELECT {_HEADER_COLUMNS}, blob FROM checkpoints")
-        db.execute("DROP TABLE checkpoints")  # drops checkpoints_by_graph with it
-        db.execute("ALTER TABLE checkpoints_new RENAME TO checkpoints")
+        _rebuild_checkpoints(db, "checkpoint_id TEXT NOT NULL UNIQUE")  # drops checkpoints_by_graph too
         db.execute("CREATE TABLE executions (execution_id TEXT PRIMARY KEY, graph_id TEXT NOT NULL) WITHOUT ROWID")
         db.execute("CREATE INDEX executions_by_graph ON executions (graph_id)")
         db.execute("INSERT OR IGNORE INTO executions SELECT execution_id, graph_id FROM checkpoints")
@@ -157,25 +164,7 @@ def _migrations():
     @migrations(name="m003_canonical_ids_unindexed")
     def _canonical_ids(db) -> None:
         # Graph checkpoints' ids derive from (execution_id, seq): only other ids need an index.
-        db.execute(
-            """
-            CREATE TABLE checkpoints_new (
-                checkpoint_id TEXT NOT NULL,
-                graph_id TEXT NOT NULL,
-                execution_id TEXT NOT NULL,
-                seq INTEGER NOT NULL,
-                created_at REAL NOT NULL,
-                status TEXT NOT NULL,
-                kind TEXT NOT NULL,
-                size INTEGER NOT NULL,
-                blob BLOB NOT NULL,
-                UNIQUE (execution_id, seq)
-            )
-            """
-        )
-        db.execute(f"INSERT INTO checkpoints_new ({_HEADER_COLUMNS}, blob) SELECT {_HEADER_COLUMNS}, blob FROM checkpoints")
-        db.execute("DROP TABLE checkpoints")
-        db.execute("ALTER TABLE checkpoints_new RENAME TO checkpoints")
+        _rebuild_checkpoints(db, "checkpoint_id TEXT NOT NULL")
         db.execute(f"CREATE UNIQUE INDEX checkpoints_by_named_id ON checkpoints (checkpoint_id) WHERE NOT {_CANONICAL}")
 
     return migrations
