@@ -234,3 +234,27 @@ def test_put_names_its_temp_files_as_cleanup_expects(backend):
     path = backend._write_temp(directory, b"x")
     assert file_backend._TEMP_NAME.match(os.path.basename(path))
     assert f"-{os.getpid()}-" in path
+
+
+def test_an_id_link_left_by_a_refused_duplicate_never_reaches_the_other_checkpoint(backend):
+    """A put refused as a duplicate seq claims its id first; if it died before taking the claim back,
+    its id link points at the other checkpoint's file. That id is then absent (get), deleting it
+    leaves the other checkpoint alone, and a later put can take the id."""
+    backend.put(make_header(0, checkpoint_id="owner"), b"kept")
+    owner_link = Path(backend._id_link("owner"))
+    stray = Path(backend._id_link("stray"))
+    os.symlink(os.readlink(owner_link), stray)  # what the dead put left
+    with pytest.raises(CheckpointNotFoundError):
+        backend.get("stray")
+    assert backend.delete(["stray"]) == 0
+    assert backend.get("owner").blob == b"kept"
+    backend.put(make_header(1, checkpoint_id="stray"), b"new")
+    assert backend.get("stray").blob == b"new" and backend.get("owner").blob == b"kept"
+
+
+def test_a_duplicate_seq_is_refused_before_its_id_is_claimed(backend):
+    backend.put(make_header(0, checkpoint_id="first"), b"one")
+    with pytest.raises(file_backend.DuplicateCheckpointError):
+        backend.put(make_header(0, checkpoint_id="second"), b"two")
+    assert not os.path.lexists(backend._id_link("second"))
+    assert backend.get("first").blob == b"one"

@@ -271,21 +271,27 @@ class FileBackend(LocalBackend):
     def _publish(self, directory: str, name: str, link: str, data: bytes, h: CheckpointHeader) -> None:
         # ids/ and graphs/ are siblings: the link target is relative, so the store can be moved.
         target = os.path.join("..", "graphs", *directory.rsplit(os.sep, 2)[1:], name)
+        if os.path.exists(os.path.join(directory, name)):
+            # refused before the id is claimed: a claimed id would point at another checkpoint's file
+            # for a moment (get and delete check the header's id, so that moment is harmless too)
+            raise self._duplicate_seq(h)
         tmp = self._write_temp(directory, data)
         try:
             self._claim_id(link, target, h)
             try:
                 os.link(tmp, os.path.join(directory, name))
             except FileExistsError:
-                os.unlink(link)
-                raise DuplicateCheckpointError(
-                    f"checkpoint seq {h.seq} of execution {h.execution_id} already exists in "
-                    f"{self.describe()}; not overwritten"
-                ) from None
+                self._unlink_quietly(link)
+                raise self._duplicate_seq(h) from None
         finally:
             self._unlink_quietly(tmp)  # gone only if cleanup() judged it stale: never a reason to fail
         self._fsync_dir(directory)
         self._fsync_dir(self._ids)
+
+    def _duplicate_seq(self, h: CheckpointHeader) -> DuplicateCheckpointError:
+        return DuplicateCheckpointError(
+            f"checkpoint seq {h.seq} of execution {h.execution_id} already exists in {self.describe()}; not overwritten"
+        )
 
     @staticmethod
     def _unlink_quietly(path: str) -> bool:
@@ -301,14 +307,23 @@ class FileBackend(LocalBackend):
             return
         except FileExistsError:
             pass
-        if os.path.exists(link):  # follows the link: a live checkpoint owns this id
+        if os.path.exists(link) and not self._points_elsewhere(link, h.checkpoint_id):  # a live checkpoint owns this id
             raise DuplicateCheckpointError(
                 f"checkpoint id {h.checkpoint_id!r} is already stored in {self.describe()}; not overwritten"
             )
-        # A dangling link left by a crash between the two steps of an earlier put: take it over.
+        # A dangling link left by a crash between the two steps of an earlier put, or one a refused
+        # duplicate left pointing at another checkpoint's file: take it over.
         tmp_link = f"{link}.tmp-{os.getpid()}-{threading.get_ident()}"
         os.symlink(target, tmp_link)
         os.replace(tmp_link, link)
+
+    def _points_elsewhere(self, link: str, checkpoint_id: str) -> bool:
+        """True when ``link`` leads to a readable checkpoint file of another id: a link that a put
+        refused as a duplicate left behind (see ``_publish``). It does not own that file."""
+        try:
+            return self._read_file(link, header_only=True).header.checkpoint_id != checkpoint_id
+        except (OSError, CorruptCheckpointError):
+            return False
 
     def _read_file(self, path: str, *, header_only: bool) -> StoredCheckpoint:
         with open(path, "rb") as f:
@@ -334,7 +349,10 @@ class FileBackend(LocalBackend):
             link = None
         if link is not None:
             try:
-                return self._read_file(link, header_only=False)
+                stored = self._read_file(link, header_only=False)
+                # a link left by a put refused as a duplicate points at another checkpoint's file
+                if stored.header.checkpoint_id == checkpoint_id:
+                    return stored
             except FileNotFoundError:
                 pass
             except OSError as exc:
@@ -438,8 +456,9 @@ class FileBackend(LocalBackend):
                 target = os.path.join(self._ids, os.readlink(link))
             except (FileNotFoundError, OSError):
                 continue
-            touched.add(os.path.dirname(os.path.normpath(target)))
-            deleted += self._unlink_quietly(target)
+            if not self._points_elsewhere(link, checkpoint_id):  # never delete another checkpoint's file
+                touched.add(os.path.dirname(os.path.normpath(target)))
+                deleted += self._unlink_quietly(target)
             self._unlink_quietly(link)
         for directory in touched:
             self._tidy_execution_dir(directory, STALE_TEMP_AGE_S)
