@@ -429,3 +429,15 @@ def test_sqlite_lists_by_graph_what_another_connection_wrote(tmp_path):
 
 def _ids_of(headers) -> set[str]:
     return {h.checkpoint_id for h in headers}
+
+
+def test_sqlite_refuses_a_derived_id_at_another_position(tmp_path):
+    """SQLite finds derived ids (``ck-<x>-<n>``) by position, so it refuses one given for another
+    position with an error that says which, and stores nothing."""
+    backend = SqliteBackend(tmp_path / "ckpt.db")
+    with pytest.raises(BackendError, match="reserved for checkpoint 1 of execution ex-c"):
+        backend.put(make_header(5, execution_id="ex-b", checkpoint_id="ck-c-1"), b"x")
+    with pytest.raises(BackendError, match="reserved"):
+        backend.start_execution(make_header(0, execution_id="ex-b", checkpoint_id="ck-c-1"), b"x", "w", 30)
+    assert backend.list() == []
+    backend.close()

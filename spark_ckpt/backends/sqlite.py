@@ -17,7 +17,9 @@ per put) and ``leases`` (one row per execution). Every B-tree a ``put`` writes c
 into the WAL (~5-10 us here), so a graph checkpoint's put touches two: the table and
 ``UNIQUE(execution_id, seq)`` (lookups by execution, newest per execution). Its id is canonical
 (``ck-<execution>-<seq>``, derived from those two), so it is found through that index; only other
-ids go into the partial unique index ``checkpoints_by_named_id``. Listing by graph goes through
+ids go into the partial unique index ``checkpoints_by_named_id``. A derived-shaped id given for any
+other position is refused (it could shadow the checkpoint it names); checking that on every put in
+SQL cost ~16 us, so it is checked in Python instead. Listing by graph goes through
 ``executions`` (written once per execution) instead of a per-checkpoint graph index.
 
 The hot path (``put``/``get``) uses the plain ``sqlite3`` connection and its statement cache; one
@@ -34,6 +36,7 @@ import weakref
 from collections.abc import Iterable
 
 from ..errors import (
+    LeaseError,
     BackendError,
     CheckpointNotFoundError,
     ConfigError,
@@ -58,25 +61,17 @@ _CANONICAL = (
 _NAMED_ID = f"checkpoint_id = ? AND NOT {_CANONICAL}"
 
 
-def _put_statement(fenced: bool, guard: str | None) -> str:
-    """One INSERT ... SELECT ... WHERE: one statement, so one implicit transaction. ``fenced``: the
-    row is written only if the presented lease is still the execution's current one (half the cost
-    of BEGIN IMMEDIATE + SELECT + INSERT + COMMIT). ``guard``: the uniqueness check of an id that the
-    indexes alone cannot see across the two kinds of rows (see ``SqliteBackend.put``)."""
-    sql = (
-        "INSERT INTO checkpoints (checkpoint_id, graph_id, execution_id, seq, created_at, status, kind, size, blob) "
-        "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE 1"
-    )
-    if fenced:
-        sql += " AND EXISTS (SELECT 1 FROM leases WHERE execution_id = ? AND token = ? AND owner = ?)"
-    if guard == "named":  # a canonical row: no other row may carry its id as a chosen name
-        sql += f" AND NOT EXISTS (SELECT 1 FROM checkpoints WHERE {_NAMED_ID})"
-    elif guard == "canonical":  # a chosen name shaped like another row's canonical id
-        sql += " AND NOT EXISTS (SELECT 1 FROM checkpoints WHERE execution_id = ? AND seq = ?)"
-    return sql
-
-
-_PUT = {(fenced, guard): _put_statement(fenced, guard) for fenced in (False, True) for guard in (None, "named", "canonical")}
+_INSERT = (
+    "INSERT INTO checkpoints (checkpoint_id, graph_id, execution_id, seq, created_at, status, kind, size, blob) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# One statement, so one implicit transaction: the row is written only if the presented lease is still
+# the execution's current one. Half the cost of BEGIN IMMEDIATE + SELECT + INSERT + COMMIT.
+_INSERT_FENCED = (
+    "INSERT INTO checkpoints (checkpoint_id, graph_id, execution_id, seq, created_at, status, kind, size, blob) "
+    "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS "
+    "(SELECT 1 FROM leases WHERE execution_id = ? AND token = ? AND owner = ?)"
+)
 # listing by graph: through ``executions`` (the checkpoints table has no graph index)
 _OF_GRAPH = "execution_id IN (SELECT execution_id FROM executions WHERE graph_id = ?)"
 # newest first; equal times are ordered by seq, then by id, so every backend lists ties alike
@@ -170,14 +165,17 @@ def _migrations():
     return migrations
 
 
-def _id_guard(h: CheckpointHeader) -> tuple[str | None, tuple]:
-    """Which uniqueness check ``h``'s id needs beyond the indexes (see ``_put_statement``)."""
+def _refuse_misplaced_derived_id(h: CheckpointHeader, where: str) -> None:
+    """A derived-shaped id (``ck-<x>-<n>``) is stored only as checkpoint n of execution ex-<x>: that is
+    how it is found, and why it needs no index. Anywhere else it could shadow, or be shadowed by, the
+    checkpoint it names, so it is refused (spark-ckpt never writes one elsewhere)."""
     key = canonical_key(h.checkpoint_id)
-    if key is None:
-        return None, ()  # an ordinary name: the partial unique index refuses a second one
-    if key == (h.execution_id, h.seq):
-        return "named", (h.checkpoint_id,)
-    return "canonical", key
+    if key is not None and key != (h.execution_id, h.seq):
+        raise BackendError(
+            f"checkpoint id {h.checkpoint_id!r} has the form reserved for checkpoint {key[1]} of execution "
+            f"{key[0]}, but was given for seq {h.seq} of execution {h.execution_id}; {where} stores it only "
+            "there. Choose another id"
+        )
 
 
 def _header(row: tuple) -> CheckpointHeader:
@@ -341,20 +339,20 @@ class SqliteBackend(LocalBackend):
     # -- checkpoints --------------------------------------------------------------------------------
     def put(self, header: CheckpointHeader, blob: bytes, *, lease: Lease | None = None) -> None:
         h = header
-        guard, guard_params = _id_guard(h)
+        _refuse_misplaced_derived_id(h, self.describe())
         params = (h.checkpoint_id, h.graph_id, h.execution_id, h.seq, h.created_at, h.status, h.kind, h.size, blob)
-        if lease is not None:
-            params += (h.execution_id, lease.token, lease.owner)
         with self._lock:
             conn = self._conn
             try:
                 if h.execution_id not in self._recorded:
                     self._record_execution(conn, h)
-                cursor = conn.execute(_PUT[(lease is not None, guard)], params + guard_params)
-                if cursor.rowcount != 1:  # refused by the fence or by the id guard
-                    if lease is not None:
-                        check_fence(self._read_lease(h.execution_id), lease, h.execution_id)
-                    raise self._duplicate(h, None)
+                if lease is None:
+                    conn.execute(_INSERT, params)  # autocommit: one statement, one transaction
+                    return
+                cursor = conn.execute(_INSERT_FENCED, (*params, h.execution_id, lease.token, lease.owner))
+                if cursor.rowcount != 1:
+                    check_fence(self._read_lease(h.execution_id), lease, h.execution_id)
+                    raise LeaseError(f"write to execution {h.execution_id} refused: lease check failed")
             except sqlite3.IntegrityError as exc:
                 raise self._duplicate(h, exc) from None
             except sqlite3.Error as exc:
@@ -367,8 +365,8 @@ class SqliteBackend(LocalBackend):
             self._recorded.clear()
         self._recorded.add(h.execution_id)
 
-    def _duplicate(self, h: CheckpointHeader, exc: sqlite3.IntegrityError | None) -> DuplicateCheckpointError:
-        if exc is None or "checkpoint_id" in str(exc):  # None: the id guard refused it
+    def _duplicate(self, h: CheckpointHeader, exc: sqlite3.IntegrityError) -> DuplicateCheckpointError:
+        if "checkpoint_id" in str(exc):
             return DuplicateCheckpointError(
                 f"checkpoint id {h.checkpoint_id!r} is already stored in {self.path!r}; not overwritten"
             )
@@ -379,19 +377,17 @@ class SqliteBackend(LocalBackend):
     def start_execution(self, header: CheckpointHeader, blob: bytes, owner: str, ttl_s: float) -> Lease:
         """Lease and first checkpoint in one transaction: one commit (WAL append) instead of two."""
         h = header
+        _refuse_misplaced_derived_id(h, self.describe())
 
         def change(conn: sqlite3.Connection) -> Lease:
             lease = grant_lease(self._read_lease(h.execution_id), h.execution_id, owner, ttl_s, time.time())
             conn.execute(_SET_LEASE, (lease.execution_id, lease.owner, lease.token, lease.expires_at))
             conn.execute(_RECORD_EXECUTION, (h.execution_id, h.graph_id))
-            guard, guard_params = _id_guard(h)
-            params = (h.checkpoint_id, h.graph_id, h.execution_id, h.seq, h.created_at, h.status, h.kind, h.size, blob)
             try:
-                cursor = conn.execute(_PUT[(False, guard)], params + guard_params)
+                conn.execute(_INSERT, (h.checkpoint_id, h.graph_id, h.execution_id, h.seq, h.created_at,
+                                       h.status, h.kind, h.size, blob))
             except sqlite3.IntegrityError as exc:
                 raise self._duplicate(h, exc) from None
-            if cursor.rowcount != 1:
-                raise self._duplicate(h, None)
             return lease
 
         lease = self._lease_transaction(f"start execution {h.execution_id}", change)
