@@ -36,21 +36,21 @@ def new_id(prefix: str = "") -> str:
 
 
 def canonical_checkpoint_id(execution_id: str, seq: int) -> str:
-    """The id of the ``seq``-th checkpoint of a graph execution (``ex-...``): ``ck-<...>-<seq>``.
+    """The id of the ``seq``-th checkpoint of a graph execution: ``ck-<execution_id>-<seq>``.
 
     Derived, not drawn, so a store can find the row by ``(execution_id, seq)`` and needs no separate
     index on the id (``canonical_key`` is the inverse)."""
-    return f"ck-{execution_id.removeprefix('ex-')}-{seq}"
+    return f"ck-{execution_id}-{seq}"
 
 
 def canonical_key(checkpoint_id: str) -> tuple[str, int] | None:
-    """``(execution_id, seq)`` if ``checkpoint_id`` has the canonical shape, else None."""
+    """``(execution_id, seq)`` if ``checkpoint_id`` has the derived shape ``ck-<execution>-<seq>``."""
     if not checkpoint_id.startswith("ck-"):
         return None
-    body, dash, seq = checkpoint_id[3:].rpartition("-")
-    if not dash or not (seq.isascii() and seq.isdigit()) or str(int(seq)) != seq:
+    execution_id, dash, seq = checkpoint_id[3:].rpartition("-")
+    if not dash or not execution_id or not (seq.isascii() and seq.isdigit()) or str(int(seq)) != seq:
         return None
-    return f"ex-{body}", int(seq)
+    return execution_id, int(seq)
 
 
 @attrs.frozen

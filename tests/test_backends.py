@@ -395,7 +395,9 @@ def test_sqlite_migrates_a_database_written_with_the_first_schema(tmp_path):
     conn.close()
 
     backend = SqliteBackend(path)
-    assert backend.applied_migrations()[1:] == ["m002_executions_table", "m003_canonical_ids_unindexed"]
+    assert backend.applied_migrations()[1:] == [
+        "m002_executions_table", "m003_canonical_ids_unindexed", "m004_derived_ids_name_the_whole_execution",
+    ]
     graph_id = old[0].graph_id
     assert {h.checkpoint_id for h in backend.list(graph_id=graph_id)} == {h.checkpoint_id for h in old}
     assert {h.execution_id for h in backend.executions(graph_id=graph_id)} == {"exec-0", "exec-1"}
@@ -435,9 +437,37 @@ def test_sqlite_refuses_a_derived_id_at_another_position(tmp_path):
     """SQLite finds derived ids (``ck-<x>-<n>``) by position, so it refuses one given for another
     position with an error that says which, and stores nothing."""
     backend = SqliteBackend(tmp_path / "ckpt.db")
-    with pytest.raises(BackendError, match="reserved for checkpoint 1 of execution ex-c"):
-        backend.put(make_header(5, execution_id="ex-b", checkpoint_id="ck-c-1"), b"x")
+    with pytest.raises(BackendError, match="reserved for checkpoint 1 of execution c"):
+        backend.put(make_header(5, execution_id="b", checkpoint_id="ck-c-1"), b"x")
     with pytest.raises(BackendError, match="reserved"):
-        backend.start_execution(make_header(0, execution_id="ex-b", checkpoint_id="ck-c-1"), b"x", "w", 30)
+        backend.start_execution(make_header(0, execution_id="b", checkpoint_id="ck-c-1"), b"x", "w", 30)
     assert backend.list() == []
+    backend.close()
+
+
+def test_sqlite_keeps_checkpoints_stored_under_the_first_derived_id_form(tmp_path):
+    """Checkpoints written before m004 (ids ``ck-<hex>-<seq>`` for execution ``ex-<hex>``) stay
+    readable, listable and deletable by their ids; new checkpoints use the current form."""
+    from sqlite_utils import Database
+
+    from spark_ckpt.backends.sqlite import _migrations
+
+    path = tmp_path / "m003.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    _migrations().apply(Database(conn), stop_before="m004_derived_ids_name_the_whole_execution")
+    old = make_header(3, execution_id="ex-0abc", checkpoint_id="ck-0abc-3")
+    conn.execute(
+        "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (old.checkpoint_id, old.graph_id, old.execution_id, old.seq, old.created_at, old.status, old.kind, old.size, b"old"),
+    )
+    conn.execute("INSERT INTO executions VALUES (?, ?)", (old.execution_id, old.graph_id))
+    conn.close()
+
+    backend = SqliteBackend(path)
+    assert backend.get("ck-0abc-3").blob == b"old"
+    backend.put(make_header(4, execution_id="ex-0abc", checkpoint_id="ck-ex-0abc-4"), b"new")
+    assert [h.checkpoint_id for h in backend.list(graph_id=old.graph_id)] == ["ck-ex-0abc-4", "ck-0abc-3"]
+    with pytest.raises(BackendError):  # its shape names another position: refused, nothing overwritten
+        backend.put(make_header(9, execution_id="other", checkpoint_id="ck-0abc-3"), b"dup")
+    assert backend.delete(["ck-0abc-3"]) == 1 and backend.get("ck-ex-0abc-4").blob == b"new"
     backend.close()

@@ -16,7 +16,7 @@ transaction, else before the execution's first put; a trigger doing it on every 
 per put) and ``leases`` (one row per execution). Every B-tree a ``put`` writes costs a page write
 into the WAL (~5-10 us here), so a graph checkpoint's put touches two: the table and
 ``UNIQUE(execution_id, seq)`` (lookups by execution, newest per execution). Its id is canonical
-(``ck-<execution>-<seq>``, derived from those two), so it is found through that index; only other
+(``ck-<execution_id>-<seq>``, derived from those two), so it is found through that index; only other
 ids go into the partial unique index ``checkpoints_by_named_id``. A derived-shaped id given for any
 other position is refused (it could shadow the checkpoint it names); checking that on every put in
 SQL cost ~16 us, so it is checked in Python instead. Listing by graph goes through
@@ -54,10 +54,7 @@ _HEADER_COLUMNS = "checkpoint_id, graph_id, execution_id, seq, created_at, statu
 # A canonical row's id is derived from its (execution_id, seq) (``model.canonical_checkpoint_id``), so it
 # needs no index of its own: only other ids go into the partial unique index. The expression must be
 # written identically in the index and in the queries, or SQLite will not use the index.
-_CANONICAL = (
-    "(substr(execution_id, 1, 3) = 'ex-' AND seq >= 0 "
-    "AND checkpoint_id = 'ck-' || substr(execution_id, 4) || '-' || seq)"
-)
+_CANONICAL = "(seq >= 0 AND checkpoint_id = 'ck-' || execution_id || '-' || seq)"
 _NAMED_ID = f"checkpoint_id = ? AND NOT {_CANONICAL}"
 
 
@@ -160,13 +157,23 @@ def _migrations():
     def _canonical_ids(db) -> None:
         # Graph checkpoints' ids derive from (execution_id, seq): only other ids need an index.
         _rebuild_checkpoints(db, "checkpoint_id TEXT NOT NULL")
+        db.execute(  # (the first form of derived ids; m004 replaces this index)
+            "CREATE UNIQUE INDEX checkpoints_by_named_id ON checkpoints (checkpoint_id) WHERE NOT "
+            "(substr(execution_id, 1, 3) = 'ex-' AND seq >= 0 AND checkpoint_id = 'ck-' || substr(execution_id, 4) || '-' || seq)"
+        )
+
+    @migrations(name="m004_derived_ids_name_the_whole_execution")
+    def _derived_ids(db) -> None:
+        # Derived ids became ck-<execution_id>-<seq> for any execution id (no "ex-" prefix games), so
+        # a derived-shaped id given anywhere else can be refused on sight instead of checked per put.
+        db.execute("DROP INDEX checkpoints_by_named_id")
         db.execute(f"CREATE UNIQUE INDEX checkpoints_by_named_id ON checkpoints (checkpoint_id) WHERE NOT {_CANONICAL}")
 
     return migrations
 
 
 def _refuse_misplaced_derived_id(h: CheckpointHeader, where: str) -> None:
-    """A derived-shaped id (``ck-<x>-<n>``) is stored only as checkpoint n of execution ex-<x>: that is
+    """A derived-shaped id (``ck-<x>-<n>``) is stored only as checkpoint n of execution <x>: that is
     how it is found, and why it needs no index. Anywhere else it could shadow, or be shadowed by, the
     checkpoint it names, so it is refused (spark-ckpt never writes one elsewhere)."""
     key = canonical_key(h.checkpoint_id)

@@ -226,13 +226,13 @@ class BackendConformance:
 
     def test_an_id_is_never_stored_twice_whatever_its_shape(self, backend: Backend) -> None:
         """Ids shaped like the ones spark-ckpt derives (``ck-<x>-<n>`` for checkpoint n of execution
-        ``ex-<x>``) are unique too. A backend may refuse such an id at any other position (SQLite does:
+        ``<x>``) are unique too. A backend may refuse such an id at any other position (SQLite does:
         it finds derived ids by position) but never stores one twice; get/delete find a row by its own id."""
-        backend.put(make_header(0, execution_id="ex-a", checkpoint_id="ck-a-0"), b"derived")
+        backend.put(make_header(0, execution_id="a", checkpoint_id="ck-a-0"), b"derived")
         with pytest.raises(BackendError):  # DuplicateCheckpointError, or refused for its position
-            backend.put(make_header(5, execution_id="ex-b", checkpoint_id="ck-a-0"), b"named")
+            backend.put(make_header(5, execution_id="b", checkpoint_id="ck-a-0"), b"named")
         try:
-            backend.put(make_header(5, execution_id="ex-b", checkpoint_id="ck-c-1"), b"named")
+            backend.put(make_header(5, execution_id="b", checkpoint_id="ck-c-1"), b"named")
             named_stored = True
         except DuplicateCheckpointError:
             raise
@@ -240,14 +240,14 @@ class BackendConformance:
             named_stored = False
         if named_stored:
             with pytest.raises(DuplicateCheckpointError):
-                backend.put(make_header(1, execution_id="ex-c", checkpoint_id="ck-c-1"), b"derived")
+                backend.put(make_header(1, execution_id="c", checkpoint_id="ck-c-1"), b"derived")
         else:
-            backend.put(make_header(1, execution_id="ex-c", checkpoint_id="ck-c-1"), b"derived")
-        backend.put(make_header(0, execution_id="ex-d", checkpoint_id="custom"), b"custom")
+            backend.put(make_header(1, execution_id="c", checkpoint_id="ck-c-1"), b"derived")
+        backend.put(make_header(0, execution_id="d", checkpoint_id="custom"), b"custom")
         assert backend.get("ck-a-0").blob == b"derived"
         assert backend.get("ck-c-1").blob == (b"named" if named_stored else b"derived")
         with pytest.raises(CheckpointNotFoundError):
-            backend.get("ck-d-0")  # (ex-d, 0) exists, under another id
+            backend.get("ck-d-0")  # (d, 0) exists, under another id
         assert sorted(_ids(backend.list())) == ["ck-a-0", "ck-c-1", "custom"]
         assert backend.delete(["ck-c-1", "ck-a-0", "ck-d-0"]) == 2
         assert _ids(backend.list()) == ["custom"]
