@@ -9,7 +9,9 @@ Rules:
 
 * ``put`` is atomic: a reader sees either the whole checkpoint or nothing; it never replaces an
   existing checkpoint. Storing a second checkpoint with the same ``(execution_id, seq)`` raises
-  ``DuplicateCheckpointError`` and leaves the first intact.
+  ``DuplicateCheckpointError`` and leaves the first intact. Ids are unique in the store; an id of the
+  derived shape ``ck-<execution_id>-<seq>`` (``model.canonical_checkpoint_id``) may be refused
+  (``BackendError``) anywhere but at that position, so a store can find such ids by position.
 * ``list`` returns headers newest first: by ``created_at``, then ``seq``, then ``checkpoint_id``,
   descending (``newest_first``), so every backend orders ties alike.
 * ``executions`` returns the newest header of each execution (its current status).
