@@ -333,17 +333,25 @@ class PostgresBackend(Backend):
             f"{header.checkpoint_id}) already exists in PostgreSQL; it was not overwritten"
         )
 
+    def _insert(self, conn: Any, header: CheckpointHeader, blob: bytes, attempt: int) -> None:
+        """Insert inside the caller's transaction; a refused insert is a duplicate (or our own retry)."""
+        if conn.execute(self._insert_sql(), self._insert_params(header, blob)).fetchone() is None:
+            existing = conn.execute(self._existing_sql(), [header.checkpoint_id, header.execution_id, header.seq]).fetchone()
+            self._conflict(header, blob, existing, attempt > 0)
+
+    async def _ainsert(self, conn: Any, header: CheckpointHeader, blob: bytes, attempt: int) -> None:
+        cur = await conn.execute(self._insert_sql(), self._insert_params(header, blob))
+        if await cur.fetchone() is None:
+            cur = await conn.execute(self._existing_sql(), [header.checkpoint_id, header.execution_id, header.seq])
+            self._conflict(header, blob, await cur.fetchone(), attempt > 0)
+
     def put(self, header: CheckpointHeader, blob: bytes, *, lease: Lease | None = None) -> None:
         def work(conn: Any, attempt: int) -> None:
             with conn.transaction():
                 if lease is not None:
                     row = conn.execute(self._lease_sql("FOR SHARE"), [header.execution_id]).fetchone()
                     check_fence(Lease(header.execution_id, *row) if row else None, lease, header.execution_id)
-                if conn.execute(self._insert_sql(), self._insert_params(header, blob)).fetchone() is None:
-                    existing = conn.execute(
-                        self._existing_sql(), [header.checkpoint_id, header.execution_id, header.seq]
-                    ).fetchone()
-                    self._conflict(header, blob, existing, attempt > 0)
+                self._insert(conn, header, blob, attempt)
 
         self._run(work)
 
@@ -354,12 +362,7 @@ class PostgresBackend(Backend):
                     cur = await conn.execute(self._lease_sql("FOR SHARE"), [header.execution_id])
                     row = await cur.fetchone()
                     check_fence(Lease(header.execution_id, *row) if row else None, lease, header.execution_id)
-                cur = await conn.execute(self._insert_sql(), self._insert_params(header, blob))
-                if await cur.fetchone() is None:
-                    cur = await conn.execute(
-                        self._existing_sql(), [header.checkpoint_id, header.execution_id, header.seq]
-                    )
-                    self._conflict(header, blob, await cur.fetchone(), attempt > 0)
+                await self._ainsert(conn, header, blob, attempt)
 
         await self._arun(work)
 
@@ -471,62 +474,51 @@ class PostgresBackend(Backend):
         current = Lease(execution_id, row[0], int(row[1]), float(row[2])) if row[1] else None
         return grant_lease(current, execution_id, owner, ttl_s, float(row[3]))
 
-    def acquire_lease(self, execution_id: str, owner: str, ttl_s: float) -> Lease:
+    def _take_lease(self, conn: Any, execution_id: str, owner: str, ttl_s: float) -> Lease:
+        """Grant (or renew) the lease inside the caller's transaction; the row is locked FOR UPDATE."""
         create, lock, update = self._lease_statements()
+        conn.execute(create, [execution_id])
+        lease = self._grant(execution_id, owner, ttl_s, conn.execute(lock, [execution_id]).fetchone())
+        conn.execute(update, [lease.owner, lease.token, lease.expires_at, execution_id])
+        return lease
 
+    async def _atake_lease(self, conn: Any, execution_id: str, owner: str, ttl_s: float) -> Lease:
+        create, lock, update = self._lease_statements()
+        await conn.execute(create, [execution_id])
+        row = await (await conn.execute(lock, [execution_id])).fetchone()
+        lease = self._grant(execution_id, owner, ttl_s, row)
+        await conn.execute(update, [lease.owner, lease.token, lease.expires_at, execution_id])
+        return lease
+
+    def acquire_lease(self, execution_id: str, owner: str, ttl_s: float) -> Lease:
         def work(conn: Any, _: int) -> Lease:
             with conn.transaction():
-                conn.execute(create, [execution_id])
-                lease = self._grant(execution_id, owner, ttl_s, conn.execute(lock, [execution_id]).fetchone())
-                conn.execute(update, [lease.owner, lease.token, lease.expires_at, execution_id])
-                return lease
+                return self._take_lease(conn, execution_id, owner, ttl_s)
 
         return self._run(work)
 
     async def aacquire_lease(self, execution_id: str, owner: str, ttl_s: float) -> Lease:
-        create, lock, update = self._lease_statements()
-
         async def work(conn: Any, _: int) -> Lease:
             async with conn.transaction():
-                await conn.execute(create, [execution_id])
-                row = await (await conn.execute(lock, [execution_id])).fetchone()
-                lease = self._grant(execution_id, owner, ttl_s, row)
-                await conn.execute(update, [lease.owner, lease.token, lease.expires_at, execution_id])
-                return lease
+                return await self._atake_lease(conn, execution_id, owner, ttl_s)
 
         return await self._arun(work)
 
     def start_execution(self, header: CheckpointHeader, blob: bytes, owner: str, ttl_s: float) -> Lease:
         """Lease and first checkpoint in one transaction: one round trip and commit instead of two."""
-        create, lock, update = self._lease_statements()
-        execution_id = header.execution_id
-
         def work(conn: Any, attempt: int) -> Lease:
             with conn.transaction():
-                conn.execute(create, [execution_id])
-                lease = self._grant(execution_id, owner, ttl_s, conn.execute(lock, [execution_id]).fetchone())
-                conn.execute(update, [lease.owner, lease.token, lease.expires_at, execution_id])
-                if conn.execute(self._insert_sql(), self._insert_params(header, blob)).fetchone() is None:
-                    existing = conn.execute(self._existing_sql(), [header.checkpoint_id, execution_id, header.seq]).fetchone()
-                    self._conflict(header, blob, existing, attempt > 0)
+                lease = self._take_lease(conn, header.execution_id, owner, ttl_s)
+                self._insert(conn, header, blob, attempt)
                 return lease
 
         return self._run(work)
 
     async def astart_execution(self, header: CheckpointHeader, blob: bytes, owner: str, ttl_s: float) -> Lease:
-        create, lock, update = self._lease_statements()
-        execution_id = header.execution_id
-
         async def work(conn: Any, attempt: int) -> Lease:
             async with conn.transaction():
-                await conn.execute(create, [execution_id])
-                row = await (await conn.execute(lock, [execution_id])).fetchone()
-                lease = self._grant(execution_id, owner, ttl_s, row)
-                await conn.execute(update, [lease.owner, lease.token, lease.expires_at, execution_id])
-                cur = await conn.execute(self._insert_sql(), self._insert_params(header, blob))
-                if await cur.fetchone() is None:
-                    cur = await conn.execute(self._existing_sql(), [header.checkpoint_id, execution_id, header.seq])
-                    self._conflict(header, blob, await cur.fetchone(), attempt > 0)
+                lease = await self._atake_lease(conn, header.execution_id, owner, ttl_s)
+                await self._ainsert(conn, header, blob, attempt)
                 return lease
 
         return await self._arun(work)
