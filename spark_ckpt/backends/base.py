@@ -103,6 +103,10 @@ class Backend(ABC):
     def release_lease(self, lease: Lease) -> None:
         """Give the lease up (no-op if it was already taken over)."""
 
+    def check_header(self, header: CheckpointHeader) -> None:
+        """Raise ``BackendError`` if this store cannot hold ``header`` as given (checked by ``put``
+        before it writes anything; a store that indexes another one asks it first)."""
+
     def start_execution(self, header: CheckpointHeader, blob: bytes, owner: str, ttl_s: float) -> Lease:
         """Acquire the lease of ``header.execution_id`` for ``owner`` and ``put`` the execution's first
         checkpoint under it; returns the lease. Override to do both in one transaction."""

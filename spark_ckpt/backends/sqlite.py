@@ -172,19 +172,6 @@ def _migrations():
     return migrations
 
 
-def _refuse_misplaced_derived_id(h: CheckpointHeader, where: str) -> None:
-    """A derived-shaped id (``ck-<x>-<n>``) is stored only as checkpoint n of execution <x>: that is
-    how it is found, and why it needs no index. Anywhere else it could shadow, or be shadowed by, the
-    checkpoint it names, so it is refused (spark-ckpt never writes one elsewhere)."""
-    key = canonical_key(h.checkpoint_id)
-    if key is not None and key != (h.execution_id, h.seq):
-        raise BackendError(
-            f"checkpoint id {h.checkpoint_id!r} has the form reserved for checkpoint {key[1]} of execution "
-            f"{key[0]}, but was given for seq {h.seq} of execution {h.execution_id}; {where} stores it only "
-            "there. Choose another id"
-        )
-
-
 def _header(row: tuple) -> CheckpointHeader:
     return CheckpointHeader(*row)
 
@@ -344,9 +331,22 @@ class SqliteBackend(LocalBackend):
         return Lease(*row) if row else None
 
     # -- checkpoints --------------------------------------------------------------------------------
+    def check_header(self, header: CheckpointHeader) -> None:
+        """A derived-shaped id (``ck-<x>-<n>``) is stored only as checkpoint n of execution <x>: that is
+        how it is found, and why it needs no index. Anywhere else it could shadow, or be shadowed by, the
+        checkpoint it names, so it is refused (spark-ckpt never writes one elsewhere)."""
+        h = header
+        key = canonical_key(h.checkpoint_id)
+        if key is not None and key != (h.execution_id, h.seq):
+            raise BackendError(
+                f"checkpoint id {h.checkpoint_id!r} has the form reserved for checkpoint {key[1]} of execution "
+                f"{key[0]}, but was given for seq {h.seq} of execution {h.execution_id}; {self.describe()} "
+                "stores it only there. Choose another id"
+            )
+
     def put(self, header: CheckpointHeader, blob: bytes, *, lease: Lease | None = None) -> None:
         h = header
-        _refuse_misplaced_derived_id(h, self.describe())
+        self.check_header(h)
         params = (h.checkpoint_id, h.graph_id, h.execution_id, h.seq, h.created_at, h.status, h.kind, h.size, blob)
         with self._lock:
             conn = self._conn
@@ -384,7 +384,7 @@ class SqliteBackend(LocalBackend):
     def start_execution(self, header: CheckpointHeader, blob: bytes, owner: str, ttl_s: float) -> Lease:
         """Lease and first checkpoint in one transaction: one commit (WAL append) instead of two."""
         h = header
-        _refuse_misplaced_derived_id(h, self.describe())
+        self.check_header(h)
 
         def change(conn: sqlite3.Connection) -> Lease:
             lease = grant_lease(self._read_lease(h.execution_id), h.execution_id, owner, ttl_s, time.time())

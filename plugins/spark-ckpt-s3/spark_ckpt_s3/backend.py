@@ -252,6 +252,8 @@ class S3Backend(Backend):
 
     # -- checkpoints -------------------------------------------------------------------------------
     def put(self, header: CheckpointHeader, blob: bytes, *, lease: Lease | None = None) -> None:
+        if self._index is not None:
+            self._index.check_header(header)  # before anything is written to S3
         key = self._ckpt_key(header.graph_id, header.execution_id, header.seq)
         # 1. the id pointer (invisible on its own: a pointer without its checkpoint is "not found")
         pointer = self._key("ids", _q(header.checkpoint_id))
