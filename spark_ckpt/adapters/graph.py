@@ -28,7 +28,7 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import attrs
 import orjson
@@ -64,6 +64,30 @@ _DELTA = "__spark_ckpt_delta__"
 
 def _is_delta(entry: Any) -> bool:
     return isinstance(entry, dict) and _DELTA in entry
+
+
+class _DeltaChains:
+    """One section of a record (``node_extras``, ``inflight``) made whole: per key, an entry is whole
+    or holds ``agent_delta`` ops against the key's entry in an earlier record. ``feed`` the same
+    section of earlier records, newest first, until ``missing`` is empty."""
+
+    def __init__(self, section: dict[str, Any], wanted: Iterable[str] = ()) -> None:
+        self.whole = {k: v for k, v in section.items() if not _is_delta(v)}
+        self.ops = {k: [v[_DELTA]] for k, v in section.items() if _is_delta(v)}
+        self.missing = (set(wanted) | set(self.ops)) - set(self.whole)
+
+    def feed(self, earlier: dict[str, Any], belongs: Callable[[str, Any], bool] = lambda key, entry: True) -> None:
+        for key in list(self.missing):
+            entry = earlier.get(key)
+            if entry is None or not belongs(key, entry):
+                continue  # unchanged in that record (or another visit's): look further back
+            if _is_delta(entry):
+                self.ops.setdefault(key, []).append(entry[_DELTA])
+                continue
+            for ops in reversed(self.ops.pop(key, [])):
+                entry = agent_delta.apply(entry, ops)
+            self.whole[key] = entry
+            self.missing.discard(key)
 
 #: Spark's bookkeeping keys in graph state (schema version, mailboxes) start with "__"
 _is_dunder = operator.methodcaller("startswith", "__")
@@ -149,9 +173,9 @@ class _Execution:
     allow_unsafe_rerun: bool = False
     #: per adapter node (agent): its state as last stored, the base of the next delta
     extras_stored: dict[str, Any] = attrs.field(factory=dict)
-    #: per node with a visit in flight: (visit index, its journal as last stored, records since a
-    #: whole one), the base of the next in-flight delta
-    inflight_stored: dict[str, tuple[int, Any, int]] = attrs.field(factory=dict)
+    #: per node with a visit in flight: (its ``inflight`` entry as last stored, records since a whole
+    #: one); the entry is the base of the next in-flight delta
+    inflight_stored: dict[str, tuple[dict[str, Any], int]] = attrs.field(factory=dict)
     #: which optional hooks have implementations, read once per run (a plugin registered while a
     #: run is going takes effect from the next run)
     node_hooks: bool = False
@@ -441,17 +465,15 @@ class CheckpointedGraph:
         again per call); whole the first time and every ``FULL_HISTORY_EVERY`` records."""
         fields: dict[str, Any] = {}
         for key, entry in ex.inflight.items():
-            index = entry["visit_index"]
             # a private copy: the next delta is computed against it
-            data = orjson.loads(dumps_data(entry["data"], what=f"in-flight journal of node {key!r}"))
+            entry = orjson.loads(dumps_data(entry, what=f"in-flight journal of node {key!r}"))
             stored = ex.inflight_stored.get(key)
-            if (stored is not None and stored[0] == index and stored[2] < FULL_HISTORY_EVERY
-                    and isinstance(data, dict) and isinstance(stored[1], dict)):
-                fields[key] = {"visit_index": index, _DELTA: agent_delta.diff(stored[1], data)}
-                ex.inflight_stored[key] = (index, data, stored[2] + 1)
+            if stored is not None and stored[0]["visit_index"] == entry["visit_index"] and stored[1] < FULL_HISTORY_EVERY:
+                fields[key] = {"visit_index": entry["visit_index"], _DELTA: agent_delta.diff(stored[0], entry)}
+                ex.inflight_stored[key] = (entry, stored[1] + 1)
             else:
-                fields[key] = {"visit_index": index, "data": data}
-                ex.inflight_stored[key] = (index, data, 0)
+                fields[key] = entry
+                ex.inflight_stored[key] = (entry, 0)
         return fields
 
     def _on_last_boundary(self, ex: _Execution, **changes: Any) -> dict[str, Any]:
@@ -732,56 +754,34 @@ class CheckpointedGraph:
         """``record`` made whole: the execution's entire journal and every adapter node's full state,
         read back from its earlier checkpoints (a checkpoint stores only what changed)."""
         wanted = {k for k, n in self._nodes_by_key.items() if node_state_adapter_for(n) is not None}
-        extras = {k: v for k, v in record.node_extras.items() if not _is_delta(v)}
-        deltas = {k: [v[_DELTA]] for k, v in record.node_extras.items() if _is_delta(v)}
-        unresolved = (wanted | set(deltas)) - set(extras)
-        inflight = {k: v for k, v in record.inflight.items() if not _is_delta(v)}
-        inflight_deltas = {k: [v[_DELTA]] for k, v in record.inflight.items() if _is_delta(v)}
-        if record.history_start == 0 and not unresolved and not inflight_deltas:
+        extras = _DeltaChains(record.node_extras, wanted)
+        inflight = _DeltaChains(record.inflight)
+        if record.history_start == 0 and not extras.missing and not inflight.missing:
             return record
         segments = [record.execution_history]
         needed = record.history_start  # visits [0, needed) still missing
         for header in self.backend.list(execution_id=record.execution_id):
-            if needed == 0 and not unresolved and not inflight_deltas:
+            if needed == 0 and not extras.missing and not inflight.missing:
                 break
             if header.seq >= record.seq or header.kind != GRAPH:
                 continue
             earlier = self._decode(self.backend.get(header.checkpoint_id).blob, header)
-            for key in list(inflight_deltas):
-                index = record.inflight[key]["visit_index"]
-                entry = earlier.inflight.get(key)
-                if entry is None or entry.get("visit_index") != index:
-                    continue
-                if _is_delta(entry):
-                    inflight_deltas[key].append(entry[_DELTA])
-                    continue
-                data = entry["data"]
-                for ops in reversed(inflight_deltas.pop(key)):
-                    data = agent_delta.apply(data, ops)
-                inflight[key] = {"visit_index": index, "data": data}
-            for key in list(unresolved):
-                entry = earlier.node_extras.get(key)
-                if entry is None:
-                    continue  # unchanged in that checkpoint: look further back
-                if _is_delta(entry):
-                    deltas.setdefault(key, []).append(entry[_DELTA])
-                    continue
-                for ops in reversed(deltas.pop(key, [])):
-                    entry = agent_delta.apply(entry, ops)
-                extras[key] = entry
-                unresolved.discard(key)
+            extras.feed(earlier.node_extras)
+            # an in-flight journal continues only records of the same visit
+            inflight.feed(earlier.inflight, lambda key, entry: entry.get("visit_index") == record.inflight[key]["visit_index"])
             end = earlier.history_start + len(earlier.execution_history)
             if needed and earlier.execution_history and end >= needed:
                 segments.append(earlier.execution_history[: needed - earlier.history_start])
                 needed = earlier.history_start
-        if needed or deltas or inflight_deltas:
+        if needed or extras.ops or inflight.ops:
             raise CorruptCheckpointError(
                 f"checkpoint {record.checkpoint_id} of execution {record.execution_id} is incomplete without "
                 "earlier checkpoints that are missing (pruned by hand, or damaged); use the execution's "
                 "final checkpoint, or an earlier intact one"
             )
         history = [visit for segment in reversed(segments) for visit in segment]
-        return attrs.evolve(record, execution_history=history, history_start=0, node_extras=extras, inflight=inflight)
+        return attrs.evolve(record, execution_history=history, history_start=0, node_extras=extras.whole,
+                            inflight=inflight.whole)
 
     def _check_graph(self, record: GraphCheckpoint) -> None:
         if record.kind != GRAPH:
