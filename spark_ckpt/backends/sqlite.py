@@ -11,7 +11,7 @@ power loss too, at roughly ten times the cost per checkpoint.
 Schema: named, append-only migrations (sqlite-utils ``Migrations``, set ``spark_ckpt``) applied on
 open inside one ``BEGIN IMMEDIATE`` transaction, so two processes opening a new file at once do not
 race. Tables ``checkpoints`` (one row per checkpoint, the blob last so listings never read it),
-``executions`` (execution -> graph, written once per execution: by ``start_execution`` in its
+``executions`` (execution -> graph, for listing by graph; written once per execution: by ``start_execution`` in its
 transaction, else before the execution's first put; a trigger doing it on every insert cost ~14 us
 per put) and ``leases`` (one row per execution). Every B-tree a ``put`` writes costs a page write
 into the WAL (~5-10 us here), so a graph checkpoint's put touches two: the table and
@@ -19,8 +19,7 @@ into the WAL (~5-10 us here), so a graph checkpoint's put touches two: the table
 (``ck-<execution_id>-<seq>``, derived from those two), so it is found through that index; only other
 ids go into the partial unique index ``checkpoints_by_named_id``. A derived-shaped id given for any
 other position is refused (it could shadow the checkpoint it names); checking that on every put in
-SQL cost ~16 us, so it is checked in Python instead. Listing by graph goes through
-``executions`` (written once per execution) instead of a per-checkpoint graph index.
+SQL cost ~16 us, so it is checked in Python instead.
 
 The hot path (``put``/``get``) uses the plain ``sqlite3`` connection and its statement cache; one
 connection per backend object, guarded by a lock because a transaction spans several statements.
@@ -170,6 +169,11 @@ def _migrations():
         db.execute(f"CREATE UNIQUE INDEX checkpoints_by_named_id ON checkpoints (checkpoint_id) WHERE NOT {_CANONICAL}")
 
     return migrations
+
+
+def _row(h: CheckpointHeader, blob: bytes) -> tuple:
+    """``_INSERT``'s parameters."""
+    return h.checkpoint_id, h.graph_id, h.execution_id, h.seq, h.created_at, h.status, h.kind, h.size, blob
 
 
 def _header(row: tuple) -> CheckpointHeader:
@@ -347,7 +351,7 @@ class SqliteBackend(LocalBackend):
     def put(self, header: CheckpointHeader, blob: bytes, *, lease: Lease | None = None) -> None:
         h = header
         self.check_header(h)
-        params = (h.checkpoint_id, h.graph_id, h.execution_id, h.seq, h.created_at, h.status, h.kind, h.size, blob)
+        params = _row(h, blob)
         with self._lock:
             conn = self._conn
             try:
@@ -368,9 +372,13 @@ class SqliteBackend(LocalBackend):
     def _record_execution(self, conn: sqlite3.Connection, h: CheckpointHeader) -> None:
         """Map the execution to its graph (for listing by graph), once per execution and object."""
         conn.execute(_RECORD_EXECUTION, (h.execution_id, h.graph_id))
+        self._remember_recorded(h.execution_id)
+
+    def _remember_recorded(self, execution_id: str) -> None:
+        """Call only once the ``executions`` row is committed."""
         if len(self._recorded) > 10_000:  # bound the memory of very long-lived workers
             self._recorded.clear()
-        self._recorded.add(h.execution_id)
+        self._recorded.add(execution_id)
 
     def _duplicate(self, h: CheckpointHeader, exc: sqlite3.IntegrityError) -> DuplicateCheckpointError:
         if "checkpoint_id" in str(exc):
@@ -391,14 +399,13 @@ class SqliteBackend(LocalBackend):
             conn.execute(_SET_LEASE, (lease.execution_id, lease.owner, lease.token, lease.expires_at))
             conn.execute(_RECORD_EXECUTION, (h.execution_id, h.graph_id))
             try:
-                conn.execute(_INSERT, (h.checkpoint_id, h.graph_id, h.execution_id, h.seq, h.created_at,
-                                       h.status, h.kind, h.size, blob))
+                conn.execute(_INSERT, _row(h, blob))
             except sqlite3.IntegrityError as exc:
                 raise self._duplicate(h, exc) from None
             return lease
 
         lease = self._lease_transaction(f"start execution {h.execution_id}", change)
-        self._recorded.add(h.execution_id)
+        self._remember_recorded(h.execution_id)  # not inside change(): a rolled-back row is not recorded
         return lease
 
     def get(self, checkpoint_id: str) -> StoredCheckpoint:
