@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import tempfile
 import threading
 import time
@@ -60,7 +59,7 @@ from ..errors import (
 )
 from ..model import CheckpointHeader, Lease, StoredCheckpoint
 from .base import LocalBackend, newest_first
-from .leases import check_fence, grant_lease, owner_is_dead
+from .leases import HOST, check_fence, grant_lease, local_process_is_dead
 
 MAGIC = b"SCKPTF1\n"
 LAYOUT_VERSION = "1"
@@ -75,8 +74,7 @@ MAX_NAME_BYTES = 200
 #: a temp file untouched this long is a dead writer's, whoever wrote it (no write stalls an hour;
 #: generous because mtimes on a shared file system come from another clock)
 STALE_TEMP_AGE_S = 3600.0
-_HOST = socket.gethostname()
-_HOST_TAG = f"{zlib.crc32(_HOST.encode()):08x}"
+_HOST_TAG = f"{zlib.crc32(HOST.encode()):08x}"
 #: exactly what ``_write_temp`` creates (mkstemp adds 8 of [a-z0-9_]); older versions wrote no host/pid
 _TEMP_NAME = re.compile(r"^\.tmp-(?:([0-9a-f]{8})-(\d+)-)?[a-z0-9_]{8}\.part$")
 #: a put retries this often when a concurrent delete removed its directory in between
@@ -507,7 +505,7 @@ class FileBackend(LocalBackend):
                     except FileNotFoundError:
                         continue
                     # A writer of another host, or one whose pid is alive (maybe reused), only ages out.
-                    dead = host_tag == _HOST_TAG and owner_is_dead(f"{_HOST}:{pid}")
+                    dead = host_tag == _HOST_TAG and local_process_is_dead(int(pid))
                     if dead or age > max_age_s:
                         removed += FileBackend._unlink_quietly(entry.path)
         except FileNotFoundError:

@@ -11,22 +11,27 @@ import uuid
 from ..errors import LeaseError
 from ..model import Lease
 
-_HOST = socket.gethostname()
+#: this machine's name: a pid only means something on the host that recorded it
+HOST = socket.gethostname()
 
 
 def worker_identity() -> str:
     """``host:pid:nonce``: who owns a lease. The host and pid let a worker on the same machine see
     that the owner of a lease died (kill -9) and take the execution over without waiting for expiry."""
-    return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def owner_is_dead(owner: str) -> bool:
     """True only when ``owner`` is a process of this host that no longer exists."""
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]
-    if host != _HOST or not pid_text.isdigit():
+    if host != HOST or not pid_text.isdigit():
         return False  # another machine (or an unknown format): only expiry tells
-    pid = int(pid_text)
+    return local_process_is_dead(int(pid_text))
+
+
+def local_process_is_dead(pid: int) -> bool:
+    """True only when no process ``pid`` runs on this host any more (a zombie counts as dead)."""
     if pid == os.getpid():
         return False
     try:
