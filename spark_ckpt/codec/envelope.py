@@ -57,15 +57,19 @@ class Envelope:
         return [layer["name"] for layer in self.layers]
 
 
-def digest(body: bytes) -> bytes:
-    """The envelope checksum: CRC-32 of everything after it.
+def digest(*parts: bytes) -> bytes:
+    """The envelope checksum: CRC-32 of everything after it (given whole, or in consecutive parts so
+    the writer need not join them first).
 
     It detects torn writes and accidental corruption, without any key. It is not a defence against a
     deliberate edit (anyone can recompute it): that is what the AEAD encryption layer's tag is for.
     CRC-32 rather than a cryptographic hash because it runs on every checkpoint: ~1 us for 4 KB and
     ~0.3 ms per MB here, against ~4.6 us and ~1.8 ms for blake2b.
     """
-    return zlib.crc32(body).to_bytes(4, "big")
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return crc.to_bytes(4, "big")
 
 
 _digest = digest
@@ -91,8 +95,7 @@ def pack_parts(layers: list[dict[str, Any]], ident: Identity, payload: bytes, ve
     version_byte = bytes((version,))
     framed_header = _LENGTH.pack(len(header)) + header
     # the digest covers everything after itself: version, header length, header, payload
-    checksum = zlib.crc32(payload, zlib.crc32(framed_header, zlib.crc32(version_byte)))
-    return b"".join((MAGIC, version_byte, checksum.to_bytes(4, "big"), framed_header, payload))
+    return b"".join((MAGIC, version_byte, _digest(version_byte, framed_header, payload), framed_header, payload))
 
 
 def _claimed_length(blob: bytes) -> int | None:
