@@ -24,7 +24,6 @@ snapshot lands in ``GraphCheckpoint.node_extras``.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 import uuid
@@ -52,6 +51,7 @@ from .agent_snapshot import (
     apply_snapshot, check_snapshot, fresh_config, isolate_hooks, jsonable, node_message_from_data,
     take_snapshot,
 )
+from .durability import DurableWriter
 from .runtime import register_node_state_adapter
 
 __all__ = ["CheckpointedAgent", "AgentNodeStateAdapter", "not_safe_to_rerun"]
@@ -103,9 +103,8 @@ class CheckpointedAgent:
         self._chain_length = 0  # delta records since the last full snapshot
         self._running = False
         # CheckpointConfig.durability: "async" writes the call journal while the agent goes on,
-        # "exit" keeps it in memory until the run ends (or fails); see _put
-        self._pending_write: asyncio.Task | None = None
-        self._deferred: list[tuple[CheckpointHeader, bytes, Any]] = []
+        # "exit" keeps it in memory until the run ends (or fails); every record is kept (they are deltas)
+        self._writes = DurableWriter(self.config.durability)
 
     # -- plumbing ---------------------------------------------------------------------------------
     @property
@@ -504,24 +503,11 @@ class CheckpointedAgent:
         data = _compact(to_data(record))
         blob = self.codec.encode_data(data, Identity(self.agent_id, record.execution_id, record.seq))
         header = record.header(len(blob))
-        mode = self.config.durability
-        if mode == "exit" and not wait:
-            self._deferred.append((header, blob, lease))
-            return
-        await self.flush()
-        if mode == "async" and not wait:
-            self._pending_write = asyncio.create_task(self.backend.aput(header, blob, lease=lease))
-            return
-        await self.backend.aput(header, blob, lease=lease)
+        await self._writes.write(lambda: self.backend.aput(header, blob, lease=lease), wait=wait)
 
     async def flush(self) -> None:
         """Write what the "async" and "exit" durability modes still hold, in order."""
-        if self._pending_write is not None:
-            task, self._pending_write = self._pending_write, None
-            await task
-        while self._deferred:
-            header, blob, lease = self._deferred.pop(0)
-            await self.backend.aput(header, blob, lease=lease)
+        await self._writes.flush()
 
     # -- leases ---------------------------------------------------------------------------------
     async def _acquire(self, execution_id: str, *, wait: bool | float) -> Any:

@@ -49,6 +49,7 @@ from ..backends.leases import acquire_waiting, worker_identity
 from ..plugins import Hooks
 from ..retention import prune
 from . import agent_delta
+from .durability import DurableWriter
 from .runtime import LazyVisit, VisitContext, _current_visit, current_visit, node_state_adapter_for
 from .structure import node_keys, ordered_nodes, structure_digest
 
@@ -161,8 +162,9 @@ class _Execution:
     #: node) are read again, so a checkpoint costs what changed, not the size of the graph
     node_states: dict[str, Any] = attrs.field(factory=dict)
     dirty: set[str] | None = None  # None: every node
-    pending_write: asyncio.Task | None = None
-    deferred: list[tuple[CheckpointHeader, bytes]] = attrs.field(factory=list)
+    #: stores records as CheckpointConfig.durability says (set for the run by ``_execute``); under
+    #: "exit" only the newest is kept, as each record then holds the full journal
+    writes: DurableWriter = attrs.field(factory=lambda: DurableWriter("sync"))
     report: RecoveryReport | None = None
     failure: FailureInfo | None = None
     #: last superstep covered by the checkpoint this execution resumed from (-1: fresh run)
@@ -299,6 +301,7 @@ class CheckpointedGraph:
         if ex.lease is None and not start_with_lease:
             ex.lease = await self.backend.aacquire_lease(ex.execution_id, self.worker_id, self.config.lease_ttl_s)
         self._active = ex
+        ex.writes = DurableWriter(self.config.durability, newest_only=True)
         hooks = self.hooks
         ex.node_hooks, ex.policy_hooks = hooks.wants_node_events, hooks.wants_should_checkpoint
         ex.post_checkpoint_hooks = hooks.wants_post_checkpoint
@@ -328,7 +331,7 @@ class CheckpointedGraph:
     async def _finish(self, ex: _Execution, result: Any) -> None:
         if ex.last_status != COMPLETED:
             await self._checkpoint(ex, reason="final", status=COMPLETED, result=result)
-        await self._flush(ex)
+        await ex.writes.flush()
         if self.retention_rules:
             try:
                 prune(self.backend, self.retention_rules, graph_id=self.graph_id)
@@ -344,7 +347,7 @@ class CheckpointedGraph:
                 # Same state as the last boundary (the failing superstep's partial effects are not kept).
                 await self._store(ex, self._on_last_boundary(
                     ex, status=FAILED, failure=to_data(ex.failure), inflight=dict(ex.inflight)), wait=True)
-            await self._flush(ex)
+            await ex.writes.flush()
         except BaseException:
             log.exception("could not record the failure of execution %s", ex.execution_id)
 
@@ -696,19 +699,7 @@ class CheckpointedGraph:
         if not (data["inflight"] and header.status == RUNNING):
             # in-flight records stack on the boundary record; they never replace it
             ex.last_blob, ex.last_status = blob, header.status
-        mode = self.config.durability
-        if mode == "exit" and not wait:
-            ex.deferred = [(header, blob)]  # only the newest matters: each record holds the full journal
-            return
-        if ex.pending_write is not None:
-            await ex.pending_write
-            ex.pending_write = None
-        if mode == "async" and not wait:
-            ex.pending_write = asyncio.create_task(self._put(ex, header, blob))
-            return
-        if ex.deferred:
-            await self._flush_deferred(ex)
-        await self._put(ex, header, blob)
+        await ex.writes.write(lambda: self._put(ex, header, blob), wait=wait)
 
     async def _put(self, ex: _Execution, header: CheckpointHeader, blob: bytes) -> None:
         if ex.lease is None:  # a fresh execution's start record: takes the lease in the same write
@@ -717,18 +708,6 @@ class CheckpointedGraph:
             await self.backend.aput(header, blob, lease=ex.lease)
         if ex.post_checkpoint_hooks:
             await self.hooks.post_checkpoint(CheckpointSaved(header=header, backend=self.backend.describe()))
-
-    async def _flush_deferred(self, ex: _Execution) -> None:
-        deferred, ex.deferred = ex.deferred, []
-        for header, blob in deferred:
-            await self._put(ex, header, blob)
-
-    async def _flush(self, ex: _Execution) -> None:
-        if ex.pending_write is not None:
-            task, ex.pending_write = ex.pending_write, None
-            await task
-        if ex.deferred:
-            await self._flush_deferred(ex)
 
     # ------------------------------------------------------------------------------------------
     # reading checkpoints
@@ -1073,7 +1052,7 @@ class CheckpointedGraph:
         """
         ex = self._active
         if ex is not None:
-            await self._flush(ex)
+            await ex.writes.flush()
 
     def close(self) -> None:
         self.backend.close()
