@@ -117,22 +117,14 @@ def test_unsafe_tool_in_flight_is_reported_not_repeated(tmp_path):
     same_outcome(out, reference("task:3", tool_name="charge"))
 
 
-def test_sigkill_of_an_agent_inside_a_checkpointed_graph(tmp_path):
+@pytest.mark.parametrize("mode", ["graph", "graph-start"], ids=["after-another-node", "start-node"])
+def test_sigkill_of_an_agent_inside_a_checkpointed_graph(tmp_path, mode):
     """An agent node of a checkpointed graph journals its calls through the graph's visit: after a
-    SIGKILL inside a tool, graph recovery replays them."""
-    code, _, calls = worker(tmp_path, "graph-run", "db.sqlite", "task:3", kill="tool:2", counter="first")
+    SIGKILL inside a tool, graph recovery replays them. As the start node, the agent runs in the very
+    first superstep and its calls are journaled on top of the start record."""
+    code, _, calls = worker(tmp_path, f"{mode}-run", "db.sqlite", "task:3", kill="tool:2", counter="first")
     assert code == -signal.SIGKILL and calls == ["llm", "tool:step", "llm"]
-    code, out, calls = worker(tmp_path, "graph-recover", "db.sqlite", "task:3", counter="second")
-    assert code == 0
-    assert calls == ["tool:step", "llm", "tool:step", "llm"]
-    same_outcome(out, reference("task:3"))
-
-
-def test_sigkill_of_an_agent_that_is_the_start_node(tmp_path):
-    """The agent runs in the very first superstep: its calls are journaled on top of the start record."""
-    code, _, calls = worker(tmp_path, "graph-start-run", "db.sqlite", "task:3", kill="tool:2", counter="first")
-    assert code == -signal.SIGKILL and calls == ["llm", "tool:step", "llm"]
-    code, out, calls = worker(tmp_path, "graph-start-recover", "db.sqlite", "task:3", counter="second")
+    code, out, calls = worker(tmp_path, f"{mode}-recover", "db.sqlite", "task:3", counter="second")
     assert code == 0
     assert calls == ["tool:step", "llm", "tool:step", "llm"]
     same_outcome(out, reference("task:3"))

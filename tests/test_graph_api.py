@@ -76,9 +76,7 @@ def test_run_and_recovery_write_only_derived_checkpoint_ids(sqlite_config, monke
 def test_failed_checkpoint_records_the_failing_visit(sqlite_config, monkeypatch) -> None:
     """The failure checkpoint names the node, the error and keeps the boundary state."""
     graph = checkpointed(graphs.chain(4), config=sqlite_config, graph_id="failrec")
-    monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", "s2:0")
-    with pytest.raises(RuntimeError):
-        asyncio.run(graph.run({}))
+    _fail_at(graph, "s2:0", monkeypatch)
     last = graph.get_last_checkpoint()
     assert last.status == "failed"
     assert (last.failure.node_key, last.failure.error_type) == ("s2", "RuntimeError")
