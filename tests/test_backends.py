@@ -376,23 +376,27 @@ def test_two_worker_processes_race_and_a_stalled_worker_is_fenced(tmp_path, kind
     check_leases(f"sqlite:///{tmp_path}/leases.db" if kind == "sqlite" else f"file://{tmp_path}/leases", tmp_path)
 
 
+def _store_written_before(migration: str, path, headers) -> None:
+    """A SQLite store as spark-ckpt wrote it before ``migration``, holding ``headers`` (blob b"old")."""
+    from sqlite_utils import Database
+
+    from spark_ckpt.backends.sqlite import _migrations, _row
+
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        db = Database(conn)
+        _migrations().apply(db, stop_before=migration)
+        for h in headers:
+            conn.execute("INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", _row(h, b"old"))
+            if db["executions"].exists():
+                conn.execute("INSERT OR IGNORE INTO executions VALUES (?, ?)", (h.execution_id, h.graph_id))
+
+
 def test_sqlite_migrates_a_database_written_with_the_first_schema(tmp_path):
     """A store created before the executions table keeps every checkpoint, lists them by graph and
     execution as before, and new puts record their execution for listing by graph."""
-    from sqlite_utils import Database
-
-    from spark_ckpt.backends.sqlite import _migrations
-
     path = tmp_path / "old.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    _migrations().apply(Database(conn), stop_before="m002_executions_table")
     old = [make_header(seq, execution_id=f"exec-{seq % 2}") for seq in range(4)]
-    for h in old:
-        conn.execute(
-            "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (h.checkpoint_id, h.graph_id, h.execution_id, h.seq, h.created_at, h.status, h.kind, h.size, b"old"),
-        )
-    conn.close()
+    _store_written_before("m002_executions_table", path, old)
 
     backend = SqliteBackend(path)
     assert backend.applied_migrations()[1:] == [
@@ -448,20 +452,9 @@ def test_sqlite_refuses_a_derived_id_at_another_position(tmp_path):
 def test_sqlite_keeps_checkpoints_stored_under_the_first_derived_id_form(tmp_path):
     """Checkpoints written before m004 (ids ``ck-<hex>-<seq>`` for execution ``ex-<hex>``) stay
     readable, listable and deletable by their ids; new checkpoints use the current form."""
-    from sqlite_utils import Database
-
-    from spark_ckpt.backends.sqlite import _migrations
-
     path = tmp_path / "m003.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    _migrations().apply(Database(conn), stop_before="m004_derived_ids_name_the_whole_execution")
     old = make_header(3, execution_id="ex-0abc", checkpoint_id="ck-0abc-3")
-    conn.execute(
-        "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (old.checkpoint_id, old.graph_id, old.execution_id, old.seq, old.created_at, old.status, old.kind, old.size, b"old"),
-    )
-    conn.execute("INSERT INTO executions VALUES (?, ?)", (old.execution_id, old.graph_id))
-    conn.close()
+    _store_written_before("m004_derived_ids_name_the_whole_execution", path, [old])
 
     backend = SqliteBackend(path)
     assert backend.get("ck-0abc-3").blob == b"old"
