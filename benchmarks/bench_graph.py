@@ -68,6 +68,7 @@ class RawSqliteFloor:
         from spark.graphs.hooks import GraphLifecycleEvent
 
         self.graph = build_chain()
+        self.blob_bytes = blob_bytes
         self.conn = sqlite3.connect(path, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
@@ -111,16 +112,13 @@ def bytes_per_checkpoint(graph) -> float:
     return statistics.median(h.size for h in graph.list_checkpoints(limit=N_NODES + 2))
 
 
-FLOOR = "no spark-ckpt: raw SQLite insert per superstep (the write's own cost)"
-
-
 async def overhead_table(runs: int, workdir: Path) -> list[str]:
     """Two alternations: the issue's comparison (SQLite, sync, next to the raw-write floor) on its own,
     then every backend and mode together. Each variant alternated in adds cache pressure on the
     others (on a small machine the ratios of the second table run a little higher)."""
     target = {
         "sqlite, sync (the target row)": wrap(workdir, "sqlite", "target-sqlite-sync"),
-        FLOOR: RawSqliteFloor(workdir / "floor.db"),
+        "no spark-ckpt: raw SQLite insert per superstep (the write's own cost)": RawSqliteFloor(workdir / "floor.db"),
     }
     others = {
         "memory, sync": wrap(workdir, "memory", "mem-sync"),
@@ -141,7 +139,7 @@ async def overhead_table(runs: int, workdir: Path) -> list[str]:
         bare_us = statistics.median(times["bare"]) * 1e6
         for name, graph in variants.items():
             run_us = statistics.median(times[name]) * 1e6
-            size = 2600 if name == FLOOR else bytes_per_checkpoint(graph)
+            size = graph.blob_bytes if isinstance(graph, RawSqliteFloor) else bytes_per_checkpoint(graph)
             rows.append(
                 f"| {name} | {bare_us:.0f} | {run_us:.0f} | {median_ratio(times[name], times['bare']):.2f}x | "
                 f"{(run_us - bare_us) / N_NODES:.0f} | {size:.0f} |"
