@@ -380,13 +380,16 @@ def _store_written_before(migration: str, path, headers) -> None:
     """A SQLite store as spark-ckpt wrote it before ``migration``, holding ``headers`` (blob b"old")."""
     from sqlite_utils import Database
 
-    from spark_ckpt.backends.sqlite import _migrations, _row
+    from spark_ckpt.backends.sqlite import _migrations
 
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         db = Database(conn)
         _migrations().apply(db, stop_before=migration)
         for h in headers:
-            conn.execute("INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", _row(h, b"old"))
+            conn.execute(
+                "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (h.checkpoint_id, h.graph_id, h.execution_id, h.seq, h.created_at, h.status, h.kind, h.size, b"old"),
+            )
             if db["executions"].exists():
                 conn.execute("INSERT OR IGNORE INTO executions VALUES (?, ?)", (h.execution_id, h.graph_id))
 
@@ -401,6 +404,7 @@ def test_sqlite_migrates_a_database_written_with_the_first_schema(tmp_path):
     backend = SqliteBackend(path)
     assert backend.applied_migrations()[1:] == [
         "m002_executions_table", "m003_canonical_ids_unindexed", "m004_derived_ids_name_the_whole_execution",
+        "m005_checkpoints_keyed_by_position",
     ]
     graph_id = old[0].graph_id
     assert {h.checkpoint_id for h in backend.list(graph_id=graph_id)} == {h.checkpoint_id for h in old}
@@ -414,6 +418,60 @@ def test_sqlite_migrates_a_database_written_with_the_first_schema(tmp_path):
         names = {row[0] for row in check.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'checkpoints'")}
         assert "checkpoints_by_graph" not in names and "checkpoints_by_named_id" in names
     backend.close()
+
+
+def test_sqlite_migration_keys_every_checkpoint_by_its_position(tmp_path):
+    """A store written before m005 (rows behind a UNIQUE(execution_id, seq) index) keeps every
+    checkpoint readable, listable and deletable by id; afterwards each row's rowid is its position,
+    the index is gone, and a duplicate (execution, seq) is still refused."""
+    path = tmp_path / "m004.db"
+    old = [
+        make_header(0, execution_id="e1", checkpoint_id="ck-e1-0"),
+        make_header(1, execution_id="e1", checkpoint_id="ck-e1-1"),
+        make_header(-3, execution_id="e1", checkpoint_id="named-before"),
+        make_header(0, execution_id="e2", graph_id="other", checkpoint_id="ck-e2-0"),
+    ]
+    _store_written_before("m005_checkpoints_keyed_by_position", path, old)
+
+    backend = SqliteBackend(path)
+    for h in old:
+        assert backend.get(h.checkpoint_id).header == h
+    assert [h.checkpoint_id for h in backend.list(execution_id="e1")] == ["ck-e1-1", "ck-e1-0", "named-before"]
+    assert [h.checkpoint_id for h in backend.executions()] == ["ck-e1-1", "ck-e2-0"]
+    assert _ids_of(backend.list(graph_id="other")) == {"ck-e2-0"}
+    with pytest.raises(DuplicateCheckpointError):
+        backend.put(make_header(1, execution_id="e1", checkpoint_id="ck-e1-1"), b"dup")
+    backend.put(make_header(2, execution_id="e1", checkpoint_id="ck-e1-2"), b"new")
+    assert backend.executions(graph_id=old[0].graph_id)[0].checkpoint_id == "ck-e1-2"
+    assert backend.delete(["named-before", "ck-e2-0"]) == 2
+    with closing(sqlite3.connect(path)) as check:
+        numbers = dict(check.execute("SELECT execution_id, number FROM executions"))
+        for rowid, execution_id, seq in check.execute("SELECT rowid, execution_id, seq FROM checkpoints"):
+            assert rowid == numbers[execution_id] * 2**32 + seq + 2**31
+        assert [row[1] for row in check.execute("PRAGMA index_list(checkpoints)")] == ["checkpoints_by_named_id"]
+    backend.close()
+
+
+def test_sqlite_refuses_a_seq_it_cannot_place(tmp_path):
+    """A seq outside [-2**31, 2**31) is refused before anything is written, saying what range fits;
+    an older store holding one is left unmigrated, its rows as they were."""
+    backend = SqliteBackend(tmp_path / "ckpt.db")
+    for seq in (2**31, -(2**31) - 1):
+        with pytest.raises(BackendError, match=r"outside \[-2\*\*31, 2\*\*31\)"):
+            backend.put(make_header(seq), b"x")
+        with pytest.raises(BackendError, match="outside"):
+            backend.start_execution(make_header(seq), b"x", "w", 30)
+    assert backend.list() == [] and backend.executions() == []
+    backend.close()
+
+    path = tmp_path / "m004.db"
+    _store_written_before("m005_checkpoints_keyed_by_position", path, [make_header(2**40)])
+    with pytest.raises(BackendError, match="export them with an older spark-ckpt"):
+        SqliteBackend(path)
+    with closing(sqlite3.connect(path)) as check:
+        assert check.execute("SELECT seq, blob FROM checkpoints").fetchall() == [(2**40, b"old")]
+        applied = {row[0] for row in check.execute("SELECT name FROM _sqlite_migrations")}
+        assert "m005_checkpoints_keyed_by_position" not in applied
 
 
 def test_sqlite_lists_by_graph_what_another_connection_wrote(tmp_path):

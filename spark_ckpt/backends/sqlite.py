@@ -11,15 +11,19 @@ power loss too, at roughly ten times the cost per checkpoint.
 Schema: named, append-only migrations (sqlite-utils ``Migrations``, set ``spark_ckpt``) applied on
 open inside one ``BEGIN IMMEDIATE`` transaction, so two processes opening a new file at once do not
 race. Tables ``checkpoints`` (one row per checkpoint, the blob last so listings never read it),
-``executions`` (execution -> graph, for listing by graph; written once per execution: by ``start_execution`` in its
-transaction, else before the execution's first put; a trigger doing it on every insert cost ~14 us
-per put) and ``leases`` (one row per execution). Every B-tree a ``put`` writes costs a page write
-into the WAL (~5-10 us here), so a graph checkpoint's put touches two: the table and
-``UNIQUE(execution_id, seq)`` (lookups by execution, newest per execution). Its id is canonical
-(``ck-<execution_id>-<seq>``, derived from those two), so it is found through that index; only other
-ids go into the partial unique index ``checkpoints_by_named_id``. A derived-shaped id given for any
-other position is refused (it could shadow the checkpoint it names); checking that on every put in
-SQL cost ~16 us, so it is checked in Python instead.
+``executions`` (execution -> its ``number`` and graph; written once per execution: by ``start_execution`` in
+its transaction, else before the execution's first put; a trigger doing it on every insert cost ~14 us
+per put) and ``leases`` (one row per execution).
+
+Every B-tree a ``put`` writes costs a page write into the WAL, so a graph checkpoint's put writes
+one: the table itself. A checkpoint's rowid is its position, ``number * 2**32 + seq + 2**31``, so
+the table is ordered by (execution, seq): that makes (execution, seq) unique, finds a checkpoint
+and lists an execution by rowid, and needs no separate index (the ``UNIQUE(execution_id, seq)``
+index it replaced cost ~8 us per put). Seq must lie in [-2**31, 2**31). A graph checkpoint's id is
+canonical (``ck-<execution_id>-<seq>``, derived from its position), so it needs no index either;
+only other ids go into the partial unique index ``checkpoints_by_named_id``. A derived-shaped id
+given for any other position is refused (it could shadow the checkpoint it names); checking that on
+every put in SQL cost ~16 us, so it is checked in Python instead.
 
 The hot path (``put``/``get``) uses the plain ``sqlite3`` connection and its statement cache; one
 connection per backend object, guarded by a lock because a transaction spans several statements.
@@ -50,6 +54,15 @@ SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 MIGRATION_SET = "spark_ckpt"
 
 _HEADER_COLUMNS = "checkpoint_id, graph_id, execution_id, seq, created_at, status, kind, size"
+_CHECKPOINT_HEADER_COLUMNS = ", ".join(f"c.{column}" for column in _HEADER_COLUMNS.split(", "))  # joined with executions
+
+# A checkpoint's rowid is its position: its execution's number * SEQ_SPAN + seq + SEQ_OFFSET.
+SEQ_SPAN = 1 << 32
+SEQ_OFFSET = 1 << 31
+_NUMBER_OF = "(SELECT number FROM executions WHERE execution_id = ?)"
+_POSITION = f"{_NUMBER_OF} * {SEQ_SPAN} + ? + {SEQ_OFFSET}"  # parameters: execution_id, seq
+# the rows of execution ``e`` (an alias of executions)
+_ROWS_OF_E = f"c.rowid BETWEEN e.number * {SEQ_SPAN} AND e.number * {SEQ_SPAN} + {SEQ_SPAN - 1}"
 # A canonical row's id is derived from its (execution_id, seq) (``model.canonical_checkpoint_id``), so it
 # needs no index of its own: only other ids go into the partial unique index. The expression must be
 # written identically in the index and in the queries, or SQLite will not use the index.
@@ -58,22 +71,21 @@ _NAMED_ID = f"checkpoint_id = ? AND NOT {_CANONICAL}"
 
 
 _INSERT = (
-    "INSERT INTO checkpoints (checkpoint_id, graph_id, execution_id, seq, created_at, status, kind, size, blob) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO checkpoints (rowid, checkpoint_id, graph_id, execution_id, seq, created_at, status, kind, size, blob) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # One statement, so one implicit transaction: the row is written only if the presented lease is still
 # the execution's current one. Half the cost of BEGIN IMMEDIATE + SELECT + INSERT + COMMIT.
 _INSERT_FENCED = (
-    "INSERT INTO checkpoints (checkpoint_id, graph_id, execution_id, seq, created_at, status, kind, size, blob) "
-    "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS "
+    "INSERT INTO checkpoints (rowid, checkpoint_id, graph_id, execution_id, seq, created_at, status, kind, size, blob) "
+    "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS "
     "(SELECT 1 FROM leases WHERE execution_id = ? AND token = ? AND owner = ?)"
 )
-# listing by graph: through ``executions`` (the checkpoints table has no graph index)
-_OF_GRAPH = "execution_id IN (SELECT execution_id FROM executions WHERE graph_id = ?)"
 # newest first; equal times are ordered by seq, then by id, so every backend lists ties alike
 _NEWEST_FIRST = " ORDER BY created_at DESC, seq DESC, checkpoint_id DESC LIMIT ?"
 _RECORD_EXECUTION = "INSERT OR IGNORE INTO executions (execution_id, graph_id) VALUES (?, ?)"
-_GET_CANONICAL = f"SELECT {_HEADER_COLUMNS}, blob FROM checkpoints WHERE execution_id = ? AND seq = ? AND checkpoint_id = ?"
+_GET_NUMBER = "SELECT number FROM executions WHERE execution_id = ?"
+_GET_CANONICAL = f"SELECT {_HEADER_COLUMNS}, blob FROM checkpoints WHERE rowid = {_POSITION} AND checkpoint_id = ?"
 _GET_NAMED = f"SELECT {_HEADER_COLUMNS}, blob FROM checkpoints WHERE {_NAMED_ID}"
 _GET_LEASE = "SELECT execution_id, owner, token, expires_at FROM leases WHERE execution_id = ?"
 _SET_LEASE = (
@@ -168,12 +180,61 @@ def _migrations():
         db.execute("DROP INDEX checkpoints_by_named_id")
         db.execute(f"CREATE UNIQUE INDEX checkpoints_by_named_id ON checkpoints (checkpoint_id) WHERE NOT {_CANONICAL}")
 
+    @migrations(name="m005_checkpoints_keyed_by_position")
+    def _positions(db) -> None:
+        # The UNIQUE(execution_id, seq) index cost a page write per put (~8 us); a rowid that is the
+        # checkpoint's position (execution number, seq) gives the same order and uniqueness for free.
+        db.execute(
+            "CREATE TABLE executions_new (number INTEGER PRIMARY KEY, execution_id TEXT NOT NULL UNIQUE, graph_id TEXT NOT NULL)"
+        )
+        db.execute("INSERT INTO executions_new (execution_id, graph_id) SELECT execution_id, graph_id FROM executions")
+        db.execute("DROP TABLE executions")  # (and executions_by_graph)
+        db.execute("ALTER TABLE executions_new RENAME TO executions")
+        db.execute("CREATE INDEX executions_by_graph ON executions (graph_id)")
+        db.execute(_RECORD_EXECUTION.replace("VALUES (?, ?)", "SELECT execution_id, graph_id FROM checkpoints"))
+        (outside,) = db.execute(f"SELECT count(*) FROM checkpoints WHERE seq < -{SEQ_OFFSET} OR seq >= {SEQ_OFFSET}").fetchone()
+        if outside:
+            raise BackendError(
+                f"{outside} stored checkpoint(s) have a seq outside [-2**31, 2**31), which this version of the "
+                "sqlite backend cannot hold; export them with an older spark-ckpt first. Nothing was changed"
+            )
+        db.execute(
+            """
+            CREATE TABLE checkpoints_new (
+                checkpoint_id TEXT NOT NULL,
+                graph_id TEXT NOT NULL,
+                execution_id TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                created_at REAL NOT NULL,
+                status TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                size INTEGER NOT NULL,
+                blob BLOB NOT NULL
+            )
+            """
+        )
+        db.execute(
+            f"INSERT INTO checkpoints_new (rowid, {_HEADER_COLUMNS}, blob) "
+            f"SELECT e.number * {SEQ_SPAN} + c.seq + {SEQ_OFFSET}, {_CHECKPOINT_HEADER_COLUMNS}, c.blob "
+            "FROM checkpoints c JOIN executions e ON e.execution_id = c.execution_id"
+        )
+        db.execute("DROP TABLE checkpoints")
+        db.execute("ALTER TABLE checkpoints_new RENAME TO checkpoints")
+        db.execute(f"CREATE UNIQUE INDEX checkpoints_by_named_id ON checkpoints (checkpoint_id) WHERE NOT {_CANONICAL}")
+
     return migrations
 
 
-def _row(h: CheckpointHeader, blob: bytes) -> tuple:
-    """``_INSERT``'s parameters."""
-    return h.checkpoint_id, h.graph_id, h.execution_id, h.seq, h.created_at, h.status, h.kind, h.size, blob
+def _row(number: int, h: CheckpointHeader, blob: bytes) -> tuple:
+    """``_INSERT``'s parameters, for a checkpoint of the execution numbered ``number``."""
+    position = number * SEQ_SPAN + h.seq + SEQ_OFFSET
+    return position, h.checkpoint_id, h.graph_id, h.execution_id, h.seq, h.created_at, h.status, h.kind, h.size, blob
+
+
+def _stored_position(checkpoint_id: str) -> tuple[str, int] | None:
+    """``(execution_id, seq)`` where a derived-shaped id can be stored (``None``: it cannot be here)."""
+    key = canonical_key(checkpoint_id)
+    return key if key is not None and -SEQ_OFFSET <= key[1] < SEQ_OFFSET else None
 
 
 def _header(row: tuple) -> CheckpointHeader:
@@ -198,8 +259,9 @@ class SqliteBackend(LocalBackend):
             raise ConfigError(f"sqlite backend option busy_timeout_s must be >= 0, got {busy_timeout_s!r}")
         self.synchronous = mode
         self._lock = threading.Lock()
-        #: executions this object has already recorded in ``executions`` (rows are never removed)
-        self._recorded: set[str] = set()
+        #: number of each execution this object has recorded in ``executions`` (rows are never removed,
+        #: so a number never changes)
+        self._numbers: dict[str, int] = {}
         self._conn = self._connect_retrying(busy_timeout_s)
         # Close the connection when the backend is garbage-collected, so a backend that was never
         # closed explicitly does not leak it (Python 3.13 warns about unclosed connections).
@@ -340,6 +402,11 @@ class SqliteBackend(LocalBackend):
         how it is found, and why it needs no index. Anywhere else it could shadow, or be shadowed by, the
         checkpoint it names, so it is refused (spark-ckpt never writes one elsewhere)."""
         h = header
+        if not -SEQ_OFFSET <= h.seq < SEQ_OFFSET:
+            raise BackendError(
+                f"checkpoint seq {h.seq} of execution {h.execution_id} is outside [-2**31, 2**31), the range "
+                f"{self.describe()} can hold; number checkpoints from 0"
+            )
         key = canonical_key(h.checkpoint_id)
         if key is not None and key != (h.execution_id, h.seq):
             raise BackendError(
@@ -351,12 +418,13 @@ class SqliteBackend(LocalBackend):
     def put(self, header: CheckpointHeader, blob: bytes, *, lease: Lease | None = None) -> None:
         h = header
         self.check_header(h)
-        params = _row(h, blob)
         with self._lock:
             conn = self._conn
             try:
-                if h.execution_id not in self._recorded:
-                    self._record_execution(conn, h)
+                number = self._numbers.get(h.execution_id)
+                if number is None:
+                    number = self._record_execution(conn, h)
+                params = _row(number, h, blob)
                 if lease is None:
                     conn.execute(_INSERT, params)  # autocommit: one statement, one transaction
                     return
@@ -369,16 +437,23 @@ class SqliteBackend(LocalBackend):
             except sqlite3.Error as exc:
                 raise self._failed(f"store checkpoint {h.checkpoint_id!r}", exc) from exc
 
-    def _record_execution(self, conn: sqlite3.Connection, h: CheckpointHeader) -> None:
-        """Map the execution to its graph (for listing by graph), once per execution and object."""
+    def _record_execution(self, conn: sqlite3.Connection, h: CheckpointHeader) -> int:
+        """Record the execution (its number, its graph for listing by graph), once per execution and
+        object; returns its number."""
         conn.execute(_RECORD_EXECUTION, (h.execution_id, h.graph_id))
-        self._remember_recorded(h.execution_id)
+        number = self._number_of(conn, h.execution_id)
+        self._remember_number(h.execution_id, number)
+        return number
 
-    def _remember_recorded(self, execution_id: str) -> None:
+    @staticmethod
+    def _number_of(conn: sqlite3.Connection, execution_id: str) -> int:
+        return conn.execute(_GET_NUMBER, (execution_id,)).fetchone()[0]
+
+    def _remember_number(self, execution_id: str, number: int) -> None:
         """Call only once the ``executions`` row is committed."""
-        if len(self._recorded) > 10_000:  # bound the memory of very long-lived workers
-            self._recorded.clear()
-        self._recorded.add(execution_id)
+        if len(self._numbers) > 10_000:  # bound the memory of very long-lived workers
+            self._numbers.clear()
+        self._numbers[execution_id] = number
 
     def _duplicate(self, h: CheckpointHeader, exc: sqlite3.IntegrityError) -> DuplicateCheckpointError:
         if "checkpoint_id" in str(exc):
@@ -398,18 +473,19 @@ class SqliteBackend(LocalBackend):
             lease = grant_lease(self._read_lease(h.execution_id), h.execution_id, owner, ttl_s, time.time())
             conn.execute(_SET_LEASE, (lease.execution_id, lease.owner, lease.token, lease.expires_at))
             conn.execute(_RECORD_EXECUTION, (h.execution_id, h.graph_id))
+            number = self._number_of(conn, h.execution_id)
             try:
-                conn.execute(_INSERT, _row(h, blob))
+                conn.execute(_INSERT, _row(number, h, blob))
             except sqlite3.IntegrityError as exc:
                 raise self._duplicate(h, exc) from None
-            return lease
+            return lease, number
 
-        lease = self._lease_transaction(f"start execution {h.execution_id}", change)
-        self._remember_recorded(h.execution_id)  # not inside change(): a rolled-back row is not recorded
+        lease, number = self._lease_transaction(f"start execution {h.execution_id}", change)
+        self._remember_number(h.execution_id, number)  # not inside change(): a rolled-back row is not recorded
         return lease
 
     def get(self, checkpoint_id: str) -> StoredCheckpoint:
-        key = canonical_key(checkpoint_id)
+        key = _stored_position(checkpoint_id)
         with self._lock:
             try:
                 row = self._conn.execute(_GET_CANONICAL, (*key, checkpoint_id)).fetchone() if key else None
@@ -432,16 +508,11 @@ class SqliteBackend(LocalBackend):
     def list(
         self, *, graph_id: str | None = None, execution_id: str | None = None, limit: int | None = None
     ) -> list[CheckpointHeader]:
-        where, params = [], []
-        if graph_id is not None:
-            where.append(_OF_GRAPH)
-            params.append(graph_id)
-        if execution_id is not None:
-            where.append("execution_id = ?")
-            params.append(execution_id)
-        sql = f"SELECT {_HEADER_COLUMNS} FROM checkpoints"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        if graph_id is None and execution_id is None:
+            sql, params = f"SELECT {_HEADER_COLUMNS} FROM checkpoints", []
+        else:  # each execution's rows are one rowid range
+            where, params = self._executions_where(graph_id, execution_id)
+            sql = f"SELECT {_CHECKPOINT_HEADER_COLUMNS} FROM executions e JOIN checkpoints c ON {_ROWS_OF_E}{where}"
         sql += _NEWEST_FIRST
         params.append(-1 if limit is None else limit)
         return self._query("list checkpoints", sql, params)
@@ -449,17 +520,10 @@ class SqliteBackend(LocalBackend):
     def executions(
         self, *, graph_id: str | None = None, unfinished_only: bool = False, limit: int | None = None
     ) -> list[CheckpointHeader]:
-        # SQLite fills the bare columns of a MAX() aggregate from the row holding the maximum,
-        # so this is one pass over the (execution_id, seq) index and never touches blobs.
-        inner = (
-            "SELECT checkpoint_id, graph_id, execution_id, MAX(seq) AS seq, created_at, status, kind, size "
-            "FROM checkpoints"
-        )
-        params: list = []
-        if graph_id is not None:
-            inner += f" WHERE {_OF_GRAPH}"
-            params.append(graph_id)
-        inner += " GROUP BY execution_id"
+        # An execution's newest checkpoint is the last row of its rowid range: one seek per execution.
+        where, params = self._executions_where(graph_id, None)
+        last_row = f"SELECT MAX(rowid) FROM checkpoints c WHERE {_ROWS_OF_E}"
+        inner = f"SELECT {_CHECKPOINT_HEADER_COLUMNS} FROM executions e JOIN checkpoints c ON c.rowid = ({last_row}){where}"
         sql = f"SELECT {_HEADER_COLUMNS} FROM ({inner})"
         if unfinished_only:
             statuses = sorted(UNFINISHED_STATUSES)
@@ -469,11 +533,23 @@ class SqliteBackend(LocalBackend):
         params.append(-1 if limit is None else limit)
         return self._query("list executions", sql, params)
 
+    @staticmethod
+    def _executions_where(graph_id: str | None, execution_id: str | None) -> tuple[str, list]:
+        """A WHERE clause on ``executions e`` (its graph as first recorded), and its parameters."""
+        where, params = [], []
+        if graph_id is not None:
+            where.append("e.graph_id = ?")
+            params.append(graph_id)
+        if execution_id is not None:
+            where.append("e.execution_id = ?")
+            params.append(execution_id)
+        return (" WHERE " + " AND ".join(where) if where else ""), params
+
     def delete(self, checkpoint_ids: Iterable[str]) -> int:
         ids = list(dict.fromkeys(checkpoint_ids))
         if not ids:
             return 0
-        canonical = [(*key, cid) for cid in ids if (key := canonical_key(cid)) is not None]
+        canonical = [(*key, cid) for cid in ids if (key := _stored_position(cid)) is not None]
         with self._lock:
             conn = self._conn
             try:
@@ -482,7 +558,7 @@ class SqliteBackend(LocalBackend):
                     before = conn.total_changes
                     conn.executemany(f"DELETE FROM checkpoints WHERE {_NAMED_ID}", [(cid,) for cid in ids])
                     conn.executemany(
-                        "DELETE FROM checkpoints WHERE execution_id = ? AND seq = ? AND checkpoint_id = ?", canonical
+                        f"DELETE FROM checkpoints WHERE rowid = {_POSITION} AND checkpoint_id = ?", canonical
                     )
                     deleted = conn.total_changes - before
                 except BaseException:
@@ -499,8 +575,8 @@ class SqliteBackend(LocalBackend):
         with self._lock:
             try:
                 cursor = self._conn.execute(
-                    "UPDATE checkpoints SET blob = ?, size = ? WHERE checkpoint_id = ? AND execution_id = ? AND seq = ?",
-                    (blob, h.size, h.checkpoint_id, h.execution_id, h.seq),
+                    f"UPDATE checkpoints SET blob = ?, size = ? WHERE rowid = {_POSITION} AND checkpoint_id = ?",
+                    (blob, h.size, h.execution_id, h.seq, h.checkpoint_id),
                 )
             except sqlite3.Error as exc:
                 raise self._failed(f"replace checkpoint {h.checkpoint_id!r}", exc) from exc
