@@ -474,6 +474,23 @@ def test_sqlite_refuses_a_seq_it_cannot_place(tmp_path):
         assert "m005_checkpoints_keyed_by_position" not in applied
 
 
+def test_sqlite_extreme_seqs_stay_in_their_execution(tmp_path):
+    """The first and last seq an execution can hold sit at the edges of its rowid range: they are
+    found, listed and counted as that execution's, never as a neighbour's."""
+    backend = SqliteBackend(tmp_path / "ckpt.db")
+    backend.put(make_header(0, execution_id="before"), b"b")
+    lowest, highest = make_header(-(2**31), execution_id="mid"), make_header(2**31 - 1, execution_id="mid")
+    backend.put(highest, b"high")
+    backend.put(lowest, b"low")
+    backend.put(make_header(0, execution_id="after"), b"a")
+    assert {h.seq for h in backend.list(execution_id="mid")} == {-(2**31), 2**31 - 1}
+    assert {h.execution_id: h.seq for h in backend.executions()} == {"before": 0, "mid": 2**31 - 1, "after": 0}
+    assert backend.get(lowest.checkpoint_id).blob == b"low"
+    assert backend.delete([highest.checkpoint_id]) == 1
+    assert [h.seq for h in backend.executions() if h.execution_id == "mid"] == [-(2**31)]
+    backend.close()
+
+
 def test_sqlite_lists_by_graph_what_another_connection_wrote(tmp_path):
     """Each backend object records an execution's graph once; executions written through another
     object (another process) or started with start_execution are listed by graph all the same."""

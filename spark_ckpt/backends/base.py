@@ -11,7 +11,8 @@ Rules:
   existing checkpoint. Storing a second checkpoint with the same ``(execution_id, seq)`` raises
   ``DuplicateCheckpointError`` and leaves the first intact. Ids are unique in the store; an id of the
   derived shape ``ck-<execution_id>-<seq>`` (``model.canonical_checkpoint_id``) may be refused
-  (``BackendError``) anywhere but at that position, so a store can find such ids by position.
+  (``BackendError``) anywhere but at that position, so a store can find such ids by position. A
+  store may also refuse a ``seq`` outside [-2**31, 2**31) (spark-ckpt numbers checkpoints from 0).
 * ``list`` returns headers newest first: by ``created_at``, then ``seq``, then ``checkpoint_id``,
   descending (``newest_first``), so every backend orders ties alike.
 * ``executions`` returns the newest header of each execution (its current status).
