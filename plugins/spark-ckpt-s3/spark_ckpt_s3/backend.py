@@ -204,36 +204,35 @@ class S3Backend(Backend):
             )
         return BackendError(f"S3 {action} on {self.describe()} failed: {exc}; check the endpoint, bucket and credentials (a failed write publishes nothing)")
 
-    def _call(self, action: str, fn: Any, /, **kwargs: Any) -> Any:
+    def _call(self, action: str, fn: Any, /, *, none_on: tuple[str, ...] = (), **kwargs: Any) -> Any:
+        """``fn(**kwargs)``; ``None`` if S3 answers with an error code in ``none_on`` (no such key, a
+        failed condition); any other error is a ``BackendError`` naming ``action``."""
         try:
             return fn(**kwargs)
-        except (self._botocore_errors.BotoCoreError, self._botocore_errors.ClientError) as exc:
+        except self._botocore_errors.ClientError as exc:
+            if self._code(exc) in none_on:
+                return None
+            raise self._failed(action, exc) from exc
+        except self._botocore_errors.BotoCoreError as exc:
             raise self._failed(action, exc) from exc
 
     def _get_object(self, key: str) -> dict[str, Any] | None:
         """The object (body read), or None if it does not exist."""
-        try:
+
+        def fetch() -> dict[str, Any]:
             response = self._s3.get_object(Bucket=self.bucket, Key=key)
             response["Body"] = response["Body"].read()
             return response
-        except self._botocore_errors.ClientError as exc:
-            if self._code(exc) in ("NoSuchKey", "404"):
-                return None
-            raise self._failed(f"read of {key}", exc) from exc
-        except self._botocore_errors.BotoCoreError as exc:
-            raise self._failed(f"read of {key}", exc) from exc
+
+        return self._call(f"read of {key}", fetch, none_on=("NoSuchKey", "404"))
 
     def _put_new(self, key: str, body: bytes, **extra: Any) -> bool:
         """Create ``key`` only if absent; False if it already existed."""
-        try:
-            self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*", **extra)
-            return True
-        except self._botocore_errors.ClientError as exc:
-            if self._code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                return False
-            raise self._failed(f"write of {key}", exc) from exc
-        except self._botocore_errors.BotoCoreError as exc:
-            raise self._failed(f"write of {key}", exc) from exc
+        written = self._call(
+            f"write of {key}", self._s3.put_object, none_on=("PreconditionFailed", "412", "ConditionalRequestConflict"),
+            Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*", **extra,
+        )
+        return written is not None
 
     def _check_bucket(self, create: bool) -> None:
         try:
@@ -336,14 +335,7 @@ class S3Backend(Backend):
         return added
 
     def _head(self, key: str) -> dict[str, Any] | None:
-        try:
-            return self._s3.head_object(Bucket=self.bucket, Key=key)
-        except self._botocore_errors.ClientError as exc:
-            if self._code(exc) in ("NoSuchKey", "404", "NotFound"):
-                return None
-            raise self._failed(f"read of {key}", exc) from exc
-        except self._botocore_errors.BotoCoreError as exc:
-            raise self._failed(f"read of {key}", exc) from exc
+        return self._call(f"read of {key}", self._s3.head_object, none_on=("NoSuchKey", "404", "NotFound"), Bucket=self.bucket, Key=key)
 
     def get(self, checkpoint_id: str) -> StoredCheckpoint:
         known = self._key_of.get(checkpoint_id)
@@ -488,15 +480,12 @@ class S3Backend(Backend):
     def _write_lease(self, lease: Lease, etag: str | None) -> bool:
         body = json.dumps({"owner": lease.owner, "token": lease.token, "expires_at": lease.expires_at}).encode()
         condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
-        try:
-            self._s3.put_object(Bucket=self.bucket, Key=self._lease_key(lease.execution_id), Body=body, **condition)
-            return True
-        except self._botocore_errors.ClientError as exc:
-            if self._code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "NoSuchKey", "404"):
-                return False
-            raise self._failed("lease write", exc) from exc
-        except self._botocore_errors.BotoCoreError as exc:
-            raise self._failed("lease write", exc) from exc
+        written = self._call(
+            "lease write", self._s3.put_object,
+            none_on=("PreconditionFailed", "412", "ConditionalRequestConflict", "NoSuchKey", "404"),
+            Bucket=self.bucket, Key=self._lease_key(lease.execution_id), Body=body, **condition,
+        )
+        return written is not None
 
     def acquire_lease(self, execution_id: str, owner: str, ttl_s: float) -> Lease:
         for _ in range(5):
