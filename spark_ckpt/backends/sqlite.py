@@ -59,7 +59,8 @@ _CHECKPOINT_HEADER_COLUMNS = ", ".join(f"c.{column}" for column in _HEADER_COLUM
 # A checkpoint's rowid is its position: its execution's number * SEQ_SPAN + seq + SEQ_OFFSET.
 SEQ_SPAN = 1 << 32
 SEQ_OFFSET = 1 << 31
-_NUMBER_OF = "(SELECT number FROM executions WHERE execution_id = ?)"
+_GET_NUMBER = "SELECT number FROM executions WHERE execution_id = ?"
+_NUMBER_OF = f"({_GET_NUMBER})"
 _POSITION = f"{_NUMBER_OF} * {SEQ_SPAN} + ? + {SEQ_OFFSET}"  # parameters: execution_id, seq
 # the rows of execution ``e`` (an alias of executions)
 _ROWS_OF_E = f"c.rowid BETWEEN e.number * {SEQ_SPAN} AND e.number * {SEQ_SPAN} + {SEQ_SPAN - 1}"
@@ -84,7 +85,6 @@ _INSERT_FENCED = (
 # newest first; equal times are ordered by seq, then by id, so every backend lists ties alike
 _NEWEST_FIRST = " ORDER BY created_at DESC, seq DESC, checkpoint_id DESC LIMIT ?"
 _RECORD_EXECUTION = "INSERT OR IGNORE INTO executions (execution_id, graph_id) VALUES (?, ?)"
-_GET_NUMBER = "SELECT number FROM executions WHERE execution_id = ?"
 _GET_CANONICAL = f"SELECT {_HEADER_COLUMNS}, blob FROM checkpoints WHERE rowid = {_POSITION} AND checkpoint_id = ?"
 _GET_NAMED = f"SELECT {_HEADER_COLUMNS}, blob FROM checkpoints WHERE {_NAMED_ID}"
 _GET_LEASE = "SELECT execution_id, owner, token, expires_at FROM leases WHERE execution_id = ?"
@@ -231,10 +231,15 @@ def _row(number: int, h: CheckpointHeader, blob: bytes) -> tuple:
     return position, h.checkpoint_id, h.graph_id, h.execution_id, h.seq, h.created_at, h.status, h.kind, h.size, blob
 
 
+def _placeable(seq: int) -> bool:
+    """Whether a checkpoint with this seq has a position (rowid) in its execution's range."""
+    return -SEQ_OFFSET <= seq < SEQ_OFFSET
+
+
 def _stored_position(checkpoint_id: str) -> tuple[str, int] | None:
     """``(execution_id, seq)`` where a derived-shaped id can be stored (``None``: it cannot be here)."""
     key = canonical_key(checkpoint_id)
-    return key if key is not None and -SEQ_OFFSET <= key[1] < SEQ_OFFSET else None
+    return key if key is not None and _placeable(key[1]) else None
 
 
 def _header(row: tuple) -> CheckpointHeader:
@@ -402,7 +407,7 @@ class SqliteBackend(LocalBackend):
         how it is found, and why it needs no index. Anywhere else it could shadow, or be shadowed by, the
         checkpoint it names, so it is refused (spark-ckpt never writes one elsewhere)."""
         h = header
-        if not -SEQ_OFFSET <= h.seq < SEQ_OFFSET:
+        if not _placeable(h.seq):
             raise BackendError(
                 f"checkpoint seq {h.seq} of execution {h.execution_id} is outside [-2**31, 2**31), the range "
                 f"{self.describe()} can hold; number checkpoints from 0"
