@@ -39,6 +39,8 @@ def spark_ckpt_register_serializers(register: Callable[[Any], None]) -> None:
 def spark_ckpt_register_policies(register: Callable[[str, Callable[..., Any]], None]) -> None:
     """Register checkpoint strategies: ``register(name, factory)``; ``factory(config)`` returns an
     object with ``should_checkpoint(decision) -> bool``. Selected by ``CheckpointConfig(strategy=name)``.
+    The object may also offer ``due(supersteps_since_last, seconds_since_last) -> bool``, its answer at a
+    superstep boundary, asked there instead when no ``spark_ckpt_should_checkpoint`` hook is registered.
     """
 
 

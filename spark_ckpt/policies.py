@@ -1,4 +1,9 @@
-"""When to checkpoint: the built-in strategies ("iteration", "time", "event")."""
+"""When to checkpoint: the built-in strategies ("iteration", "time", "event").
+
+A policy answers ``should_checkpoint(decision)``. It may also offer ``due(supersteps_since_last,
+seconds_since_last)``: the same answer for a superstep boundary, which the graph adapter asks instead
+when no ``spark_ckpt_should_checkpoint`` hook is registered (no decision object is built per superstep).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,10 @@ class IterationPolicy:
         self.every = max(1, int(config.interval))
 
     def should_checkpoint(self, decision: CheckpointDecision) -> bool:
-        return decision.reason != "superstep" or decision.supersteps_since_last >= self.every
+        return decision.reason != "superstep" or self.due(decision.supersteps_since_last, decision.seconds_since_last)
+
+    def due(self, supersteps_since_last: int, seconds_since_last: float) -> bool:
+        return supersteps_since_last >= self.every
 
 
 class TimePolicy:
@@ -25,7 +33,10 @@ class TimePolicy:
         self.seconds = float(config.interval)
 
     def should_checkpoint(self, decision: CheckpointDecision) -> bool:
-        return decision.reason != "superstep" or decision.seconds_since_last >= self.seconds
+        return decision.reason != "superstep" or self.due(decision.supersteps_since_last, decision.seconds_since_last)
+
+    def due(self, supersteps_since_last: int, seconds_since_last: float) -> bool:
+        return seconds_since_last >= self.seconds
 
 
 class EventPolicy:
@@ -36,6 +47,9 @@ class EventPolicy:
 
     def should_checkpoint(self, decision: CheckpointDecision) -> bool:
         return decision.reason != "superstep"
+
+    def due(self, supersteps_since_last: int, seconds_since_last: float) -> bool:
+        return False
 
 
 @hookimpl

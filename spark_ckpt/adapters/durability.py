@@ -33,6 +33,11 @@ class DurableWriter:
             return
         await put()
 
+    @property
+    def idle(self) -> bool:
+        """Nothing running or held: a ``wait=True`` write may call its put directly."""
+        return self._pending is None and not self._held
+
     async def flush(self) -> None:
         """Store what is still running or held, in order."""
         if self._pending is not None:

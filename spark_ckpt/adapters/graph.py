@@ -45,6 +45,7 @@ from ..model import (
     COMPLETED, CONTENT_VERSION, FAILED, GRAPH, RUNNING, CheckpointHeader, FailureInfo, GraphCheckpoint, Lease, Visit,
     canonical_checkpoint_id, new_id,
 )
+from ..backends.base import LocalBackend
 from ..backends.leases import acquire_waiting, worker_identity
 from ..plugins import Hooks
 from ..retention import prune
@@ -148,7 +149,6 @@ class _Execution:
     inflight_recovered: dict[str, Any] = attrs.field(factory=dict)
     inflight: dict[str, Any] = attrs.field(factory=dict)
     skip: dict[str, Any] = attrs.field(factory=dict)  # node key -> output to use (None: pass input through)
-    running: dict[tuple[str, int], Any] = attrs.field(factory=dict)  # in-flight visit -> its input
     lease: Lease | None = None
     last_checkpoint_at: float = 0.0
     supersteps_since: int = 0
@@ -214,8 +214,11 @@ class CheckpointedGraph:
         self.graph_version = graph_version or self.structure
         self.worker_id = worker_id or worker_identity()
         self.backend = self.config.open_backend()
+        # a local backend's aput only calls put: calling put saves a coroutine per checkpoint
+        self._put_directly = type(self.backend).aput is LocalBackend.aput
         self.codec: Codec = self.config.make_codec()
         self.policy = self.config.make_policy()
+        self._policy_due = getattr(self.policy, "due", None)
         self.retention_rules = self.config.make_retention_rules()
         self.hooks = Hooks()
         self._has_adapters = False
@@ -308,7 +311,7 @@ class CheckpointedGraph:
         renewer = _LeaseRenewer(self, ex)
         try:
             if start_state is None:
-                await self._checkpoint(ex, reason="start", status=RUNNING)
+                await self._checkpoint(ex, status=RUNNING)
             result = await self.graph.run(inputs)
         except BaseException as exc:
             await self._record_failure(ex, exc)
@@ -330,7 +333,7 @@ class CheckpointedGraph:
 
     async def _finish(self, ex: _Execution, result: Any) -> None:
         if ex.last_status != COMPLETED:
-            await self._checkpoint(ex, reason="final", status=COMPLETED, result=result)
+            await self._checkpoint(ex, status=COMPLETED, result=result)
         await ex.writes.flush()
         if self.retention_rules:
             try:
@@ -355,6 +358,8 @@ class CheckpointedGraph:
     # node visits
     def _make_do_wrapper(self, node: Any, key: str, original_do: Any) -> Any:
         successors = {self._keys[id(e.to_node)] for e in getattr(node, "edges", ()) if id(e.to_node) in self._keys}
+        visit_context = self._visit_context
+
         async def do(inputs: Any = None) -> Any:
             ex = self._active
             if ex is None:
@@ -370,10 +375,48 @@ class CheckpointedGraph:
                     return await self._replay_visit(ex, node, key, index, inputs, recorded)
             if ex.skip and key in ex.skip:
                 return await self._skip_visit(ex, node, key, index, inputs)
-            return await self._live_visit(ex, node, key, index, inputs, original_do)
+            # a live visit (inline: this runs once per node visit)
+            token = _current_visit.set(LazyVisit(visit_context, ex, key, index))
+            started = time.time()
+            t0 = time.perf_counter()
+            try:
+                if ex.node_hooks:
+                    await self.hooks.pre_node(NodeEvent(self.graph_id, ex.execution_id, key, index, ex.superstep, node, inputs))
+                try:
+                    output = await original_do(inputs)
+                except BaseException as exc:
+                    await self._visit_failed(ex, node, key, index, inputs, exc)
+                    raise
+                duration = time.perf_counter() - t0
+                ex.journal.append({"node_key": key, "index": index, "superstep": ex.superstep,
+                                   "output": self._dump_cached(ex, output), "status": "completed",
+                                   "started_at": started, "duration_s": duration})
+                if ex.inflight:
+                    ex.inflight.pop(key, None)
+                    ex.inflight_stored.pop(key, None)
+                if ex.report is not None:
+                    ex.report.live.append((key, index))
+                if ex.node_hooks:
+                    await self.hooks.post_node(NodeEvent(self.graph_id, ex.execution_id, key, index, ex.superstep,
+                                                         node, inputs, output, duration_s=duration))
+                return output
+            finally:
+                # Spark nests every previous context snapshot into the next one (cost and recursion grow
+                # per visit); nothing reads it, so drop it after each visit.
+                state = getattr(node, "_state", None)
+                if isinstance(state, dict):
+                    state["context_snapshot"] = None
+                _current_visit.reset(token)
 
         do.__wrapped__ = original_do  # type: ignore[attr-defined]
         return do
+
+    async def _visit_failed(self, ex: _Execution, node: Any, key: str, index: int, inputs: Any, exc: BaseException) -> None:
+        if ex.failure is None:  # the first failure of the superstep is the one the caller sees
+            ex.failure = FailureInfo(key, index, type(exc).__name__, str(exc), _plain_or_repr(_dump_message(inputs)))
+        await self.hooks.on_failure(FailureEvent(
+            self.graph_id, ex.execution_id, key, exc, type(exc).__name__, str(exc), node, inputs,
+        ))
 
     def _visit_context(self, ex: _Execution, key: str, index: int) -> VisitContext:
         recovered = ex.inflight_recovered.get(key)
@@ -414,46 +457,6 @@ class CheckpointedGraph:
         if ex.report is not None:
             ex.report.skipped.append((key, index))
         return output
-
-    async def _live_visit(self, ex: _Execution, node: Any, key: str, index: int, inputs: Any, original_do: Any) -> Any:
-        token = _current_visit.set(LazyVisit(lambda: self._visit_context(ex, key, index)))
-        ex.running[(key, index)] = inputs  # dumped only if the visit fails
-        started = time.time()
-        t0 = time.perf_counter()
-        try:
-            if ex.node_hooks:
-                await self.hooks.pre_node(NodeEvent(self.graph_id, ex.execution_id, key, index, ex.superstep, node, inputs))
-            try:
-                output = await original_do(inputs)
-            except BaseException as exc:
-                if ex.failure is None:  # the first failure of the superstep is the one the caller sees
-                    failed_input = ex.running.get((key, index))
-                    ex.failure = FailureInfo(key, index, type(exc).__name__, str(exc),
-                                             _plain_or_repr(_dump_message(failed_input)))
-                await self.hooks.on_failure(FailureEvent(
-                    self.graph_id, ex.execution_id, key, exc, type(exc).__name__, str(exc), node, inputs,
-                ))
-                raise
-            duration = time.perf_counter() - t0
-            ex.journal.append({"node_key": key, "index": index, "superstep": ex.superstep, "output": self._dump_cached(ex, output),
-                               "status": "completed", "started_at": started, "duration_s": duration})
-            ex.running.pop((key, index), None)
-            if ex.inflight:
-                ex.inflight.pop(key, None)
-                ex.inflight_stored.pop(key, None)
-            if ex.report is not None:
-                ex.report.live.append((key, index))
-            if ex.node_hooks:
-                await self.hooks.post_node(NodeEvent(self.graph_id, ex.execution_id, key, index, ex.superstep, node, inputs, output, duration_s=duration)
-            )
-            return output
-        finally:
-            # Spark nests every previous context snapshot into the next one (cost and recursion grow per
-            # visit); nothing reads it, so drop it after each visit.
-            state = getattr(node, "_state", None)
-            if isinstance(state, dict):
-                state["context_snapshot"] = None
-            _current_visit.reset(token)
 
     async def _persist_inflight(self, ex: _Execution, key: str, index: int, data: Any) -> None:
         """Durably store a running visit's journal (agent calls) on top of the last boundary checkpoint."""
@@ -496,40 +499,42 @@ class CheckpointedGraph:
     # ------------------------------------------------------------------------------------------
     # superstep boundaries
     async def _after_superstep(self, context: Any) -> None:
-        """At each superstep boundary (the only lifecycle hook used: each costs a few us per superstep)."""
+        """At each superstep boundary (the only lifecycle hook used). Runs once per superstep, so it is
+        kept flat: one coroutine from here to the backend's put on the common path."""
         ex = self._active
         if ex is None:
             return
-        ex.superstep = context.iteration_index
+        superstep = ex.superstep = context.iteration_index
         try:
-            await self._superstep_done(ex, context)
+            ex.supersteps_since += 1
+            if ex.replay or superstep <= ex.resumed_through:
+                # still inside the replayed prefix: the state is the restored checkpoint's, already stored
+                ex.supersteps_since = 0
+                return
+            if context.metadata.get("scheduled_successors", 1) == 0 and not self._graph_has_pending_work():
+                if ex.policy_hooks or self._policy_due is None:
+                    await self._ask_policy(ex, "final")  # they see it; the final checkpoint is taken regardless
+                await self._checkpoint(ex, status=COMPLETED, result=context.last_output)
+                return
+            if ex.checkpoint_requested:
+                wanted = await self._ask_policy(ex, "explicit")
+            elif ex.policy_hooks or self._policy_due is None:
+                wanted = await self._ask_policy(ex, "superstep")
+            else:  # the common boundary: asked without building a decision object
+                wanted = self._policy_due(ex.supersteps_since, time.monotonic() - ex.last_checkpoint_at)
+            if wanted:
+                await self._checkpoint(ex, status=RUNNING)
         finally:
-            ex.superstep = context.iteration_index + 1  # the visits that follow belong to the next one
+            ex.superstep = superstep + 1  # the visits that follow belong to the next one
 
-    async def _superstep_done(self, ex: _Execution, context: Any) -> None:
-        ex.supersteps_since += 1
-        if ex.replay or ex.superstep <= ex.resumed_through:
-            # still inside the replayed prefix: the state is the restored checkpoint's, already stored
-            ex.supersteps_since = 0
-            return
-        final = context.metadata.get("scheduled_successors", 1) == 0 and not self._graph_has_pending_work()
-        if final:
-            reason = "final"
-        elif ex.checkpoint_requested:
-            reason = "explicit"
-        else:
-            reason = "superstep"
+    async def _ask_policy(self, ex: _Execution, reason: str) -> bool:
         decision = CheckpointDecision(
             graph_id=self.graph_id, execution_id=ex.execution_id, reason=reason, superstep=ex.superstep,
             supersteps_since_last=ex.supersteps_since, seconds_since_last=time.monotonic() - ex.last_checkpoint_at,
             strategy=self.config.strategy, interval=self.config.interval,
         )
         wanted = await self.hooks.should_checkpoint(decision) if ex.policy_hooks else None
-        if wanted is None:
-            wanted = self.policy.should_checkpoint(decision)
-        if wanted or final:
-            result = context.last_output if final else None
-            await self._checkpoint(ex, reason=reason, status=COMPLETED if final else RUNNING, result=result)
+        return self.policy.should_checkpoint(decision) if wanted is None else wanted
 
     def _graph_has_pending_work(self) -> bool:
         graph = self.graph
@@ -541,14 +546,6 @@ class CheckpointedGraph:
 
     # ------------------------------------------------------------------------------------------
     # taking checkpoints
-    def _graph_state_view(self) -> dict[str, Any]:
-        """The graph state to encode, without copying it when it holds no Spark bookkeeping keys
-        (``get_snapshot`` copies and filters every time). Safe because it is encoded right away."""
-        raw = self.graph.state.get_raw()
-        if any(map(_is_dunder, raw)):
-            return self.graph.state.get_snapshot()
-        return raw
-
     def _dump_cached(self, ex: _Execution, message: Any) -> Any:
         cached = ex.dumps.get(id(message))
         if cached is not None and cached[0] is message:
@@ -573,12 +570,16 @@ class CheckpointedGraph:
         for key in nodes if dirty is None else dirty:
             node_states[key] = self._node_entry(ex, key, nodes[key])
         next_nodes = [key for key, entry in node_states.items() if "pending_inputs" in entry]
-        node_extras: dict[str, Any] = {}
         full = self._writes_full_record(ex, status)
-        if self._has_adapters:
-            node_extras = self._extras_fields(ex, dirty, full)
+        node_extras = self._extras_fields(ex, dirty, full) if self._has_adapters else {}
         if ex.last_blob is not None:
             ex.seq += 1
+        if full:
+            # visits not yet replayed belong to the history too (the start record of a forked execution)
+            history_start, history = 0, ex.journal + [_visit_data(v) for v in ex.replay.values()]
+        else:  # the visits since the last stored one
+            history_start, history = ex.persisted, ex.journal[ex.persisted:]
+        raw_state = self.graph.state.get_raw()
         return {
             # unique without a random draw: execution ids are unique, and so is seq within one
             "checkpoint_id": ex.checkpoint_requested or canonical_checkpoint_id(ex.execution_id, ex.seq),
@@ -589,10 +590,13 @@ class CheckpointedGraph:
             "status": status,
             "superstep": ex.superstep,
             "run_input": ex.run_input,
-            "graph_state": self._graph_state_view(),
+            # the raw state, not a copy, when it holds no Spark bookkeeping keys (``get_snapshot``
+            # copies and filters every time); safe because the record is encoded right away
+            "graph_state": self.graph.state.get_snapshot() if any(map(_is_dunder, raw_state)) else raw_state,
             "node_states": node_states,
             "current_node": next_nodes[0] if len(next_nodes) == 1 else (",".join(next_nodes) or None),
-            **self._history_fields(ex, full),
+            "execution_history": history,
+            "history_start": history_start,
             "skip_nodes": list(ex.skip),
             "failure": None,
             "result": _dump_message(result) if result is not None else None,
@@ -639,13 +643,6 @@ class CheckpointedGraph:
         ex.checkpoints_since_full = 0 if full else ex.checkpoints_since_full + 1
         return full
 
-    def _history_fields(self, ex: _Execution, full: bool) -> dict[str, Any]:
-        """The journal part of a checkpoint: the visits since the last stored one, or all of them."""
-        if full:
-            # visits not yet replayed belong to the history too (the start record of a forked execution)
-            return {"execution_history": ex.journal + [_visit_data(v) for v in ex.replay.values()], "history_start": 0}
-        return {"execution_history": ex.journal[ex.persisted:], "history_start": ex.persisted}
-
     def _extras_fields(self, ex: _Execution, dirty: set[str] | None, full: bool) -> dict[str, Any]:
         """Adapter state (agents) for ``node_extras``: whole, or the changes since the stored one.
 
@@ -670,7 +667,7 @@ class CheckpointedGraph:
             ex.extras_stored[key] = state
         return extras
 
-    async def _checkpoint(self, ex: _Execution, *, reason: str, status: str, result: Any = None) -> dict[str, Any]:
+    async def _checkpoint(self, ex: _Execution, *, status: str, result: Any = None) -> dict[str, Any]:
         record = self._snapshot(ex, status, result)
         ex.checkpoint_requested = None
         ex.supersteps_since = 0
@@ -699,11 +696,19 @@ class CheckpointedGraph:
         if not (data["inflight"] and header.status == RUNNING):
             # in-flight records stack on the boundary record; they never replace it
             ex.last_blob, ex.last_status = blob, header.status
-        await ex.writes.write(lambda: self._put(ex, header, blob), wait=wait)
+        if wait and ex.writes.idle:  # durability "sync": the write is stored before the next superstep
+            if self._put_directly and ex.lease is not None and not ex.post_checkpoint_hooks:
+                self.backend.put(header, blob, lease=ex.lease)  # the common case, without a coroutine
+            else:
+                await self._put(ex, header, blob)
+        else:
+            await ex.writes.write(lambda: self._put(ex, header, blob), wait=wait)
 
     async def _put(self, ex: _Execution, header: CheckpointHeader, blob: bytes) -> None:
         if ex.lease is None:  # a fresh execution's start record: takes the lease in the same write
             ex.lease = await self.backend.astart_execution(header, blob, self.worker_id, self.config.lease_ttl_s)
+        elif self._put_directly:
+            self.backend.put(header, blob, lease=ex.lease)
         else:
             await self.backend.aput(header, blob, lease=ex.lease)
         if ex.post_checkpoint_hooks:

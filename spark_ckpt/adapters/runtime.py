@@ -57,18 +57,19 @@ def current_visit() -> VisitContext | None:
 
 class LazyVisit:
     """Stands in the contextvar for a ``VisitContext`` until someone asks for it (saves building
-    one per node visit on the hot path). ``build`` makes it; the result is kept, so every caller in
-    the visit sees the same object."""
+    one per node visit on the hot path). ``build(*args)`` makes it; the result is kept, so every
+    caller in the visit sees the same object."""
 
-    __slots__ = ("build", "built")
+    __slots__ = ("build", "args", "built")
 
-    def __init__(self, build: Callable[[], VisitContext]) -> None:
+    def __init__(self, build: Callable[..., VisitContext], *args: Any) -> None:
         self.build = build
+        self.args = args
         self.built: VisitContext | None = None
 
     def materialize(self) -> VisitContext:
         if self.built is None:
-            self.built = self.build()
+            self.built = self.build(*self.args)
         return self.built
 
 
