@@ -206,6 +206,23 @@ def test_policies(tmp_path, strategy, interval, expected) -> None:
     assert len(graph.list_checkpoints()) == expected
 
 
+@pytest.mark.parametrize("strategy,interval", [("iteration", 1), ("iteration", 3), ("time", 0.5), ("event", 1)])
+def test_builtin_policy_due_answers_like_should_checkpoint(strategy, interval) -> None:
+    """The adapter asks ``due()`` at a plain superstep boundary when no hook is registered: it must give
+    the policy's own ``should_checkpoint`` answer for that boundary."""
+    from spark_ckpt.events import CheckpointDecision
+
+    policy = CheckpointConfig(strategy=strategy, interval=interval).make_policy()
+    answers = set()
+    for since, seconds in [(1, 0.0), (2, 0.1), (3, 0.5), (4, 2.0), (7, 0.49)]:
+        decision = CheckpointDecision(graph_id="g", execution_id="e", reason="superstep", superstep=since,
+                                      supersteps_since_last=since, seconds_since_last=seconds,
+                                      strategy=strategy, interval=interval)
+        assert policy.due(since, seconds) is policy.should_checkpoint(decision)
+        answers.add(policy.due(since, seconds))
+    assert answers == ({False} if strategy == "event" else {True} if (strategy, interval) == ("iteration", 1) else {True, False})
+
+
 @pytest.mark.parametrize("durability", ["async", "exit"])
 def test_durability_modes_store_the_same_final_checkpoint(tmp_path, durability) -> None:
     graph = checkpointed(graphs.pipeline(), config=CheckpointConfig(backend="sqlite", path=str(tmp_path / "d.db"),

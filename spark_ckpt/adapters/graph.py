@@ -226,6 +226,8 @@ class CheckpointedGraph:
         self._active: _Execution | None = None
         self._restored: GraphCheckpoint | None = None
         self._pending_skips: dict[str, Any] = {}
+        #: NodeMessage dumps of the outputs the nodes held when the last run ended (see ``_end_of_run``)
+        self._carried_dumps: dict[int, tuple[Any, Any]] = {}
         self.last_recovery: RecoveryReport | None = None
         self._wrap_nodes()
         self._register_lifecycle_hooks()
@@ -304,6 +306,7 @@ class CheckpointedGraph:
         if ex.lease is None and not start_with_lease:
             ex.lease = await self.backend.aacquire_lease(ex.execution_id, self.worker_id, self.config.lease_ttl_s)
         self._active = ex
+        ex.dumps.update(self._carried_dumps)
         ex.writes = DurableWriter(self.config.durability, newest_only=True)
         hooks = self.hooks
         ex.node_hooks, ex.policy_hooks = hooks.wants_node_events, hooks.wants_should_checkpoint
@@ -322,7 +325,7 @@ class CheckpointedGraph:
         finally:
             renewer.stop()
             self._active = None
-            self._clear_context_snapshots()
+            self._end_of_run(ex)
             if ex.last_status != COMPLETED and ex.lease is not None:
                 # A completed execution is never recovered, so its lease needs no release (one write
                 # fewer per run); an unfinished one is released so another worker can take it over now.
@@ -1033,11 +1036,19 @@ class CheckpointedGraph:
             if adapter is not None and key in record.node_extras:
                 adapter.restore(node, record.node_extras[key])
 
-    def _clear_context_snapshots(self) -> None:
+    def _end_of_run(self, ex: _Execution) -> None:
+        """Drop Spark's context snapshots, and keep the dumps of the outputs the nodes still hold: the
+        next run's start record reads every node again, and would otherwise re-dump each of them."""
+        carried = {}
         for node in self._nodes_by_key.values():
             state = getattr(node, "_state", None)
             if isinstance(state, dict):
                 state["context_snapshot"] = None
+            outputs = getattr(node, "outputs", None)
+            cached = ex.dumps.get(id(outputs))
+            if cached is not None and cached[0] is outputs:
+                carried[id(outputs)] = cached
+        self._carried_dumps = carried
 
     # ------------------------------------------------------------------------------------------
     # checkpoint requests from inside a node

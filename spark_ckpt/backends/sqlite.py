@@ -445,14 +445,17 @@ class SqliteBackend(LocalBackend):
     def _record_execution(self, conn: sqlite3.Connection, h: CheckpointHeader) -> int:
         """Record the execution (its number, its graph for listing by graph), once per execution and
         object; returns its number."""
-        conn.execute(_RECORD_EXECUTION, (h.execution_id, h.graph_id))
-        number = self._number_of(conn, h.execution_id)
+        number = self._recorded_number(conn, h)
         self._remember_number(h.execution_id, number)
         return number
 
     @staticmethod
-    def _number_of(conn: sqlite3.Connection, execution_id: str) -> int:
-        return conn.execute(_GET_NUMBER, (execution_id,)).fetchone()[0]
+    def _recorded_number(conn: sqlite3.Connection, h: CheckpointHeader) -> int:
+        """Insert the execution's row if it has none; its number (no second query when just inserted)."""
+        cursor = conn.execute(_RECORD_EXECUTION, (h.execution_id, h.graph_id))
+        if cursor.rowcount == 1:
+            return cursor.lastrowid
+        return conn.execute(_GET_NUMBER, (h.execution_id,)).fetchone()[0]
 
     def _remember_number(self, execution_id: str, number: int) -> None:
         """Call only once the ``executions`` row is committed."""
@@ -477,8 +480,7 @@ class SqliteBackend(LocalBackend):
         def change(conn: sqlite3.Connection) -> Lease:
             lease = grant_lease(self._read_lease(h.execution_id), h.execution_id, owner, ttl_s, time.time())
             conn.execute(_SET_LEASE, (lease.execution_id, lease.owner, lease.token, lease.expires_at))
-            conn.execute(_RECORD_EXECUTION, (h.execution_id, h.graph_id))
-            number = self._number_of(conn, h.execution_id)
+            number = self._recorded_number(conn, h)
             try:
                 conn.execute(_INSERT, _row(number, h, blob))
             except sqlite3.IntegrityError as exc:
