@@ -213,11 +213,16 @@ def _show_graph_checkpoint(header: Any, ckpt: Any, out: TextIO) -> None:
     if ckpt.result is not None:
         p(f"result       {_preview(ckpt.result)}")
 
-    p(f"\ngraph state ({len(ckpt.graph_state)} keys)")
+    changed = " changed since the previous checkpoint" if ckpt.partial_state else ""
+    p(f"\ngraph state ({len(ckpt.graph_state)} keys{changed})")
+    if ckpt.partial_state:
+        p("  (only what changed is stored here; the rest is in this execution's earlier checkpoints)")
     for key, value in ckpt.graph_state.items():
         p(f"  {key}: {_preview(value)}")
+    for key in ckpt.removed_state:
+        p(f"  {key}: (removed)")
 
-    p(f"\nnode states ({len(ckpt.node_states)} nodes)")
+    p(f"\nnode states ({len(ckpt.node_states)} nodes{changed})")
     if ckpt.node_states:
         _table(
             [[key, s.process_count, len(s.pending_inputs), "yes" if s.processing else "no", _preview(s.outputs, 40)]

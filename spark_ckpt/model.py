@@ -14,7 +14,8 @@ from typing import Any
 import attrs
 
 #: Version of the checkpoint *content* layout (``GraphCheckpoint``). The codec envelope has its own.
-CONTENT_VERSION = 1
+#: 2: a checkpoint may hold only the graph and node state that changed (``partial_state``).
+CONTENT_VERSION = 2
 
 # Status of an execution as of a given checkpoint. The newest checkpoint of an execution decides.
 RUNNING = "running"
@@ -148,6 +149,12 @@ class GraphCheckpoint:
     run_input: Any = None
     graph_state: dict[str, Any] = attrs.field(factory=dict)
     node_states: dict[str, NodeSnapshot] = attrs.field(factory=dict)
+    #: True: ``graph_state`` and ``node_states`` hold only the keys and nodes that changed since the
+    #: execution's previous checkpoint, and ``removed_state`` the graph state keys deleted since then
+    #: (a checkpoint costs what changed, not the size of the state); the adapter reads earlier
+    #: checkpoints, back to one with the whole state, to give callers the whole state.
+    partial_state: bool = False
+    removed_state: list[str] = attrs.field(factory=list)
     current_node: str | None = None
     #: visits ``history_start`` .. ``history_start + len(execution_history)`` of the execution's journal.
     #: Checkpoints store only the visits since the previous one (linear, not quadratic, storage); the

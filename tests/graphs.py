@@ -150,5 +150,32 @@ def fan_out() -> Graph:
     return Graph(start=split)
 
 
+class Mutate(Node):
+    """Changes graph state in every way a node can: a list changed in place without set(), a dict
+    changed and set() again as the same object, a key deleted, a value replaced by an equal one of
+    another type (1 == True, but they are stored differently)."""
+
+    async def process(self, context):
+        visit = record(self, context)
+        step = (context.inputs.content or {}).get("step", 0)
+        (await context.graph_state.get("log")).append(step)
+        tags = await context.graph_state.get("tags")
+        tags["last"] = step
+        await context.graph_state.set("tags", tags)
+        if step == 1:
+            await context.graph_state.delete("scratch")
+        if step < 4:  # the last visit leaves it as the one before stored it
+            await context.graph_state.set("flag", 1 if step % 2 == 0 else True)
+        maybe_crash(self, visit)
+        return {"step": step + 1, "done": step + 1 >= 5}
+
+
+def mutating() -> Graph:
+    """One node looping five times over state that also holds a large value no visit changes."""
+    mutate = Mutate(id="mutate")
+    mutate.on(done=False) >> mutate
+    return Graph(start=mutate, initial_state={"log": [], "tags": {}, "scratch": 0, "flag": 1, "blob": "z" * 50_000})
+
+
 def build(name: str) -> Graph:
-    return {"pipeline": pipeline, "chain": chain, "fan_out": fan_out}[name]()
+    return {"pipeline": pipeline, "chain": chain, "fan_out": fan_out, "mutating": mutating}[name]()

@@ -424,3 +424,22 @@ def test_prune_on_a_file_store_sweeps_debris_of_killed_writers(tmp_path, no_env_
     assert "removed 1 temporary file(s)" in out
     assert not leftover.exists() and not old_dir.exists() and new_dir.exists()
     assert _ids(f"file://{root}") == {"ck-e-new-0"}
+
+
+def test_show_says_when_a_checkpoint_holds_only_changed_state(tmp_path):
+    """A superstep's checkpoint stores the state that changed: `show` says so and lists removed keys."""
+    import asyncio
+
+    import graphs
+    from spark_ckpt import CheckpointConfig, checkpointed
+
+    url = f"sqlite:///{tmp_path}/changes.db"
+    graph = checkpointed(graphs.mutating(), config=CheckpointConfig(backend=url), graph_id="changes")
+    asyncio.run(graph.run({}))
+    second = sorted(graph.list_checkpoints(), key=lambda h: h.seq)[2]  # after the visit deleting "scratch"
+    code, out = run("--store", url, "show", second.checkpoint_id)
+    assert code == 0
+    assert "changed since the previous checkpoint" in out and "  scratch: (removed)" in out
+    assert "  blob:" not in out  # unchanged since the start record, so not stored again
+    code, out = run("--store", url, "show", sorted(graph.list_checkpoints(), key=lambda h: h.seq)[0].checkpoint_id)
+    assert "changed since" not in out and "  blob:" in out

@@ -409,3 +409,36 @@ def test_flush_makes_pending_checkpoints_durable(tmp_path, durability) -> None:
     else:
         assert FlushingStep.stored == 3
     assert graph.get_last_checkpoint().status == "completed"
+
+
+def test_checkpoints_store_only_the_state_that_changed(sqlite_config) -> None:
+    """A superstep's checkpoint holds the graph state keys and nodes that changed, not the whole state:
+    a large value no visit touches is written by the start and final records only. Read back, every
+    checkpoint has the whole state as the run had it; one whose chain lost a link is refused."""
+    import json
+
+    from spark.graphs.hooks import GraphLifecycleEvent
+
+    from spark_ckpt.errors import CorruptCheckpointError
+
+    graph = checkpointed(graphs.mutating(), config=sqlite_config, graph_id="changes")
+    seen: dict[int, str] = {}  # superstep -> the whole state after it, as the run had it
+    graph.graph.register_hook(GraphLifecycleEvent.AFTER_ITERATION, lambda ctx: seen.setdefault(
+        ctx.iteration_index, json.dumps(ctx.graph.state.get_snapshot(), sort_keys=True)))
+    asyncio.run(graph.run({}))
+
+    headers = sorted(graph.list_checkpoints(), key=lambda h: h.seq)
+    start, *middle, final = headers
+    assert start.size > 50_000 and final.size > 50_000
+    assert middle and all(h.size < 5_000 for h in middle)
+    for offset, header in enumerate(reversed(headers[1:])):
+        record = graph.get_checkpoint(offset=offset)
+        assert record.seq == header.seq and not record.partial_state
+        assert json.dumps(record.graph_state, sort_keys=True) == seen[record.superstep]
+        assert set(record.node_states) == {"mutate"}
+    assert "scratch" not in graph.get_checkpoint(offset=1).graph_state  # deleted, not resurrected by older records
+
+    graph.backend.delete([middle[0].checkpoint_id])
+    with pytest.raises(CorruptCheckpointError, match="incomplete without earlier checkpoints"):
+        graph.get_checkpoint(offset=1)
+    assert graph.get_checkpoint(offset=0).status == "completed"  # the final record stands alone

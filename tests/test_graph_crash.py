@@ -107,6 +107,16 @@ def test_sigkill_in_a_fan_out_superstep(tmp_path: Path, store: str) -> None:
     assert "split:0" in out["replayed"]
 
 
+@pytest.mark.parametrize("crash_at", ["mutate:2", "mutate:4"])
+def test_sigkill_recovers_state_stored_as_changes(tmp_path: Path, store: str, crash_at: str) -> None:
+    """Checkpoints store only the state that changed: recovery after SIGKILL rebuilds the whole state
+    from the chain, with in-place changes, deleted keys and type changes (1 vs True) all kept."""
+    out = crash_and_recover(tmp_path, "mutating", store, SPARK_CKPT_TEST_CRASH=crash_at)
+    assert_recovered_like_uninterrupted(out, "mutating")
+    _, state, _ = uninterrupted("mutating")
+    assert json.dumps(out["state"], sort_keys=True) == json.dumps(state, sort_keys=True)  # types too
+
+
 def test_crash_twice_then_recover(tmp_path: Path) -> None:
     """A recovering process that is itself killed can be recovered again, without re-running anything twice."""
     store = f"sqlite:///{tmp_path}/ckpt.db"

@@ -37,8 +37,8 @@ from ..codec import Codec, Identity, to_data
 from ..codec.convert import dumps_data, find_unencodable
 from ..config import CheckpointConfig
 from ..errors import (
-    CheckpointNotFoundError, CodecError, ConfigError, CorruptCheckpointError, GraphMismatchError, LeaseError,
-    NothingToRecoverError, SparkCkptError,
+    CheckpointNotFoundError, CodecError, ConfigError, CorruptCheckpointError, EncodeError, GraphMismatchError,
+    LeaseError, NothingToRecoverError, SparkCkptError,
 )
 from ..events import CheckpointDecision, CheckpointSaved, FailureEvent, NodeEvent
 from ..model import (
@@ -91,9 +91,36 @@ class _DeltaChains:
             self.whole[key] = entry
             self.missing.discard(key)
 
+class _StateChain:
+    """A record's graph and node state made whole: a record with ``partial_state`` holds only what
+    changed since the one before, so ``feed`` earlier records, newest first, until ``whole``."""
+
+    def __init__(self, record: GraphCheckpoint) -> None:
+        self.records = [record]
+        self.whole = not record.partial_state
+
+    def feed(self, earlier: GraphCheckpoint) -> None:
+        if not self.whole:
+            self.records.append(earlier)
+            self.whole = not earlier.partial_state
+
+    def made_whole(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        graph_state: dict[str, Any] = {}
+        node_states: dict[str, Any] = {}
+        for record in reversed(self.records):  # oldest first: newer values win
+            graph_state.update(record.graph_state)
+            for key in record.removed_state:
+                graph_state.pop(key, None)
+            node_states.update(record.node_states)
+        return graph_state, node_states
+
+
 #: Spark's bookkeeping keys in graph state (schema version, mailboxes) start with "__"
 _is_dunder = operator.methodcaller("startswith", "__")
 _NODE_RUNTIME_KEYS = frozenset({"context_snapshot", "processing", "pending_inputs", "process_count"})
+#: graph state values that cannot change in place (exact types: a subclass could)
+_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+_ABSENT = object()
 
 
 def _dump_message(message: Any) -> Any:
@@ -162,6 +189,9 @@ class _Execution:
     #: node) are read again, so a checkpoint costs what changed, not the size of the graph
     node_states: dict[str, Any] = attrs.field(factory=dict)
     dirty: set[str] | None = None  # None: every node
+    #: graph state as last stored, per key: the value itself if immutable, else its JSON; the next
+    #: checkpoint stores only keys whose mark differs. None: the next one stores the whole state.
+    state_marks: dict[str, Any] | None = None
     #: stores records as CheckpointConfig.durability says (set for the run by ``_execute``); under
     #: "exit" only the newest is kept, as each record then holds the full journal
     writes: DurableWriter = attrs.field(factory=lambda: DurableWriter("sync"))
@@ -582,7 +612,10 @@ class CheckpointedGraph:
             history_start, history = 0, ex.journal + [_visit_data(v) for v in ex.replay.values()]
         else:  # the visits since the last stored one
             history_start, history = ex.persisted, ex.journal[ex.persisted:]
-        raw_state = self.graph.state.get_raw()
+        graph_state, removed = self._graph_state_fields(ex, full)
+        partial = removed is not None
+        if partial and dirty is not None:  # only the nodes read again can have changed
+            node_states = {key: node_states[key] for key in dirty}
         return {
             # unique without a random draw: execution ids are unique, and so is seq within one
             "checkpoint_id": ex.checkpoint_requested or canonical_checkpoint_id(ex.execution_id, ex.seq),
@@ -593,10 +626,10 @@ class CheckpointedGraph:
             "status": status,
             "superstep": ex.superstep,
             "run_input": ex.run_input,
-            # the raw state, not a copy, when it holds no Spark bookkeeping keys (``get_snapshot``
-            # copies and filters every time); safe because the record is encoded right away
-            "graph_state": self.graph.state.get_snapshot() if any(map(_is_dunder, raw_state)) else raw_state,
+            "graph_state": graph_state,
             "node_states": node_states,
+            "partial_state": partial,
+            "removed_state": removed or [],
             "current_node": next_nodes[0] if len(next_nodes) == 1 else (",".join(next_nodes) or None),
             "execution_history": history,
             "history_start": history_start,
@@ -609,6 +642,39 @@ class CheckpointedGraph:
             "version": CONTENT_VERSION,
             "kind": GRAPH,
         }
+
+    def _graph_state_fields(self, ex: _Execution, full: bool) -> tuple[dict[str, Any], list[str] | None]:
+        """The graph state for a checkpoint and the keys removed since the last one: the whole state
+        (removed None) when ``full`` or nothing is stored yet, else only the keys whose value changed.
+
+        A value is compared by identity and type when immutable (str, int, float, bool, None: a large
+        string that stays put costs nothing), else by its JSON, so a list or dict changed in place is
+        seen too. The returned dict is the raw state, not a copy, when the record is whole: it is
+        encoded right away.
+        """
+        raw = self.graph.state.get_raw()
+        # ``get_snapshot`` copies and drops Spark's bookkeeping keys: only needed when there are some
+        state = self.graph.state.get_snapshot() if any(map(_is_dunder, raw)) else raw
+        previous = None if full else ex.state_marks
+        marks: dict[str, Any] = {}
+        changed: dict[str, Any] = {}
+        for key, value in state.items():
+            if type(value) in _IMMUTABLE:
+                mark = value
+            else:
+                try:
+                    mark = dumps_data(value)
+                except EncodeError:  # reported with its key path when the record is encoded
+                    mark = object()
+            marks[key] = mark
+            if previous is not None:
+                old = previous.get(key, _ABSENT)
+                if old is not mark and (type(old) is not type(mark) or old != mark):
+                    changed[key] = value
+        ex.state_marks = marks
+        if previous is None:
+            return state, None
+        return changed, [key for key in previous if key not in marks]
 
     def _node_entry(self, ex: _Execution, key: str, node: Any) -> dict[str, Any]:
         """A node's state for ``node_states``: only what differs from a fresh node (NodeSnapshot's
@@ -743,16 +809,18 @@ class CheckpointedGraph:
         wanted = {k for k, n in self._nodes_by_key.items() if node_state_adapter_for(n) is not None}
         extras = _DeltaChains(record.node_extras, wanted)
         inflight = _DeltaChains(record.inflight)
-        if record.history_start == 0 and not extras.missing and not inflight.missing:
+        state = _StateChain(record)
+        if record.history_start == 0 and not extras.missing and not inflight.missing and state.whole:
             return record
         segments = [record.execution_history]
         needed = record.history_start  # visits [0, needed) still missing
         for header in self.backend.list(execution_id=record.execution_id):
-            if needed == 0 and not extras.missing and not inflight.missing:
+            if needed == 0 and not extras.missing and not inflight.missing and state.whole:
                 break
             if header.seq >= record.seq or header.kind != GRAPH:
                 continue
             earlier = self._decode(self.backend.get(header.checkpoint_id).blob, header)
+            state.feed(earlier)
             extras.feed(earlier.node_extras)
             # an in-flight journal continues only records of the same visit
             inflight.feed(earlier.inflight, lambda key, entry: entry.get("visit_index") == record.inflight[key]["visit_index"])
@@ -760,15 +828,17 @@ class CheckpointedGraph:
             if needed and earlier.execution_history and end >= needed:
                 segments.append(earlier.execution_history[: needed - earlier.history_start])
                 needed = earlier.history_start
-        if needed or extras.ops or inflight.ops:
+        if needed or extras.ops or inflight.ops or not state.whole:
             raise CorruptCheckpointError(
                 f"checkpoint {record.checkpoint_id} of execution {record.execution_id} is incomplete without "
                 "earlier checkpoints that are missing (pruned by hand, or damaged); use the execution's "
                 "final checkpoint, or an earlier intact one"
             )
         history = [visit for segment in reversed(segments) for visit in segment]
+        graph_state, node_states = state.made_whole()
         return attrs.evolve(record, execution_history=history, history_start=0, node_extras=extras.whole,
-                            inflight=inflight.whole)
+                            inflight=inflight.whole, graph_state=graph_state, node_states=node_states,
+                            partial_state=False, removed_state=[])
 
     def _check_graph(self, record: GraphCheckpoint) -> None:
         if record.kind != GRAPH:
