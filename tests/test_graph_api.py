@@ -442,3 +442,22 @@ def test_checkpoints_store_only_the_state_that_changed(sqlite_config) -> None:
     with pytest.raises(CorruptCheckpointError, match="incomplete without earlier checkpoints"):
         graph.get_checkpoint(offset=1)
     assert graph.get_checkpoint(offset=0).status == "completed"  # the final record stands alone
+
+
+def test_spark_bookkeeping_keys_stay_out_of_checkpoints(sqlite_config) -> None:
+    """Spark's own graph state keys (schema version, mailboxes) are not stored, as ``get_snapshot``
+    leaves them out; a user key that merely starts with "__" is stored like any other."""
+
+    class Post(Node):
+        async def process(self, context):
+            context.graph_state.get_raw()["__mailbox__:inbox"] = [context.inputs.content]
+            await context.graph_state.set("__private", (await context.graph_state.get("__private", 0)) + 1)
+            return {}
+
+    first, second = Post(id="first"), Post(id="second")
+    first >> second
+    graph = checkpointed(Graph(start=first), config=sqlite_config, graph_id="bookkeeping")
+    asyncio.run(graph.run({"hello": 1}))
+    records = [graph.get_checkpoint(offset=i) for i in range(len(graph.list_checkpoints()))]
+    assert [r.graph_state for r in records] == [{"__private": 2}, {"__private": 1}, {}]  # newest first
+    assert "__mailbox__:inbox" in graph.graph.state.get_raw()  # it was there, and left out

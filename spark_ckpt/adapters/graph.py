@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-import operator
 import os
 import time
 import uuid
@@ -115,8 +114,10 @@ class _StateChain:
         return graph_state, node_states
 
 
-#: Spark's bookkeeping keys in graph state (schema version, mailboxes) start with "__"
-_is_dunder = operator.methodcaller("startswith", "__")
+def _is_bookkeeping(state: Any, key: str) -> bool:
+    """Spark's own keys in graph state (schema version, mailboxes), which ``get_snapshot`` leaves out."""
+    return key == getattr(state, "_SCHEMA_VERSION_KEY", "__schema_version__") or key.startswith(
+        f"{getattr(state, '_MAILBOX_PREFIX', '__mailbox__')}:")
 _NODE_RUNTIME_KEYS = frozenset({"context_snapshot", "processing", "pending_inputs", "process_count"})
 #: graph state values that cannot change in place (exact types: a subclass could)
 _IMMUTABLE = frozenset({str, int, float, bool, type(None)})
@@ -649,16 +650,20 @@ class CheckpointedGraph:
 
         A value is compared by identity and type when immutable (str, int, float, bool, None: a large
         string that stays put costs nothing), else by its JSON, so a list or dict changed in place is
-        seen too. The returned dict is the raw state, not a copy, when the record is whole: it is
-        encoded right away.
+        seen too. The whole state is the raw dict, not a copy, unless it holds Spark's bookkeeping
+        keys: the record is encoded right away.
         """
-        raw = self.graph.state.get_raw()
-        # ``get_snapshot`` copies and drops Spark's bookkeeping keys: only needed when there are some
-        state = self.graph.state.get_snapshot() if any(map(_is_dunder, raw)) else raw
+        state = self.graph.state
+        raw = state.get_raw()
         previous = None if full else ex.state_marks
         marks: dict[str, Any] = {}
         changed: dict[str, Any] = {}
-        for key, value in state.items():
+        added = 0
+        bookkeeping = False
+        for key, value in raw.items():
+            if key[:2] == "__" and _is_bookkeeping(state, key):  # what ``get_snapshot`` leaves out
+                bookkeeping = True
+                continue
             if type(value) in _IMMUTABLE:
                 mark = value
             else:
@@ -671,9 +676,12 @@ class CheckpointedGraph:
                 old = previous.get(key, _ABSENT)
                 if old is not mark and (type(old) is not type(mark) or old != mark):
                     changed[key] = value
+                    added += old is _ABSENT
         ex.state_marks = marks
         if previous is None:
-            return state, None
+            return (state.get_snapshot() if bookkeeping else raw), None
+        if len(previous) + added == len(marks):  # every key stored before is still there
+            return changed, []
         return changed, [key for key in previous if key not in marks]
 
     def _node_entry(self, ex: _Execution, key: str, node: Any) -> dict[str, Any]:
