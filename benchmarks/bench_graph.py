@@ -61,7 +61,7 @@ class RawSqliteFloor:
     ``blob_bytes`` after every superstep, without spark-ckpt: the storage write's own cost in Spark's
     loop, i.e. the floor a checkpoint after every superstep cannot go below."""
 
-    def __init__(self, path: Path, blob_bytes: int = 2600) -> None:
+    def __init__(self, path: Path, blob_bytes: int) -> None:
         import os
         import sqlite3
 
@@ -116,9 +116,12 @@ async def overhead_table(runs: int, workdir: Path) -> list[str]:
     """Two alternations: the issue's comparison (SQLite, sync, next to the raw-write floor) on its own,
     then every backend and mode together. Each variant alternated in adds cache pressure on the
     others (on a small machine the ratios of the second table run a little higher)."""
+    target_graph = wrap(workdir, "sqlite", "target-sqlite-sync")
+    await target_graph.run({"go": 1})  # the floor writes as many bytes as a checkpoint of this run does
+    floor = RawSqliteFloor(workdir / "floor.db", blob_bytes=round(bytes_per_checkpoint(target_graph)))
     target = {
-        "sqlite, sync (the target row)": wrap(workdir, "sqlite", "target-sqlite-sync"),
-        "no spark-ckpt: raw SQLite insert per superstep (the write's own cost)": RawSqliteFloor(workdir / "floor.db"),
+        "sqlite, sync (the target row)": target_graph,
+        "no spark-ckpt: raw SQLite insert per superstep (the write's own cost)": floor,
     }
     others = {
         "memory, sync": wrap(workdir, "memory", "mem-sync"),
