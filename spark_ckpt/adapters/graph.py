@@ -55,8 +55,7 @@ from .structure import node_keys, ordered_nodes, structure_digest
 
 log = logging.getLogger("spark_ckpt.graph")
 
-# Keys Spark keeps in a node's _state that are runtime plumbing, not user state.
-#: a checkpoint with the whole journal at least this often (the others hold only new visits)
+#: a checkpoint with the whole journal and state at least this often (the others hold only changes)
 FULL_HISTORY_EVERY = 64
 
 #: marks a ``node_extras`` entry holding changes (``agent_delta`` ops) rather than a whole state
@@ -90,6 +89,7 @@ class _DeltaChains:
             self.whole[key] = entry
             self.missing.discard(key)
 
+
 class _StateChain:
     """A record's graph and node state made whole: a record with ``partial_state`` holds only what
     changed since the one before, so ``feed`` earlier records, newest first, until ``whole``."""
@@ -118,6 +118,9 @@ def _is_bookkeeping(state: Any, key: str) -> bool:
     """Spark's own keys in graph state (schema version, mailboxes), which ``get_snapshot`` leaves out."""
     return key == getattr(state, "_SCHEMA_VERSION_KEY", "__schema_version__") or key.startswith(
         f"{getattr(state, '_MAILBOX_PREFIX', '__mailbox__')}:")
+
+
+#: keys Spark keeps in a node's _state that are runtime plumbing, not user state
 _NODE_RUNTIME_KEYS = frozenset({"context_snapshot", "processing", "pending_inputs", "process_count"})
 #: graph state values that cannot change in place (exact types: a subclass could)
 _IMMUTABLE = frozenset({str, int, float, bool, type(None)})
@@ -707,7 +710,7 @@ class CheckpointedGraph:
         return entry
 
     def _writes_full_record(self, ex: _Execution, status: str) -> bool:
-        """Whether this checkpoint stands alone (whole history, whole agent states) or holds only changes.
+        """Whether this checkpoint stands alone (whole history, state and agent states) or holds only changes.
 
         Full: the final checkpoint (a finished execution is then readable from one record), "exit"
         durability (only the newest record is ever written), the start record of a forked execution,
