@@ -128,6 +128,7 @@ def test_non_encodable_state_names_the_key_path(tmp_path) -> None:
 
     class Stamp(Node):
         async def process(self, context):
+            await context.graph_state.set("notes", ["fine"])  # encoded on its own before the bad value
             await context.graph_state.set("audit", {"events": [{"at": datetime.datetime(2026, 1, 1)}]})
             return {"ok": True}
 

@@ -251,6 +251,8 @@ class CheckpointedGraph:
         # a local backend's aput only calls put: calling put saves a coroutine per checkpoint
         self._put_directly = type(self.backend).aput is LocalBackend.aput
         self.codec: Codec = self.config.make_codec()
+        # state values already encoded to compare them go into the record as they are
+        self._embed_json = self.codec.takes_json_fragments
         self.policy = self.config.make_policy()
         self._policy_due = getattr(self.policy, "due", None)
         self.retention_rules = self.config.make_retention_rules()
@@ -653,13 +655,15 @@ class CheckpointedGraph:
 
         A value is compared by identity and type when immutable (str, int, float, bool, None: a large
         string that stays put costs nothing), else by its JSON, so a list or dict changed in place is
-        seen too. The whole state is the raw dict, not a copy, unless it holds Spark's bookkeeping
-        keys: the record is encoded right away.
+        seen too; with the JSON serializer that JSON goes into the record as it is (encoded once).
+        The whole state is the raw dict, not a copy, when it holds neither such values nor Spark's
+        bookkeeping keys: the record is encoded right away.
         """
         state = self.graph.state
         raw = state.get_raw()
         previous = None if full else ex.state_marks
         marks: dict[str, Any] = {}
+        encoded: dict[str, Any] = {}  # key -> orjson.Fragment of a mutable value's JSON
         changed: dict[str, Any] = {}
         added = 0
         bookkeeping = False
@@ -674,6 +678,9 @@ class CheckpointedGraph:
                     mark = dumps_data(value)
                 except EncodeError:  # reported with its key path when the record is encoded
                     mark = object()
+                else:
+                    if self._embed_json:
+                        encoded[key] = value = orjson.Fragment(mark)
             marks[key] = mark
             if previous is not None:
                 old = previous.get(key, _ABSENT)
@@ -682,7 +689,8 @@ class CheckpointedGraph:
                     added += old is _ABSENT
         ex.state_marks = marks
         if previous is None:
-            return (state.get_snapshot() if bookkeeping else raw), None
+            whole = state.get_snapshot() if bookkeeping else raw
+            return ({**whole, **encoded} if encoded else whole), None
         if len(previous) + added == len(marks):  # every key stored before is still there
             return changed, []
         return changed, [key for key in previous if key not in marks]

@@ -73,6 +73,12 @@ class Codec:
         return self.keyring.active is not None
 
     @property
+    def takes_json_fragments(self) -> bool:
+        """Whether data given to ``encode_data`` may hold ``orjson.Fragment`` values (JSON already
+        encoded by ``dumps_data``): the JSON serializer embeds them as they are."""
+        return type(self.serializer) is JsonSerializer
+
+    @property
     def requires_encryption(self) -> bool:
         return bool(self.keyring) and not self.allow_plaintext
 

@@ -23,7 +23,7 @@ _JSON_SCALARS = (str, bool, int, float, type(None))
 
 def find_unencodable(value: Any, path: str = "") -> tuple[str, Any] | None:
     """Return ``(key path, value)`` of the first value orjson cannot encode faithfully, else None."""
-    if type(value) in _JSON_SCALARS:
+    if type(value) in _JSON_SCALARS or type(value) is orjson.Fragment:  # (a Fragment is encoded JSON)
         if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
             return path or "<root>", value
         return None
