@@ -219,6 +219,8 @@ def _show_graph_checkpoint(header: Any, ckpt: Any, out: TextIO) -> None:
         p("  (only what changed is stored here; the rest is in this execution's earlier checkpoints)")
     for key, value in ckpt.graph_state.items():
         p(f"  {key}: {_preview(value)}")
+    for key, items in ckpt.appended_state.items():
+        p(f"  {key}: (+{len(items)} items at the end) {_preview(items)}")
     for key in ckpt.removed_state:
         p(f"  {key}: (removed)")
 

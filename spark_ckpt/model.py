@@ -155,6 +155,9 @@ class GraphCheckpoint:
     #: checkpoints, back to one with the whole state, to give callers the whole state.
     partial_state: bool = False
     removed_state: list[str] = attrs.field(factory=list)
+    #: with ``partial_state``: graph state keys whose list only gained items at its end since the
+    #: previous checkpoint, with those items (a growing list stores each item once)
+    appended_state: dict[str, list[Any]] = attrs.field(factory=dict)
     current_node: str | None = None
     #: visits ``history_start`` .. ``history_start + len(execution_history)`` of the execution's journal.
     #: Checkpoints store only the visits since the previous one (linear, not quadratic, storage); the

@@ -167,6 +167,8 @@ class Mutate(Node):
         if step < 4:  # the last visit leaves it as the one before stored it
             await context.graph_state.set("flag", 1 if step % 2 == 0 else True)
         maybe_crash(self, visit)
+        if os.environ.get("SPARK_CKPT_TEST_FAIL") == f"{self.id}:{visit}":
+            raise RuntimeError(f"injected failure in {self.id}")
         return {"step": step + 1, "done": step + 1 >= 5}
 
 

@@ -440,6 +440,7 @@ def test_show_says_when_a_checkpoint_holds_only_changed_state(tmp_path):
     code, out = run("--store", url, "show", second.checkpoint_id)
     assert code == 0
     assert "changed since the previous checkpoint" in out and "  scratch: (removed)" in out
+    assert "  log: (+1 items at the end) [1]" in out  # the list grew by this visit's item only
     assert "  blob:" not in out  # unchanged since the start record, so not stored again
     code, out = run("--store", url, "show", sorted(graph.list_checkpoints(), key=lambda h: h.seq)[0].checkpoint_id)
     assert "changed since" not in out and "  blob:" in out

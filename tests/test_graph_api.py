@@ -465,3 +465,34 @@ def test_spark_bookkeeping_keys_stay_out_of_checkpoints(sqlite_config) -> None:
     records = [graph.get_checkpoint(offset=i) for i in range(len(graph.list_checkpoints()))]
     assert [r.graph_state for r in records] == [{"__private": 2}, {"__private": 1}, {}]  # newest first
     assert "__mailbox__:inbox" in graph.graph.state.get_raw()  # it was there, and left out
+
+
+@pytest.mark.parametrize("fail_at", ["mutate:1", "mutate:3"])
+def test_recovery_from_a_failure_record_keeps_changed_state_exact(sqlite_config, monkeypatch, fail_at) -> None:
+    """A failure record stands on the last boundary checkpoint, which may hold only changes (items
+    appended to a list among them): recovering from it gives the uninterrupted run's state exactly,
+    each appended item once."""
+    import json
+
+    uninterrupted = graphs.mutating()
+    expected = asyncio.run(uninterrupted.run({}))
+    graph = checkpointed(graphs.mutating(), config=sqlite_config, graph_id="failure-on-changes")
+    _fail_at(graph, fail_at, monkeypatch)
+    assert graph.get_last_checkpoint().status == "failed"
+    result = asyncio.run(graph.recover_and_continue())
+    assert result.content == expected.content
+    state = graph.get_state_snapshot()
+    assert json.dumps(state, sort_keys=True) == json.dumps(uninterrupted.state.get_snapshot(), sort_keys=True)
+    assert state["log"] == [0, 1, 2, 3, 4]
+
+
+def test_appended_json_recognises_only_items_added_at_the_end() -> None:
+    from spark_ckpt.adapters.graph import _appended_json
+
+    assert _appended_json(b"[]", b"[1]") == b"[1]"
+    assert _appended_json(b"[1,2]", b"[1,2,3,4]") == b"[3,4]"
+    assert _appended_json(b"[[1]]", b"[[1],[2]]") == b"[[2]]"
+    assert _appended_json(b'["a"]', b'["a","b"]') == b'["b"]'
+    for old, new in [(b"[1,2]", b"[1,23]"), (b"[[1]]", b"[[1,2]]"), (b"[1,2]", b"[2,1,3]"), (b"[1,2]", b"[1]"),
+                     (b"[1]", b"[1]"), (b'{"a":1}', b'{"a":1,"b":2}'), (b"[1]", object()), (3, b"[3,4]")]:
+        assert _appended_json(old, new) is None, (old, new)

@@ -108,10 +108,31 @@ class _StateChain:
         node_states: dict[str, Any] = {}
         for record in reversed(self.records):  # oldest first: newer values win
             graph_state.update(record.graph_state)
+            for key, items in record.appended_state.items():
+                base = graph_state.get(key)
+                if not isinstance(base, list):
+                    raise CorruptCheckpointError(
+                        f"checkpoint {record.checkpoint_id} appends to graph state key {key!r}, which its "
+                        "earlier checkpoints do not hold as a list: they are not the ones it was written after"
+                    )
+                graph_state[key] = base + items
             for key in record.removed_state:
                 graph_state.pop(key, None)
             node_states.update(record.node_states)
         return graph_state, node_states
+
+
+def _appended_json(old: Any, new: Any) -> bytes | None:
+    """If JSON ``new`` is the list JSON ``old`` was with items added at its end, the JSON array of
+    those items; else None. Compares bytes only: orjson writes a value the same way every time, so
+    ``[a,b]`` -> ``[a,b,c]`` is the old text without its ``]``, a comma, then the new items."""
+    if type(old) is not bytes or type(new) is not bytes or old[:1] != b"[" or len(new) <= len(old):
+        return None
+    if old == b"[]":
+        return new
+    if new[len(old) - 1] != 0x2C or not new.startswith(old[:-1]):  # 0x2C: ","
+        return None
+    return b"[" + new[len(old):]
 
 
 def _is_bookkeeping(state: Any, key: str) -> bool:
@@ -528,6 +549,8 @@ class CheckpointedGraph:
         data["history_start"] = data.get("history_start", 0) + len(data.get("execution_history", ()))
         data["execution_history"] = []
         data["node_extras"] = {}  # unchanged since the boundary record, which holds them
+        # and so is the state: a record that repeated the boundary's changes would apply its appends twice
+        data.update(partial_state=True, graph_state={}, node_states={}, removed_state=[], appended_state={})
         data["status"], data["failure"] = RUNNING, None  # (the base may be a failure record we resume)
         data.update(changes)
         data.update(checkpoint_id=canonical_checkpoint_id(ex.execution_id, ex.seq + 1), seq=ex.seq + 1, timestamp=time.time())
@@ -618,7 +641,7 @@ class CheckpointedGraph:
             history_start, history = 0, ex.journal + [_visit_data(v) for v in ex.replay.values()]
         else:  # the visits since the last stored one
             history_start, history = ex.persisted, ex.journal[ex.persisted:]
-        graph_state, removed = self._graph_state_fields(ex, full)
+        graph_state, appended, removed = self._graph_state_fields(ex, full)
         partial = removed is not None
         if partial and dirty is not None:  # only the nodes read again can have changed
             node_states = {key: node_states[key] for key in dirty}
@@ -636,6 +659,7 @@ class CheckpointedGraph:
             "node_states": node_states,
             "partial_state": partial,
             "removed_state": removed or [],
+            "appended_state": appended,
             "current_node": next_nodes[0] if len(next_nodes) == 1 else (",".join(next_nodes) or None),
             "execution_history": history,
             "history_start": history_start,
@@ -649,9 +673,12 @@ class CheckpointedGraph:
             "kind": GRAPH,
         }
 
-    def _graph_state_fields(self, ex: _Execution, full: bool) -> tuple[dict[str, Any], list[str] | None]:
-        """The graph state for a checkpoint and the keys removed since the last one: the whole state
-        (removed None) when ``full`` or nothing is stored yet, else only the keys whose value changed.
+    def _graph_state_fields(
+        self, ex: _Execution, full: bool
+    ) -> tuple[dict[str, Any], dict[str, Any], list[str] | None]:
+        """The graph state for a checkpoint: the whole state (removed None) when ``full`` or nothing is
+        stored yet; else the keys whose value changed, the items appended to lists that only grew at
+        their end, and the keys removed since the last checkpoint.
 
         A value is compared by identity and type when immutable (str, int, float, bool, None: a large
         string that stays put costs nothing), else by its JSON, so a list or dict changed in place is
@@ -665,6 +692,7 @@ class CheckpointedGraph:
         marks: dict[str, Any] = {}
         encoded: dict[str, Any] = {}  # key -> orjson.Fragment of a mutable value's JSON
         changed: dict[str, Any] = {}
+        appended: dict[str, Any] = {}
         added = 0
         bookkeeping = False
         for key, value in raw.items():
@@ -685,15 +713,19 @@ class CheckpointedGraph:
             if previous is not None:
                 old = previous.get(key, _ABSENT)
                 if old is not mark and (type(old) is not type(mark) or old != mark):
-                    changed[key] = value
                     added += old is _ABSENT
+                    items = _appended_json(old, mark)
+                    if items is None:
+                        changed[key] = value
+                    else:
+                        appended[key] = orjson.Fragment(items) if self._embed_json else orjson.loads(items)
         ex.state_marks = marks
         if previous is None:
             whole = state.get_snapshot() if bookkeeping else raw
-            return ({**whole, **encoded} if encoded else whole), None
+            return ({**whole, **encoded} if encoded else whole), {}, None
         if len(previous) + added == len(marks):  # every key stored before is still there
-            return changed, []
-        return changed, [key for key in previous if key not in marks]
+            return changed, appended, []
+        return changed, appended, [key for key in previous if key not in marks]
 
     def _node_entry(self, ex: _Execution, key: str, node: Any) -> dict[str, Any]:
         """A node's state for ``node_states``: only what differs from a fresh node (NodeSnapshot's
