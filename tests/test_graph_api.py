@@ -496,3 +496,28 @@ def test_appended_json_recognises_only_items_added_at_the_end() -> None:
     for old, new in [(b"[1,2]", b"[1,23]"), (b"[[1]]", b"[[1,2]]"), (b"[1,2]", b"[2,1,3]"), (b"[1,2]", b"[1]"),
                      (b"[1]", b"[1]"), (b'{"a":1}', b'{"a":1,"b":2}'), (b"[1]", object()), (3, b"[3,4]")]:
         assert _appended_json(old, new) is None, (old, new)
+
+
+def test_with_a_serializer_other_than_json_a_type_only_change_is_kept(tmp_path) -> None:
+    """Changed state is found through JSON only when records are JSON: the pickle serializer keeps a
+    tuple apart from a list, so a value that turns from one into the other is stored again."""
+
+    class Put(Node):
+        def __init__(self, value, **kwargs):
+            super().__init__(**kwargs)
+            self.value = value
+
+        async def process(self, context):
+            if self.value is not None:
+                await context.graph_state.set("pair", self.value)
+            return {}
+
+    first, second, third = Put((1, 2), id="first"), Put([1, 2], id="second"), Put(None, id="third")
+    first >> second >> third
+    config = CheckpointConfig(backend="sqlite", path=str(tmp_path / "p.db"), serializer="pickle",
+                              pickle_signing_key=b"k" * 32)
+    graph = checkpointed(Graph(start=first), config=config, graph_id="types")
+    asyncio.run(graph.run({}))
+    after_first, after_second = graph.get_checkpoint(offset=2), graph.get_checkpoint(offset=1)
+    assert type(after_first.graph_state["pair"]) is tuple
+    assert type(after_second.graph_state["pair"]) is list

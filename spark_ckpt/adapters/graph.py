@@ -272,8 +272,8 @@ class CheckpointedGraph:
         # a local backend's aput only calls put: calling put saves a coroutine per checkpoint
         self._put_directly = type(self.backend).aput is LocalBackend.aput
         self.codec: Codec = self.config.make_codec()
-        # state values already encoded to compare them go into the record as they are
-        self._embed_json = self.codec.takes_json_fragments
+        # records are JSON: a state value's JSON tells whether it changed, and goes into the record as is
+        self._json_records = self.codec.takes_json_fragments
         self.policy = self.config.make_policy()
         self._policy_due = getattr(self.policy, "due", None)
         self.retention_rules = self.config.make_retention_rules()
@@ -681,8 +681,9 @@ class CheckpointedGraph:
         their end, and the keys removed since the last checkpoint.
 
         A value is compared by identity and type when immutable (str, int, float, bool, None: a large
-        string that stays put costs nothing), else by its JSON, so a list or dict changed in place is
-        seen too; with the JSON serializer that JSON goes into the record as it is (encoded once).
+        string that stays put costs nothing), else, when records are JSON, by its JSON, so a list or
+        dict changed in place is seen too, and that JSON goes into the record as it is (encoded once).
+        With another serializer such values are stored at every checkpoint.
         The whole state is the raw dict, not a copy, when it holds neither such values nor Spark's
         bookkeeping keys: the record is encoded right away.
         """
@@ -701,14 +702,17 @@ class CheckpointedGraph:
                 continue
             if type(value) in _IMMUTABLE:
                 mark = value
+            elif not self._json_records:
+                # another serializer may keep what JSON cannot tell apart (a tuple from a list): such a
+                # value is stored whole at every checkpoint
+                mark = object()
             else:
                 try:
                     mark = dumps_data(value)
                 except EncodeError:  # reported with its key path when the record is encoded
                     mark = object()
                 else:
-                    if self._embed_json:
-                        encoded[key] = value = orjson.Fragment(mark)
+                    encoded[key] = value = orjson.Fragment(mark)
             marks[key] = mark
             if previous is not None:
                 old = previous.get(key, _ABSENT)
@@ -718,7 +722,7 @@ class CheckpointedGraph:
                     if items is None:
                         changed[key] = value
                     else:
-                        appended[key] = orjson.Fragment(items) if self._embed_json else orjson.loads(items)
+                        appended[key] = orjson.Fragment(items)
         ex.state_marks = marks
         if previous is None:
             whole = state.get_snapshot() if bookkeeping else raw
