@@ -691,7 +691,7 @@ class CheckpointedGraph:
         raw = state.get_raw()
         previous = None if full else ex.state_marks
         marks: dict[str, Any] = {}
-        encoded: dict[str, Any] = {}  # key -> orjson.Fragment of a mutable value's JSON
+        encoded: dict[str, Any] = {}  # whole state only: key -> orjson.Fragment of a mutable value's JSON
         changed: dict[str, Any] = {}
         appended: dict[str, Any] = {}
         added = 0
@@ -712,7 +712,9 @@ class CheckpointedGraph:
                 except EncodeError:  # reported with its key path when the record is encoded
                     mark = object()
                 else:
-                    encoded[key] = value = orjson.Fragment(mark)
+                    value = orjson.Fragment(mark)
+                    if previous is None:
+                        encoded[key] = value
             marks[key] = mark
             if previous is not None:
                 old = previous.get(key, _ABSENT)
@@ -821,10 +823,7 @@ class CheckpointedGraph:
             # in-flight records stack on the boundary record; they never replace it
             ex.last_blob, ex.last_status = blob, header.status
         if wait and ex.writes.idle:  # durability "sync": the write is stored before the next superstep
-            if self._put_directly and ex.lease is not None and not ex.post_checkpoint_hooks:
-                self.backend.put(header, blob, lease=ex.lease)  # the common case, without a coroutine
-            else:
-                await self._put(ex, header, blob)
+            await self._put(ex, header, blob)
         else:
             await ex.writes.write(lambda: self._put(ex, header, blob), wait=wait)
 

@@ -95,8 +95,7 @@ def pack_parts(layers: list[dict[str, Any]], ident: Identity, payload: bytes, ve
     version_byte = bytes((version,))
     framed_header = _LENGTH.pack(len(header)) + header
     # the digest covers everything after itself: version, header length, header, payload
-    crc = zlib.crc32(payload, zlib.crc32(framed_header, zlib.crc32(version_byte)))
-    return b"".join((MAGIC, version_byte, crc.to_bytes(4, "big"), framed_header, payload))
+    return b"".join((MAGIC, version_byte, _digest(version_byte, framed_header, payload), framed_header, payload))
 
 
 def _claimed_length(blob: bytes) -> int | None:
