@@ -520,6 +520,9 @@ def test_sqlite_refuses_a_derived_id_at_another_position(tmp_path):
         backend.put(make_header(5, execution_id="b", checkpoint_id="ck-c-1"), b"x")
     with pytest.raises(BackendError, match="reserved"):
         backend.start_execution(make_header(0, execution_id="b", checkpoint_id="ck-c-1"), b"x", "w", 30)
+    # a negative seq has no derived id: "ck-b--5" reads as checkpoint 5 of execution "b-"
+    with pytest.raises(BackendError, match="reserved for checkpoint 5 of execution b-"):
+        backend.put(make_header(-5, execution_id="b", checkpoint_id="ck-b--5"), b"x")
     assert backend.list() == []
     backend.close()
 

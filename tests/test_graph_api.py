@@ -521,3 +521,26 @@ def test_with_a_serializer_other_than_json_a_type_only_change_is_kept(tmp_path) 
     after_first, after_second = graph.get_checkpoint(offset=2), graph.get_checkpoint(offset=1)
     assert type(after_first.graph_state["pair"]) is tuple
     assert type(after_second.graph_state["pair"]) is list
+
+
+class _Pass(Node):
+    async def process(self, context):
+        return {"from": self.id}
+
+
+def test_current_node_names_every_node_with_input_waiting_in_graph_order(sqlite_config) -> None:
+    """``current_node`` of each checkpoint: the nodes whose input is waiting, by the graph's node order
+    (here not alphabetical), or None; each record read back says the same as its node states."""
+    start, zeta, alpha = _Pass(id="start"), _Pass(id="zeta"), _Pass(id="alpha")
+    start >> zeta
+    start >> alpha
+    graph = checkpointed(Graph(start=start), config=sqlite_config, graph_id="waiting")
+    assert graph.node_keys == ["start", "zeta", "alpha"]
+    asyncio.run(graph.run({}))
+    seen = []
+    for offset in range(len(graph.list_checkpoints())):
+        record = graph.get_checkpoint(offset=offset)
+        waiting = [key for key in graph.node_keys if record.node_states[key].pending_inputs]
+        assert record.current_node == (",".join(waiting) or None)
+        seen.append(record.current_node)
+    assert seen == [None, "zeta,alpha", None]  # final, after the start node, start record

@@ -214,6 +214,9 @@ class _Execution:
     #: node) are read again, so a checkpoint costs what changed, not the size of the graph
     node_states: dict[str, Any] = attrs.field(factory=dict)
     dirty: set[str] | None = None  # None: every node
+    #: nodes whose entry in ``node_states`` has pending inputs (the record's ``current_node``)
+    waiting: set[str] = attrs.field(factory=set)
+    graph_metadata: dict[str, Any] | None = None  # built once per execution (``_graph_metadata``)
     #: graph state as last stored, per key: the value itself if immutable, else its JSON; the next
     #: checkpoint stores only keys whose mark differs. None: the next one stores the whole state.
     state_marks: dict[str, Any] | None = None
@@ -264,6 +267,7 @@ class CheckpointedGraph:
             raise ConfigError(f"config must be a CheckpointConfig, got {type(self.config).__name__}")
         self._keys = node_keys(graph, node_ids)
         self._nodes_by_key = {self._keys[id(n)]: n for n in ordered_nodes(graph)}
+        self._node_order = {key: position for position, key in enumerate(self._nodes_by_key)}
         self.structure = structure_digest(graph, self._keys)
         self.graph_id = graph_id or self._default_graph_id(graph)
         self.graph_version = graph_version or self.structure
@@ -554,8 +558,7 @@ class CheckpointedGraph:
         data["status"], data["failure"] = RUNNING, None  # (the base may be a failure record we resume)
         data.update(changes)
         data.update(checkpoint_id=canonical_checkpoint_id(ex.execution_id, ex.seq + 1), seq=ex.seq + 1, timestamp=time.time())
-        data["graph_metadata"] = {"graph_id": self.graph_id, "graph_version": self.graph_version,
-                                  "execution_id": ex.execution_id}
+        data["graph_metadata"] = ex.graph_metadata or self._graph_metadata(ex)
         return data
 
     # ------------------------------------------------------------------------------------------
@@ -629,9 +632,13 @@ class CheckpointedGraph:
         node_states = ex.node_states
         dirty, ex.dirty = ex.dirty, set()
         nodes = self._nodes_by_key
+        waiting = ex.waiting
         for key in nodes if dirty is None else dirty:
-            node_states[key] = self._node_entry(ex, key, nodes[key])
-        next_nodes = [key for key, entry in node_states.items() if "pending_inputs" in entry]
+            entry = node_states[key] = self._node_entry(ex, key, nodes[key])
+            if "pending_inputs" in entry:
+                waiting.add(key)
+            else:
+                waiting.discard(key)
         full = self._writes_full_record(ex, status)
         node_extras = self._extras_fields(ex, dirty, full) if self._has_adapters else {}
         if ex.last_blob is not None:
@@ -650,8 +657,7 @@ class CheckpointedGraph:
             "checkpoint_id": ex.checkpoint_requested or canonical_checkpoint_id(ex.execution_id, ex.seq),
             "seq": ex.seq,
             "timestamp": time.time(),
-            "graph_metadata": {"graph_id": self.graph_id, "graph_version": self.graph_version,
-                               "execution_id": ex.execution_id},
+            "graph_metadata": ex.graph_metadata or self._graph_metadata(ex),
             "status": status,
             "superstep": ex.superstep,
             "run_input": ex.run_input,
@@ -660,7 +666,7 @@ class CheckpointedGraph:
             "partial_state": partial,
             "removed_state": removed or [],
             "appended_state": appended,
-            "current_node": next_nodes[0] if len(next_nodes) == 1 else (",".join(next_nodes) or None),
+            "current_node": self._current_node(waiting),
             "execution_history": history,
             "history_start": history_start,
             "skip_nodes": list(ex.skip),
@@ -680,58 +686,88 @@ class CheckpointedGraph:
         stored yet; else the keys whose value changed, the items appended to lists that only grew at
         their end, and the keys removed since the last checkpoint.
 
-        A value is compared by identity and type when immutable (str, int, float, bool, None: a large
-        string that stays put costs nothing), else, when records are JSON, by its JSON, so a list or
-        dict changed in place is seen too, and that JSON goes into the record as it is (encoded once).
-        With another serializer such values are stored at every checkpoint.
-        The whole state is the raw dict, not a copy, when it holds neither such values nor Spark's
-        bookkeeping keys: the record is encoded right away.
+        Each stored key has a mark (``ex.state_marks``, see ``_state_mark``). A key whose value is the
+        very object it is marked by is unchanged: an immutable value that stays put. One quick pass
+        finds the other keys, and only those are compared: immutables set again (by type and value),
+        and mutable values (by their JSON, so a list or dict changed in place is seen too).
         """
         state = self.graph.state
         raw = state.get_raw()
-        previous = None if full else ex.state_marks
-        marks: dict[str, Any] = {}
-        encoded: dict[str, Any] = {}  # whole state only: key -> orjson.Fragment of a mutable value's JSON
+        marks = None if full else ex.state_marks
+        if marks is None:
+            return self._whole_state(ex, state, raw), {}, None
         changed: dict[str, Any] = {}
         appended: dict[str, Any] = {}
-        added = 0
+        for key in [key for key, value in raw.items() if marks.get(key, _ABSENT) is not value]:
+            if key[:2] == "__" and _is_bookkeeping(state, key):  # what ``get_snapshot`` leaves out
+                continue
+            mark, value = self._state_mark(raw[key])
+            old = marks.get(key, _ABSENT)
+            if old is not mark and (type(old) is not type(mark) or old != mark):
+                items = _appended_json(old, mark)
+                if items is None:
+                    changed[key] = value
+                else:
+                    appended[key] = orjson.Fragment(items)
+            marks[key] = mark  # (updated in place: the marks are this execution's own)
+        if marks.keys() <= raw.keys():  # every key stored before is still there
+            return changed, appended, []
+        removed = [key for key in marks if key not in raw]
+        for key in removed:
+            del marks[key]
+        return changed, appended, removed
+
+    def _whole_state(self, ex: _Execution, state: Any, raw: dict[str, Any]) -> dict[str, Any]:
+        """The whole graph state for a record, and its marks for the next one to compare with.
+
+        The raw dict itself, not a copy, when it holds neither values already encoded as JSON nor
+        Spark's bookkeeping keys: the record is encoded right away.
+        """
+        marks: dict[str, Any] = {}
+        encoded: dict[str, Any] = {}  # key -> orjson.Fragment of a mutable value's JSON
         bookkeeping = False
         for key, value in raw.items():
-            if key[:2] == "__" and _is_bookkeeping(state, key):  # what ``get_snapshot`` leaves out
+            if key[:2] == "__" and _is_bookkeeping(state, key):
                 bookkeeping = True
                 continue
-            if type(value) in _IMMUTABLE:
-                mark = value
-            elif not self._json_records:
-                # another serializer may keep what JSON cannot tell apart (a tuple from a list): such a
-                # value is stored whole at every checkpoint
-                mark = object()
-            else:
-                try:
-                    mark = dumps_data(value)
-                except EncodeError:  # reported with its key path when the record is encoded
-                    mark = object()
-                else:
-                    value = orjson.Fragment(mark)
-                    if previous is None:
-                        encoded[key] = value
-            marks[key] = mark
-            if previous is not None:
-                old = previous.get(key, _ABSENT)
-                if old is not mark and (type(old) is not type(mark) or old != mark):
-                    added += old is _ABSENT
-                    items = _appended_json(old, mark)
-                    if items is None:
-                        changed[key] = value
-                    else:
-                        appended[key] = orjson.Fragment(items)
+            marks[key], stored = self._state_mark(value)
+            if stored is not value:
+                encoded[key] = stored
         ex.state_marks = marks
-        if previous is None:
-            whole = state.get_snapshot() if bookkeeping else raw
-            return ({**whole, **encoded} if encoded else whole), {}, None
-        if len(previous) + added == len(marks):  # every key stored before is still there
-            return changed, appended, []
-        return changed, appended, [key for key in previous if key not in marks]
+        whole = state.get_snapshot() if bookkeeping else raw
+        return {**whole, **encoded} if encoded else whole
+
+    def _state_mark(self, value: Any) -> tuple[Any, Any]:
+        """``(mark, value to store)`` for a graph state value.
+
+        An immutable value (str, int, float, bool, None; exact types, as a subclass could change) is its
+        own mark: a large string that stays put costs nothing. When records are JSON, a mutable value is
+        marked by its JSON, which also goes into the record as it is (encoded once). Another serializer
+        may keep what JSON cannot tell apart (a tuple from a list), so there, as for a value that cannot
+        be encoded (reported with its key path when the record is), the mark is new every time: such a
+        value is stored at every checkpoint.
+        """
+        if type(value) in _IMMUTABLE:
+            return value, value
+        if not self._json_records:
+            return object(), value
+        try:
+            mark = dumps_data(value)
+        except EncodeError:
+            return object(), value
+        return mark, orjson.Fragment(mark)
+
+    def _graph_metadata(self, ex: _Execution) -> dict[str, Any]:
+        """The execution's ``graph_metadata``: one dict shared by its records (each is encoded at once)."""
+        ex.graph_metadata = {"graph_id": self.graph_id, "graph_version": self.graph_version,
+                             "execution_id": ex.execution_id}
+        return ex.graph_metadata
+
+    def _current_node(self, waiting: set[str]) -> str | None:
+        """``current_node``: the node with input waiting, or several joined by commas in graph order."""
+        if len(waiting) == 1:
+            return next(iter(waiting))
+        return ",".join(sorted(waiting, key=self._node_order.__getitem__)) or None
 
     def _node_entry(self, ex: _Execution, key: str, node: Any) -> dict[str, Any]:
         """A node's state for ``node_states``: only what differs from a fresh node (NodeSnapshot's
@@ -749,10 +785,8 @@ class CheckpointedGraph:
         if outputs:
             entry["outputs"] = outputs
         # a node with a state adapter (an agent) keeps its state in node_extras instead
-        if key not in self._adapter_keys:
-            custom = {k: v for k, v in state.items() if k not in _NODE_RUNTIME_KEYS}
-            if custom:
-                entry["custom"] = custom
+        if key not in self._adapter_keys and not state.keys() <= _NODE_RUNTIME_KEYS:
+            entry["custom"] = {k: v for k, v in state.items() if k not in _NODE_RUNTIME_KEYS}
         return entry
 
     def _writes_full_record(self, ex: _Execution, status: str) -> bool:
@@ -808,10 +842,9 @@ class CheckpointedGraph:
             blob = self.codec.encode_data(data, identity)
         except CodecError as exc:
             raise type(exc)(f"graph {meta['graph_id']!r}, checkpoint seq {data['seq']}: {exc}") from None
-        header = CheckpointHeader(
-            checkpoint_id=data["checkpoint_id"], graph_id=meta["graph_id"], execution_id=meta["execution_id"],
-            seq=data["seq"], created_at=data["timestamp"], status=data["status"], kind=GRAPH, size=len(blob),
-        )
+        # (positional: a third cheaper than keywords, once per checkpoint)
+        header = CheckpointHeader(data["checkpoint_id"], meta["graph_id"], meta["execution_id"], data["seq"],
+                                  data["timestamp"], data["status"], GRAPH, len(blob))
         return header, blob
 
     async def _store(self, ex: _Execution, data: dict[str, Any], *, wait: bool) -> None:

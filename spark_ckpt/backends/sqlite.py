@@ -45,7 +45,9 @@ from ..errors import (
     ConfigError,
     DuplicateCheckpointError,
 )
-from ..model import UNFINISHED_STATUSES, CheckpointHeader, Lease, StoredCheckpoint, canonical_key
+from ..model import (
+    UNFINISHED_STATUSES, CheckpointHeader, Lease, StoredCheckpoint, canonical_checkpoint_id, canonical_key,
+)
 from .base import LocalBackend
 from .leases import check_fence, grant_lease
 
@@ -88,6 +90,7 @@ _RECORD_EXECUTION = "INSERT OR IGNORE INTO executions (execution_id, graph_id) V
 _GET_CANONICAL = f"SELECT {_HEADER_COLUMNS}, blob FROM checkpoints WHERE rowid = {_POSITION} AND checkpoint_id = ?"
 _GET_NAMED = f"SELECT {_HEADER_COLUMNS}, blob FROM checkpoints WHERE {_NAMED_ID}"
 _GET_LEASE = "SELECT execution_id, owner, token, expires_at FROM leases WHERE execution_id = ?"
+_NEW_LEASE = "INSERT INTO leases (execution_id, owner, token, expires_at) VALUES (?, ?, ?, ?)"
 _SET_LEASE = (
     "INSERT INTO leases (execution_id, owner, token, expires_at) VALUES (?, ?, ?, ?) "
     "ON CONFLICT(execution_id) DO UPDATE SET owner = excluded.owner, token = excluded.token, "
@@ -412,6 +415,8 @@ class SqliteBackend(LocalBackend):
                 f"checkpoint seq {h.seq} of execution {h.execution_id} is outside [-2**31, 2**31), the range "
                 f"{self.describe()} can hold; number checkpoints from 0"
             )
+        if h.seq >= 0 and h.checkpoint_id == canonical_checkpoint_id(h.execution_id, h.seq):
+            return  # the derived id of its own position: the common case
         key = canonical_key(h.checkpoint_id)
         if key is not None and key != (h.execution_id, h.seq):
             raise BackendError(
@@ -478,8 +483,13 @@ class SqliteBackend(LocalBackend):
         self.check_header(h)
 
         def change(conn: sqlite3.Connection) -> Lease:
-            lease = grant_lease(self._read_lease(h.execution_id), h.execution_id, owner, ttl_s, time.time())
-            conn.execute(_SET_LEASE, (lease.execution_id, lease.owner, lease.token, lease.expires_at))
+            now = time.time()
+            lease = grant_lease(None, h.execution_id, owner, ttl_s, now)
+            try:  # a new execution has no lease row yet: insert it without reading first
+                conn.execute(_NEW_LEASE, (lease.execution_id, lease.owner, lease.token, lease.expires_at))
+            except sqlite3.IntegrityError:  # it has one (released, or another worker's): the usual rules
+                lease = grant_lease(self._read_lease(h.execution_id), h.execution_id, owner, ttl_s, now)
+                conn.execute(_SET_LEASE, (lease.execution_id, lease.owner, lease.token, lease.expires_at))
             number = self._recorded_number(conn, h)
             try:
                 conn.execute(_INSERT, _row(number, h, blob))

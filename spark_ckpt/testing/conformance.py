@@ -471,6 +471,17 @@ class BackendConformance:
         other = asyncio.run(backend.astart_execution(make_header(0, execution_id="e2"), b"async", "worker-c", 30))
         assert (other.execution_id, other.owner, backend.get("e2-0").blob) == ("e2", "worker-c", b"async")
 
+    def test_start_execution_after_a_release_takes_a_larger_token(self, backend: Backend) -> None:
+        """An execution whose lease was held and released starts under a larger token, which fences
+        the earlier owner's writes."""
+        first = backend.acquire_lease("exec-1", "worker-a", 30)
+        backend.release_lease(first)
+        lease = backend.start_execution(make_header(0), b"first", "worker-b", 30)
+        assert (lease.owner, lease.token > first.token) == ("worker-b", True)
+        with pytest.raises(LeaseError):
+            backend.put(make_header(1), b"stale", lease=first)
+        assert _ids(backend.list()) == ["exec-1-0"]
+
     def test_start_execution_duplicate_leaves_no_lease(self, backend: Backend) -> None:
         """A start_execution whose checkpoint is refused as a duplicate keeps the stored one and holds
         no lease afterwards, so another worker can take the execution at once."""
