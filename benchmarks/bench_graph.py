@@ -99,11 +99,12 @@ class MinimalCheckpointer:
     chain, without spark-ckpt: what the 1.5x target can be held against on this machine.
 
     Per visit: a journal entry (node, visit index, output, timing) under a contextvar, as recovery
-    must replay outputs. Per superstep: the whole graph state, the journal entries since the last
-    checkpoint and the visited nodes' states, JSON with a CRC-32 in front, in one INSERT fenced by
-    the execution's lease. Per run: the lease, the execution row and a start record (so a crash in
-    the first superstep can be recovered) in one transaction. Nothing else: no state diffing, header
-    row, policy, hooks, agents, durability modes or reads."""
+    must replay outputs; the output is dumped once, for the journal and the node's state. Per
+    superstep: the whole graph state, the journal entries since the last checkpoint and the visited
+    nodes' states, JSON with a CRC-32 in front, in one INSERT fenced by the execution's lease. Per
+    run: the lease, the execution row and a start record (so a crash in the first superstep can be
+    recovered) in one transaction. Nothing else: no state diffing, envelope, header row, policy,
+    hooks, agents, durability modes or reads."""
 
     def __init__(self, path: Path) -> None:
         import contextvars
@@ -134,7 +135,8 @@ class MinimalCheckpointer:
             started = time.time()
             try:
                 output = await original_do(inputs)
-                ex["journal"].append({"node_key": node.id, "index": index, "output": output.model_dump(mode="json"),
+                dumped = ex["outputs"][node.id] = output.model_dump(exclude_defaults=True)
+                ex["journal"].append({"node_key": node.id, "index": index, "output": dumped,
                                       "started_at": started, "duration_s": time.time() - started})
                 return output
             finally:
@@ -149,8 +151,7 @@ class MinimalCheckpointer:
         import orjson
 
         ex = self.ex
-        node_states = {n.id: {"process_count": n._state.get("process_count"),
-                              "outputs": n.outputs.model_dump(mode="json") if n.outputs is not None else None}
+        node_states = {n.id: {"process_count": n._state.get("process_count"), "outputs": ex["outputs"].get(n.id)}
                        for n in nodes}
         payload = orjson.dumps({"seq": ex["seq"], "execution_id": ex["id"], "graph_state": self.graph.state.get_raw(),
                                 "node_states": node_states, "history": ex["journal"][ex["stored"]:]})
@@ -170,7 +171,8 @@ class MinimalCheckpointer:
     async def run(self, inputs):
         import os
 
-        self.ex = ex = {"id": os.urandom(12).hex(), "visits": {}, "journal": [], "stored": 0, "seq": 0, "dirty": []}
+        self.ex = ex = {"id": os.urandom(12).hex(), "visits": {}, "journal": [], "stored": 0, "seq": 0, "dirty": [],
+                        "outputs": {}}  # node -> its last output, dumped once for the journal and node states
         blob = self._record(self.graph.nodes)
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")

@@ -15,7 +15,8 @@ import attrs
 
 #: Version of the checkpoint *content* layout (``GraphCheckpoint``). The codec envelope has its own.
 #: 2: a checkpoint may hold only the graph and node state that changed (``partial_state``).
-CONTENT_VERSION = 2
+#: 3: such a checkpoint leaves ``run_input`` to the whole one it builds on (it never changes).
+CONTENT_VERSION = 3
 
 # Status of an execution as of a given checkpoint. The newest checkpoint of an execution decides.
 RUNNING = "running"
@@ -152,7 +153,8 @@ class GraphCheckpoint:
     #: True: ``graph_state`` and ``node_states`` hold only the keys and nodes that changed since the
     #: execution's previous checkpoint, and ``removed_state`` the graph state keys deleted since then
     #: (a checkpoint costs what changed, not the size of the state); the adapter reads earlier
-    #: checkpoints, back to one with the whole state, to give callers the whole state.
+    #: checkpoints, back to one with the whole state, to give callers the whole state. From content
+    #: version 3 such a checkpoint holds no ``run_input`` either: the whole one has it.
     partial_state: bool = False
     removed_state: list[str] = attrs.field(factory=list)
     #: with ``partial_state``: graph state keys whose list only gained items at its end since the

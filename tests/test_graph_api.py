@@ -414,13 +414,15 @@ def test_flush_makes_pending_checkpoints_durable(tmp_path, durability) -> None:
 @pytest.mark.parametrize("serializer", ["json", "pickle"])
 def test_checkpoints_store_only_the_state_that_changed(tmp_path, serializer) -> None:
     """A superstep's checkpoint holds the graph state keys and nodes that changed, not the whole state:
-    a large value no visit touches is written by the start and final records only. Read back, every
-    checkpoint has the whole state as the run had it; one whose chain lost a link is refused. (With
-    JSON, changed values go in already encoded; other serializers get the values.)"""
+    a large value no visit touches, like the run's large input, is written by the start and final
+    records only. Read back (or saved to a file), every checkpoint has the whole state as the run had
+    it and the run's input; one whose chain lost a link is refused. (With JSON, changed values go in
+    already encoded; other serializers get the values.)"""
     import json
 
     from spark.graphs.hooks import GraphLifecycleEvent
 
+    from spark_ckpt.adapters.graph import _load_run_input
     from spark_ckpt.errors import CorruptCheckpointError
 
     config = CheckpointConfig(backend="sqlite", path=str(tmp_path / "changes.db"), serializer=serializer,
@@ -429,18 +431,23 @@ def test_checkpoints_store_only_the_state_that_changed(tmp_path, serializer) -> 
     seen: dict[int, str] = {}  # superstep -> the whole state after it, as the run had it
     graph.graph.register_hook(GraphLifecycleEvent.AFTER_ITERATION, lambda ctx: seen.setdefault(
         ctx.iteration_index, json.dumps(ctx.graph.state.get_snapshot(), sort_keys=True)))
-    asyncio.run(graph.run({}))
+    run_input = {"doc": "d" * 60_000}
+    asyncio.run(graph.run(run_input))
 
     headers = sorted(graph.list_checkpoints(), key=lambda h: h.seq)
     start, *middle, final = headers
-    assert start.size > 50_000 and final.size > 50_000
+    assert start.size > 110_000 and final.size > 110_000
     assert middle and all(h.size < 5_000 for h in middle)
     for offset, header in enumerate(reversed(headers[1:])):
         record = graph.get_checkpoint(offset=offset)
         assert record.seq == header.seq and not record.partial_state
         assert json.dumps(record.graph_state, sort_keys=True) == seen[record.superstep]
         assert set(record.node_states) == {"mutate"}
+        assert _load_run_input(record.run_input) == run_input
     assert "scratch" not in graph.get_checkpoint(offset=1).graph_state  # deleted, not resurrected by older records
+    saved = graph.load_from_checkpoint(graph.save_checkpoint(tmp_path / "middle.ckpt", middle[-1].checkpoint_id),
+                                       restore=False)
+    assert _load_run_input(saved.run_input) == run_input and not saved.appended_state
 
     graph.backend.delete([middle[0].checkpoint_id])
     with pytest.raises(CorruptCheckpointError, match="incomplete without earlier checkpoints"):

@@ -103,6 +103,11 @@ class _StateChain:
             self.records.append(earlier)
             self.whole = not earlier.partial_state
 
+    @property
+    def run_input(self) -> Any:
+        """The execution's input, as the whole record holds it (changes-only records leave it out)."""
+        return self.records[-1].run_input
+
     def made_whole(self) -> tuple[dict[str, Any], dict[str, Any]]:
         graph_state: dict[str, Any] = {}
         node_states: dict[str, Any] = {}
@@ -554,7 +559,8 @@ class CheckpointedGraph:
         data["execution_history"] = []
         data["node_extras"] = {}  # unchanged since the boundary record, which holds them
         # and so is the state: a record that repeated the boundary's changes would apply its appends twice
-        data.update(partial_state=True, graph_state={}, node_states={}, removed_state=[], appended_state={})
+        data.update(partial_state=True, graph_state={}, node_states={}, removed_state=[], appended_state={},
+                    run_input=None)
         data["status"], data["failure"] = RUNNING, None  # (the base may be a failure record we resume)
         data.update(changes)
         data.update(checkpoint_id=canonical_checkpoint_id(ex.execution_id, ex.seq + 1), seq=ex.seq + 1, timestamp=time.time())
@@ -660,7 +666,7 @@ class CheckpointedGraph:
             "graph_metadata": ex.graph_metadata or self._graph_metadata(ex),
             "status": status,
             "superstep": ex.superstep,
-            "run_input": ex.run_input,
+            "run_input": None if partial else ex.run_input,  # it never changes: the whole records hold it
             "graph_state": graph_state,
             "node_states": node_states,
             "partial_state": partial,
@@ -925,7 +931,7 @@ class CheckpointedGraph:
         graph_state, node_states = state.made_whole()
         return attrs.evolve(record, execution_history=history, history_start=0, node_extras=extras.whole,
                             inflight=inflight.whole, graph_state=graph_state, node_states=node_states,
-                            partial_state=False, removed_state=[])
+                            partial_state=False, removed_state=[], appended_state={}, run_input=state.run_input)
 
     def _check_graph(self, record: GraphCheckpoint) -> None:
         if record.kind != GRAPH:
