@@ -551,3 +551,31 @@ def test_current_node_names_every_node_with_input_waiting_in_graph_order(sqlite_
         assert record.current_node == (",".join(waiting) or None)
         seen.append(record.current_node)
     assert seen == [None, "zeta,alpha", None]  # final, after the start node, start record
+
+
+def test_a_long_visit_keeps_the_lease(tmp_path) -> None:
+    """The lease is renewed while a visit runs longer than its lifetime: another worker cannot take
+    the execution over meanwhile, and the run's later checkpoints are still accepted."""
+    from spark_ckpt.errors import LeaseError
+
+    attempts: list[str] = []
+
+    class Slow(Node):
+        async def process(self, context):
+            execution_id = graph.backend.executions(graph_id="slow", unfinished_only=True)[0].execution_id
+            for _ in range(3):  # each try comes after the lease's lifetime (0.3 s) has run out once more
+                await asyncio.sleep(0.35)
+                try:
+                    graph.backend.acquire_lease(execution_id, "another-worker", 0.3)
+                    attempts.append("taken over")
+                except LeaseError:
+                    attempts.append("refused")
+            return {"slept": True}
+
+    first, slow, last = _Pass(id="first"), Slow(id="slow"), _Pass(id="last")
+    first >> slow >> last
+    config = CheckpointConfig(backend="sqlite", path=str(tmp_path / "lease.db"), lease_ttl_s=0.3)
+    graph = checkpointed(Graph(start=first), config=config, graph_id="slow")
+    assert asyncio.run(graph.run({})).content == {"from": "last"}
+    assert attempts == ["refused"] * 3
+    assert graph.get_last_checkpoint().status == "completed"
