@@ -184,17 +184,22 @@ class MinimalCheckpointer:
 
 
 async def alternate(bare, variants: dict, runs: int) -> dict[str, list[float]]:
-    """Run bare and every variant in turn, ``runs`` times (after a warm-up); per-run seconds."""
-    times: dict[str, list[float]] = {"bare": [], **{name: [] for name in variants}}
+    """Run bare and every variant in turn, ``runs`` times (after a warm-up); per-run seconds.
+
+    The order rotates every round: what ran just before a run changes its time (caches), so no
+    variant always follows the same one."""
+    graphs = {"bare": bare, **variants}
+    order = list(graphs)
+    times: dict[str, list[float]] = {name: [] for name in order}
     for i in range(runs + 20):
-        t0 = time.perf_counter()
-        await bare.run({"go": 1})
-        elapsed = {"bare": time.perf_counter() - t0}
-        reset_snapshots(bare)
-        for name, graph in variants.items():
+        elapsed = {}
+        for name in order[i % len(order):] + order[:i % len(order)]:
+            graph = graphs[name]
             t0 = time.perf_counter()
             await graph.run({"go": 1})
             elapsed[name] = time.perf_counter() - t0
+            if graph is bare:
+                reset_snapshots(bare)
         if i >= 20:
             for name, seconds in elapsed.items():
                 times[name].append(seconds)
