@@ -64,6 +64,17 @@ def wrap(workdir: Path, backend: str, name: str, **config):
     return checkpointed(build_chain(**shape), config=cfg, graph_id=name)
 
 
+def sqlite_connection(path: Path):
+    """A connection as the floor and minimal rows use it: autocommit, WAL, synchronous=NORMAL (as
+    spark-ckpt's SQLite backend)."""
+    import sqlite3
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
 class RawSqliteFloor:
     """The bare chain plus one plain SQLite insert (WAL, synchronous=NORMAL, one table, one B-tree) of
     ``blob_bytes`` after every superstep, without spark-ckpt: the storage write's own cost in Spark's
@@ -71,15 +82,12 @@ class RawSqliteFloor:
 
     def __init__(self, path: Path, blob_bytes: int) -> None:
         import os
-        import sqlite3
 
         from spark.graphs.hooks import GraphLifecycleEvent
 
         self.graph = build_chain()
         self.blob_bytes = blob_bytes
-        self.conn = sqlite3.connect(path, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn = sqlite_connection(path)
         self.conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, blob BLOB NOT NULL)")
         blob = os.urandom(blob_bytes)
 
@@ -108,15 +116,12 @@ class MinimalCheckpointer:
 
     def __init__(self, path: Path) -> None:
         import contextvars
-        import sqlite3
 
         from spark.graphs.hooks import GraphLifecycleEvent
 
         self.graph = build_chain()
         self.visit = contextvars.ContextVar("visit")
-        conn = self.conn = sqlite3.connect(path, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        conn = self.conn = sqlite_connection(path)
         conn.execute("CREATE TABLE executions (number INTEGER PRIMARY KEY, execution_id TEXT NOT NULL UNIQUE)")
         conn.execute("CREATE TABLE leases (execution_id TEXT PRIMARY KEY, owner TEXT, token INTEGER) WITHOUT ROWID")
         conn.execute("CREATE TABLE checkpoints (blob BLOB NOT NULL)")

@@ -564,7 +564,7 @@ class CheckpointedGraph:
         data["status"], data["failure"] = RUNNING, None  # (the base may be a failure record we resume)
         data.update(changes)
         data.update(checkpoint_id=canonical_checkpoint_id(ex.execution_id, ex.seq + 1), seq=ex.seq + 1, timestamp=time.time())
-        data["graph_metadata"] = ex.graph_metadata or self._graph_metadata(ex)
+        data["graph_metadata"] = self._graph_metadata(ex)
         return data
 
     # ------------------------------------------------------------------------------------------
@@ -663,7 +663,7 @@ class CheckpointedGraph:
             "checkpoint_id": ex.checkpoint_requested or canonical_checkpoint_id(ex.execution_id, ex.seq),
             "seq": ex.seq,
             "timestamp": time.time(),
-            "graph_metadata": ex.graph_metadata or self._graph_metadata(ex),
+            "graph_metadata": self._graph_metadata(ex),
             "status": status,
             "superstep": ex.superstep,
             "run_input": None if partial else ex.run_input,  # it never changes: the whole records hold it
@@ -765,8 +765,9 @@ class CheckpointedGraph:
 
     def _graph_metadata(self, ex: _Execution) -> dict[str, Any]:
         """The execution's ``graph_metadata``: one dict shared by its records (each is encoded at once)."""
-        ex.graph_metadata = {"graph_id": self.graph_id, "graph_version": self.graph_version,
-                             "execution_id": ex.execution_id}
+        if ex.graph_metadata is None:
+            ex.graph_metadata = {"graph_id": self.graph_id, "graph_version": self.graph_version,
+                                 "execution_id": ex.execution_id}
         return ex.graph_metadata
 
     def _current_node(self, waiting: set[str]) -> str | None:

@@ -92,7 +92,7 @@ _GET_NAMED = f"SELECT {_HEADER_COLUMNS}, blob FROM checkpoints WHERE {_NAMED_ID}
 _GET_LEASE = "SELECT execution_id, owner, token, expires_at FROM leases WHERE execution_id = ?"
 _NEW_LEASE = "INSERT INTO leases (execution_id, owner, token, expires_at) VALUES (?, ?, ?, ?)"
 _SET_LEASE = (
-    "INSERT INTO leases (execution_id, owner, token, expires_at) VALUES (?, ?, ?, ?) "
+    f"{_NEW_LEASE} "
     "ON CONFLICT(execution_id) DO UPDATE SET owner = excluded.owner, token = excluded.token, "
     "expires_at = excluded.expires_at"
 )
