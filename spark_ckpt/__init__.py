@@ -38,7 +38,11 @@ from .errors import (  # noqa: F401  (re-exported: the whole error hierarchy)
     InvalidKeyError,
     RekeyError,
     NothingToRecoverError,
+    UnrecoverableExecutionError,
+    MissingCheckpointError,
+    RecoveryDivergedError,
     LeaseError,
+    ExecutionCompletedError,
     PluginError,
     RunStopped,
     BudgetExceededError,
@@ -51,7 +55,7 @@ __version__ = "0.1.0"
 __all__ = [
     "checkpointed", "checkpoint_now", "CheckpointConfig", "hookimpl", "open_backend",
     "CheckpointedGraph", "CheckpointedAgent", "not_safe_to_rerun",
-    "SparkCkptError", "ConfigError", "UnknownBackendError", "BackendError", "CheckpointNotFoundError", "DuplicateCheckpointError", "GraphMismatchError", "CodecError", "EncodeError", "CorruptCheckpointError", "UnsupportedFormatError", "NotACheckpointError", "ChecksumMismatchError", "TruncatedCheckpointError", "TamperedCheckpointError", "CheckpointSwappedError", "DecompressionLimitError", "EncryptionKeyError", "MissingKeyError", "WrongKeyError", "PlaintextRefusedError", "PickleRefusedError", "UnsignedPickleError", "PickleSignatureError", "InvalidKeyError", "RekeyError", "NothingToRecoverError", "LeaseError", "PluginError", "RunStopped", "BudgetExceededError", "UnsafeToRetryError",
+    "SparkCkptError", "ConfigError", "UnknownBackendError", "BackendError", "CheckpointNotFoundError", "DuplicateCheckpointError", "GraphMismatchError", "CodecError", "EncodeError", "CorruptCheckpointError", "UnsupportedFormatError", "NotACheckpointError", "ChecksumMismatchError", "TruncatedCheckpointError", "TamperedCheckpointError", "CheckpointSwappedError", "DecompressionLimitError", "EncryptionKeyError", "MissingKeyError", "WrongKeyError", "PlaintextRefusedError", "PickleRefusedError", "UnsignedPickleError", "PickleSignatureError", "InvalidKeyError", "RekeyError", "NothingToRecoverError", "UnrecoverableExecutionError", "MissingCheckpointError", "RecoveryDivergedError", "LeaseError", "ExecutionCompletedError", "PluginError", "RunStopped", "BudgetExceededError", "UnsafeToRetryError",
 ]
 
 

@@ -61,7 +61,8 @@ class CheckpointConfig:
     interval: float = attrs.field(default=1, validator=_positive)
     backend: str = "sqlite"
     path: str | None = None
-    retention_count: int | None = attrs.field(default=None, validator=_positive)
+    #: keep the newest N checkpoints per graph (plus all that unfinished executions need); None keeps all
+    retention_count: int | None = attrs.field(default=100, validator=_positive)
     retention_max_age_s: float | None = attrs.field(default=None, validator=_positive)
     #: names of extra retention rules registered by plugins (``spark_ckpt_register_retention``)
     retention: tuple[str, ...] = attrs.field(default=(), converter=lambda v: (v,) if isinstance(v, str) else tuple(v))

@@ -115,8 +115,27 @@ class NothingToRecoverError(SparkCkptError):
     """``recover_and_continue()`` found no unfinished execution; it never silently starts afresh."""
 
 
+class UnrecoverableExecutionError(SparkCkptError):
+    """The execution cannot be continued from what the store holds (no checkpoint of it verifies);
+    nothing was run. Continue from an intact checkpoint you choose, or start a new run."""
+
+
+class MissingCheckpointError(UnrecoverableExecutionError):
+    """Checkpoints the executions index says were written are gone (deleted, or the store was rolled
+    back); continuing from the older ones would run finished work again, so nothing was run."""
+
+
+class RecoveryDivergedError(UnrecoverableExecutionError):
+    """Replaying the journal did not reproduce the run that wrote it (the graph routed differently);
+    stopped before any live visit. Restore the graph code the run used."""
+
+
 class LeaseError(SparkCkptError):
     """Another worker owns the execution (or our lease expired and was taken over)."""
+
+
+class ExecutionCompletedError(LeaseError):
+    """A write to an execution that already completed was refused: another worker finished it."""
 
 
 class PluginError(SparkCkptError):

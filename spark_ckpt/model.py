@@ -16,7 +16,10 @@ import attrs
 #: Version of the checkpoint *content* layout (``GraphCheckpoint``). The codec envelope has its own.
 #: 2: a checkpoint may hold only the graph and node state that changed (``partial_state``).
 #: 3: such a checkpoint leaves ``run_input`` to the whole one it builds on (it never changes).
-CONTENT_VERSION = 3
+#: 4: a visit names the visit whose output it consumed (``Visit.input_from``), pending inputs name
+#:    theirs (``NodeSnapshot.pending_from``); records built on a boundary name it (``base_seq``);
+#:    skips keep their outputs (``skip_outputs``); a record with the whole state stands alone.
+CONTENT_VERSION = 4
 
 # Status of an execution as of a given checkpoint. The newest checkpoint of an execution decides.
 RUNNING = "running"
@@ -67,6 +70,10 @@ class CheckpointHeader:
     status: str = RUNNING
     kind: str = GRAPH
     size: int = 0
+    #: with encryption on, a MAC over (graph, execution, seq, status) under a subkey, written by the
+    #: adapter; a backend keeps it only in its executions index (``Backend.execution_head``), so a
+    #: store holder cannot lower an execution's head without the key. Not part of equality.
+    tag: bytes | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def unfinished(self) -> bool:
@@ -103,7 +110,9 @@ class Visit:
     """One completed (or skipped) node visit, as journaled for replay.
 
     ``index`` counts visits of ``node_key`` within the execution (0-based); together they are the
-    replay key. ``output`` is the node's ``NodeMessage`` dumped to JSON-able data.
+    replay key. ``output`` is the node's ``NodeMessage`` dumped to JSON-able data. ``input_from`` is
+    the ``[node_key, index]`` of the visit whose output this visit consumed (None: the run's input,
+    or not known), so a replay feeds it the same input whatever order siblings delivered in.
     """
 
     node_key: str
@@ -113,6 +122,7 @@ class Visit:
     status: str = "completed"  # completed | skipped
     started_at: float = 0.0
     duration_s: float = 0.0
+    input_from: Any = None
 
 
 @attrs.frozen
@@ -124,6 +134,8 @@ class NodeSnapshot:
     pending_inputs: list[Any] = attrs.field(factory=list)
     outputs: Any = None
     custom: dict[str, Any] = attrs.field(factory=dict)
+    #: per pending input, the ``[node_key, index]`` of the visit that delivered it (None: not known)
+    pending_from: list[Any] = attrs.field(factory=list)
 
 
 @attrs.frozen
@@ -167,6 +179,8 @@ class GraphCheckpoint:
     execution_history: list[Visit] = attrs.field(factory=list)
     history_start: int = 0
     skip_nodes: list[str] = attrs.field(factory=list)
+    #: outputs given to ``skip_node(node, output=...)``, by node key (dumped messages)
+    skip_outputs: dict[str, Any] = attrs.field(factory=dict)
     failure: FailureInfo | None = None
     result: Any = None
     # Journals of visits that were still running when this checkpoint was written (e.g. an agent's
@@ -176,6 +190,9 @@ class GraphCheckpoint:
     node_extras: dict[str, Any] = attrs.field(factory=dict)
     # Free-form data contributed by plugins (``spark_ckpt_checkpoint_extras``).
     extras: dict[str, Any] = attrs.field(factory=dict)
+    #: set on a record built on the last boundary record (in-flight journals, a failure): the seq of
+    #: that boundary. Its state and journal are that boundary's, whatever was written after it.
+    base_seq: int | None = None
     version: int = CONTENT_VERSION
     kind: str = GRAPH
 

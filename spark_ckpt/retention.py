@@ -1,7 +1,10 @@
-"""What to keep: retention rules applied after each checkpoint and by ``spark-ckpt prune``.
+"""What to keep: retention rules applied after each run and by ``spark-ckpt prune``.
 
 A rule never deletes a *protected* checkpoint: any checkpoint of an unfinished execution (recovery
-reads the whole chain of one, see ``protected_ids``).
+reads the whole chain of one, see ``protected_ids``). Nor does pruning ever remove a record a kept one
+needs: most records hold only what changed since the one before, so when an execution's older records
+go and newer ones stay, the oldest kept one is first made to stand alone (``rebase``, given by a
+caller that can decode records); without that, or if it fails, that execution's older records stay.
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ from typing import Any
 
 from .backends.base import Backend
 from .markers import hookimpl
-from .model import GRAPH, CheckpointHeader
+from .model import COMPLETED, GRAPH, CheckpointHeader
+
+#: ``rebase(header) -> bool``: make that record stand alone in place (``engine.records.rebase``)
+Rebase = Callable[[CheckpointHeader], bool]
 
 class CountRetention:
     """Keep the newest ``retention_count`` checkpoints of each graph (plus protected ones)."""
@@ -60,14 +66,24 @@ def protected_ids(backend: Backend, graph_id: str | None) -> set[str]:
 
 
 def plan_prune(
-    backend: Backend, rules: Iterable[Any], graph_id: str | None = None, *, kinds: Iterable[str] = (GRAPH,)
+    backend: Backend, rules: Iterable[Any], graph_id: str | None = None, *, kinds: Iterable[str] = (GRAPH,),
+    can_rebase: bool = False,
 ) -> list[CheckpointHeader]:
     """Headers the rules would delete for ``graph_id`` (all graphs if None), newest first.
 
     Only records of ``kinds`` are considered. Agent records (kind "agent") form delta chains whose
     bases only the agent adapter can see, so they are pruned by ``CheckpointedAgent.prune()``, which
-    passes ``kinds=("agent",)`` together with the ids its chains still need.
+    passes ``kinds=("agent",)`` together with the ids its chains still need. ``can_rebase``: the
+    caller will make the oldest kept record of an execution stand alone first (see ``prune``).
     """
+    return _plan(backend, rules, graph_id, kinds=kinds, can_rebase=can_rebase)[0]
+
+
+def _plan(
+    backend: Backend, rules: Iterable[Any], graph_id: str | None, *, kinds: Iterable[str], can_rebase: bool
+) -> tuple[list[CheckpointHeader], list[CheckpointHeader]]:
+    """``(doomed, bases)``: what goes, and per execution cut in two the oldest kept record, which must
+    stand alone before the records before it go."""
     kinds = frozenset(kinds)
     protected = protected_ids(backend, graph_id)
     headers = [h for h in backend.list(graph_id=graph_id) if h.kind in kinds]
@@ -79,15 +95,51 @@ def plan_prune(
         for rule in rules:
             for h in rule.select_for_deletion(graph_headers, protected):
                 doomed[h.checkpoint_id] = h
-    return [h for h in headers if h.checkpoint_id in doomed]
+    bases = _keep_what_kept_records_need(headers, doomed, can_rebase) if GRAPH in kinds else []
+    return [h for h in headers if h.checkpoint_id in doomed], bases
+
+
+def _keep_what_kept_records_need(
+    headers: list[CheckpointHeader], doomed: dict[str, CheckpointHeader], can_rebase: bool
+) -> list[CheckpointHeader]:
+    """Take off ``doomed`` what the kept graph records of each execution need; return the records to
+    make stand alone. A record needs every record of its execution back to the last whole one: the
+    final (completed) record stands alone, any other kept record is rebased, or its past is kept."""
+    by_execution: dict[str, list[CheckpointHeader]] = {}
+    for h in headers:
+        if h.kind == GRAPH:
+            by_execution.setdefault(h.execution_id, []).append(h)
+    bases = []
+    for execution in by_execution.values():
+        kept = [h for h in execution if h.checkpoint_id not in doomed]
+        if not kept or len(kept) == len(execution):
+            continue
+        oldest = min(kept, key=lambda h: h.seq)
+        stands_alone = oldest.status == COMPLETED  # final records are whole
+        if not stands_alone and can_rebase:
+            bases.append(oldest)
+        for h in execution:
+            if h.checkpoint_id in doomed and (h.seq > oldest.seq or not (stands_alone or can_rebase)):
+                del doomed[h.checkpoint_id]
+    return bases
 
 
 def prune(
-    backend: Backend, rules: Iterable[Any], graph_id: str | None = None, dry_run: bool = False
+    backend: Backend, rules: Iterable[Any], graph_id: str | None = None, dry_run: bool = False,
+    rebase: Rebase | None = None,
 ) -> list[CheckpointHeader]:
-    """Apply the rules to graph checkpoints; return what was (or, with ``dry_run``, would be) deleted."""
-    doomed = plan_prune(backend, list(rules), graph_id)
-    if doomed and not dry_run:
+    """Apply the rules to graph checkpoints; return what was (or, with ``dry_run``, would be) deleted.
+
+    ``rebase`` makes a record stand alone in place (``engine.records.rebase``); without it, an
+    execution whose kept records need older ones keeps those too.
+    """
+    doomed, bases = _plan(backend, list(rules), graph_id, kinds=(GRAPH,), can_rebase=rebase is not None)
+    if dry_run:
+        return doomed
+    for base in bases:
+        if not rebase(base):  # type: ignore[misc]
+            doomed = [h for h in doomed if not (h.execution_id == base.execution_id and h.seq < base.seq)]
+    if doomed:
         backend.delete([h.checkpoint_id for h in doomed])
     return doomed
 

@@ -4,12 +4,15 @@ Checkpoints are copied byte for byte with their headers, oldest first, so a dest
 interrupted half-way holds a prefix of each execution's history and a second run finishes the job:
 checkpoints already in the destination with identical header and bytes are skipped. Encrypted
 checkpoints stay encrypted (the ciphertext is bound to graph, execution and seq, which do not
-change). Leases are not copied: they belong to the workers of the source store.
+change), and each execution's newest one carries the executions index tag it had. Leases are not
+copied: they belong to the workers of the source store.
 """
 
 from __future__ import annotations
 
 from typing import Callable
+
+import attrs
 
 from .backends.base import Backend
 from .codec.envelope import unpack
@@ -60,6 +63,19 @@ def _already_there(destination: Backend, stored: StoredCheckpoint) -> bool:
     )
 
 
+def _with_head_tag(
+    source: Backend, heads: dict[str, CheckpointHeader | None], header: CheckpointHeader
+) -> CheckpointHeader:
+    """``header`` with the tag the source's executions index holds for it, when it is its execution's
+    head, so the copy's index authenticates as the original's did."""
+    if header.execution_id not in heads:
+        heads[header.execution_id] = source.execution_head(header.execution_id)
+    head = heads[header.execution_id]
+    if head is not None and head.seq == header.seq and head.tag is not None:
+        return attrs.evolve(header, tag=head.tag)
+    return header
+
+
 def export_checkpoints(
     src_backend: Backend,
     dst_backend: Backend,
@@ -79,6 +95,7 @@ def export_checkpoints(
     headers: list[CheckpointHeader] = src_backend.list(graph_id=graph_id)
     headers.sort(key=lambda h: (h.execution_id, h.seq))  # each history oldest first
     total, copied = len(headers), 0
+    source_heads: dict[str, CheckpointHeader | None] = {}
     for done, header in enumerate(headers, start=1):
         try:
             stored = src_backend.get(header.checkpoint_id)
@@ -89,7 +106,7 @@ def export_checkpoints(
                 _verify(stored, src_backend)
             if not _already_there(dst_backend, stored):
                 try:
-                    dst_backend.put(stored.header, stored.blob)
+                    dst_backend.put(_with_head_tag(src_backend, source_heads, stored.header), stored.blob)
                 except DuplicateCheckpointError as exc:
                     raise DuplicateCheckpointError(
                         f"{dst_backend.describe()} already holds another checkpoint at seq {header.seq} of "

@@ -224,14 +224,15 @@ def test_file_truncated_checkpoint_is_returned_for_the_codec_to_reject(tmp_path)
 
 
 def test_file_damaged_header_falls_back_to_previous(tmp_path):
-    """A checkpoint file whose own header is damaged is left out of listings, refused by get, deletable."""
+    """A checkpoint file whose own header is damaged is left out of listings, refused by get, deletable;
+    the executions index still names it as the execution's head (recovery then falls back past it)."""
     backend = FileBackend(tmp_path / "store")
     first, second = make_header(0), make_header(1)
     backend.put(first, b"one")
     backend.put(second, b"two")
     checkpoint_path(backend, second).write_bytes(b"SCKPTF1\n\x00\x00\x10\x00{")
     assert backend.list() == [first]
-    assert backend.executions() == [first]
+    assert backend.executions() == [second]
     with pytest.raises(CorruptCheckpointError, match="000000000001.ckpt"):
         backend.get(second.checkpoint_id)
     assert backend.delete([second.checkpoint_id]) == 1
@@ -404,7 +405,7 @@ def test_sqlite_migrates_a_database_written_with_the_first_schema(tmp_path):
     backend = SqliteBackend(path)
     assert backend.applied_migrations()[1:] == [
         "m002_executions_table", "m003_canonical_ids_unindexed", "m004_derived_ids_name_the_whole_execution",
-        "m005_checkpoints_keyed_by_position",
+        "m005_checkpoints_keyed_by_position", "m006_executions_index_heads",
     ]
     graph_id = old[0].graph_id
     assert {h.checkpoint_id for h in backend.list(graph_id=graph_id)} == {h.checkpoint_id for h in old}
@@ -487,7 +488,9 @@ def test_sqlite_extreme_seqs_stay_in_their_execution(tmp_path):
     assert {h.execution_id: h.seq for h in backend.executions()} == {"before": 0, "mid": 2**31 - 1, "after": 0}
     assert backend.get(lowest.checkpoint_id).blob == b"low"
     assert backend.delete([highest.checkpoint_id]) == 1
-    assert [h.seq for h in backend.executions() if h.execution_id == "mid"] == [-(2**31)]
+    # the executions index keeps the head; the remaining checkpoint is still that execution's
+    assert [h.seq for h in backend.executions() if h.execution_id == "mid"] == [2**31 - 1]
+    assert [h.seq for h in backend.list(execution_id="mid")] == [-(2**31)]
     backend.close()
 
 

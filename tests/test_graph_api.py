@@ -347,8 +347,8 @@ def test_long_runs_store_each_visit_once(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(graph_module, "FULL_HISTORY_EVERY", 40)
     node = Counter(id="counter")
     node.on(more=True) >> node
-    graph = checkpointed(Graph(start=node), config=CheckpointConfig(backend="sqlite", path=str(tmp_path / "l.db")),
-                         graph_id="long")
+    graph = checkpointed(Graph(start=node), config=CheckpointConfig(
+        backend="sqlite", path=str(tmp_path / "l.db"), retention_count=None), graph_id="long")
     asyncio.run(graph.run({"i": 0}))
     headers = graph.list_checkpoints()
     stored = [graph._decode(graph.backend.get(h.checkpoint_id).blob, h) for h in headers]
@@ -414,8 +414,8 @@ def test_flush_makes_pending_checkpoints_durable(tmp_path, durability) -> None:
 @pytest.mark.parametrize("serializer", ["json", "pickle"])
 def test_checkpoints_store_only_the_state_that_changed(tmp_path, serializer) -> None:
     """A superstep's checkpoint holds the graph state keys and nodes that changed, not the whole state:
-    a large value no visit touches, like the run's large input, is written by the start and final
-    records only. Read back (or saved to a file), every checkpoint has the whole state as the run had
+    a large value no visit touches, like the run's large input, is written by the whole records
+    only (the start record, the one after it, the final one). Read back (or saved to a file), every checkpoint has the whole state as the run had
     it and the run's input; one whose chain lost a link is refused. (With JSON, changed values go in
     already encoded; other serializers get the values.)"""
     import json
@@ -435,8 +435,8 @@ def test_checkpoints_store_only_the_state_that_changed(tmp_path, serializer) -> 
     asyncio.run(graph.run(run_input))
 
     headers = sorted(graph.list_checkpoints(), key=lambda h: h.seq)
-    start, *middle, final = headers
-    assert start.size > 110_000 and final.size > 110_000
+    start, after_start, *middle, final = headers
+    assert start.size > 110_000 and after_start.size > 110_000 and final.size > 110_000
     assert middle and all(h.size < 5_000 for h in middle)
     for offset, header in enumerate(reversed(headers[1:])):
         record = graph.get_checkpoint(offset=offset)

@@ -24,12 +24,14 @@ snapshot lands in ``GraphCheckpoint.node_extras``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
+import attrs
 import orjson
 from spark.agents import Agent
 
@@ -37,8 +39,8 @@ from ..backends.leases import acquire_waiting, worker_identity
 from ..codec import Identity, from_data, to_data
 from ..config import CheckpointConfig
 from ..errors import (
-    CheckpointNotFoundError, ConfigError, CorruptCheckpointError, NothingToRecoverError,
-    SparkCkptError,
+    CheckpointNotFoundError, ConfigError, CorruptCheckpointError, LeaseError, MissingCheckpointError,
+    NothingToRecoverError, SparkCkptError,
 )
 from ..model import AGENT, COMPLETED, FAILED, RUNNING, AgentCall, AgentRecord, CheckpointHeader, new_id
 from ..plugins import Hooks
@@ -252,7 +254,10 @@ class CheckpointedAgent:
 
         Raises ``NothingToRecoverError`` if the newest run finished, ``UnsafeToRetryError`` if a tool
         marked not safe to re-run was in flight, ``LeaseError`` if another worker holds the run
-        (``wait=True`` waits for its lease to expire).
+        (``wait=True`` waits for it to finish or for its lease to expire). A run another worker
+        finished (also while this one waited) is not run again: its stored state is loaded and its
+        result returned. ``MissingCheckpointError`` if records the executions index says were written
+        are gone (nothing is run).
         """
         newest = self.backend.executions(graph_id=self.agent_id, limit=1)
         if not newest or not newest[0].unfinished or newest[0].kind != AGENT:
@@ -261,7 +266,65 @@ class CheckpointedAgent:
                 "its newest run finished (or it never ran). Call run() to start a new one"
             )
         execution_id = newest[0].execution_id
+        lease, head = await self._claim(execution_id, wait)
+        if lease is None:
+            return self._finished_result(head)
+        try:
+            return await self._recover(execution_id, head, lease, allow_unsafe_rerun)
+        except BaseException:
+            if not self._running:
+                await self._release(lease)
+            raise
+
+    async def _claim(self, execution_id: str, wait: bool | float) -> tuple[Any, CheckpointHeader]:
+        """The run's lease, or ``(None, head)`` once it completed; its head is read again under the lease."""
+        ttl = self.config.lease_ttl_s
+        deadline = time.monotonic() + (2 * ttl + 1 if wait is True else float(wait or 0))
+        while True:
+            head = await self.backend.aexecution_head(execution_id)
+            if head is None:
+                raise NothingToRecoverError(f"agent {self.agent_id!r} has no run {execution_id!r}")
+            self.codec.index_tags.check(head)
+            if head.status == COMPLETED:
+                return None, head
+            try:
+                lease = await self.backend.aacquire_lease(execution_id, self._owner, ttl)
+            except LeaseError:
+                if not wait or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(min(0.1, ttl / 4))
+                continue
+            head = await self.backend.aexecution_head(execution_id)
+            self.codec.index_tags.check(head)
+            if head.status == COMPLETED:
+                await self._release(lease)
+                return None, head
+            return lease, head
+
+    def _finished_result(self, head: CheckpointHeader) -> Any:
+        """A run another worker finished: its stored state loaded, its result returned, nothing run."""
+        try:
+            record = self._load(head)
+        except CheckpointNotFoundError:
+            raise MissingCheckpointError(
+                f"run {head.execution_id} of agent {self.agent_id!r} completed, but its final record "
+                f"{head.checkpoint_id} is gone; it is not run again"
+            ) from None
+        state = self._resolve_state(record)
+        if state is not None:
+            apply_snapshot(self.agent, state)
+            self._set_head(self._state_holder(record), state)
+        return self.agent._state.get("last_result")
+
+    async def _recover(self, execution_id: str, head: CheckpointHeader, lease: Any, allow_unsafe_rerun: bool) -> Any:
         headers = sorted(self.backend.list(execution_id=execution_id), key=lambda h: h.seq)
+        if not headers or headers[-1].seq < head.seq:
+            raise MissingCheckpointError(
+                f"run {execution_id} of agent {self.agent_id!r}: the executions index says record seq "
+                f"{head.seq} was written, but the newest stored is "
+                f"{'seq ' + str(headers[-1].seq) if headers else 'none'}; continuing would pay for calls "
+                "again, so nothing was run. Restore the missing records from a backup"
+            )
         records = [self._load(h) for h in headers]
         start = next((r for r in records if r.event == "run_started"), None)
         if start is None:
@@ -273,7 +336,6 @@ class CheckpointedAgent:
         stuck = unsafe_in_flight(calls)
         if stuck and not allow_unsafe_rerun:
             raise unsafe_error(stuck[0], f"agent {self.agent_id!r}")
-        lease = await self._acquire(execution_id, wait=wait)
         state = self._resolve_state(start)
         if state is not None:
             apply_snapshot(self.agent, state)
@@ -283,7 +345,7 @@ class CheckpointedAgent:
         run_input = _input_from_data(start.run_input)
         return await self._execute(
             start, run_input, calls, lease, pre_run, start_is_state=start.has_state,
-            next_seq=headers[-1].seq + 1, allow_unsafe_rerun=allow_unsafe_rerun,
+            next_seq=max(headers[-1].seq, head.seq) + 1, allow_unsafe_rerun=allow_unsafe_rerun,
         )
 
     async def _execute(
@@ -503,6 +565,8 @@ class CheckpointedAgent:
         data = _compact(to_data(record))
         blob = self.codec.encode_data(data, Identity(self.agent_id, record.execution_id, record.seq))
         header = record.header(len(blob))
+        if self.codec.index_tags.enabled:
+            header = attrs.evolve(header, tag=self.codec.index_tags.tag(header))
         await self._writes.write(lambda: self.backend.aput(header, blob, lease=lease), wait=wait)
 
     async def flush(self) -> None:
@@ -514,9 +578,11 @@ class CheckpointedAgent:
         return await acquire_waiting(self.backend, execution_id, self._owner, self.config.lease_ttl_s, wait)
 
     async def _renew(self, lease: Any) -> Any:
+        """Before each call's record: extend our own token (``LeaseError`` once the run was taken over,
+        which stops this worker; never a new token)."""
         if lease is None or lease.expires_at - time.time() > self.config.lease_ttl_s / 2:
             return lease
-        return await self.backend.aacquire_lease(lease.execution_id, self._owner, self.config.lease_ttl_s)
+        return await self.backend.arenew_lease(lease, self.config.lease_ttl_s)
 
     async def _release(self, lease: Any) -> None:
         if lease is not None:

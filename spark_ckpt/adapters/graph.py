@@ -27,7 +27,7 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import attrs
 import orjson
@@ -35,9 +35,12 @@ import orjson
 from ..codec import Codec, Identity, to_data
 from ..codec.convert import dumps_data, find_unencodable
 from ..config import CheckpointConfig
+from ..engine import chain, records
+from ..engine.chain import DELTA as _DELTA
 from ..errors import (
     CheckpointNotFoundError, CodecError, ConfigError, CorruptCheckpointError, EncodeError, GraphMismatchError,
-    LeaseError, NothingToRecoverError, SparkCkptError,
+    LeaseError, MissingCheckpointError, NothingToRecoverError, RecoveryDivergedError, SparkCkptError,
+    UnrecoverableExecutionError,
 )
 from ..events import CheckpointDecision, CheckpointSaved, FailureEvent, NodeEvent
 from ..model import (
@@ -45,10 +48,11 @@ from ..model import (
     canonical_checkpoint_id, new_id,
 )
 from ..backends.base import LocalBackend
-from ..backends.leases import acquire_waiting, worker_identity
+from ..backends.leases import worker_identity
 from ..plugins import Hooks
 from ..retention import prune
 from . import agent_delta
+from .deliveries import Deliveries, diverged
 from .durability import DurableWriter
 from .runtime import LazyVisit, VisitContext, _current_visit, current_visit, node_state_adapter_for
 from .structure import node_keys, ordered_nodes, structure_digest
@@ -57,75 +61,6 @@ log = logging.getLogger("spark_ckpt.graph")
 
 #: a checkpoint with the whole journal and state at least this often (the others hold only changes)
 FULL_HISTORY_EVERY = 64
-
-#: marks a ``node_extras`` entry holding changes (``agent_delta`` ops) rather than a whole state
-_DELTA = "__spark_ckpt_delta__"
-
-
-def _is_delta(entry: Any) -> bool:
-    return isinstance(entry, dict) and _DELTA in entry
-
-
-class _DeltaChains:
-    """One section of a record (``node_extras``, ``inflight``) made whole: per key, an entry is whole
-    or holds ``agent_delta`` ops against the key's entry in an earlier record. ``feed`` the same
-    section of earlier records, newest first, until ``missing`` is empty."""
-
-    def __init__(self, section: dict[str, Any], wanted: Iterable[str] = ()) -> None:
-        self.whole = {k: v for k, v in section.items() if not _is_delta(v)}
-        self.ops = {k: [v[_DELTA]] for k, v in section.items() if _is_delta(v)}
-        self.missing = (set(wanted) | set(self.ops)) - set(self.whole)
-
-    def feed(self, earlier: dict[str, Any], belongs: Callable[[str, Any], bool] = lambda key, entry: True) -> None:
-        for key in list(self.missing):
-            entry = earlier.get(key)
-            if entry is None or not belongs(key, entry):
-                continue  # unchanged in that record (or another visit's): look further back
-            if _is_delta(entry):
-                self.ops.setdefault(key, []).append(entry[_DELTA])
-                continue
-            for ops in reversed(self.ops.pop(key, [])):
-                entry = agent_delta.apply(entry, ops)
-            self.whole[key] = entry
-            self.missing.discard(key)
-
-
-class _StateChain:
-    """A record's graph and node state made whole: a record with ``partial_state`` holds only what
-    changed since the one before, so ``feed`` earlier records, newest first, until ``whole``."""
-
-    def __init__(self, record: GraphCheckpoint) -> None:
-        self.records = [record]
-        self.whole = not record.partial_state
-
-    def feed(self, earlier: GraphCheckpoint) -> None:
-        if not self.whole:
-            self.records.append(earlier)
-            self.whole = not earlier.partial_state
-
-    @property
-    def run_input(self) -> Any:
-        """The execution's input, as the whole record holds it (changes-only records leave it out)."""
-        return self.records[-1].run_input
-
-    def made_whole(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        graph_state: dict[str, Any] = {}
-        node_states: dict[str, Any] = {}
-        for record in reversed(self.records):  # oldest first: newer values win
-            graph_state.update(record.graph_state)
-            for key, items in record.appended_state.items():
-                base = graph_state.get(key)
-                if not isinstance(base, list):
-                    raise CorruptCheckpointError(
-                        f"checkpoint {record.checkpoint_id} appends to graph state key {key!r}, which its "
-                        "earlier checkpoints do not hold as a list: they are not the ones it was written after"
-                    )
-                graph_state[key] = base + items
-            for key in record.removed_state:
-                graph_state.pop(key, None)
-            node_states.update(record.node_states)
-        return graph_state, node_states
-
 
 def _appended_json(old: Any, new: Any) -> bytes | None:
     """If JSON ``new`` is the list JSON ``old`` was with items added at its end, the JSON array of
@@ -190,6 +125,10 @@ class RecoveryReport:
     live: list[tuple[str, int]] = attrs.field(factory=list)
     skipped: list[tuple[str, int]] = attrs.field(factory=list)
     fell_back: list[str] = attrs.field(factory=list)  # checkpoints that failed to verify and were passed over
+    #: the execution had completed (another worker finished it): its stored result was returned, nothing ran
+    already_completed: bool = False
+    #: ``skip_node`` requests the continuation never reached (their node had no further visit)
+    unused_skips: list[str] = attrs.field(factory=list)
 
 
 @attrs.define
@@ -198,21 +137,35 @@ class _Execution:
 
     execution_id: str
     run_input: Any
-    seq: int = 0
+    #: seq of the next record built (records of one execution are numbered in the order they are built)
+    next_seq: int = 0
     superstep: int = 0
     visit_counts: dict[str, int] = attrs.field(factory=dict)
     journal: list[dict[str, Any]] = attrs.field(factory=list)  # Visit records as data
     replay: dict[tuple[str, int], Visit] = attrs.field(factory=dict)
     inflight_recovered: dict[str, Any] = attrs.field(factory=dict)
     inflight: dict[str, Any] = attrs.field(factory=dict)
-    skip: dict[str, Any] = attrs.field(factory=dict)  # node key -> output to use (None: pass input through)
+    skip: dict[str, Any] = attrs.field(factory=dict)  # node key -> dumped output to use (None: pass input through)
     lease: Lease | None = None
+    #: monotonic time by which the lease must have been renewed before a live visit may start
+    lease_deadline: float = float("inf")
+    #: set when the lease was lost: no live visit starts any more (a stalled worker stops)
+    fenced: LeaseError | None = None
     last_checkpoint_at: float = 0.0
     supersteps_since: int = 0
     checkpoint_requested: str | None = None
-    #: encoded bytes of the last boundary checkpoint (failure and in-flight records are built on it)
+    #: encoded bytes and seq of the last boundary checkpoint *stored* (failure and in-flight records are
+    #: built on it; set only once its put succeeded, so they never stack on a record that is not there)
     last_blob: bytes | None = None
     last_status: str | None = None
+    last_seq: int | None = None
+    #: the final (completed) record was built (it may still be on its way to the store)
+    completed: bool = False
+    #: the origin of each pending input (replay by what a visit consumed, see ``deliveries``)
+    deliveries: Deliveries = attrs.field(factory=Deliveries)
+    #: per node, the origins of the pending inputs the resumed checkpoint stored (restored in that
+    #: order once the replayed prefix is done)
+    frontier: dict[str, list[Any]] | None = None
     #: NodeMessage dumps by object identity: outputs are only re-dumped when a visit replaced them
     dumps: dict[int, tuple[Any, Any]] = attrs.field(factory=dict)
     #: node states as of the last snapshot; only nodes in ``dirty`` (visited, or fed by a visited
@@ -283,6 +236,7 @@ class CheckpointedGraph:
         self.codec: Codec = self.config.make_codec()
         # records are JSON: a state value's JSON tells whether it changed, and goes into the record as is
         self._json_records = self.codec.takes_json_fragments
+        self._tags_heads = self.codec.index_tags.enabled
         self.policy = self.config.make_policy()
         self._policy_due = getattr(self.policy, "due", None)
         self.retention_rules = self.config.make_retention_rules()
@@ -318,6 +272,7 @@ class CheckpointedGraph:
                 self._adapter_keys.add(key)
             original_do = node.do
             node.do = self._make_do_wrapper(node, key, original_do)
+            node.receive_from_parent = self._make_receive_wrapper(node, key, node.receive_from_parent)
             node._spark_ckpt_wrapped = self
 
     @staticmethod
@@ -371,6 +326,8 @@ class CheckpointedGraph:
         start_with_lease = start_state is None and ex.lease is None and self.config.durability == "sync"
         if ex.lease is None and not start_with_lease:
             ex.lease = await self.backend.aacquire_lease(ex.execution_id, self.worker_id, self.config.lease_ttl_s)
+        if ex.lease is not None:
+            ex.lease_deadline = time.monotonic() + self.config.lease_ttl_s / 2
         self._active = ex
         ex.dumps.update(self._carried_dumps)
         ex.writes = DurableWriter(self.config.durability, newest_only=True)
@@ -381,6 +338,9 @@ class CheckpointedGraph:
         try:
             if start_state is None:
                 await self._checkpoint(ex, status=RUNNING)
+            elif ex.skip:  # skip requests are stored before anything runs, so a crash keeps them
+                await self._store(ex, self._on_last_boundary(
+                    ex, skip_nodes=list(ex.skip), skip_outputs=_skip_outputs(ex.skip)), wait=True)
             result = await self.graph.run(inputs)
         except BaseException as exc:
             await self._record_failure(ex, exc)
@@ -401,12 +361,20 @@ class CheckpointedGraph:
                     log.debug("lease release failed", exc_info=True)
 
     async def _finish(self, ex: _Execution, result: Any) -> None:
-        if ex.last_status != COMPLETED:
+        if ex.replay:  # the graph ended inside the replayed prefix: it routed differently, nothing ran live
+            (key, index), *_ = sorted(ex.replay)
+            raise diverged(key, f"the run ended with {len(ex.replay)} journaled visit(s) not reached, the first "
+                                f"{key}#{index}")
+        if not ex.completed:
             await self._checkpoint(ex, status=COMPLETED, result=result)
         await ex.writes.flush()
+        if ex.skip and ex.report is not None:
+            ex.report.unused_skips = list(ex.skip)
+            log.warning("skip_node(%s) was not used: that node had no further visit in execution %s",
+                        ", ".join(ex.skip), ex.execution_id)
         if self.retention_rules:
             try:
-                prune(self.backend, self.retention_rules, graph_id=self.graph_id)
+                prune(self.backend, self.retention_rules, graph_id=self.graph_id, rebase=self._rebase)
             except Exception:
                 log.warning("retention pruning failed; checkpoints kept", exc_info=True)
 
@@ -415,8 +383,14 @@ class CheckpointedGraph:
         try:
             if ex.failure is None:  # failed outside a node visit (a hook, the backend, cancellation)
                 ex.failure = FailureInfo(node_key="", index=-1, error_type=type(exc).__name__, error=str(exc))
-            if ex.last_blob is not None and not isinstance(exc, LeaseError):
-                # Same state as the last boundary (the failing superstep's partial effects are not kept).
+            try:
+                await ex.writes.flush()  # what is held or running is stored first, or known lost
+            except Exception:
+                log.warning("a checkpoint of execution %s could not be stored", ex.execution_id, exc_info=True)
+            # Not after a lost lease (another worker owns the execution) or a divergent replay (nothing
+            # ran live: the stored records are right as they are).
+            if ex.last_blob is not None and not isinstance(exc, (LeaseError, RecoveryDivergedError)):
+                # Same state as the last boundary stored (the failing superstep's effects are not kept).
                 await self._store(ex, self._on_last_boundary(
                     ex, status=FAILED, failure=to_data(ex.failure), inflight=dict(ex.inflight)), wait=True)
             await ex.writes.flush()
@@ -425,6 +399,26 @@ class CheckpointedGraph:
 
     # ------------------------------------------------------------------------------------------
     # node visits
+    def _make_receive_wrapper(self, node: Any, key: str, original_receive: Any) -> Any:
+        """Spark delivers a parent's output to ``node`` through ``receive_from_parent``: note which
+        visit the appended input came from (``Deliveries``)."""
+        keys = self._keys
+
+        async def receive_from_parent(parent: Any, *args: Any, **kwargs: Any) -> Any:
+            ex = self._active
+            state = getattr(node, "_state", None)
+            queue = state.get("pending_inputs") if isinstance(state, dict) else None
+            before = len(queue) if ex is not None and queue is not None else -1
+            result = await original_receive(parent, *args, **kwargs)
+            if before >= 0 and len(queue) == before + 1:
+                parent_key = keys.get(id(parent))
+                if parent_key is not None:
+                    ex.deliveries.delivered(key, queue[-1], [parent_key, ex.visit_counts.get(parent_key, 1) - 1])
+            return result
+
+        receive_from_parent.__wrapped__ = original_receive  # type: ignore[attr-defined]
+        return receive_from_parent
+
     def _make_do_wrapper(self, node: Any, key: str, original_do: Any) -> Any:
         successors = {self._keys[id(e.to_node)] for e in getattr(node, "edges", ()) if id(e.to_node) in self._keys}
         visit_context = self._visit_context
@@ -438,12 +432,17 @@ class CheckpointedGraph:
             if ex.dirty is not None:
                 ex.dirty.add(key)
                 ex.dirty.update(successors)
+            origin = ex.deliveries.consumed(key, inputs)
             if ex.replay:
                 recorded = ex.replay.pop((key, index), None)
                 if recorded is not None:
+                    if recorded.input_from is not None and recorded.input_from != origin:
+                        inputs, origin = self._recorded_input(ex, node, key, index, inputs, origin, recorded), recorded.input_from
                     return await self._replay_visit(ex, node, key, index, inputs, recorded)
+            if ex.fenced is not None or time.monotonic() >= ex.lease_deadline:
+                await self._check_lease(ex)  # before any live work: a stalled worker stops here
             if ex.skip and key in ex.skip:
-                return await self._skip_visit(ex, node, key, index, inputs)
+                return await self._skip_visit(ex, node, key, index, inputs, origin)
             # a live visit (inline: this runs once per node visit)
             token = _current_visit.set(LazyVisit(visit_context, ex, key, index))
             started = time.time()
@@ -457,9 +456,12 @@ class CheckpointedGraph:
                     await self._visit_failed(ex, node, key, index, inputs, exc)
                     raise
                 duration = time.perf_counter() - t0
-                ex.journal.append({"node_key": key, "index": index, "superstep": ex.superstep,
-                                   "output": self._dump_cached(ex, output), "status": "completed",
-                                   "started_at": started, "duration_s": duration})
+                entry = {"node_key": key, "index": index, "superstep": ex.superstep,
+                         "output": self._dump_cached(ex, output), "status": "completed",
+                         "started_at": started, "duration_s": duration}
+                if origin is not None:
+                    entry["input_from"] = origin
+                ex.journal.append(entry)
                 if ex.inflight:
                     ex.inflight.pop(key, None)
                     ex.inflight_stored.pop(key, None)
@@ -479,6 +481,43 @@ class CheckpointedGraph:
 
         do.__wrapped__ = original_do  # type: ignore[attr-defined]
         return do
+
+    def _recorded_input(
+        self, ex: _Execution, node: Any, key: str, index: int, inputs: Any, origin: Any, recorded: Visit
+    ) -> Any:
+        """The input a replayed visit consumed when it was journaled, when this process handed it another
+        one (siblings delivered in another order): taken from the node's pending inputs, the one it was
+        handed put back in its place. ``RecoveryDivergedError`` if no pending input is that one."""
+        queue = node._state.get("pending_inputs")
+        taken = ex.deliveries.take(key, queue, inputs, origin, recorded.input_from) if queue is not None else None
+        if taken is not None:
+            return taken
+        if origin is None:
+            return inputs  # handed an input delivered some other way: cannot tell, keep the journal's order
+        raise diverged(key, f"visit {index} consumed the output of {recorded.input_from} when it was journaled, "
+                            f"but that input is not waiting here (this process delivered {origin})")
+
+    async def _check_lease(self, ex: _Execution) -> None:
+        """Before a live visit once the lease is due (the renewer fell behind: a blocked loop, a stopped
+        process): renew it now, or stop this worker with ``LeaseError`` if it was taken over."""
+        if ex.fenced is None and ex.lease is not None:
+            try:
+                await self._renew_lease(ex)
+            except LeaseError:
+                pass  # recorded in ex.fenced
+        if ex.fenced is not None:
+            raise ex.fenced
+
+    async def _renew_lease(self, ex: _Execution) -> None:
+        ttl = self.config.lease_ttl_s
+        try:
+            ex.lease = await self.backend.arenew_lease(ex.lease, ttl)
+        except LeaseError as exc:
+            if ex.fenced is None:
+                log.error("lost the lease on execution %s; this worker stops: %s", ex.execution_id, exc)
+                ex.fenced = exc
+            raise
+        ex.lease_deadline = time.monotonic() + ttl / 2
 
     async def _visit_failed(self, ex: _Execution, node: Any, key: str, index: int, inputs: Any, exc: BaseException) -> None:
         if ex.failure is None:  # the first failure of the superstep is the one the caller sees
@@ -516,13 +555,14 @@ class CheckpointedGraph:
         await self.hooks.post_node(event)
         return output
 
-    async def _skip_visit(self, ex: _Execution, node: Any, key: str, index: int, inputs: Any) -> Any:
+    async def _skip_visit(self, ex: _Execution, node: Any, key: str, index: int, inputs: Any, origin: Any) -> Any:
         override = ex.skip.pop(key)
-        output = inputs if override is None else override
+        output = inputs if override is None else _load_message(override)
         if not hasattr(output, "model_dump"):
             output = _load_message({"content": output})
         node.outputs = output
-        ex.journal.append(_visit_data(Visit(key, index, ex.superstep, _dump_message(output), "skipped", time.time(), 0.0)))
+        ex.journal.append(_visit_data(
+            Visit(key, index, ex.superstep, _dump_message(output), "skipped", time.time(), 0.0, origin)))
         if ex.report is not None:
             ex.report.skipped.append((key, index))
         return output
@@ -530,6 +570,7 @@ class CheckpointedGraph:
     async def _persist_inflight(self, ex: _Execution, key: str, index: int, data: Any) -> None:
         """Durably store a running visit's journal (agent calls) on top of the last boundary checkpoint."""
         ex.inflight[key] = {"visit_index": index, "data": data}
+        await ex.writes.flush()  # the boundary it goes on is stored first
         if ex.last_blob is None:
             return
         await self._store(ex, self._on_last_boundary(ex, inflight=self._inflight_fields(ex)), wait=True)
@@ -562,8 +603,10 @@ class CheckpointedGraph:
         data.update(partial_state=True, graph_state={}, node_states={}, removed_state=[], appended_state={},
                     run_input=None)
         data["status"], data["failure"] = RUNNING, None  # (the base may be a failure record we resume)
+        data["base_seq"] = ex.last_seq  # its state is that record's, whatever was written after it
         data.update(changes)
-        data.update(checkpoint_id=canonical_checkpoint_id(ex.execution_id, ex.seq + 1), seq=ex.seq + 1, timestamp=time.time())
+        data.update(checkpoint_id=canonical_checkpoint_id(ex.execution_id, ex.next_seq), seq=ex.next_seq,
+                    timestamp=time.time())
         data["graph_metadata"] = self._graph_metadata(ex)
         return data
 
@@ -581,6 +624,8 @@ class CheckpointedGraph:
             if ex.replay or superstep <= ex.resumed_through:
                 # still inside the replayed prefix: the state is the restored checkpoint's, already stored
                 ex.supersteps_since = 0
+                if superstep >= ex.resumed_through:
+                    self._enter_live_part(ex)
                 return
             if context.metadata.get("scheduled_successors", 1) == 0 and not self._graph_has_pending_work():
                 if ex.policy_hooks or self._policy_due is None:
@@ -597,6 +642,20 @@ class CheckpointedGraph:
                 await self._checkpoint(ex, status=RUNNING)
         finally:
             ex.superstep = superstep + 1  # the visits that follow belong to the next one
+
+    def _enter_live_part(self, ex: _Execution) -> None:
+        """At the end of the replayed prefix, before anything runs live: every journaled visit must have
+        been replayed, and the pending inputs are put back in the order the checkpoint stored them
+        (``RecoveryDivergedError`` when the replay did not reproduce the run that wrote the journal)."""
+        if ex.replay:
+            (key, index), *_ = sorted(ex.replay)
+            raise diverged(key, f"{len(ex.replay)} journaled visit(s) were not reached, the first {key}#{index}")
+        frontier, ex.frontier = ex.frontier, None
+        for key, stored in (frontier or {}).items():
+            node = self._nodes_by_key.get(key)
+            queue = getattr(node, "_state", {}).get("pending_inputs") if node is not None else None
+            if queue is not None:
+                ex.deliveries.reorder(key, queue, stored)
 
     async def _ask_policy(self, ex: _Execution, reason: str) -> bool:
         decision = CheckpointDecision(
@@ -647,8 +706,7 @@ class CheckpointedGraph:
                 waiting.discard(key)
         full = self._writes_full_record(ex, status)
         node_extras = self._extras_fields(ex, dirty, full) if self._has_adapters else {}
-        if ex.last_blob is not None:
-            ex.seq += 1
+        seq = ex.next_seq
         if full:
             # visits not yet replayed belong to the history too (the start record of a forked execution)
             history_start, history = 0, ex.journal + [_visit_data(v) for v in ex.replay.values()]
@@ -660,8 +718,8 @@ class CheckpointedGraph:
             node_states = {key: node_states[key] for key in dirty}
         return {
             # unique without a random draw: execution ids are unique, and so is seq within one
-            "checkpoint_id": ex.checkpoint_requested or canonical_checkpoint_id(ex.execution_id, ex.seq),
-            "seq": ex.seq,
+            "checkpoint_id": ex.checkpoint_requested or canonical_checkpoint_id(ex.execution_id, seq),
+            "seq": seq,
             "timestamp": time.time(),
             "graph_metadata": self._graph_metadata(ex),
             "status": status,
@@ -676,6 +734,7 @@ class CheckpointedGraph:
             "execution_history": history,
             "history_start": history_start,
             "skip_nodes": list(ex.skip),
+            "skip_outputs": _skip_outputs(ex.skip) if ex.skip else {},
             "failure": None,
             "result": _dump_message(result) if result is not None else None,
             "inflight": {},
@@ -788,6 +847,7 @@ class CheckpointedGraph:
         pending = state.get("pending_inputs")
         if pending:
             entry["pending_inputs"] = [self._dump_cached(ex, m) for m in pending]
+            entry["pending_from"] = ex.deliveries.origins(key, pending)
         outputs = self._dump_cached(ex, getattr(node, "outputs", None))
         if outputs:
             entry["outputs"] = outputs
@@ -800,12 +860,14 @@ class CheckpointedGraph:
         """Whether this checkpoint stands alone (whole history, state and agent states) or holds only changes.
 
         Full: the final checkpoint (a finished execution is then readable from one record), "exit"
-        durability (only the newest record is ever written), the start record of a forked execution,
-        and every ``FULL_HISTORY_EVERY`` checkpoints (bounds how many records recovery reads).
+        durability (only the newest record is ever written), the first record this process writes for
+        the execution (the start record, the first after a recovery, a forked execution's start), the
+        record after the start one (a damaged start record then costs nothing), and every
+        ``FULL_HISTORY_EVERY`` checkpoints: one damaged record costs at most that many supersteps.
         """
         full = bool(
-            status == COMPLETED or self.config.durability == "exit" or ex.replay
-            or ex.checkpoints_since_full >= FULL_HISTORY_EVERY
+            status == COMPLETED or self.config.durability == "exit" or ex.replay or ex.state_marks is None
+            or ex.next_seq == 1 or ex.checkpoints_since_full >= FULL_HISTORY_EVERY
         )
         ex.checkpoints_since_full = 0 if full else ex.checkpoints_since_full + 1
         return full
@@ -836,6 +898,7 @@ class CheckpointedGraph:
 
     async def _checkpoint(self, ex: _Execution, *, status: str, result: Any = None) -> dict[str, Any]:
         record = self._snapshot(ex, status, result)
+        ex.completed = ex.completed or status == COMPLETED
         ex.checkpoint_requested = None
         ex.supersteps_since = 0
         ex.last_checkpoint_at = time.monotonic()
@@ -852,28 +915,32 @@ class CheckpointedGraph:
         # (positional: a third cheaper than keywords, once per checkpoint)
         header = CheckpointHeader(data["checkpoint_id"], meta["graph_id"], meta["execution_id"], data["seq"],
                                   data["timestamp"], data["status"], GRAPH, len(blob))
+        if self._tags_heads:
+            header = attrs.evolve(header, tag=self.codec.index_tags.tag(header))
         return header, blob
 
     async def _store(self, ex: _Execution, data: dict[str, Any], *, wait: bool) -> None:
         """Encode now (so later mutation cannot leak in), write according to the durability mode."""
         header, blob = self._encode(data)
-        ex.seq = header.seq
+        ex.next_seq = header.seq + 1
         ex.persisted = max(ex.persisted, data["history_start"] + len(data["execution_history"]))
-        if not (data["inflight"] and header.status == RUNNING):
-            # in-flight records stack on the boundary record; they never replace it
-            ex.last_blob, ex.last_status = blob, header.status
+        # in-flight records stack on the boundary record; they never replace it
+        boundary = not (data["inflight"] and header.status == RUNNING)
         if wait and ex.writes.idle:  # durability "sync": the write is stored before the next superstep
-            await self._put(ex, header, blob)
+            await self._put(ex, header, blob, boundary)
         else:
-            await ex.writes.write(lambda: self._put(ex, header, blob), wait=wait)
+            await ex.writes.write(lambda: self._put(ex, header, blob, boundary), wait=wait)
 
-    async def _put(self, ex: _Execution, header: CheckpointHeader, blob: bytes) -> None:
+    async def _put(self, ex: _Execution, header: CheckpointHeader, blob: bytes, boundary: bool) -> None:
         if ex.lease is None:  # a fresh execution's start record: takes the lease in the same write
             ex.lease = await self.backend.astart_execution(header, blob, self.worker_id, self.config.lease_ttl_s)
+            ex.lease_deadline = time.monotonic() + self.config.lease_ttl_s / 2
         elif self._put_directly:
             self.backend.put(header, blob, lease=ex.lease)
         else:
             await self.backend.aput(header, blob, lease=ex.lease)
+        if boundary:  # (only once stored: records built on it must never stack on a lost one)
+            ex.last_blob, ex.last_status, ex.last_seq = blob, header.status, header.seq
         if ex.post_checkpoint_hooks:
             await self.hooks.post_checkpoint(CheckpointSaved(header=header, backend=self.backend.describe()))
 
@@ -897,42 +964,28 @@ class CheckpointedGraph:
         self._check_graph(record)
         return self._with_full_history(record)
 
-    def _with_full_history(self, record: GraphCheckpoint) -> GraphCheckpoint:
-        """``record`` made whole: the execution's entire journal and every adapter node's full state,
-        read back from its earlier checkpoints (a checkpoint stores only what changed)."""
-        wanted = {k for k, n in self._nodes_by_key.items() if node_state_adapter_for(n) is not None}
-        extras = _DeltaChains(record.node_extras, wanted)
-        inflight = _DeltaChains(record.inflight)
-        state = _StateChain(record)
-        if record.history_start == 0 and not extras.missing and not inflight.missing and state.whole:
-            return record
-        segments = [record.execution_history]
-        needed = record.history_start  # visits [0, needed) still missing
-        for header in self.backend.list(execution_id=record.execution_id):
-            if needed == 0 and not extras.missing and not inflight.missing and state.whole:
-                break
-            if header.seq >= record.seq or header.kind != GRAPH:
-                continue
-            earlier = self._decode(self.backend.get(header.checkpoint_id).blob, header)
-            state.feed(earlier)
-            extras.feed(earlier.node_extras)
-            # an in-flight journal continues only records of the same visit
-            inflight.feed(earlier.inflight, lambda key, entry: entry.get("visit_index") == record.inflight[key]["visit_index"])
-            end = earlier.history_start + len(earlier.execution_history)
-            if needed and earlier.execution_history and end >= needed:
-                segments.append(earlier.execution_history[: needed - earlier.history_start])
-                needed = earlier.history_start
-        if needed or extras.ops or inflight.ops or not state.whole:
-            raise CorruptCheckpointError(
-                f"checkpoint {record.checkpoint_id} of execution {record.execution_id} is incomplete without "
-                "earlier checkpoints that are missing (pruned by hand, or damaged); use the execution's "
-                "final checkpoint, or an earlier intact one"
-            )
-        history = [visit for segment in reversed(segments) for visit in segment]
-        graph_state, node_states = state.made_whole()
-        return attrs.evolve(record, execution_history=history, history_start=0, node_extras=extras.whole,
-                            inflight=inflight.whole, graph_state=graph_state, node_states=node_states,
-                            partial_state=False, removed_state=[], appended_state={}, run_input=state.run_input)
+    def _with_full_history(
+        self, record: GraphCheckpoint, decoded: dict[int, GraphCheckpoint] | None = None
+    ) -> GraphCheckpoint:
+        """``record`` made whole (``engine.chain``): the execution's entire journal, state and every
+        adapter node's state, read back from its earlier checkpoints. ``decoded``: records already
+        decoded, by seq (filled as more are read)."""
+        cache = {} if decoded is None else decoded
+
+        def earlier() -> Any:  # listed only if the record does not stand alone
+            yield from self.backend.list(execution_id=record.execution_id)
+
+        def load(header: CheckpointHeader) -> GraphCheckpoint:
+            found = cache.get(header.seq)
+            if found is None:
+                found = cache[header.seq] = self._decode(self.backend.get(header.checkpoint_id).blob, header)
+            return found
+
+        return chain.make_whole(record, earlier(), load, self._adapter_keys)
+
+    def _rebase(self, header: CheckpointHeader) -> bool:
+        """Make a record stand alone in place, so retention can delete the ones before it."""
+        return records.rebase(self.backend, self.codec, header, self._adapter_keys)
 
     def _check_graph(self, record: GraphCheckpoint) -> None:
         if record.kind != GRAPH:
@@ -1034,7 +1087,6 @@ class CheckpointedGraph:
         self._check_graph(record)
         self._restore_into_graph(record)
         self._restored = record
-        self._pending_skips = {}
         return record
 
     def _resolve(self, checkpoint: GraphCheckpoint | str) -> GraphCheckpoint:
@@ -1054,9 +1106,17 @@ class CheckpointedGraph:
         return record.current_node
 
     def skip_node(self, node: Any, output: Any = None) -> None:
-        """On the next continuation, do not run ``node``'s next visit: pass its input through as its
-        output (or use ``output``), so its successors still run."""
-        self._pending_skips[self.node_key(node)] = output
+        """On the next continuation (``continue_from_checkpoint`` or ``recover_and_continue``), do not
+        run ``node``'s next visit: pass its input through as its output (or use ``output``), so its
+        successors still run. The request is stored with the continuation, so a crash keeps it; one
+        the continuation never reaches is listed in ``last_recovery.unused_skips``."""
+        key = self.node_key(node)
+        if output is None:
+            self._pending_skips[key] = None
+            return
+        data = _dump_message(output) if hasattr(output, "model_dump") else {"content": output}
+        dumps_data(data, what=f"skip_node({key!r}) output")  # refused now, not when it is stored
+        self._pending_skips[key] = data
 
     def get_state_snapshot(self) -> dict[str, Any]:
         """A deep copy of the graph state."""
@@ -1067,50 +1127,146 @@ class CheckpointedGraph:
     async def recover_and_continue(
         self, *, execution_id: str | None = None, wait: bool | float = False, allow_unsafe_rerun: bool = False
     ) -> Any:
-        """Continue the latest unfinished execution of this graph (after a failure or a crash).
+        """Continue the newest unfinished execution of this graph, or ``execution_id`` (after a failure
+        or a crash).
 
         Completed visits are replayed from the journal, not executed again. Raises
         ``NothingToRecoverError`` when there is no unfinished execution (it never starts afresh).
         If another live worker owns the execution, raises ``LeaseError`` (``wait=True`` or a number of
-        seconds: wait for that worker to finish or for its lease to expire instead). An agent tool
+        seconds: wait for that worker to finish or for its lease to expire instead). An execution that
+        has completed (another worker finished it, also while this one waited) is not run again: its
+        stored result is returned and ``last_recovery.already_completed`` is True.
+
+        Refuses, before anything runs: ``MissingCheckpointError`` when checkpoints the executions index
+        says were written are gone, ``UnrecoverableExecutionError`` when none verifies,
+        ``RecoveryDivergedError`` when replaying the journal does not reproduce the run. An agent tool
         marked not safe to re-run that was in flight at the crash raises ``UnsafeToRetryError``;
         ``allow_unsafe_rerun=True`` runs it again (after you checked its side effect).
         """
         if execution_id is None:
-            unfinished = [h for h in await self.backend.aexecutions(graph_id=self.graph_id, unfinished_only=True)
-                          if h.kind == GRAPH]
-            if not unfinished:
+            execution_id = await self._newest_unfinished()
+        lease, head = await self._claim(execution_id, wait)
+        if lease is None:
+            return self._completed_result(head)
+        try:
+            record, fell_back = await self._latest_verified(execution_id, head)
+        except BaseException:
+            await self._release_quietly(lease)
+            raise
+        return await self._continue(record, same_execution=True, fell_back=fell_back, lease=lease,
+                                    next_seq=head.seq + 1, allow_unsafe_rerun=allow_unsafe_rerun)
+
+    async def _newest_unfinished(self) -> str:
+        unfinished = [h for h in await self.backend.aexecutions(graph_id=self.graph_id, unfinished_only=True)
+                      if h.kind == GRAPH]
+        if unfinished:
+            return unfinished[0].execution_id
+        message = (f"graph {self.graph_id!r} has no unfinished execution in {self.backend.describe()}; "
+                   "nothing to recover. Start a new run with `await graph.run(inputs)`")
+        others = sorted({h.graph_id for h in await self.backend.aexecutions(unfinished_only=True, limit=50)})
+        if others:
+            message += f" (unfinished executions exist for graph id(s) {', '.join(map(repr, others[:5]))})"
+        raise NothingToRecoverError(message)
+
+    async def _head(self, execution_id: str) -> CheckpointHeader | None:
+        """The execution's head in the executions index, authenticated when encryption is on."""
+        head = await self.backend.aexecution_head(execution_id)
+        if head is not None:
+            self.codec.index_tags.check(head)
+        return head
+
+    async def _claim(self, execution_id: str, wait: bool | float) -> tuple[Lease | None, CheckpointHeader]:
+        """The lease of an unfinished execution, or ``(None, head)`` once it has completed: the head is
+        read again under the lease (another worker may have finished it meanwhile), and while waiting
+        for another worker's lease a completion ends the wait."""
+        ttl = self.config.lease_ttl_s
+        deadline = time.monotonic() + (2 * ttl + 1 if wait is True else float(wait or 0))
+        while True:
+            head = await self._head(execution_id)
+            if head is None or head.graph_id != self.graph_id or head.kind != GRAPH:
                 raise NothingToRecoverError(
-                    f"graph {self.graph_id!r} has no unfinished execution in {self.backend.describe()}; "
-                    "nothing to recover. Start a new run with `await graph.run(inputs)`"
+                    f"graph {self.graph_id!r} has no execution {execution_id!r} in {self.backend.describe()}"
                 )
-            execution_id = unfinished[0].execution_id
-        record, fell_back = await self._latest_verified(execution_id)
-        return await self._continue(record, same_execution=True, fell_back=fell_back, wait=wait,
-                                    allow_unsafe_rerun=allow_unsafe_rerun)
+            if head.status == COMPLETED:
+                return None, head
+            try:
+                lease = await self.backend.aacquire_lease(execution_id, self.worker_id, ttl)
+            except LeaseError:
+                if not wait or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(min(0.1, ttl / 4))
+                continue
+            head = await self._head(execution_id)
+            if head is not None and head.status == COMPLETED:
+                await self._release_quietly(lease)
+                return None, head
+            return lease, head
+
+    def _completed_result(self, head: CheckpointHeader) -> Any:
+        """A completed execution's stored result (its graph state restored), run nothing again."""
+        try:
+            stored = self.backend.get(head.checkpoint_id)
+        except CheckpointNotFoundError:
+            raise MissingCheckpointError(
+                f"execution {head.execution_id} of graph {self.graph_id!r} completed (executions index, seq "
+                f"{head.seq}), but its final checkpoint {head.checkpoint_id} is gone; it is not run again. "
+                "Restore that checkpoint from a backup to read its result"
+            ) from None
+        record = self._decode(stored.blob, stored.header)
+        self._check_graph(record)
+        record = self._with_full_history(record)
+        self._restore_into_graph(record)
+        self.last_recovery = RecoveryReport(execution_id=head.execution_id, from_checkpoint=record.checkpoint_id,
+                                            already_completed=True)
+        log.info("execution %s had already completed; returning its stored result", head.execution_id)
+        return _load_message(record.result) if record.result is not None else None
 
     async def continue_from_checkpoint(self, checkpoint: GraphCheckpoint | str | None = None) -> Any:
         """Continue from the restored checkpoint (``restore_from_checkpoint``) or the given one.
 
         Continuing the newest checkpoint of an unfinished execution continues that execution; any other
-        checkpoint starts a new execution forked from it (its history is never overwritten).
+        checkpoint starts a new execution forked from it (its history is never overwritten). Pending
+        ``skip_node`` requests apply to the continuation.
         """
         if checkpoint is not None:
             self.restore_from_checkpoint(checkpoint)
         record = self._restored or self.get_last_checkpoint()
         if record is None:
             raise NothingToRecoverError(f"graph {self.graph_id!r} has no checkpoint to continue from")
-        newest = self.backend.list(execution_id=record.execution_id, limit=1)
-        same = bool(newest) and newest[0].checkpoint_id == record.checkpoint_id and record.status != COMPLETED
-        return await self._continue(record, same_execution=same, fell_back=[])
+        try:
+            head = await self._head(record.execution_id)
+        except CodecError:  # an index entry that does not authenticate: never continue in place
+            head = None
+        if head is not None and head.checkpoint_id == record.checkpoint_id and head.status != COMPLETED:
+            lease, head = await self._claim(record.execution_id, wait=False)
+            if lease is not None:
+                return await self._continue(record, same_execution=True, fell_back=[], lease=lease,
+                                            next_seq=head.seq + 1)
+        return await self._continue(record, same_execution=False, fell_back=[])
 
-    async def _latest_verified(self, execution_id: str) -> tuple[GraphCheckpoint, list[str]]:
-        """Newest checkpoint of the execution that decodes and verifies; earlier ones on failure."""
+    async def _latest_verified(self, execution_id: str, head: CheckpointHeader) -> tuple[GraphCheckpoint, list[str]]:
+        """Newest checkpoint of the execution that decodes, verifies and can be made whole; earlier ones
+        when it does not (reported in ``fell_back``). Refuses when checkpoints behind the head are gone."""
+        headers = sorted(await self.backend.alist(execution_id=execution_id), key=lambda h: h.seq, reverse=True)
+        newest = headers[0].seq if headers else None
+        if newest is None or newest < head.seq:
+            missing = head.seq - newest if newest is not None else head.seq + 1
+            raise MissingCheckpointError(
+                f"execution {execution_id} of graph {self.graph_id!r}: the executions index says checkpoint "
+                f"seq {head.seq} ({head.status}) was written, but the newest stored is "
+                f"{'seq ' + str(newest) if newest is not None else 'none'}: {missing} checkpoint(s) are gone "
+                "(deleted, or the store was partly restored from an older backup). Continuing from what is "
+                "left would run finished work again, so nothing was run. Restore the missing checkpoints, "
+                "or fork from one you choose with continue_from_checkpoint(<id>)"
+            )
         fell_back: list[str] = []
-        headers = await self.backend.alist(execution_id=execution_id)
+        decoded: dict[int, GraphCheckpoint] = {}
         for header in headers:
             try:
-                record = self._decode((await self.backend.aget(header.checkpoint_id)).blob, header)
+                record = decoded.get(header.seq) or self._decode((await self.backend.aget(header.checkpoint_id)).blob, header)
+                decoded[header.seq] = record
+            except CheckpointNotFoundError:
+                continue  # deleted since the listing
             except CorruptCheckpointError as exc:
                 # torn, altered or swapped bytes: an earlier checkpoint may be intact. Key and format
                 # problems (wrong key, plaintext refused ...) are not: every earlier one fails alike.
@@ -1119,37 +1275,46 @@ class CheckpointedGraph:
                 continue
             self._check_graph(record)
             try:
-                return self._with_full_history(record), fell_back
+                return self._with_full_history(record, decoded), fell_back
             except CorruptCheckpointError as exc:
                 log.warning("checkpoint %s cannot be completed (%s); falling back", header.checkpoint_id, exc)
                 fell_back.append(header.checkpoint_id)
                 continue
-        raise NothingToRecoverError(
+        raise UnrecoverableExecutionError(
             f"execution {execution_id} of graph {self.graph_id!r} has no checkpoint that verifies "
-            f"({len(fell_back)} failed: {', '.join(fell_back) or 'none stored'}); run `spark-ckpt verify`"
+            f"({len(fell_back)} failed: {', '.join(fell_back) or 'none stored'}); nothing was run. "
+            "Run `spark-ckpt verify`; start a new run, or continue from a checkpoint file you kept"
         )
 
-    async def _continue(
-        self, record: GraphCheckpoint, *, same_execution: bool, fell_back: list[str], wait: bool | float = False,
-        allow_unsafe_rerun: bool = False,
-    ) -> Any:
-        lease = None
-        if same_execution:
-            lease = await acquire_waiting(self.backend, record.execution_id, self.worker_id, self.config.lease_ttl_s, wait)
+    async def _release_quietly(self, lease: Lease) -> None:
         try:
-            self._restore_into_graph(record)
-            skips = {**{k: None for k in record.skip_nodes}, **self._pending_skips}
+            await self.backend.arelease_lease(lease)
+        except Exception:  # releasing is an optimisation: the lease expires anyway
+            log.debug("lease release failed", exc_info=True)
+
+    async def _continue(
+        self, record: GraphCheckpoint, *, same_execution: bool, fell_back: list[str], lease: Lease | None = None,
+        next_seq: int = 0, allow_unsafe_rerun: bool = False,
+    ) -> Any:
+        try:
+            self._restore_into_graph(record, pending=False)  # replay delivers the pending inputs again
+            skips = {**{k: None for k in record.skip_nodes}, **record.skip_outputs, **self._pending_skips}
             self._pending_skips = {}
             if same_execution:
-                # continue numbering after the newest stored seq (it may be a corrupt one we passed over)
-                newest = await self.backend.alist(execution_id=record.execution_id, limit=1)
-                seq = max([record.seq] + [h.seq for h in newest])
-                ex = _Execution(execution_id=record.execution_id, run_input=record.run_input, seq=seq, lease=lease)
+                # numbered after the newest seq ever written (it may be a damaged one we passed over)
+                ex = _Execution(execution_id=record.execution_id, run_input=record.run_input,
+                                next_seq=max(next_seq, record.seq + 1), lease=lease)
+                # in-flight journals and failures stack on the restored record
+                ex.last_blob = (await self.backend.aget(record.checkpoint_id)).blob
+                ex.last_status, ex.last_seq = RUNNING, record.seq
             else:
                 ex = _Execution(execution_id=new_id("ex-"), run_input=record.run_input)
             ex.replay = {(v.node_key, v.index): v for v in record.execution_history}
             ex.persisted = len(record.execution_history) if same_execution else 0
             ex.resumed_through = max((v.superstep for v in record.execution_history), default=-1)
+            if record.version >= 4 and ex.resumed_through >= 0:
+                ex.frontier = {key: snap.pending_from or [None] * len(snap.pending_inputs)
+                               for key, snap in record.node_states.items()}
             ex.inflight_recovered = dict(record.inflight)
             ex.extras_stored = dict(record.node_extras) if same_execution else {}
             # still in flight until those visits complete: a failure record must keep them
@@ -1157,29 +1322,18 @@ class CheckpointedGraph:
             ex.allow_unsafe_rerun = allow_unsafe_rerun
             ex.skip = skips
             ex.report = RecoveryReport(execution_id=ex.execution_id, from_checkpoint=record.checkpoint_id, fell_back=fell_back)
-            if not same_execution:
-                ex.replay = dict(ex.replay)
             self.last_recovery = ex.report
-            # seed the boundary record so in-flight journals and failures stack on the restored state
-            if same_execution:
-                ex.last_blob = self.backend.get(record.checkpoint_id).blob
-                ex.last_status = RUNNING
             self._restored = None
             inputs = _load_run_input(record.run_input)
-            result = await self._execute(ex, inputs, start_state=record if same_execution else None)
-            if ex.replay:
-                log.warning("%d journaled visits were not reached on recovery: the graph routed differently", len(ex.replay))
-            return result
+            return await self._execute(ex, inputs, start_state=record if same_execution else None)
         except BaseException:
             if lease is not None and self._active is None:
-                try:
-                    await self.backend.arelease_lease(lease)
-                except Exception:
-                    pass
+                await self._release_quietly(lease)
             raise
 
-    def _restore_into_graph(self, record: GraphCheckpoint) -> None:
-        """Graph state and per-node user state from ``record``; pending inputs are rebuilt by replay."""
+    def _restore_into_graph(self, record: GraphCheckpoint, *, pending: bool = True) -> None:
+        """Graph state and per-node state from ``record``, with the pending inputs it stored (unless
+        ``pending`` is False: a continuation's replay delivers them again)."""
         raw = self.graph.state.get_raw()
         preserved = {k: v for k, v in raw.items() if k.startswith("__")}
         raw.clear()
@@ -1196,6 +1350,8 @@ class CheckpointedGraph:
             state["process_count"] = snapshot.process_count
             state["context_snapshot"] = None
             state["pending_inputs"].clear()
+            if pending:
+                state["pending_inputs"].extend(_load_message(m) for m in snapshot.pending_inputs)
             adapter = node_state_adapter_for(node)
             if adapter is not None and key in record.node_extras:
                 adapter.restore(node, record.node_extras[key])
@@ -1243,7 +1399,8 @@ class CheckpointedGraph:
 
 # ----------------------------------------------------------------------------------------------
 class _LeaseRenewer:
-    """Renews the execution's lease every ttl/3 while it runs.
+    """Renews the execution's lease every ttl/3 while it runs (``Backend.renew_lease``: the same
+    token, so a worker whose lease was taken over while it stalled learns it and stops).
 
     A timer handle rather than a task: most runs finish long before the first renewal, and
     creating plus cancelling a task per run costs more than the whole checkpoint write.
@@ -1260,14 +1417,13 @@ class _LeaseRenewer:
         self.task = self.loop.create_task(self._renew())
 
     async def _renew(self) -> None:
-        owner, ex = self.owner, self.ex
-        try:
-            ex.lease = await owner.backend.aacquire_lease(ex.execution_id, owner.worker_id, owner.config.lease_ttl_s)
-        except LeaseError:
-            log.error("lost the lease on execution %s; further checkpoint writes will be refused", ex.execution_id)
-            return
-        except Exception:
-            log.warning("lease renewal failed; retrying", exc_info=True)
+        if self.ex.lease is not None:
+            try:
+                await self.owner._renew_lease(self.ex)  # extends our token only, never takes a new one
+            except LeaseError:
+                return  # the execution was taken over: this worker stops (``_Execution.fenced``)
+            except Exception:
+                log.warning("lease renewal failed; retrying", exc_info=True)
         if self.handle is not None:
             self.handle = self.loop.call_later(self.interval, self._due)
 
@@ -1333,6 +1489,11 @@ def _load_run_input(data: Any) -> Any:
     if data["kind"] == "message":
         return _load_message(data["value"])
     return data["value"]
+
+
+def _skip_outputs(skip: dict[str, Any]) -> dict[str, Any]:
+    """The outputs ``skip_node`` requests were given (the rest pass their input through)."""
+    return {key: output for key, output in skip.items() if output is not None}
 
 
 def _plain_or_repr(value: Any) -> Any:

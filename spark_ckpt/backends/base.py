@@ -15,10 +15,19 @@ Rules:
   store may also refuse a ``seq`` outside [-2**31, 2**31) (spark-ckpt numbers checkpoints from 0).
 * ``list`` returns headers newest first: by ``created_at``, then ``seq``, then ``checkpoint_id``,
   descending (``newest_first``), so every backend orders ties alike.
-* ``executions`` returns the newest header of each execution (its current status).
+* The executions index (``spark_ckpt.backends.heads``): each execution's *head* is the header of
+  the highest seq ever stored in it, with the ``tag`` the writer gave (kept only there). ``put``
+  advances it in the same write; ``delete`` never moves it back. ``execution_head`` returns it, and
+  ``executions`` returns the heads of the executions that still have a stored checkpoint, so an
+  execution whose final checkpoint was deleted stays completed. A put under a lease into an
+  execution whose head is completed raises ``ExecutionCompletedError``; one whose seq is not after
+  the head raises ``DuplicateCheckpointError``. A store that writes its index after the checkpoint
+  may lag by that one write, never lead.
 * Leases: ``acquire_lease`` grants an execution to one owner at a time. A lease that expired may
-  be taken by another owner, and then its fencing ``token`` grows. ``put(..., lease=...)`` refuses
-  to write (``LeaseError``) unless that exact token is still the execution's current one.
+  be taken by another owner, and then its fencing ``token`` grows. ``renew_lease`` only extends the
+  token it is given while it is still the current one (``LeaseError`` otherwise): a stalled worker
+  never gets the execution back by renewing. ``put(..., lease=...)`` refuses to write
+  (``LeaseError``) unless that exact token is still the execution's current one.
 * ``start_execution`` takes a new execution's lease and stores its first checkpoint under it; the
   default does the two calls, a backend that can do both in one transaction overrides it.
 * The sync methods are the core; the ``a*`` twins default to running them in a worker thread.
@@ -83,14 +92,22 @@ class Backend(ABC):
 
     @abstractmethod
     def delete(self, checkpoint_ids: Iterable[str]) -> int:
-        """Delete these checkpoints; return how many existed. Unknown ids are ignored."""
+        """Delete these checkpoints; return how many existed. Unknown ids are ignored. Execution heads
+        are not changed."""
+
+    @abstractmethod
+    def execution_head(self, execution_id: str) -> CheckpointHeader | None:
+        """The header of the highest seq ever stored in this execution, with its ``tag``, even if that
+        checkpoint was deleted since; None for an execution this store never held."""
 
     def replace(self, header: CheckpointHeader, blob: bytes) -> None:
         """Atomically swap the bytes of an existing checkpoint for an equivalent re-encoding.
 
-        Only key rotation (``spark_ckpt.codec.rekey``) calls this, with the checkpoint's own header
-        (``size`` updated) and bytes that decode to the same content. Readers see the old bytes or
-        the new ones, never a mix or nothing; ``CheckpointNotFoundError`` if the checkpoint is gone.
+        Only key rotation (``spark_ckpt.codec.rekey``) and retention (making a kept record stand alone)
+        call this, with the checkpoint's own header (``size`` updated) and bytes that decode to the
+        same content. Readers see the old bytes or the new ones, never a mix or nothing;
+        ``CheckpointNotFoundError`` if the checkpoint is gone. A header with a ``tag``, at the seq of
+        its execution's head, also replaces the head's tag (key rotation re-tags the index).
         Optional: the default raises ``NotImplementedError`` and rekey reports it.
         """
         raise NotImplementedError(f"{type(self).__name__} does not support replace()")
@@ -99,6 +116,11 @@ class Backend(ABC):
     @abstractmethod
     def acquire_lease(self, execution_id: str, owner: str, ttl_s: float) -> Lease:
         """Grant (or renew, for the same owner) the execution's lease; ``LeaseError`` if held by another."""
+
+    @abstractmethod
+    def renew_lease(self, lease: Lease, ttl_s: float) -> Lease:
+        """Extend ``lease`` (same token) for ``ttl_s`` from now, only while it is still the execution's
+        current lease; ``LeaseError`` once another owner took it or it was released."""
 
     @abstractmethod
     def release_lease(self, lease: Lease) -> None:
@@ -151,6 +173,12 @@ class Backend(ABC):
     async def aacquire_lease(self, execution_id: str, owner: str, ttl_s: float) -> Lease:
         return await asyncio.to_thread(self.acquire_lease, execution_id, owner, ttl_s)
 
+    async def arenew_lease(self, lease: Lease, ttl_s: float) -> Lease:
+        return await asyncio.to_thread(self.renew_lease, lease, ttl_s)
+
+    async def aexecution_head(self, execution_id: str) -> CheckpointHeader | None:
+        return await asyncio.to_thread(self.execution_head, execution_id)
+
     async def arelease_lease(self, lease: Lease) -> None:
         await asyncio.to_thread(self.release_lease, lease)
 
@@ -186,6 +214,12 @@ class LocalBackend(Backend):
 
     async def aacquire_lease(self, execution_id: str, owner: str, ttl_s: float) -> Lease:
         return self.acquire_lease(execution_id, owner, ttl_s)
+
+    async def arenew_lease(self, lease: Lease, ttl_s: float) -> Lease:
+        return self.renew_lease(lease, ttl_s)
+
+    async def aexecution_head(self, execution_id: str) -> CheckpointHeader | None:
+        return self.execution_head(execution_id)
 
     async def arelease_lease(self, lease: Lease) -> None:
         self.release_lease(lease)

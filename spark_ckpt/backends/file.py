@@ -12,7 +12,9 @@ Layout (every id is escaped: characters outside ``[A-Za-z0-9_-]`` become ``%XX``
     <root>/graphs/<graph_id>/<execution_id>/<seq:012d>.ckpt
     <root>/ids/<checkpoint_id>                  symlink to ../graphs/.../<seq>.ckpt (lookup by id)
     <root>/leases/<execution_id>.lease          JSON {owner, token, expires_at}
-    <root>/leases/<execution_id>.lock           flock()ed around lease changes and fenced puts
+    <root>/leases/<execution_id>.lock           flock()ed around lease changes and puts
+    <root>/heads/<execution_id>.head            the executions index: JSON header of the highest seq
+                                                stored (``spark_ckpt.backends.heads``)
 
 A ``.ckpt`` file is ``MAGIC`` + a 4-byte big-endian header length + the header as JSON + the blob.
 The backend never decodes the blob: a damaged blob is returned as stored, for the codec to reject.
@@ -33,8 +35,12 @@ stale when its writer was a process of this host that no longer exists, or when 
 execution directory was removed meanwhile (by a ``delete`` in another process) recreates it and tries
 again, so pruning never makes a concurrent ``put`` fail.
 
+The head file is replaced (temp file + rename) after the checkpoint is published, under the
+execution's lock; it is not fsynced: a crash in between leaves it one write behind, never ahead, and
+readers take the later of it and the highest stored file. It goes when its execution directory does.
+
 Listing reads directory entries and only the headers of the files it returns; ``executions()`` reads
-one header per execution (the file with the highest ``seq``).
+one header per execution (the file with the highest ``seq``) and its head file.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from typing import Self
 
+import attrs
 import orjson
 
 from ..errors import (
@@ -58,8 +65,9 @@ from ..errors import (
     DuplicateCheckpointError,
 )
 from ..model import CheckpointHeader, Lease, StoredCheckpoint
+from . import heads
 from .base import LocalBackend, newest_first
-from .leases import HOST, check_fence, grant_lease, local_process_is_dead
+from .leases import HOST, check_fence, extend_lease, grant_lease, local_process_is_dead
 
 MAGIC = b"SCKPTF1\n"
 LAYOUT_VERSION = "1"
@@ -101,6 +109,16 @@ def _header_dict(h: CheckpointHeader) -> dict:
     }
 
 
+def _head_json(h: CheckpointHeader) -> bytes:
+    return orjson.dumps({**_header_dict(h), "tag": h.tag.hex() if h.tag is not None else None})
+
+
+def _head_from_json(data: bytes) -> CheckpointHeader:
+    fields = orjson.loads(data)
+    tag = fields.pop("tag", None)
+    return CheckpointHeader(**fields, tag=bytes.fromhex(tag) if tag is not None else None)
+
+
 class FileBackend(LocalBackend):
     """Checkpoints as files in a directory tree (see the module docstring for the layout)."""
 
@@ -114,6 +132,7 @@ class FileBackend(LocalBackend):
         self._graphs = os.path.join(self.root, "graphs")
         self._ids = os.path.join(self.root, "ids")
         self._leases = os.path.join(self.root, "leases")
+        self._heads = os.path.join(self.root, "heads")
         self._known_dirs: set[str] = set()
         self._dirs_lock = threading.Lock()
         self._open_store()
@@ -145,7 +164,7 @@ class FileBackend(LocalBackend):
             self._ensure_dir(self.root)
             if not os.path.exists(marker):
                 self._write_atomic(self.root, MARKER, f"spark-ckpt file store, layout {LAYOUT_VERSION}\n".encode(), replace=True)
-            for directory in (self._graphs, self._ids, self._leases):
+            for directory in (self._graphs, self._ids, self._leases, self._heads):
                 self._ensure_dir(directory)
         except OSError as exc:
             raise BackendError(
@@ -189,14 +208,14 @@ class FileBackend(LocalBackend):
         finally:
             os.close(fd)
 
-    def _write_temp(self, directory: str, data: bytes) -> str:
+    def _write_temp(self, directory: str, data: bytes, *, durable: bool = True) -> str:
         # Host and pid in the name let cleanup() see at once that the writer was killed.
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".tmp-{_HOST_TAG}-{os.getpid()}-", suffix=".part")
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            if self.fsync:
+            if self.fsync and durable:
                 os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -205,8 +224,8 @@ class FileBackend(LocalBackend):
         os.close(fd)
         return tmp
 
-    def _write_atomic(self, directory: str, name: str, data: bytes, *, replace: bool) -> None:
-        tmp = self._write_temp(directory, data)
+    def _write_atomic(self, directory: str, name: str, data: bytes, *, replace: bool, durable: bool = True) -> None:
+        tmp = self._write_temp(directory, data, durable=durable)
         try:
             if replace:
                 os.replace(tmp, os.path.join(directory, name))
@@ -215,7 +234,8 @@ class FileBackend(LocalBackend):
         finally:
             if not replace:
                 os.unlink(tmp)
-        self._fsync_dir(directory)
+        if durable:
+            self._fsync_dir(directory)
 
     # -- paths ----------------------------------------------------------------------------------------
     def _execution_dir(self, graph_id: str, execution_id: str) -> str:
@@ -252,6 +272,7 @@ class FileBackend(LocalBackend):
                         self._known_dirs.clear()
                     self._ensure_dir(self._ids)
                     self._ensure_dir(self._leases)
+                    self._ensure_dir(self._heads)
         except OSError as exc:
             raise BackendError(
                 f"file backend could not store checkpoint {h.checkpoint_id!r} under {directory!r} "
@@ -259,12 +280,13 @@ class FileBackend(LocalBackend):
             ) from exc
 
     def _put_once(self, directory: str, name: str, link: str, data: bytes, h: CheckpointHeader, lease: Lease | None) -> None:
-        if lease is None:
-            self._publish(directory, name, link, data, h)
-            return
         with self._execution_lock(h.execution_id):
-            check_fence(self._read_lease(h.execution_id), lease, h.execution_id)
+            if lease is not None:
+                check_fence(self._read_lease(h.execution_id), lease, h.execution_id)
+            advances = heads.advance(self._read_head(h.execution_id), h, leased=lease is not None)
             self._publish(directory, name, link, data, h)
+            if advances:
+                self._write_atomic(self._heads, self._head_name(h.execution_id), _head_json(h), replace=True, durable=False)
 
     def _publish(self, directory: str, name: str, link: str, data: bytes, h: CheckpointHeader) -> None:
         # ids/ and graphs/ are siblings: the link target is relative, so the store can be moved.
@@ -359,6 +381,38 @@ class FileBackend(LocalBackend):
                 ) from exc
         raise CheckpointNotFoundError(f"no checkpoint with id {checkpoint_id!r} in {self.describe()}")
 
+    # -- the executions index -------------------------------------------------------------------------
+    @staticmethod
+    def _head_name(execution_id: str) -> str:
+        return escape_name(execution_id, "execution_id") + ".head"
+
+    def _read_head(self, execution_id: str) -> CheckpointHeader | None:
+        try:
+            with open(os.path.join(self._heads, self._head_name(execution_id)), "rb") as f:
+                return _head_from_json(f.read())
+        except FileNotFoundError:
+            return None
+        except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+            raise BackendError(
+                f"head file of execution {execution_id} in {self.describe()} is damaged ({exc}); the executions "
+                "index cannot be trusted for it: restore the store from a backup"
+            ) from exc
+
+    def _newest_stored(self, directory: str) -> CheckpointHeader | None:
+        # Highest seq first; fall back to the next one if it vanished (deleted meanwhile).
+        for _seq, path in sorted(self._checkpoint_files(directory), reverse=True):
+            header = self._header_at(path)
+            if header is not None:
+                return header
+        return None
+
+    def execution_head(self, execution_id: str) -> CheckpointHeader | None:
+        head = self._read_head(execution_id)
+        stored = None
+        for directory in self._execution_dirs(None, execution_id):
+            stored = heads.newest(stored, self._newest_stored(directory))
+        return heads.newest(head, stored)
+
     # -- listing ------------------------------------------------------------------------------------
     @staticmethod
     def _subdirs(path: str) -> Iterator[str]:
@@ -432,13 +486,14 @@ class FileBackend(LocalBackend):
     ) -> list[CheckpointHeader]:
         newest = []
         for directory in self._execution_dirs(graph_id, None):
-            # Highest seq first; fall back to the next one if it vanished (deleted meanwhile).
-            for _seq, path in sorted(self._checkpoint_files(directory), reverse=True):
-                header = self._header_at(path)
-                if header is not None:
-                    if not unfinished_only or header.unfinished:
-                        newest.append(header)
-                    break
+            stored = self._newest_stored(directory)
+            if stored is None:
+                continue
+            head = heads.newest(self._read_head(stored.execution_id), stored)
+            if head.tag is not None:
+                head = attrs.evolve(head, tag=None)
+            if not unfinished_only or head.unfinished:
+                newest.append(head)
         newest.sort(key=newest_first, reverse=True)
         return newest[:limit] if limit is not None else newest
 
@@ -467,6 +522,7 @@ class FileBackend(LocalBackend):
         left empty; returns how many temp files were removed. Safe while other processes write."""
         removed = self._remove_stale_temps(self.root, max_temp_age_s)
         removed += self._remove_stale_temps(self._leases, max_temp_age_s)
+        removed += self._remove_stale_temps(self._heads, max_temp_age_s)
         for directory in list(self._execution_dirs(None, None)):
             removed += self._tidy_execution_dir(directory, max_temp_age_s)
         return removed
@@ -487,6 +543,9 @@ class FileBackend(LocalBackend):
                 os.rmdir(path)
             except OSError:
                 break
+            if path == directory:  # no checkpoint of the execution is left: its head goes too
+                name = os.path.basename(directory) + ".head"
+                self._unlink_quietly(os.path.join(self._heads, name))
         return removed
 
     @staticmethod
@@ -531,6 +590,12 @@ class FileBackend(LocalBackend):
             if not os.path.lexists(link):  # deleted meanwhile: do not resurrect it
                 os.unlink(path)
                 raise missing
+            if h.tag is not None:  # key rotation re-tags the index head
+                with self._execution_lock(h.execution_id):
+                    head = self._read_head(h.execution_id)
+                    if head is not None and head.seq == h.seq:
+                        self._write_atomic(self._heads, self._head_name(h.execution_id),
+                                           _head_json(attrs.evolve(head, tag=h.tag)), replace=True, durable=False)
         except OSError as exc:
             raise BackendError(
                 f"file backend could not replace checkpoint {h.checkpoint_id!r} ({exc.strerror or exc})"
@@ -570,6 +635,17 @@ class FileBackend(LocalBackend):
             raise BackendError(
                 f"file backend could not write the lease of execution {execution_id} under {self._leases!r} "
                 f"({exc.strerror or exc}); check the directory is writable"
+            ) from exc
+
+    def renew_lease(self, lease: Lease, ttl_s: float) -> Lease:
+        try:
+            with self._execution_lock(lease.execution_id):
+                renewed = extend_lease(self._read_lease(lease.execution_id), lease, ttl_s, time.time())
+                self._write_lease(renewed)
+                return renewed
+        except OSError as exc:
+            raise BackendError(
+                f"file backend could not renew the lease of execution {lease.execution_id} ({exc.strerror or exc})"
             ) from exc
 
     def release_lease(self, lease: Lease) -> None:

@@ -70,6 +70,18 @@ def grant_lease(current: Lease | None, execution_id: str, owner: str, ttl_s: flo
     return Lease(execution_id, owner, current.token + 1, now + ttl_s)
 
 
+def extend_lease(current: Lease | None, presented: Lease, ttl_s: float, now: float) -> Lease:
+    """Renewal: ``presented`` for another ``ttl_s``, only while it is still the execution's current
+    lease (same token and owner; an expired lease nobody took over may still be extended). Never a new
+    token: a worker that stalled past a takeover must stop, not take the execution back."""
+    if current is None or current.token != presented.token or current.owner != presented.owner:
+        raise LeaseError(
+            f"lease token {presented.token} of worker {presented.owner!r} on execution {presented.execution_id} "
+            "is gone (another worker took the execution over, or it was released); this worker must stop"
+        )
+    return Lease(presented.execution_id, presented.owner, presented.token, now + ttl_s)
+
+
 def check_fence(current: Lease | None, presented: Lease | None, execution_id: str) -> None:
     """Refuse a write made under a lease that is no longer the execution's current one."""
     if presented is None:

@@ -7,10 +7,13 @@ import time
 from collections.abc import Iterable
 from typing import ClassVar
 
+import attrs
+
 from ..errors import CheckpointNotFoundError, DuplicateCheckpointError
 from ..model import CheckpointHeader, Lease, StoredCheckpoint
+from . import heads
 from .base import LocalBackend, newest_first
-from .leases import check_fence, grant_lease
+from .leases import check_fence, extend_lease, grant_lease
 
 
 class MemoryBackend(LocalBackend):
@@ -25,6 +28,7 @@ class MemoryBackend(LocalBackend):
         self._items: dict[str, StoredCheckpoint] = {}
         self._by_position: dict[tuple[str, int], str] = {}
         self._leases: dict[str, Lease] = {}
+        self._heads: dict[str, CheckpointHeader] = {}  # the executions index
         self._lock = threading.Lock()
 
     @classmethod
@@ -42,8 +46,14 @@ class MemoryBackend(LocalBackend):
                 raise DuplicateCheckpointError(
                     f"checkpoint seq {header.seq} of execution {header.execution_id} already exists; not overwritten"
                 )
-            self._items[header.checkpoint_id] = StoredCheckpoint(header, bytes(blob))
+            if heads.advance(self._heads.get(header.execution_id), header, leased=lease is not None):
+                self._heads[header.execution_id] = header
+            stored = attrs.evolve(header, tag=None) if header.tag is not None else header
+            self._items[header.checkpoint_id] = StoredCheckpoint(stored, bytes(blob))
             self._by_position[position] = header.checkpoint_id
+
+    def execution_head(self, execution_id: str) -> CheckpointHeader | None:
+        return self._heads.get(execution_id)
 
     def get(self, checkpoint_id: str) -> StoredCheckpoint:
         try:
@@ -67,14 +77,8 @@ class MemoryBackend(LocalBackend):
         return out[:limit] if limit is not None else out
 
     def executions(self, *, graph_id=None, unfinished_only=False, limit=None) -> list[CheckpointHeader]:
-        seen: dict[str, CheckpointHeader] = {}
-        for h in self._sorted():
-            if graph_id is not None and h.graph_id != graph_id:
-                continue
-            newest = seen.get(h.execution_id)
-            if newest is None or h.seq > newest.seq:
-                seen[h.execution_id] = h
-        out = sorted(seen.values(), key=newest_first, reverse=True)
+        stored = {h.execution_id for h in self._sorted() if graph_id is None or h.graph_id == graph_id}
+        out = sorted((attrs.evolve(self._heads[e], tag=None) for e in stored), key=newest_first, reverse=True)
         if unfinished_only:
             out = [h for h in out if h.unfinished]
         return out[:limit] if limit is not None else out
@@ -94,13 +98,22 @@ class MemoryBackend(LocalBackend):
             current = self._items.get(header.checkpoint_id)
             if current is None or (current.header.execution_id, current.header.seq) != (header.execution_id, header.seq):
                 raise CheckpointNotFoundError(f"no checkpoint with id {header.checkpoint_id!r} in memory backend to replace")
-            self._items[header.checkpoint_id] = StoredCheckpoint(header, bytes(blob))
+            self._items[header.checkpoint_id] = StoredCheckpoint(attrs.evolve(header, tag=None), bytes(blob))
+            head = self._heads.get(header.execution_id)
+            if header.tag is not None and head is not None and head.seq == header.seq:
+                self._heads[header.execution_id] = attrs.evolve(head, tag=header.tag)
 
     def acquire_lease(self, execution_id: str, owner: str, ttl_s: float) -> Lease:
         with self._lock:
             lease = grant_lease(self._leases.get(execution_id), execution_id, owner, ttl_s, time.time())
             self._leases[execution_id] = lease
             return lease
+
+    def renew_lease(self, lease: Lease, ttl_s: float) -> Lease:
+        with self._lock:
+            renewed = extend_lease(self._leases.get(lease.execution_id), lease, ttl_s, time.time())
+            self._leases[lease.execution_id] = renewed
+            return renewed
 
     def release_lease(self, lease: Lease) -> None:
         with self._lock:

@@ -25,8 +25,16 @@ only other ids go into the partial unique index ``checkpoints_by_named_id``. A d
 given for any other position is refused (it could shadow the checkpoint it names); checking that on
 every put in SQL cost ~16 us, so it is checked in Python instead.
 
-The hot path (``put``/``get``) uses the plain ``sqlite3`` connection and its statement cache; one
-connection per backend object, guarded by a lock because a transaction spans several statements.
+The executions index (``spark_ckpt.backends.heads``) lives in ``executions`` too: each row holds its
+execution's head (the header of its highest seq ever stored, with the writer's tag). A put inserts
+the checkpoint and advances the head in one transaction, so the index never lags or leads.
+
+The hot path (``put``/``get``) uses the plain ``sqlite3`` connection and its statement cache. Every
+``SqliteBackend`` of a process on one file shares one connection (per settings), guarded by a lock
+because a transaction spans several statements. The database file is never opened other than by
+SQLite: on POSIX, closing any descriptor of a file drops every lock the process holds on it, and
+without its locks another process closing the last connection it sees deletes the WAL in use, so
+later commits would be invisible to others and lost in a crash.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable
+from typing import Any
 
 from ..errors import (
     LeaseError,
@@ -48,11 +57,13 @@ from ..errors import (
 from ..model import (
     UNFINISHED_STATUSES, CheckpointHeader, Lease, StoredCheckpoint, canonical_checkpoint_id, canonical_key,
 )
+from . import heads
 from .base import LocalBackend
-from .leases import check_fence, grant_lease
+from .leases import check_fence, extend_lease, grant_lease
 
-SQLITE_MAGIC = b"SQLite format 3\x00"
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+#: a database file holds at least one page of the smallest page size
+MIN_DATABASE_SIZE = 512
 MIGRATION_SET = "spark_ckpt"
 
 _HEADER_COLUMNS = "checkpoint_id, graph_id, execution_id, seq, created_at, status, kind, size"
@@ -96,6 +107,15 @@ _SET_LEASE = (
     "ON CONFLICT(execution_id) DO UPDATE SET owner = excluded.owner, token = excluded.token, "
     "expires_at = excluded.expires_at"
 )
+# The executions index: each execution's head, advanced in the put's transaction (``heads.advance``).
+_HEAD_COLUMNS = "head_id, graph_id, execution_id, head_seq, head_created_at, head_status, head_kind, head_size"
+_GET_HEAD = f"SELECT {_HEAD_COLUMNS}, head_tag FROM executions WHERE execution_id = ? AND head_seq IS NOT NULL"
+_ADVANCE_HEAD = (
+    "UPDATE executions SET head_seq = ?, head_id = ?, head_created_at = ?, head_status = ?, head_kind = ?, "
+    "head_size = ?, head_tag = ? WHERE number = ? AND (head_seq IS NULL OR head_seq < ?)"
+)
+# under a lease: also only into an execution that has not completed
+_ADVANCE_HEAD_LEASED = f"{_ADVANCE_HEAD} AND (head_status IS NULL OR head_status != 'completed')"
 
 
 def _rebuild_checkpoints(db, checkpoint_id_column: str) -> None:
@@ -225,6 +245,20 @@ def _migrations():
         db.execute("ALTER TABLE checkpoints_new RENAME TO checkpoints")
         db.execute(f"CREATE UNIQUE INDEX checkpoints_by_named_id ON checkpoints (checkpoint_id) WHERE NOT {_CANONICAL}")
 
+    @migrations(name="m006_executions_index_heads")
+    def _heads(db) -> None:
+        # The executions index: each execution's head (highest seq ever stored), which deleting
+        # checkpoints never lowers. Existing executions start from their newest stored checkpoint.
+        for column in ("head_seq INTEGER", "head_id TEXT", "head_created_at REAL", "head_status TEXT",
+                       "head_kind TEXT", "head_size INTEGER", "head_tag BLOB"):
+            db.execute(f"ALTER TABLE executions ADD COLUMN {column}")
+        db.execute(
+            "UPDATE executions SET (head_seq, head_id, head_created_at, head_status, head_kind, head_size) = "
+            "(SELECT c.seq, c.checkpoint_id, c.created_at, c.status, c.kind, c.size FROM checkpoints c WHERE c.rowid = "
+            f"(SELECT MAX(rowid) FROM checkpoints WHERE rowid BETWEEN executions.number * {SEQ_SPAN} "
+            f"AND executions.number * {SEQ_SPAN} + {SEQ_SPAN - 1}))"
+        )
+
     return migrations
 
 
@@ -245,8 +279,55 @@ def _stored_position(checkpoint_id: str) -> tuple[str, int] | None:
     return key if key is not None and _placeable(key[1]) else None
 
 
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:  # absent (or unreachable: reported when SQLite opens it)
+        return 0
+
+
 def _header(row: tuple) -> CheckpointHeader:
     return CheckpointHeader(*row)
+
+
+def _head_params(number: int, h: CheckpointHeader) -> tuple:
+    """``_ADVANCE_HEAD``'s parameters."""
+    return h.seq, h.checkpoint_id, h.created_at, h.status, h.kind, h.size, h.tag, number, h.seq
+
+
+class _SharedConnection:
+    """The one connection of this process to one database file (with one set of settings), shared
+    by every ``SqliteBackend`` on it and closed when the last of them closes."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+        self.users = 0
+        #: number of each execution recorded in ``executions`` (rows are never removed, so a number
+        #: never changes)
+        self.numbers: dict[str, int] = {}
+
+
+_SHARED: dict[tuple, _SharedConnection] = {}
+_SHARED_LOCK = threading.RLock()  # (re-entrant: a finalizer may run in a GC triggered while it is held)
+
+
+def _release_connection(key: tuple, shared: _SharedConnection) -> None:
+    with _SHARED_LOCK:
+        shared.users -= 1
+        if shared.users > 0:
+            return
+        if _SHARED.get(key) is shared:
+            del _SHARED[key]
+    with shared.lock:
+        shared.conn.close()
+
+
+def _closed_connection() -> sqlite3.Connection:
+    """A closed connection: what a closed backend holds, so every use raises "closed"."""
+    conn = sqlite3.connect(":memory:", check_same_thread=False)
+    conn.close()
+    return conn
 
 
 class SqliteBackend(LocalBackend):
@@ -266,14 +347,19 @@ class SqliteBackend(LocalBackend):
         if busy_timeout_s < 0:
             raise ConfigError(f"sqlite backend option busy_timeout_s must be >= 0, got {busy_timeout_s!r}")
         self.synchronous = mode
-        self._lock = threading.Lock()
-        #: number of each execution this object has recorded in ``executions`` (rows are never removed,
-        #: so a number never changes)
-        self._numbers: dict[str, int] = {}
-        self._conn = self._connect_retrying(busy_timeout_s)
-        # Close the connection when the backend is garbage-collected, so a backend that was never
-        # closed explicitly does not leak it (Python 3.13 warns about unclosed connections).
-        weakref.finalize(self, self._conn.close)
+        # (the pid: a connection must never be used in a forked child)
+        key = (os.getpid(), os.path.realpath(self.path), mode, busy_timeout_s)
+        with _SHARED_LOCK:
+            shared = _SHARED.get(key)
+            if shared is None:
+                shared = _SHARED[key] = _SharedConnection(self._connect_retrying(busy_timeout_s))
+            shared.users += 1
+        self._conn = shared.conn
+        self._lock = shared.lock
+        self._numbers = shared.numbers
+        # Gives the connection back when the backend is closed or garbage-collected, so a backend
+        # that was never closed explicitly does not leak it (Python 3.13 warns about unclosed ones).
+        self._release = weakref.finalize(self, _release_connection, key, shared)
 
     def _connect_retrying(self, busy_timeout_s: float) -> sqlite3.Connection:
         """Open, retrying "database is locked": switching a new file to WAL does not wait on the busy
@@ -309,7 +395,12 @@ class SqliteBackend(LocalBackend):
         path = self.path
         if os.path.isdir(path):
             raise BackendError(f"sqlite backend path {path!r} is a directory; point it at a database file inside it")
-        self._refuse_foreign_file(path)
+        # (its size, not its bytes: this process never opens the file other than through SQLite)
+        if 0 < _size(path) < MIN_DATABASE_SIZE:  # SQLite takes such a stub for an empty database
+            raise BackendError(
+                f"{path!r} exists but is not a SQLite database; it was left untouched. "
+                "Point the sqlite backend at another file"
+            )
         parent = os.path.dirname(os.path.abspath(path))
         try:
             os.makedirs(parent, exist_ok=True)
@@ -348,21 +439,6 @@ class SqliteBackend(LocalBackend):
         return conn
 
     @staticmethod
-    def _refuse_foreign_file(path: str) -> None:
-        try:
-            with open(path, "rb") as f:
-                start = f.read(len(SQLITE_MAGIC))
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise BackendError(f"cannot read sqlite checkpoint database {path!r} ({exc.strerror}); check its permissions") from exc
-        if start and start != SQLITE_MAGIC:
-            raise BackendError(
-                f"{path!r} exists but is not a SQLite database; it was left untouched. "
-                "Point the sqlite backend at another file"
-            )
-
-    @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
         from sqlite_utils import Database
 
@@ -391,8 +467,8 @@ class SqliteBackend(LocalBackend):
         return f"sqlite://{self.path}"
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._conn = _closed_connection()
+        self._release()
 
     # -- helpers -----------------------------------------------------------------------------------
     def _failed(self, what: str, exc: sqlite3.Error) -> BackendError:
@@ -428,31 +504,48 @@ class SqliteBackend(LocalBackend):
     def put(self, header: CheckpointHeader, blob: bytes, *, lease: Lease | None = None) -> None:
         h = header
         self.check_header(h)
-        with self._lock:
-            conn = self._conn
-            try:
-                number = self._numbers.get(h.execution_id)
-                if number is None:
-                    number = self._record_execution(conn, h)
-                params = _row(number, h, blob)
-                if lease is None:
-                    conn.execute(_INSERT, params)  # autocommit: one statement, one transaction
-                    return
-                cursor = conn.execute(_INSERT_FENCED, (*params, h.execution_id, lease.token, lease.owner))
-                if cursor.rowcount != 1:
-                    check_fence(self._read_lease(h.execution_id), lease, h.execution_id)
-                    raise LeaseError(f"write to execution {h.execution_id} refused: lease check failed")
-            except sqlite3.IntegrityError as exc:
-                raise self._duplicate(h, exc) from None
-            except sqlite3.Error as exc:
-                raise self._failed(f"store checkpoint {h.checkpoint_id!r}", exc) from exc
 
-    def _record_execution(self, conn: sqlite3.Connection, h: CheckpointHeader) -> int:
-        """Record the execution (its number, its graph for listing by graph), once per execution and
-        object; returns its number."""
-        number = self._recorded_number(conn, h)
-        self._remember_number(h.execution_id, number)
-        return number
+        def change(conn: sqlite3.Connection) -> int:
+            number = self._numbers.get(h.execution_id)
+            if number is None:
+                number = self._recorded_number(conn, h)
+            self._insert_and_advance(conn, number, h, blob, lease)
+            return number
+
+        number = self._write_transaction(f"store checkpoint {h.checkpoint_id!r}", change)
+        if h.execution_id not in self._numbers:
+            self._remember_number(h.execution_id, number)  # (only once committed)
+
+    def _insert_and_advance(
+        self, conn: sqlite3.Connection, number: int, h: CheckpointHeader, blob: bytes, lease: Lease | None
+    ) -> None:
+        """Insert the checkpoint (fenced by ``lease``) and advance its execution's head, inside the
+        caller's transaction."""
+        try:
+            if lease is None:
+                conn.execute(_INSERT, _row(number, h, blob))
+                conn.execute(_ADVANCE_HEAD, _head_params(number, h))  # forward only, never refused
+                return
+            cursor = conn.execute(_INSERT_FENCED, (*_row(number, h, blob), h.execution_id, lease.token, lease.owner))
+        except sqlite3.IntegrityError as exc:
+            raise self._duplicate(h, exc) from None
+        if cursor.rowcount != 1:
+            check_fence(self._read_lease(h.execution_id), lease, h.execution_id)
+            raise LeaseError(f"write to execution {h.execution_id} refused: lease check failed")
+        if conn.execute(_ADVANCE_HEAD_LEASED, _head_params(number, h)).rowcount != 1:
+            heads.advance(self._read_head(h.execution_id), h, leased=True)  # raises what refused it
+            raise BackendError(f"sqlite backend {self.path!r} could not advance the head of execution {h.execution_id}")
+
+    def _read_head(self, execution_id: str) -> CheckpointHeader | None:
+        row = self._conn.execute(_GET_HEAD, (execution_id,)).fetchone()
+        return CheckpointHeader(*row[:8], tag=row[8]) if row else None
+
+    def execution_head(self, execution_id: str) -> CheckpointHeader | None:
+        with self._lock:
+            try:
+                return self._read_head(execution_id)
+            except sqlite3.Error as exc:
+                raise self._failed(f"read the head of execution {execution_id}", exc) from exc
 
     @staticmethod
     def _recorded_number(conn: sqlite3.Connection, h: CheckpointHeader) -> int:
@@ -482,7 +575,7 @@ class SqliteBackend(LocalBackend):
         h = header
         self.check_header(h)
 
-        def change(conn: sqlite3.Connection) -> Lease:
+        def change(conn: sqlite3.Connection) -> tuple[Lease, int]:
             now = time.time()
             lease = grant_lease(None, h.execution_id, owner, ttl_s, now)
             try:  # a new execution has no lease row yet: insert it without reading first
@@ -491,13 +584,10 @@ class SqliteBackend(LocalBackend):
                 lease = grant_lease(self._read_lease(h.execution_id), h.execution_id, owner, ttl_s, now)
                 conn.execute(_SET_LEASE, (lease.execution_id, lease.owner, lease.token, lease.expires_at))
             number = self._recorded_number(conn, h)
-            try:
-                conn.execute(_INSERT, _row(number, h, blob))
-            except sqlite3.IntegrityError as exc:
-                raise self._duplicate(h, exc) from None
+            self._insert_and_advance(conn, number, h, blob, lease)
             return lease, number
 
-        lease, number = self._lease_transaction(f"start execution {h.execution_id}", change)
+        lease, number = self._write_transaction(f"start execution {h.execution_id}", change)
         self._remember_number(h.execution_id, number)  # not inside change(): a rolled-back row is not recorded
         return lease
 
@@ -537,16 +627,15 @@ class SqliteBackend(LocalBackend):
     def executions(
         self, *, graph_id: str | None = None, unfinished_only: bool = False, limit: int | None = None
     ) -> list[CheckpointHeader]:
-        # An execution's newest checkpoint is the last row of its rowid range: one seek per execution.
+        # The heads of the executions that still hold a checkpoint (one rowid seek each).
         where, params = self._executions_where(graph_id, None)
-        last_row = f"SELECT MAX(rowid) FROM checkpoints c WHERE {_ROWS_OF_E}"
-        inner = f"SELECT {_CHECKPOINT_HEADER_COLUMNS} FROM executions e JOIN checkpoints c ON c.rowid = ({last_row}){where}"
-        sql = f"SELECT {_HEADER_COLUMNS} FROM ({inner})"
+        stored = f"EXISTS (SELECT 1 FROM checkpoints c WHERE {_ROWS_OF_E})"
+        sql = f"SELECT {_HEAD_COLUMNS} FROM executions e{where}{' AND' if where else ' WHERE'} head_seq IS NOT NULL AND {stored}"
         if unfinished_only:
             statuses = sorted(UNFINISHED_STATUSES)
-            sql += f" WHERE status IN ({', '.join('?' * len(statuses))})"
+            sql += f" AND head_status IN ({', '.join('?' * len(statuses))})"
             params.extend(statuses)
-        sql += _NEWEST_FIRST
+        sql += " ORDER BY head_created_at DESC, head_seq DESC, head_id DESC LIMIT ?"
         params.append(-1 if limit is None else limit)
         return self._query("list executions", sql, params)
 
@@ -567,54 +656,53 @@ class SqliteBackend(LocalBackend):
         if not ids:
             return 0
         canonical = [(*key, cid) for cid in ids if (key := _stored_position(cid)) is not None]
-        with self._lock:
-            conn = self._conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    before = conn.total_changes
-                    conn.executemany(f"DELETE FROM checkpoints WHERE {_NAMED_ID}", [(cid,) for cid in ids])
-                    conn.executemany(
-                        f"DELETE FROM checkpoints WHERE rowid = {_POSITION} AND checkpoint_id = ?", canonical
-                    )
-                    deleted = conn.total_changes - before
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise self._failed("delete checkpoints", exc) from exc
-        return deleted
+
+        def change(conn: sqlite3.Connection) -> int:
+            before = conn.total_changes
+            conn.executemany(f"DELETE FROM checkpoints WHERE {_NAMED_ID}", [(cid,) for cid in ids])
+            conn.executemany(f"DELETE FROM checkpoints WHERE rowid = {_POSITION} AND checkpoint_id = ?", canonical)
+            return conn.total_changes - before
+
+        return self._write_transaction("delete checkpoints", change)
 
     def replace(self, header: CheckpointHeader, blob: bytes) -> None:
         """Swap the stored bytes (and size) of an existing checkpoint in one UPDATE (key rotation)."""
         h = header
-        with self._lock:
-            try:
-                cursor = self._conn.execute(
-                    f"UPDATE checkpoints SET blob = ?, size = ? WHERE rowid = {_POSITION} AND checkpoint_id = ?",
-                    (blob, h.size, h.execution_id, h.seq, h.checkpoint_id),
-                )
-            except sqlite3.Error as exc:
-                raise self._failed(f"replace checkpoint {h.checkpoint_id!r}", exc) from exc
-        if cursor.rowcount == 0:
+
+        def change(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                f"UPDATE checkpoints SET blob = ?, size = ? WHERE rowid = {_POSITION} AND checkpoint_id = ?",
+                (blob, h.size, h.execution_id, h.seq, h.checkpoint_id),
+            )
+            if h.tag is not None and cursor.rowcount:  # key rotation re-tags the index head
+                conn.execute("UPDATE executions SET head_tag = ? WHERE execution_id = ? AND head_seq = ?",
+                             (h.tag, h.execution_id, h.seq))
+            return cursor.rowcount
+
+        if self._write_transaction(f"replace checkpoint {h.checkpoint_id!r}", change) == 0:
             raise CheckpointNotFoundError(
                 f"no checkpoint {h.checkpoint_id!r} (seq {h.seq} of execution {h.execution_id}) in "
                 f"{self.describe()} to replace"
             )
 
     # -- leases -------------------------------------------------------------------------------------
-    def _lease_transaction(self, what: str, change):
+    def _write_transaction(self, what: str, change: Any) -> Any:
+        """``change(conn)`` inside one ``BEGIN IMMEDIATE`` transaction; rolled back if it raises."""
         with self._lock:
             conn = self._conn
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     result = change(conn)
+                    conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    # (SQLite may have rolled back by itself, e.g. after SQLITE_FULL)
+                    if conn.in_transaction:
+                        try:
+                            conn.execute("ROLLBACK")
+                        except sqlite3.Error:
+                            pass
                     raise
-                conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise self._failed(what, exc) from exc
         return result
@@ -625,7 +713,15 @@ class SqliteBackend(LocalBackend):
             conn.execute(_SET_LEASE, (lease.execution_id, lease.owner, lease.token, lease.expires_at))
             return lease
 
-        return self._lease_transaction(f"acquire the lease of execution {execution_id}", change)
+        return self._write_transaction(f"acquire the lease of execution {execution_id}", change)
+
+    def renew_lease(self, lease: Lease, ttl_s: float) -> Lease:
+        def change(conn: sqlite3.Connection) -> Lease:
+            renewed = extend_lease(self._read_lease(lease.execution_id), lease, ttl_s, time.time())
+            conn.execute(_SET_LEASE, (renewed.execution_id, renewed.owner, renewed.token, renewed.expires_at))
+            return renewed
+
+        return self._write_transaction(f"renew the lease of execution {lease.execution_id}", change)
 
     def release_lease(self, lease: Lease) -> None:
         def change(conn: sqlite3.Connection) -> None:
@@ -634,4 +730,4 @@ class SqliteBackend(LocalBackend):
                 # Keep the token so the next owner's token still grows; just expire the lease.
                 conn.execute(_SET_LEASE, (lease.execution_id, "", lease.token, 0.0))
 
-        self._lease_transaction(f"release the lease of execution {lease.execution_id}", change)
+        self._write_transaction(f"release the lease of execution {lease.execution_id}", change)

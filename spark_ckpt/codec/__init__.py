@@ -17,6 +17,7 @@ from ..errors import (
 from .convert import converter, dumps_data, from_data, to_data
 from .crypto import AesGcmTransform, Keyring, new_key
 from .envelope import Envelope, Identity, describe, pack, pack_parts, unpack
+from .index_tags import IndexTagger
 from .layers import (
     DEFAULT_MAX_DECOMPRESSED, GzipTransform, JsonSerializer, Serializer, Transform, ZstdTransform,
     zstandard_available,
@@ -57,6 +58,8 @@ class Codec:
         self._plain_json = type(self.serializer) is JsonSerializer and not self.pipeline
         self.keyring = keyring or Keyring()
         self.encryption = AesGcmTransform(self.keyring)
+        #: authenticates the executions index when encryption is on (``index_tags``)
+        self.index_tags = IndexTagger(self.keyring)
         self.allow_plaintext = allow_plaintext
         self.layers: dict[str, Serializer | Transform] = {}
         defaults = [

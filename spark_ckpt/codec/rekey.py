@@ -55,6 +55,7 @@ def rekey_backend(
             failures.append((header.checkpoint_id, exc))
         if progress is not None:
             progress(done, total)
+    _retag_heads(backend, codec, {h.execution_id for h in headers})
     if failures:
         listed = "; ".join(f"{cid}: {exc}" for cid, exc in failures[:5])
         more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
@@ -79,5 +80,19 @@ def _rekey_one(backend: Any, codec: Codec, header: Any) -> bool:
     # never swap in bytes we cannot read back to the same content
     if codec.decode_data(blob, expected=identity)[0] != data:
         raise RekeyError(f"re-encoded checkpoint {header.checkpoint_id} does not read back identically; left as it was")
-    backend.replace(attrs.evolve(stored.header, size=len(blob)), blob)
+    backend.replace(attrs.evolve(stored.header, size=len(blob), tag=codec.index_tags.tag(stored.header)), blob)
     return True
+
+
+def _retag_heads(backend: Any, codec: Codec, execution_ids: set[str]) -> None:
+    """Tag each execution's index head under the active key (``index_tags``): a head whose record
+    was already current, or was written before encryption, gets its tag by a replace of the same bytes."""
+    for execution_id in sorted(execution_ids):
+        head = backend.execution_head(execution_id)
+        if head is None or (head.tag or b"").partition(b":")[0] == (codec.keyring.active or "").encode():
+            continue
+        try:
+            stored = backend.get(head.checkpoint_id)
+        except CheckpointNotFoundError:
+            continue  # its newest record is gone: ``spark-ckpt verify`` reports it
+        backend.replace(attrs.evolve(stored.header, tag=codec.index_tags.tag(stored.header)), stored.blob)

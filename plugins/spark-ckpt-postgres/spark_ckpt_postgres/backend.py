@@ -1,11 +1,24 @@
 """``PostgresBackend``: checkpoints in PostgreSQL through psycopg 3 connection pools.
 
-* One table of checkpoints (header columns + ``bytea`` blob, unique ``(execution_id, seq)``) and one
-  of leases, created and migrated by the backend itself (``spark_ckpt_migrations`` records what ran).
+* One table of checkpoints (header columns + ``bytea`` blob, unique ``(execution_id, seq)``), one of
+  leases and one of executions, created and migrated by the backend itself (``spark_ckpt_migrations``
+  records what ran).
+* The executions index (``spark_ckpt.backends.heads``) is ``spark_ckpt_executions``: one row per
+  execution holding its head, the header (and writer's ``tag``) of the highest seq ever stored.
+  ``executions()`` answers from it (heads of executions that still have a checkpoint row), so
+  deleting checkpoints never changes an execution's status. Migration 2 created it and filled it
+  from each execution's newest stored checkpoint (no tag). Stop workers of older plugin versions
+  before it runs: one still running afterwards stores checkpoints without advancing their heads
+  (an execution it starts is not listed by ``executions()`` at all).
 * Sync calls use a ``ConnectionPool``; the ``a*`` twins use an ``AsyncConnectionPool`` of the running
   event loop. Nothing is serialized behind a backend-wide lock: concurrency is the pool's size.
-* ``put`` checks the fencing token and inserts in one transaction; the lease row is read
-  ``FOR SHARE`` so a takeover (``FOR UPDATE``) cannot slip in between the check and the insert.
+* ``put`` is one statement (so one implicit transaction and one round trip): it inserts the checkpoint
+  and advances the head in data-modifying CTEs, the head with an upsert that only moves it forward.
+  Under a lease it also reads the lease row ``FOR SHARE`` (a takeover, ``FOR UPDATE``, cannot slip in
+  before the insert) and the head, and inserts only if the token is current and the head allows it;
+  what stopped it comes back in the same answer. The head is read without a lock: a writer committing
+  a later head meanwhile is ordered after this put, and the forward-only upsert leaves its head in
+  place. Every put takes its locks in one order (lease, checkpoint, head), so two puts never deadlock.
 * Lease times come from the database clock, so workers on machines with skewed clocks agree.
 * A dropped connection or a restarted server: the pool checks connections before handing them
   out, and each call is retried once on ``OperationalError``. A retried ``put`` whose first attempt
@@ -25,15 +38,18 @@ import weakref
 from typing import Any, Callable, Iterable, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import attrs
+
+from spark_ckpt.backends import heads
 from spark_ckpt.backends.base import Backend
-from spark_ckpt.backends.leases import check_fence, grant_lease
+from spark_ckpt.backends.leases import check_fence, extend_lease, grant_lease
 from spark_ckpt.errors import (
     BackendError,
     CheckpointNotFoundError,
     ConfigError,
     DuplicateCheckpointError,
 )
-from spark_ckpt.model import UNFINISHED_STATUSES, CheckpointHeader, Lease, StoredCheckpoint
+from spark_ckpt.model import COMPLETED, UNFINISHED_STATUSES, CheckpointHeader, Lease, StoredCheckpoint
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _HEADER_COLUMNS = "checkpoint_id, graph_id, execution_id, seq, created_at, status, kind, size"
@@ -67,6 +83,31 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                 token        bigint NOT NULL,
                 expires_at   double precision NOT NULL
             )""",
+        ],
+    ),
+    (
+        2,
+        "executions index",
+        [
+            # Every put rewrites its execution's row: free room on each page keeps those updates HOT
+            # (no index entry written; only graph_id is indexed and it does not change).
+            """CREATE TABLE {s}.spark_ckpt_executions (
+                execution_id  text PRIMARY KEY,
+                checkpoint_id text NOT NULL,
+                graph_id      text NOT NULL,
+                seq           bigint NOT NULL,
+                created_at    double precision NOT NULL,
+                status        text NOT NULL,
+                kind          text NOT NULL,
+                size          bigint NOT NULL,
+                tag           bytea
+            ) WITH (fillfactor = 50)""",
+            "CREATE INDEX spark_ckpt_executions_by_graph ON {s}.spark_ckpt_executions (graph_id)",
+            # executions stored before the index start from their newest checkpoint
+            "INSERT INTO {s}.spark_ckpt_executions "
+            "(checkpoint_id, graph_id, execution_id, seq, created_at, status, kind, size) "
+            "SELECT DISTINCT ON (execution_id) checkpoint_id, graph_id, execution_id, seq, created_at, status, "
+            "kind, size FROM {s}.spark_ckpt_checkpoints ORDER BY execution_id, seq DESC",
         ],
     ),
 ]
@@ -148,6 +189,7 @@ class PostgresBackend(Backend):
         s = f'"{schema}"'
         self._t_ckpt = f"{s}.spark_ckpt_checkpoints"
         self._t_lease = f"{s}.spark_ckpt_leases"
+        self._t_exec = f"{s}.spark_ckpt_executions"
         self._pool = ConnectionPool(
             conninfo,
             kwargs={"autocommit": True},
@@ -301,27 +343,58 @@ class PostgresBackend(Backend):
         return pool
 
     # -- checkpoints -----------------------------------------------------------------------------
-    def _insert_sql(self) -> str:
+    def _put_sql(self, leased: bool) -> str:
+        """One statement: insert the checkpoint, then advance its execution's head (only forward).
+
+        Under a lease the insert happens only if the token is still current and the head allows it
+        (``heads.advance``: not completed, seq after it); the answer carries the lease and head rows
+        so the caller can say what refused it without another round trip."""
+        values = (
+            "%(checkpoint_id)s, %(graph_id)s, %(execution_id)s, %(seq)s, %(created_at)s, %(status)s, "
+            "%(kind)s, %(size)s"
+        )
+        advance = (
+            f"advanced AS (INSERT INTO {self._t_exec} AS e ({_HEADER_COLUMNS}, tag) "
+            f"SELECT {values}, %(tag)s FROM stored ON CONFLICT (execution_id) DO UPDATE SET "
+            "checkpoint_id = EXCLUDED.checkpoint_id, graph_id = EXCLUDED.graph_id, seq = EXCLUDED.seq, "
+            "created_at = EXCLUDED.created_at, status = EXCLUDED.status, kind = EXCLUDED.kind, "
+            "size = EXCLUDED.size, tag = EXCLUDED.tag WHERE e.seq < EXCLUDED.seq)"
+        )
+        if not leased:
+            return (
+                f"WITH stored AS (INSERT INTO {self._t_ckpt} ({_HEADER_COLUMNS}, blob) VALUES ({values}, %(blob)s) "
+                f"ON CONFLICT DO NOTHING RETURNING 1), {advance} "
+                "SELECT count(*) FROM stored"
+            )
         return (
-            f"INSERT INTO {self._t_ckpt} ({_HEADER_COLUMNS}, blob) VALUES "
-            "(%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1"
+            f"WITH lease AS (SELECT owner, token, expires_at FROM {self._t_lease} "
+            "WHERE execution_id = %(execution_id)s FOR SHARE), "
+            f"head AS (SELECT {_HEADER_COLUMNS} FROM {self._t_exec} WHERE execution_id = %(execution_id)s), "
+            f"stored AS (INSERT INTO {self._t_ckpt} ({_HEADER_COLUMNS}, blob) SELECT {values}, %(blob)s "
+            "WHERE EXISTS (SELECT 1 FROM lease WHERE owner = %(owner)s AND token = %(token)s) "
+            f"AND NOT EXISTS (SELECT 1 FROM head WHERE status = '{COMPLETED}' OR seq >= %(seq)s) "
+            f"ON CONFLICT DO NOTHING RETURNING 1), {advance} "
+            "SELECT (SELECT count(*) FROM stored), l.owner, l.token, l.expires_at, "
+            + ", ".join(f"h.{column}" for column in _HEADER_COLUMNS.split(", "))
+            + " FROM (VALUES (1)) AS one LEFT JOIN lease l ON true LEFT JOIN head h ON true"
         )
 
     @staticmethod
-    def _insert_params(header: CheckpointHeader, blob: bytes) -> list[Any]:
-        return [
-            header.checkpoint_id, header.graph_id, header.execution_id, header.seq, header.created_at,
-            header.status, header.kind, header.size, bytes(blob),
-        ]
+    def _put_params(header: CheckpointHeader, blob: bytes, lease: Lease | None) -> dict[str, Any]:
+        params = {
+            "checkpoint_id": header.checkpoint_id, "graph_id": header.graph_id, "execution_id": header.execution_id,
+            "seq": header.seq, "created_at": header.created_at, "status": header.status, "kind": header.kind,
+            "size": header.size, "blob": bytes(blob), "tag": header.tag,
+        }
+        if lease is not None:
+            params["owner"], params["token"] = lease.owner, lease.token
+        return params
 
     def _existing_sql(self) -> str:
         return (
             f"SELECT {_HEADER_COLUMNS}, blob FROM {self._t_ckpt} "
             "WHERE checkpoint_id = %s OR (execution_id = %s AND seq = %s) LIMIT 1"
         )
-
-    def _lease_sql(self, lock: str) -> str:
-        return f"SELECT owner, token, expires_at FROM {self._t_lease} WHERE execution_id = %s {lock}"
 
     @staticmethod
     def _conflict(header: CheckpointHeader, blob: bytes, existing: Sequence[Any] | None, retried: bool) -> None:
@@ -333,38 +406,70 @@ class PostgresBackend(Backend):
             f"{header.checkpoint_id}) already exists in PostgreSQL; it was not overwritten"
         )
 
-    def _insert(self, conn: Any, header: CheckpointHeader, blob: bytes, attempt: int) -> None:
-        """Insert inside the caller's transaction; a refused insert is a duplicate (or our own retry)."""
-        if conn.execute(self._insert_sql(), self._insert_params(header, blob)).fetchone() is None:
-            existing = conn.execute(self._existing_sql(), [header.checkpoint_id, header.execution_id, header.seq]).fetchone()
-            self._conflict(header, blob, existing, attempt > 0)
+    @classmethod
+    def _refused(
+        cls, header: CheckpointHeader, blob: bytes, lease: Lease | None, row: Sequence[Any], existing: Sequence[Any] | None,
+    ) -> None:
+        """After a put that stored nothing (``row`` is its answer): return if ``existing`` is our own
+        earlier attempt (retries only pass it), else raise what refused it: a superseded lease, the
+        head's rules, or a duplicate."""
+        if existing is not None:
+            try:
+                return cls._conflict(header, blob, existing, retried=True)
+            except DuplicateCheckpointError:
+                pass  # someone else's row: say why ours was refused
+        if lease is not None:
+            current = Lease(header.execution_id, row[1], int(row[2]), float(row[3])) if row[2] is not None else None
+            check_fence(current, lease, header.execution_id)
+            heads.advance(_header(row[4:]) if row[4] is not None else None, header, leased=True)
+        cls._conflict(header, blob, None, retried=False)
 
-    async def _ainsert(self, conn: Any, header: CheckpointHeader, blob: bytes, attempt: int) -> None:
-        cur = await conn.execute(self._insert_sql(), self._insert_params(header, blob))
-        if await cur.fetchone() is None:
+    def _put(self, conn: Any, header: CheckpointHeader, blob: bytes, lease: Lease | None, attempt: int) -> None:
+        """Store one checkpoint (in the caller's transaction, if any) and advance its head."""
+        row = conn.execute(self._put_sql(lease is not None), self._put_params(header, blob, lease)).fetchone()
+        if row[0]:
+            return
+        # (a retry may find its own first attempt, committed before the connection dropped)
+        existing = None
+        if attempt > 0:
+            existing = conn.execute(self._existing_sql(), [header.checkpoint_id, header.execution_id, header.seq]).fetchone()
+        self._refused(header, blob, lease, row, existing)
+
+    async def _aput(self, conn: Any, header: CheckpointHeader, blob: bytes, lease: Lease | None, attempt: int) -> None:
+        row = await (await conn.execute(self._put_sql(lease is not None), self._put_params(header, blob, lease))).fetchone()
+        if row[0]:
+            return
+        existing = None
+        if attempt > 0:
             cur = await conn.execute(self._existing_sql(), [header.checkpoint_id, header.execution_id, header.seq])
-            self._conflict(header, blob, await cur.fetchone(), attempt > 0)
+            existing = await cur.fetchone()
+        self._refused(header, blob, lease, row, existing)
 
     def put(self, header: CheckpointHeader, blob: bytes, *, lease: Lease | None = None) -> None:
-        def work(conn: Any, attempt: int) -> None:
-            with conn.transaction():
-                if lease is not None:
-                    row = conn.execute(self._lease_sql("FOR SHARE"), [header.execution_id]).fetchone()
-                    check_fence(Lease(header.execution_id, *row) if row else None, lease, header.execution_id)
-                self._insert(conn, header, blob, attempt)
-
-        self._run(work)
+        # one statement in autocommit: its own transaction
+        self._run(lambda conn, attempt: self._put(conn, header, blob, lease, attempt))
 
     async def aput(self, header: CheckpointHeader, blob: bytes, *, lease: Lease | None = None) -> None:
-        async def work(conn: Any, attempt: int) -> None:
-            async with conn.transaction():
-                if lease is not None:
-                    cur = await conn.execute(self._lease_sql("FOR SHARE"), [header.execution_id])
-                    row = await cur.fetchone()
-                    check_fence(Lease(header.execution_id, *row) if row else None, lease, header.execution_id)
-                await self._ainsert(conn, header, blob, attempt)
+        await self._arun(lambda conn, attempt: self._aput(conn, header, blob, lease, attempt))
 
-        await self._arun(work)
+    def _head_sql(self) -> str:
+        return f"SELECT {_HEADER_COLUMNS}, tag FROM {self._t_exec} WHERE execution_id = %s"
+
+    @staticmethod
+    def _head(row: Sequence[Any] | None) -> CheckpointHeader | None:
+        if row is None:
+            return None
+        tag = row[8]
+        return attrs.evolve(_header(row), tag=bytes(tag)) if tag is not None else _header(row)
+
+    def execution_head(self, execution_id: str) -> CheckpointHeader | None:
+        return self._head(self._run(lambda conn, _: conn.execute(self._head_sql(), [execution_id]).fetchone()))
+
+    async def aexecution_head(self, execution_id: str) -> CheckpointHeader | None:
+        async def work(conn: Any, _: int) -> Any:
+            return await (await conn.execute(self._head_sql(), [execution_id])).fetchone()
+
+        return self._head(await self._arun(work))
 
     def _get_sql(self) -> str:
         return f"SELECT {_HEADER_COLUMNS}, blob FROM {self._t_ckpt} WHERE checkpoint_id = %s"
@@ -406,14 +511,16 @@ class PostgresBackend(Backend):
         return [_header(r) for r in await self._arun(work)]
 
     def _executions_query(self, graph_id: str | None, unfinished_only: bool, limit: int | None) -> tuple[str, list[Any]]:
-        where, params = _where(graph_id, None)
-        outer = ""
+        # The heads of the executions that still hold a checkpoint (one index probe each).
+        clauses, params = [f"EXISTS (SELECT 1 FROM {self._t_ckpt} c WHERE c.execution_id = e.execution_id)"], []
+        if graph_id is not None:
+            clauses.append("e.graph_id = %s")
+            params.append(graph_id)
         if unfinished_only:
-            outer = " WHERE status = ANY(%s)"
+            clauses.append("e.status = ANY(%s)")
             params.append(sorted(UNFINISHED_STATUSES))
         return (
-            f"SELECT {_HEADER_COLUMNS} FROM (SELECT DISTINCT ON (execution_id) {_HEADER_COLUMNS} "
-            f"FROM {self._t_ckpt}{where} ORDER BY execution_id, seq DESC) AS newest{outer} "
+            f"SELECT {_HEADER_COLUMNS} FROM {self._t_exec} e WHERE {' AND '.join(clauses)} "
             f"ORDER BY created_at DESC, seq DESC, checkpoint_id DESC{_limit(limit)}",
             params,
         )
@@ -452,9 +559,20 @@ class PostgresBackend(Backend):
         return await self._arun(work)
 
     def replace(self, header: CheckpointHeader, blob: bytes) -> None:
-        """Swap an existing checkpoint's bytes (key rotation) in one UPDATE."""
+        """Swap an existing checkpoint's bytes (key rotation, retention) in one UPDATE; a header with a tag
+        at its execution's head seq also re-tags the head (key rotation), in the same statement."""
         query = f"UPDATE {self._t_ckpt} SET blob = %s, size = %s WHERE checkpoint_id = %s"
-        updated = self._run(lambda conn, _: conn.execute(query, [bytes(blob), header.size, header.checkpoint_id]).rowcount)
+        params: list[Any] = [bytes(blob), header.size, header.checkpoint_id]
+        if header.tag is not None:
+            query = (
+                f"WITH swapped AS ({query} RETURNING execution_id, seq), retagged AS (UPDATE {self._t_exec} e "
+                "SET tag = %s FROM swapped WHERE e.execution_id = swapped.execution_id AND e.seq = swapped.seq) "
+                "SELECT count(*) FROM swapped"
+            )
+            params.append(header.tag)
+        updated = self._run(lambda conn, _: (
+            conn.execute(query, params).fetchone()[0] if header.tag is not None else conn.execute(query, params).rowcount
+        ))
         if not updated:
             raise CheckpointNotFoundError(
                 f"no checkpoint with id {header.checkpoint_id!r} in PostgreSQL schema {self.schema!r} to replace"
@@ -509,7 +627,7 @@ class PostgresBackend(Backend):
         def work(conn: Any, attempt: int) -> Lease:
             with conn.transaction():
                 lease = self._take_lease(conn, header.execution_id, owner, ttl_s)
-                self._insert(conn, header, blob, attempt)
+                self._put(conn, header, blob, lease, attempt)
                 return lease
 
         return self._run(work)
@@ -518,10 +636,35 @@ class PostgresBackend(Backend):
         async def work(conn: Any, attempt: int) -> Lease:
             async with conn.transaction():
                 lease = await self._atake_lease(conn, header.execution_id, owner, ttl_s)
-                await self._ainsert(conn, header, blob, attempt)
+                await self._aput(conn, header, blob, lease, attempt)
                 return lease
 
         return await self._arun(work)
+
+    def _renew_sql(self) -> str:
+        # only the presented token, while it is still the current one (``leases.extend_lease``)
+        return (
+            f"UPDATE {self._t_lease} SET expires_at = {_NOW} + %s "
+            "WHERE execution_id = %s AND owner = %s AND token = %s RETURNING expires_at"
+        )
+
+    @staticmethod
+    def _renewed(lease: Lease, row: Sequence[Any] | None) -> Lease:
+        if row is None:  # no current lease of this owner and token: the shared rule words the refusal
+            extend_lease(None, lease, 0.0, 0.0)
+        return Lease(lease.execution_id, lease.owner, lease.token, float(row[0]))
+
+    def renew_lease(self, lease: Lease, ttl_s: float) -> Lease:
+        params = [float(ttl_s), lease.execution_id, lease.owner, lease.token]
+        return self._renewed(lease, self._run(lambda conn, _: conn.execute(self._renew_sql(), params).fetchone()))
+
+    async def arenew_lease(self, lease: Lease, ttl_s: float) -> Lease:
+        params = [float(ttl_s), lease.execution_id, lease.owner, lease.token]
+
+        async def work(conn: Any, _: int) -> Any:
+            return await (await conn.execute(self._renew_sql(), params)).fetchone()
+
+        return self._renewed(lease, await self._arun(work))
 
     def _release_sql(self) -> str:
         # Keep the token so the next owner's token still grows; just expire the lease.

@@ -1,19 +1,23 @@
 """PostgresBackend against a real PostgreSQL server: conformance, leases across processes,
-migrations, dropped connections and a server restart in the middle of a run."""
+migrations (the executions index filled from an existing schema), a put in one round trip, heads
+under concurrent writers, dropped connections and a server restart in the middle of a run."""
 
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import threading
 import time
 import uuid
 
+import attrs
+import psycopg
 import pytest
 from spark_ckpt.testing.leases import check_leases
 
 from spark_ckpt.config import open_backend
-from spark_ckpt.errors import BackendError, ConfigError, DuplicateCheckpointError
-from spark_ckpt.model import CheckpointHeader
+from spark_ckpt.errors import BackendError, ConfigError, DuplicateCheckpointError, ExecutionCompletedError
+from spark_ckpt.model import COMPLETED, FAILED, RUNNING, CheckpointHeader
 from spark_ckpt.testing.conformance import BackendConformance, make_header
 from spark_ckpt_postgres import PostgresBackend
 from spark_ckpt_postgres.backend import MIGRATIONS
@@ -77,6 +81,139 @@ def test_schema_from_a_newer_plugin_is_refused(pg_url):
         backend.close()
     with pytest.raises(BackendError, match="newer spark-ckpt-postgres"):
         PostgresBackend.from_url(pg_url)
+
+
+def _v1_schema(dsn: str, headers: list[CheckpointHeader]) -> str:
+    """A new schema as the first plugin version left it (migration 1 only), holding ``headers``."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    s = f'"{schema}"'
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {s}")
+        conn.execute(
+            f"CREATE TABLE {s}.spark_ckpt_migrations (version integer PRIMARY KEY, "
+            "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        version, name, statements = MIGRATIONS[0]
+        for statement in statements:
+            conn.execute(statement.format(s=s))
+        conn.execute(f"INSERT INTO {s}.spark_ckpt_migrations (version, name) VALUES (%s, %s)", [version, name])
+        for h in headers:
+            conn.execute(
+                f"INSERT INTO {s}.spark_ckpt_checkpoints (checkpoint_id, graph_id, execution_id, seq, created_at, "
+                "status, kind, size, blob) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [h.checkpoint_id, h.graph_id, h.execution_id, h.seq, h.created_at, h.status, h.kind, h.size, b"old"],
+            )
+    return schema
+
+
+def test_migrating_an_existing_schema_fills_the_execution_heads(pg_dsn):
+    """A schema written before the executions index keeps every execution listable: migration 2 makes
+    each one's newest stored checkpoint its head, and from then on the head rules apply to it."""
+    schema = _v1_schema(pg_dsn, [
+        make_header(0, execution_id="done"), make_header(1, execution_id="done", status=COMPLETED),
+        make_header(0, execution_id="gap"), make_header(2, execution_id="gap", status=FAILED),  # seq 1 pruned
+        make_header(0, execution_id="other", graph_id="graph-b"),
+    ])
+    backend = PostgresBackend.from_url(f"{pg_dsn}?schema={schema}")
+    try:
+        assert backend.schema_version() == MIGRATIONS[-1][0]
+        assert [(h.checkpoint_id, h.status) for h in backend.executions()] == [
+            ("gap-2", FAILED), ("done-1", COMPLETED), ("other-0", RUNNING)
+        ]
+        assert [h.checkpoint_id for h in backend.executions(graph_id="graph-a", unfinished_only=True)] == ["gap-2"]
+        head = backend.execution_head("done")
+        assert (head, head.tag) == (make_header(1, execution_id="done", status=COMPLETED), None)
+        backend.delete(["done-1"])
+        assert backend.executions(graph_id="graph-a")[1].status == COMPLETED
+        lease = backend.acquire_lease("done", "worker-a", 30)
+        with pytest.raises(ExecutionCompletedError):
+            backend.put(make_header(2, execution_id="done"), b"late", lease=lease)
+        lease = backend.acquire_lease("gap", "worker-a", 30)
+        with pytest.raises(DuplicateCheckpointError):
+            backend.put(make_header(1, execution_id="gap"), b"into the gap", lease=lease)
+        backend.put(make_header(3, execution_id="gap"), b"next", lease=lease)
+        assert backend.execution_head("gap").seq == 3
+    finally:
+        backend.close()
+
+
+def test_a_put_is_one_round_trip(pg_url):
+    """The hot path: a put, with or without a lease, is one statement (no BEGIN/COMMIT round trips)."""
+    backend = PostgresBackend.from_url(pg_url)
+    lease = backend.acquire_lease("exec-1", "worker-a", 30)
+    try:
+        with backend._pool.connection() as conn:
+            for seq in range(4):
+                with tempfile.TemporaryFile("w+") as trace:
+                    conn.pgconn.trace(trace.fileno())
+                    conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS | psycopg.pq.Trace.REGRESS_MODE)
+                    backend._put(conn, make_header(seq), b"x", lease if seq % 2 else None, 0)
+                    conn.pgconn.untrace()
+                    trace.seek(0)
+                    sent = [line.split("\t")[2] for line in trace.read().splitlines() if line.startswith("F\t")]
+                # one Sync ends one extended-protocol round trip; a Query would be a BEGIN or COMMIT
+                assert (sent.count("Sync"), sent.count("Query")) == (1, 0), sent
+        assert backend.execution_head("exec-1").seq == 3
+    finally:
+        backend.close()
+
+
+def test_concurrent_writers_only_move_the_head_forward(pg_url):
+    """Threads storing one execution's seqs out of order at once leave the highest as its head; a
+    leased writer racing an unleased copy of the final checkpoint either lands first or is refused."""
+    backend = PostgresBackend.from_url(pg_url)
+    try:
+        def write(start: int) -> None:
+            for seq in range(start, 40, 4)[::-1]:
+                backend.put(make_header(seq, status=COMPLETED if seq == 39 else RUNNING), b"x")
+
+        threads = [threading.Thread(target=write, args=(start,)) for start in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(backend.list()) == 40
+        assert (backend.execution_head("exec-1").seq, backend.executions()[0].status) == (39, COMPLETED)
+
+        lease = backend.acquire_lease("e2", "worker-a", 30)
+        backend.put(make_header(0, execution_id="e2"), b"x", lease=lease)
+        outcomes: list[str] = []
+
+        def leased() -> None:
+            try:
+                backend.put(make_header(1, execution_id="e2"), b"worker", lease=lease)
+                outcomes.append("stored")
+            except ExecutionCompletedError:
+                outcomes.append("refused")
+
+        copy = threading.Thread(target=backend.put, args=(make_header(2, execution_id="e2", status=COMPLETED), b"copy"))
+        worker = threading.Thread(target=leased)
+        copy.start()
+        worker.start()
+        copy.join()
+        worker.join()
+        head = backend.execution_head("e2")
+        assert (head.seq, head.status) == (2, COMPLETED)
+        assert len(backend.list(execution_id="e2")) == (3 if outcomes == ["stored"] else 2)
+    finally:
+        backend.close()
+
+
+def test_leased_put_retried_after_commit_is_not_refused(pg_url):
+    """A leased put whose first attempt committed (the answer was lost) succeeds on retry although
+    the head is now its own seq; the same retry with other bytes is a duplicate."""
+    backend = PostgresBackend.from_url(pg_url)
+    try:
+        lease = backend.acquire_lease("exec-1", "worker-a", 30)
+        header = attrs.evolve(make_header(0, size=3), tag=b"mac")
+        backend.put(header, b"abc", lease=lease)
+        backend._run(lambda conn, _: backend._put(conn, header, b"abc", lease, 1))
+        with pytest.raises(DuplicateCheckpointError):
+            backend._run(lambda conn, _: backend._put(conn, header, b"abd", lease, 1))
+        assert [h.seq for h in backend.list()] == [0]
+        assert backend.execution_head("exec-1").tag == b"mac"
+    finally:
+        backend.close()
 
 
 @pytest.mark.parametrize(

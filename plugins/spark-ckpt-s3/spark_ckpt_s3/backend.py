@@ -6,6 +6,7 @@ Key layout under ``s3://bucket/prefix``::
     ids/<checkpoint_id>                               body: the key above (lookup by id)
     execs/<execution_id>                              body: the graph_id (lookup by execution alone)
     leases/<execution_id>                             JSON {owner, token, expires_at}
+    heads/<execution_id>                              JSON: the execution's head (header and tag)
 
 (each id is percent-encoded, so one id never spans two key segments).
 
@@ -16,9 +17,24 @@ Key layout under ``s3://bucket/prefix``::
 * Listing is a prefix query (one graph, or one execution), never a scan of the bucket. Headers are
   read with ``HeadObject`` the first time a key is seen and cached by (key, ETag): checkpoints are
   immutable, so later listings cost one ``ListObjectsV2`` page per 1000 checkpoints.
+* The executions index (``spark_ckpt.backends.heads``) is one ``heads/<execution_id>`` object per
+  execution: the header of the highest seq ever stored, with the writer's ``tag``. S3 has no
+  transactions, so it is written after the checkpoint is published, and only forward: with
+  ``If-Match: <etag>`` of the head it read (``If-None-Match: *`` when there is none), so of two
+  writers the later one to commit re-reads it and writes only if it is still behind. Deleting
+  checkpoints leaves it alone. A writer killed between the two requests (or whose head write
+  failed) leaves the head one write behind, never ahead: readers (``execution_head``,
+  ``executions``) take the later of it and the newest listed checkpoint (``heads.newest``). A put
+  under a lease checks the head object before publishing, so right after such a crash the rules
+  hold from the head before the lost write; each position can still be published only once.
+  Cost: one ``PutObject`` per put (``If-Match`` the ETag this process last saw, so no read first),
+  and under a lease one ``GetObject`` of the head, sent together with the lease read and the id
+  pointer's write (the round trips per put stay three). ``executions()`` lists ``heads/`` once and
+  reads only the heads whose ETag changed.
 * Leases are an object per execution, changed only with ``If-Match: <etag>`` (or ``If-None-Match``
-  when new), so two workers racing for one execution cannot both win. Expiry uses the workers'
-  clocks: keep them in sync (NTP) and ``ttl`` far above the skew.
+  when new), so two workers racing for one execution cannot both win; a renewal is the same
+  conditional write of the same token. Expiry uses the workers' clocks: keep them in sync (NTP)
+  and ``ttl`` far above the skew.
 * Limitation: S3 has no multi-object transactions, so the fencing check (read the lease) and the
   checkpoint write are two requests. A worker that stalls exactly between them can still publish
   one checkpoint after a takeover. It cannot fork the history silently: the new owner continues
@@ -32,6 +48,10 @@ Key layout under ``s3://bucket/prefix``::
   index does not know. That orphan was never acknowledged, so the next owner of the execution (it
   holds the lease) replaces it when it writes the same position; ``rebuild_index()`` re-reads the
   bucket into the index (e.g. when adding an index to an existing store).
+  The index's own executions index does the job of the head objects (none are written): a put
+  under a lease checks the index's head before publishing, and the index advances it when the row
+  is written, so it may lag the bucket by that one write like the rows. Use one mode per bucket:
+  a process without the index would read head objects nobody advances.
 
 URL options: ``endpoint_url`` (any S3-compatible server), ``region``, ``addressing_style``
 (``path`` by default with a custom endpoint), ``create_bucket`` (``true`` to create a missing
@@ -46,12 +66,15 @@ import json
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterable, Iterator
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
+import attrs
+
+from spark_ckpt.backends import heads
 from spark_ckpt.backends.base import Backend
-from spark_ckpt.backends.leases import check_fence, grant_lease
+from spark_ckpt.backends.leases import check_fence, extend_lease, grant_lease
 from spark_ckpt.errors import (
     BackendError,
     CheckpointNotFoundError,
@@ -65,6 +88,10 @@ _HEADER_META = "spark-ckpt-header"
 _ATTEMPT_META = "spark-ckpt-attempt"
 _TRUE = {"1", "true", "yes", "on"}
 _OPTIONS = {"endpoint_url", "region", "addressing_style", "create_bucket", "max_workers", "index"}
+#: a conditional write lost to another writer is read and tried again this many times
+_CONDITIONAL_ATTEMPTS = 5
+#: answers to a conditional write whose condition no longer held
+_CONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict", "NoSuchKey", "404")
 
 
 def _q(value: str) -> str:
@@ -84,6 +111,17 @@ def _header_json(header: CheckpointHeader) -> str:
 def _header_from_json(text: str) -> CheckpointHeader:
     cid, gid, eid, seq, created_at, status, kind, size = json.loads(text)
     return CheckpointHeader(cid, gid, eid, int(seq), float(created_at), status, kind, int(size))
+
+
+def _head_json(header: CheckpointHeader) -> bytes:
+    fields = json.loads(_header_json(header))
+    return json.dumps([*fields, header.tag.hex() if header.tag is not None else None], separators=(",", ":")).encode()
+
+
+def _head_from_json(body: bytes) -> CheckpointHeader:
+    *fields, tag = json.loads(body)
+    header = _header_from_json(json.dumps(fields))
+    return attrs.evolve(header, tag=bytes.fromhex(tag)) if tag is not None else header
 
 
 def _newest_first(headers: Iterable[CheckpointHeader]) -> list[CheckpointHeader]:
@@ -137,7 +175,12 @@ class S3Backend(Backend):
         self._headers: dict[str, tuple[str, CheckpointHeader]] = {}  # key -> (etag, header)
         self._known_execs: set[str] = set()
         self._key_of: dict[str, str] = {}  # checkpoint_id -> key, saves the pointer read on get
+        #: execution_id -> (ETag, head) of its head object as last written or read here: the next put
+        #: of the execution writes If-Match that ETag without reading it first
+        self._head_cache: dict[str, tuple[str, CheckpointHeader]] = {}
         self._cache_lock = threading.Lock()  # guards the caches only, never a request
+        # parallel reads (header reads when listing, the head beside the lease on a leased put)
+        self._executor = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="spark-ckpt-s3")
         self._check_bucket(create_bucket)
         self._index = None
         if index:
@@ -254,6 +297,8 @@ class S3Backend(Backend):
         if self._index is not None:
             self._index.check_header(header)  # before anything is written to S3
         key = self._ckpt_key(header.graph_id, header.execution_id, header.seq)
+        # under a lease, the lease and the head are read while the pointer is written (one round trip)
+        reads = self._read_for_leased_put(header.execution_id) if lease is not None else None
         # 1. the id pointer (invisible on its own: a pointer without its checkpoint is "not found")
         pointer = self._key("ids", _q(header.checkpoint_id))
         created_pointer = self._put_new(pointer, key.encode())
@@ -269,9 +314,15 @@ class S3Backend(Backend):
             self._put_new(self._key("execs", _q(header.execution_id)), header.graph_id.encode())
             with self._cache_lock:
                 self._known_execs.add(header.execution_id)
-        # 3. fencing, then publication in one conditional PUT
+        # 3. fencing and the head's rules, then publication in one conditional PUT
+        head_state = None
         if lease is not None:
-            check_fence(self._read_lease(header.execution_id)[0], lease, header.execution_id)
+            try:
+                head_state = self._check_leased_put(header, lease, reads)
+            except BaseException:
+                if created_pointer:  # refused: leave no pointer to the position behind
+                    self._call("cleanup", self._s3.delete_object, Bucket=self.bucket, Key=pointer)
+                raise
         attempt = uuid.uuid4().hex
         published = self._put_new(
             key, bytes(blob),
@@ -290,7 +341,7 @@ class S3Backend(Backend):
         if published:
             with self._cache_lock:
                 self._key_of[header.checkpoint_id] = key
-            self._index_put(header)
+            self._index_after_publishing(header, head_state)
             return
         # 412: either another checkpoint holds the position, or botocore retried our own PUT
         # after its response was lost; only the attempt marker tells them apart.
@@ -298,7 +349,7 @@ class S3Backend(Backend):
         if head is not None and head["Metadata"].get(_ATTEMPT_META) == attempt:
             with self._cache_lock:
                 self._key_of[header.checkpoint_id] = key
-            self._index_put(header)
+            self._index_after_publishing(header, head_state)
             return
         if created_pointer:
             self._call("cleanup", self._s3.delete_object, Bucket=self.bucket, Key=pointer)
@@ -306,6 +357,129 @@ class S3Backend(Backend):
             f"checkpoint seq {header.seq} of execution {header.execution_id} already exists in "
             f"{self.describe()}; it was not overwritten"
         )
+
+    # -- the executions index: head objects, or the optional index's heads ---------------------------
+    def _read_for_leased_put(self, execution_id: str) -> tuple[Future, Future]:
+        """Start reading the lease and the execution's head (object, or the index's) in parallel."""
+        read_head = self._index.execution_head if self._index is not None else self._read_head
+        return self._executor.submit(self._read_lease, execution_id), self._executor.submit(read_head, execution_id)
+
+    def _check_leased_put(
+        self, header: CheckpointHeader, lease: Lease, reads: tuple[Future, Future]
+    ) -> tuple[CheckpointHeader | None, str | None] | None:
+        """Raise unless ``lease`` is current and the execution's head lets it write ``header``
+        (``heads.advance``); returns the head object and its ETag (None with an index), to advance from."""
+        current, _ = reads[0].result()
+        found = reads[1].result()
+        check_fence(current, lease, header.execution_id)
+        if self._index is not None:
+            heads.advance(found, header, leased=True)
+            return None
+        heads.advance(found[0], header, leased=True)
+        return found
+
+    def _index_after_publishing(
+        self, header: CheckpointHeader, head_state: tuple[CheckpointHeader | None, str | None] | None
+    ) -> None:
+        """Index the published checkpoint: the index row (which advances the index's head), else the head object."""
+        if self._index is not None:
+            self._index_put(header)
+            return
+        try:
+            self._advance_head(header, head_state)
+        except BackendError as exc:
+            raise BackendError(
+                f"checkpoint {header.checkpoint_id} was stored in {self.describe()}, but the head of execution "
+                f"{header.execution_id} was not advanced ({exc}); readers still see the checkpoint (the head "
+                "lags it by this write)"
+            ) from exc
+
+    def _head_key(self, execution_id: str) -> str:
+        return self._key("heads", _q(execution_id))
+
+    def _remember_head(self, execution_id: str, etag: str, head: CheckpointHeader) -> None:
+        with self._cache_lock:
+            if len(self._head_cache) > 10_000:  # bound the memory of very long-lived workers
+                self._head_cache.clear()
+            self._head_cache[execution_id] = (etag, head)
+
+    def _read_head(self, execution_id: str) -> tuple[CheckpointHeader | None, str | None]:
+        """The head object and its ETag; (None, None) if the execution has none."""
+        found = self._get_object(self._head_key(execution_id))
+        if found is None:
+            return None, None
+        head = _head_from_json(found["Body"])
+        self._remember_head(execution_id, found["ETag"], head)
+        return head, found["ETag"]
+
+    def _advance_head(
+        self, header: CheckpointHeader, state: tuple[CheckpointHeader | None, str | None] | None = None
+    ) -> None:
+        """Move the head object forward to ``header`` (its checkpoint is published). ``state`` is the
+        head and ETag read before publishing; else the one this process last saw is assumed (no read).
+        A write whose condition failed (another writer moved it) reads it again."""
+        execution_id = header.execution_id
+        if state is None:
+            with self._cache_lock:
+                cached = self._head_cache.get(execution_id)
+            # nothing known here: most often a new execution, so try to create it before reading it
+            state = (cached[1], cached[0]) if cached is not None else (None, None)
+        for _ in range(_CONDITIONAL_ATTEMPTS):
+            if state is None:
+                state = self._read_head(execution_id)
+            head, etag = state
+            if not heads.advance(head, header, leased=False):
+                return  # (heads only grow: a head known here is never ahead of the real one)
+            condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
+            written = self._call(
+                "head write", self._s3.put_object, none_on=_CONDITION_FAILED,
+                Bucket=self.bucket, Key=self._head_key(execution_id), Body=_head_json(header),
+                ContentType="application/json", **condition,
+            )
+            if written is not None:
+                self._remember_head(execution_id, written["ETag"], header)
+                return
+            state = None  # another writer moved it meanwhile: read it again
+        raise BackendError(f"the head object kept changing under other writers ({_CONDITIONAL_ATTEMPTS} attempts)")
+
+    def _heads_of(self, execution_ids: set[str]) -> dict[str, CheckpointHeader]:
+        """The head objects of these executions: one listing of ``heads/``, then a read of each head
+        not cached with the listed ETag."""
+        if not execution_ids:
+            return {}
+        wanted = {self._head_key(execution_id): execution_id for execution_id in execution_ids}
+        found: dict[str, CheckpointHeader] = {}
+        stale: list[str] = []
+        listed = [obj for obj in self._objects(self._key("heads") + "/") if obj["Key"] in wanted]
+        with self._cache_lock:
+            for obj in listed:
+                execution_id = wanted[obj["Key"]]
+                cached = self._head_cache.get(execution_id)
+                if cached is not None and cached[0] == obj["ETag"]:
+                    found[execution_id] = cached[1]
+                else:
+                    stale.append(execution_id)
+        for execution_id, (head, _) in zip(stale, self._executor.map(self._read_head, stale)):
+            if head is not None:
+                found[execution_id] = head
+        return found
+
+    def _newest_stored(self, objects: list[dict[str, Any]]) -> CheckpointHeader | None:
+        """The header of the highest seq among one execution's listed objects (zero-padded keys)."""
+        for obj in sorted(objects, key=lambda o: o["Key"], reverse=True):
+            found = self._headers_of([obj])
+            if found:
+                return found[0]
+        return None  # (each one deleted between the listing and now)
+
+    def execution_head(self, execution_id: str) -> CheckpointHeader | None:
+        if self._index is not None:
+            return self._index.execution_head(execution_id)
+        head, _ = self._read_head(execution_id)
+        # the head object may lag the newest checkpoint by one write (its writer died in between)
+        prefix = self._prefix_for(head.graph_id if head is not None else None, execution_id)
+        stored = self._newest_stored(list(self._objects(prefix))) if prefix is not None else None
+        return heads.newest(head, stored)
 
     # -- the optional index ---------------------------------------------------------------------------
     def _index_put(self, header: CheckpointHeader) -> None:
@@ -327,12 +501,16 @@ class S3Backend(Backend):
         if self._index is None:
             raise ConfigError("this S3 backend has no index (add ?index=sqlite:///path.db to its URL)")
         known = {h.checkpoint_id for h in self._index.list(graph_id=graph_id)}
-        added = 0
-        for header in self._headers_of(list(self._objects(self._prefix_for(graph_id, None) or self._key("ckpt") + "/"))):
-            if header.checkpoint_id not in known:
-                self._index_put(header)
-                added += 1
-        return added
+        missing = [
+            h for h in self._headers_of(list(self._objects(self._prefix_for(graph_id, None) or self._key("ckpt") + "/")))
+            if h.checkpoint_id not in known
+        ]
+        # a head object written without the index gives its checkpoint's header the writer's tag
+        head_of = self._heads_of({h.execution_id for h in missing})
+        for header in sorted(missing, key=lambda h: (h.execution_id, h.seq)):
+            head = head_of.get(header.execution_id)
+            self._index_put(head if head is not None and head.checkpoint_id == header.checkpoint_id else header)
+        return len(missing)
 
     def _head(self, key: str) -> dict[str, Any] | None:
         return self._call(f"read of {key}", self._s3.head_object, none_on=("NoSuchKey", "404", "NotFound"), Bucket=self.bucket, Key=key)
@@ -388,16 +566,14 @@ class S3Backend(Backend):
         def load(key: str) -> tuple[str, dict[str, Any] | None]:
             return key, self._head(key)
 
-        if missing:
-            with ThreadPoolExecutor(max_workers=min(self._max_workers, len(missing))) as pool:
-                for key, head in pool.map(load, missing):
-                    if head is None:  # deleted between the listing and now
-                        continue
-                    header = _header_from_json(head["Metadata"][_HEADER_META])
-                    out[key] = header
-                    with self._cache_lock:
-                        self._headers[key] = (head["ETag"], header)
-                        self._key_of[header.checkpoint_id] = key
+        for key, head in self._executor.map(load, missing):
+            if head is None:  # deleted between the listing and now
+                continue
+            header = _header_from_json(head["Metadata"][_HEADER_META])
+            out[key] = header
+            with self._cache_lock:
+                self._headers[key] = (head["ETag"], header)
+                self._key_of[header.checkpoint_id] = key
         return list(out.values())
 
     def list(self, *, graph_id=None, execution_id=None, limit=None) -> list[CheckpointHeader]:
@@ -417,7 +593,14 @@ class S3Backend(Backend):
             execution_dir = obj["Key"].rsplit("/", 1)[0]
             if execution_dir not in newest or obj["Key"] > newest[execution_dir]["Key"]:
                 newest[execution_dir] = obj  # zero-padded seq: the greatest key is the newest
-        headers = _newest_first(self._headers_of(list(newest.values())))
+        stored = self._headers_of(list(newest.values()))
+        # each execution's head object, or its newest checkpoint where that is later (a lagging head)
+        head_of = self._heads_of({h.execution_id for h in stored})
+        headers = []
+        for header in stored:
+            head = heads.newest(head_of.get(header.execution_id), header)
+            headers.append(attrs.evolve(head, tag=None) if head.tag is not None else head)
+        headers = _newest_first(headers)
         if unfinished_only:
             headers = [h for h in headers if h.unfinished]
         return headers[:limit] if limit is not None else headers
@@ -464,7 +647,26 @@ class S3Backend(Backend):
         except self._botocore_errors.BotoCoreError as exc:
             raise self._failed(f"replace of {key}", exc) from exc
         if self._index is not None:
-            self._index.replace(header, b"")  # the header's size may have changed
+            self._index.replace(header, b"")  # the header's size may have changed (and a tag re-tags its head)
+        elif header.tag is not None:
+            self._retag_head(header)
+
+    def _retag_head(self, header: CheckpointHeader) -> None:
+        """Key rotation: the head object gets ``header``'s tag if it is still at that seq."""
+        for _ in range(_CONDITIONAL_ATTEMPTS):
+            head, etag = self._read_head(header.execution_id)
+            if head is None or head.seq != header.seq:
+                return
+            retagged = attrs.evolve(head, tag=header.tag)
+            written = self._call(
+                "head write", self._s3.put_object, none_on=_CONDITION_FAILED,
+                Bucket=self.bucket, Key=self._head_key(header.execution_id), Body=_head_json(retagged),
+                ContentType="application/json", IfMatch=etag,
+            )
+            if written is not None:
+                self._remember_head(header.execution_id, written["ETag"], retagged)
+                return
+        raise BackendError(f"the head object kept changing under other writers ({_CONDITIONAL_ATTEMPTS} attempts)")
 
     # -- leases ------------------------------------------------------------------------------------
     def _lease_key(self, execution_id: str) -> str:
@@ -481,14 +683,13 @@ class S3Backend(Backend):
         body = json.dumps({"owner": lease.owner, "token": lease.token, "expires_at": lease.expires_at}).encode()
         condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
         written = self._call(
-            "lease write", self._s3.put_object,
-            none_on=("PreconditionFailed", "412", "ConditionalRequestConflict", "NoSuchKey", "404"),
+            "lease write", self._s3.put_object, none_on=_CONDITION_FAILED,
             Bucket=self.bucket, Key=self._lease_key(lease.execution_id), Body=body, **condition,
         )
         return written is not None
 
     def acquire_lease(self, execution_id: str, owner: str, ttl_s: float) -> Lease:
-        for _ in range(5):
+        for _ in range(_CONDITIONAL_ATTEMPTS):
             current, etag = self._read_lease(execution_id)
             lease = grant_lease(current, execution_id, owner, ttl_s, time.time())
             if self._write_lease(lease, etag):
@@ -499,12 +700,25 @@ class S3Backend(Backend):
             "another worker is taking it over. Try again later"
         )
 
+    def renew_lease(self, lease: Lease, ttl_s: float) -> Lease:
+        for _ in range(_CONDITIONAL_ATTEMPTS):
+            current, etag = self._read_lease(lease.execution_id)
+            renewed = extend_lease(current, lease, ttl_s, time.time())
+            if self._write_lease(renewed, etag):  # If-Match: a takeover in between makes it fail
+                return renewed
+            # the lease object changed between our read and write: look again (a takeover refuses)
+        raise LeaseError(
+            f"execution {lease.execution_id}'s lease kept changing under contention in {self.describe()}; "
+            "another worker is taking it over. This worker must stop"
+        )
+
     def release_lease(self, lease: Lease) -> None:
         current, etag = self._read_lease(lease.execution_id)
         if current is not None and current.token == lease.token and current.owner == lease.owner:
             self._write_lease(Lease(lease.execution_id, "", lease.token, 0.0), etag)
 
     def close(self) -> None:
+        self._executor.shutdown(wait=False)
         self._s3.close()
         if self._index is not None:
             self._index.close()

@@ -1,5 +1,6 @@
 """S3Backend against an S3 server over HTTP: conformance, leases across processes, interrupted
-uploads, and the key layout that keeps listing a prefix query."""
+uploads, the key layout that keeps listing a prefix query, and the head objects (and index heads)
+that survive a writer dying between a checkpoint and its head."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import time
 import uuid
 from urllib.parse import urlsplit
 
+import attrs
 import pytest
 from spark_ckpt.testing.leases import check_leases
 
 from spark_ckpt.config import open_backend
-from spark_ckpt.errors import BackendError, CheckpointNotFoundError, ConfigError, DuplicateCheckpointError
-from spark_ckpt.model import CheckpointHeader
+from spark_ckpt.errors import (
+    BackendError, CheckpointNotFoundError, ConfigError, DuplicateCheckpointError, LeaseError,
+)
+from spark_ckpt.model import COMPLETED, FAILED, CheckpointHeader
 from spark_ckpt.testing.conformance import BackendConformance, make_header
 from spark_ckpt_s3 import S3Backend
 from spark_ckpt_s3.testing import CuttingProxy
@@ -169,22 +173,139 @@ def test_orphan_of_a_writer_killed_before_indexing_is_replaced_by_the_next_owner
     backend = S3Backend.from_url(url)
     try:
         backend.put(make_header(0, execution_id="e"), b"first")
-        real_index = backend._index
-        backend._index = None  # the crash: publish without indexing
-        backend.put(make_header(1, execution_id="e", checkpoint_id="orphan"), b"never acknowledged")
-        backend._index = real_index
+        backend._index_put = lambda header: None  # the crash: publish without indexing
+        backend.put(make_header(1, execution_id="e", checkpoint_id="orphan", status=COMPLETED), b"never acknowledged")
+        del backend._index_put
         assert [h.seq for h in backend.list(execution_id="e")] == [0]
+        assert backend.execution_head("e").seq == 0  # the index's head lags by that write, never leads
         lease = backend.acquire_lease("e", "next-owner", 30)
         backend.put(make_header(1, execution_id="e", checkpoint_id="e-1"), b"second", lease=lease)
         assert backend.get("e-1").blob == b"second"
         assert [h.checkpoint_id for h in backend.list(execution_id="e")] == ["e-1", "e-0"]
+        assert (backend.execution_head("e").checkpoint_id, backend.executions()[0].status) == ("e-1", "running")
         # without a lease nobody may overwrite a position, indexed or not
         with pytest.raises(DuplicateCheckpointError):
             backend.put(make_header(1, execution_id="e", checkpoint_id="other"), b"x")
-        backend._index = None
+        backend._index_put = lambda header: None
         backend.put(make_header(2, execution_id="e"), b"late orphan")
-        backend._index = real_index
+        del backend._index_put
         assert backend.rebuild_index() == 1
         assert [h.seq for h in backend.list(execution_id="e")] == [2, 1, 0]
+        assert backend.execution_head("e").seq == 2
+        heads = backend._s3.list_objects_v2(Bucket=backend.bucket, Prefix=f"{backend.prefix}/heads/")
+        assert heads["KeyCount"] == 0  # with an index, the index holds the heads
     finally:
         backend.close()
+
+
+def _dropping_head_writes(backend: S3Backend):
+    """The crash between the two requests: the checkpoint is published, its head write never happens."""
+    backend._advance_head = lambda header, state=None: None
+    return backend
+
+
+def test_head_object_lagging_after_a_writer_died_between_its_two_requests(s3_url):
+    """A writer that died after publishing a checkpoint but before writing the head leaves the head
+    object one write behind: readers (also a cold process) take the newest listed checkpoint, the
+    position is still published only once, and the next owner's put moves the head past it."""
+    backend = S3Backend.from_url(s3_url)
+    cold = None
+    try:
+        lease = backend.acquire_lease("e", "worker-a", 30)
+        for seq in range(2):
+            backend.put(make_header(seq, execution_id="e"), b"x", lease=lease)
+        _dropping_head_writes(backend).put(make_header(2, execution_id="e", status=FAILED), b"lost head", lease=lease)
+        del backend._advance_head
+        assert backend._read_head("e")[0].seq == 1
+        cold = S3Backend.from_url(s3_url)
+        for reader in (backend, cold):
+            assert (reader.execution_head("e").seq, reader.execution_head("e").status) == (2, FAILED)
+            assert [(h.checkpoint_id, h.status) for h in reader.executions(unfinished_only=True)] == [("e-2", FAILED)]
+        backend.release_lease(lease)
+        taken = cold.acquire_lease("e", "worker-b", 30)
+        with pytest.raises(DuplicateCheckpointError):  # the lagging head does not free the position
+            cold.put(make_header(2, execution_id="e", checkpoint_id="again"), b"x", lease=taken)
+        cold.put(make_header(3, execution_id="e"), b"continued", lease=taken)
+        assert cold._read_head("e")[0].seq == 3
+        assert backend.execution_head("e").checkpoint_id == "e-3"
+    finally:
+        backend.close()
+        if cold is not None:
+            cold.close()
+
+
+def test_final_checkpoint_whose_head_write_was_lost_still_reads_completed(s3_url):
+    """While the completed checkpoint is stored, a lost head write does not make the execution look
+    unfinished: executions() and execution_head() take the later of head object and listing."""
+    backend = S3Backend.from_url(s3_url)
+    try:
+        backend.put(make_header(0, execution_id="e"), b"x")
+        _dropping_head_writes(backend).put(make_header(1, execution_id="e", status=COMPLETED), b"final")
+        assert backend.executions(unfinished_only=True) == []
+        assert backend.execution_head("e").status == COMPLETED
+    finally:
+        backend.close()
+
+
+def test_two_writers_cannot_move_the_head_back(s3_url):
+    """Head writes are conditional on the ETag the writer last saw: a writer whose view is stale
+    loses the condition, reads the head again and leaves a later head alone (tag included)."""
+    first, second = S3Backend.from_url(s3_url), S3Backend.from_url(s3_url)
+    try:
+        first.put(make_header(0, execution_id="e"), b"x")  # first now holds the head's ETag
+        second.put(attrs.evolve(make_header(5, execution_id="e", status=COMPLETED), tag=b"mac-5"), b"x")
+        first.put(make_header(3, execution_id="e"), b"x")  # If-Match a stale ETag: re-read, not written
+        head = first._read_head("e")[0]
+        assert (head.seq, head.status, head.tag) == (5, COMPLETED, b"mac-5")
+        first.put(make_header(6, execution_id="e"), b"x")
+        assert second.execution_head("e").seq == 6
+        assert [h.seq for h in second.list(execution_id="e")] == [6, 5, 3, 0]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_renewal_racing_a_takeover_is_refused(s3_url):
+    """A renewal is a conditional write of the lease object: if another worker takes the expired
+    lease between the renewer's read and write, the write fails, the re-read shows the takeover and
+    renew_lease raises LeaseError; the new owner's lease is untouched."""
+    stalled, other = S3Backend.from_url(s3_url), S3Backend.from_url(s3_url)
+    try:
+        lease = stalled.acquire_lease("e", "worker-a", 0.05)
+        time.sleep(0.2)
+        read_lease = stalled._read_lease
+        taken = []
+
+        def read_then_lose_the_race(execution_id):
+            found = read_lease(execution_id)
+            if not taken:
+                taken.append(other.acquire_lease("e", "worker-b", 30))
+            return found
+
+        stalled._read_lease = read_then_lose_the_race
+        with pytest.raises(LeaseError):
+            stalled.renew_lease(lease, 30)
+        current, _ = read_lease("e")
+        assert (current.owner, current.token) == ("worker-b", taken[0].token)
+    finally:
+        stalled.close()
+        other.close()
+
+
+def test_rebuild_index_keeps_the_tags_of_head_objects(s3_url, tmp_path):
+    """Adding an index to a store written without one: rebuild_index() gives each execution's head
+    checkpoint the writer's tag from its head object."""
+    plain = S3Backend.from_url(s3_url)
+    try:
+        plain.put(make_header(0, execution_id="e"), b"x")
+        plain.put(attrs.evolve(make_header(1, execution_id="e"), tag=b"mac-1"), b"x")
+    finally:
+        plain.close()
+    indexed = S3Backend.from_url(s3_url + f"&index=sqlite:///{tmp_path}/index.db")
+    try:
+        assert indexed.rebuild_index() == 2
+        head = indexed.execution_head("e")
+        assert (head.seq, head.tag) == (1, b"mac-1")
+        assert indexed.list(execution_id="e")[0].tag is None
+    finally:
+        indexed.close()

@@ -1,0 +1,1 @@
+"""The recovery engine: what checkpointing and recovery need that knows nothing of Spark."""

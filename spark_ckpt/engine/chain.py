@@ -1,0 +1,167 @@
+"""The chain reader: a graph checkpoint made whole from the records written before it.
+
+Most records hold only what changed since the one before (``partial_state``, ``history_start > 0``,
+``agent_delta`` entries in ``node_extras`` and ``inflight``). A record is made whole by reading the
+execution's earlier records, newest first, until every part is complete.
+
+Invariants:
+
+* records are read by seq, never by time (a clock that stepped back must not reorder a chain);
+* a record built on a boundary (in-flight and failure records, ``base_seq`` set) depends only on
+  records up to its base, plus the in-flight journals of the same visit after it: a boundary record
+  whose write failed (or was reported failed though it landed) is never mixed into its state;
+* a record that holds the whole state stands alone (content version 4: the start record, the first
+  record after a recovery, every ``FULL_HISTORY_EVERY``-th, the final one), so the walk stops there
+  and takes every adapter state it holds;
+* a part that cannot be completed is a ``CorruptCheckpointError`` naming the record.
+
+No Spark import and no I/O of its own: the caller passes the earlier headers and a loader.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import attrs
+
+from ..adapters import agent_delta
+from ..errors import CorruptCheckpointError
+from ..model import GRAPH, CheckpointHeader, GraphCheckpoint
+
+#: marks a ``node_extras``/``inflight`` entry holding changes (``agent_delta`` ops), not a whole state
+DELTA = "__spark_ckpt_delta__"
+
+Loader = Callable[[CheckpointHeader], GraphCheckpoint]
+
+
+def is_delta(entry: Any) -> bool:
+    return isinstance(entry, dict) and DELTA in entry
+
+
+def stands_alone(record: GraphCheckpoint) -> bool:
+    """Whether ``record`` needs no earlier record."""
+    return (
+        record.history_start == 0 and not record.partial_state and record.base_seq is None
+        and not any(is_delta(v) for v in record.node_extras.values())
+        and not any(is_delta(v) for v in record.inflight.values())
+    )
+
+
+class _DeltaChains:
+    """One section of a record (``node_extras``, ``inflight``) made whole: per key, an entry is whole
+    or holds ``agent_delta`` ops against the key's entry in an earlier record. ``feed`` the same
+    section of earlier records, newest first, until ``missing`` is empty."""
+
+    def __init__(self, section: dict[str, Any], wanted: Iterable[str] = ()) -> None:
+        self.whole = {k: v for k, v in section.items() if not is_delta(v)}
+        self.ops = {k: [v[DELTA]] for k, v in section.items() if is_delta(v)}
+        self.missing = (set(wanted) | set(self.ops)) - set(self.whole)
+
+    def want(self, keys: Iterable[str]) -> None:
+        self.missing |= set(keys) - set(self.whole)
+
+    def feed(self, earlier: dict[str, Any], belongs: Callable[[str, Any], bool] = lambda key, entry: True) -> None:
+        for key in list(self.missing):
+            entry = earlier.get(key)
+            if entry is None or not belongs(key, entry):
+                continue  # unchanged in that record (or another visit's): look further back
+            if is_delta(entry):
+                self.ops.setdefault(key, []).append(entry[DELTA])
+                continue
+            for ops in reversed(self.ops.pop(key, [])):
+                entry = agent_delta.apply(entry, ops)
+            self.whole[key] = entry
+            self.missing.discard(key)
+
+
+class _StateChain:
+    """A record's graph and node state made whole: a record with ``partial_state`` holds only what
+    changed since the one before, so ``feed`` earlier records, newest first, until ``whole``."""
+
+    def __init__(self, record: GraphCheckpoint) -> None:
+        self.records = [record]
+        self.whole = not record.partial_state
+
+    def feed(self, earlier: GraphCheckpoint) -> None:
+        if not self.whole:
+            self.records.append(earlier)
+            self.whole = not earlier.partial_state
+
+    @property
+    def run_input(self) -> Any:
+        """The execution's input, as the whole record holds it (changes-only records leave it out)."""
+        return self.records[-1].run_input
+
+    def made_whole(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        graph_state: dict[str, Any] = {}
+        node_states: dict[str, Any] = {}
+        for record in reversed(self.records):  # oldest first: newer values win
+            graph_state.update(record.graph_state)
+            for key, items in record.appended_state.items():
+                base = graph_state.get(key)
+                if not isinstance(base, list):
+                    raise CorruptCheckpointError(
+                        f"checkpoint {record.checkpoint_id} appends to graph state key {key!r}, which its "
+                        "earlier checkpoints do not hold as a list: they are not the ones it was written after"
+                    )
+                graph_state[key] = base + items
+            for key in record.removed_state:
+                graph_state.pop(key, None)
+            node_states.update(record.node_states)
+        return graph_state, node_states
+
+
+def make_whole(
+    record: GraphCheckpoint, earlier: Iterable[CheckpointHeader], load: Loader, wanted_extras: Iterable[str] = ()
+) -> GraphCheckpoint:
+    """``record`` with its execution's entire journal, whole state and every adapter state, read back
+    from the ``earlier`` headers of its execution (any order; others are skipped) through ``load``.
+
+    ``wanted_extras``: adapter nodes whose state the result must hold even if ``record`` does not
+    mention them (a reader that knows the graph); without it, those of the whole record reached.
+    """
+    extras = _DeltaChains(record.node_extras, wanted_extras)
+    inflight = _DeltaChains(record.inflight)
+    state = _StateChain(record)
+    needed = record.history_start  # visits [0, needed) still missing
+    if needed == 0 and not extras.missing and not inflight.missing and state.whole and record.base_seq is None:
+        return record
+    # records after this one's base hold nothing it builds on but in-flight journals of the same visit
+    limit = record.seq - 1 if record.base_seq is None else record.base_seq
+    segments = [record.execution_history]
+    same_visit = lambda key, entry: entry.get("visit_index") == record.inflight[key]["visit_index"]  # noqa: E731
+    for header in sorted(earlier, key=lambda h: h.seq, reverse=True):
+        if needed == 0 and not extras.missing and not inflight.missing and state.whole:
+            break
+        if header.seq >= record.seq or header.kind != GRAPH or header.execution_id != record.execution_id:
+            continue
+        if header.seq > limit:
+            if inflight.missing:
+                inflight.feed(load(header).inflight, same_visit)
+            continue
+        older = load(header)
+        was_whole = state.whole
+        state.feed(older)
+        if state.whole and not was_whole:
+            extras.want(older.node_extras)  # the whole record holds every adapter state
+        extras.feed(older.node_extras)
+        # an in-flight journal continues only records of the same visit
+        inflight.feed(older.inflight, same_visit)
+        end = older.history_start + len(older.execution_history)
+        if needed and older.execution_history and end >= needed:
+            segments.append(older.execution_history[: needed - older.history_start])
+            needed = older.history_start
+        if older.base_seq is not None:
+            limit = min(limit, older.base_seq)
+    if needed or extras.ops or inflight.ops or not state.whole:
+        raise CorruptCheckpointError(
+            f"checkpoint {record.checkpoint_id} of execution {record.execution_id} is incomplete without "
+            "earlier checkpoints that are missing (pruned by hand, or damaged); use the execution's "
+            "final checkpoint, or an earlier intact one"
+        )
+    history = [visit for segment in reversed(segments) for visit in segment]
+    graph_state, node_states = state.made_whole()
+    return attrs.evolve(record, execution_history=history, history_start=0, node_extras=extras.whole,
+                        inflight=inflight.whole, graph_state=graph_state, node_states=node_states,
+                        partial_state=False, removed_state=[], appended_state={}, run_input=state.run_input,
+                        base_seq=None)

@@ -1,0 +1,86 @@
+"""Graph records read from a store without the graph: decoded against the position they are stored at,
+made whole (``chain``), and made to stand alone in place (``rebase``, for retention).
+
+Used where no ``CheckpointedGraph`` is at hand (the CLI, ``retention``). A reader that knows the graph
+passes its adapter nodes as ``wanted_extras``; without it, a record made whole holds the adapter
+states of the whole record its chain reaches, which from content version 4 is every one of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import attrs
+
+from ..codec import Codec, Identity
+from ..errors import CheckpointNotFoundError, SparkCkptError, UnsupportedFormatError
+from ..model import CONTENT_VERSION, CheckpointHeader, GraphCheckpoint
+from . import chain
+
+
+def identity(header: CheckpointHeader) -> Identity:
+    return Identity(header.graph_id, header.execution_id, header.seq)
+
+
+class RecordReader:
+    """Decodes an execution's records once each (``decoded`` by seq) and makes them whole."""
+
+    def __init__(self, backend: Any, codec: Codec) -> None:
+        self.backend = backend
+        self.codec = codec
+        self.decoded: dict[tuple[str, int], GraphCheckpoint] = {}
+
+    def load(self, header: CheckpointHeader) -> GraphCheckpoint:
+        key = (header.execution_id, header.seq)
+        record = self.decoded.get(key)
+        if record is None:
+            stored = self.backend.get(header.checkpoint_id)
+            record = self.codec.decode(stored.blob, GraphCheckpoint, identity(stored.header))
+            if record.version > CONTENT_VERSION:
+                raise UnsupportedFormatError(
+                    f"checkpoint {record.checkpoint_id} has content version {record.version}, newer than this "
+                    "spark-ckpt understands; upgrade spark-ckpt"
+                )
+            self.decoded[key] = record
+        return record
+
+    def whole(self, header: CheckpointHeader, earlier: Iterable[CheckpointHeader] | None = None,
+              wanted_extras: Iterable[str] = ()) -> GraphCheckpoint:
+        """The record at ``header`` made whole (``earlier``: its execution's headers, listed if None)."""
+        record = self.load(header)
+        if earlier is None:
+            earlier = self.backend.list(execution_id=header.execution_id)
+        return chain.make_whole(record, earlier, self.load, wanted_extras)
+
+
+def rebase(backend: Any, codec: Codec, header: CheckpointHeader, wanted_extras: Iterable[str] = ()) -> bool:
+    """Make the record at ``header`` stand alone in place (``Backend.replace`` with its whole form), so
+    the records before it can be deleted. True when it stands alone (already, or now); False when it
+    cannot be made to (unreadable, a link missing, written before content version 4, or a store
+    without ``replace``): then nothing was changed."""
+    reader = RecordReader(backend, codec)
+    try:
+        record = reader.load(header)
+        if chain.stands_alone(record):
+            return True
+        if record.version < 4:  # may lack the states of adapter nodes its chain does not mention
+            return False
+        whole = reader.whole(header, wanted_extras=wanted_extras)
+        blob = codec.encode(whole, identity(header))
+        backend.replace(attrs.evolve(backend.get(header.checkpoint_id).header, size=len(blob)), blob)
+    except (SparkCkptError, NotImplementedError):
+        return False
+    return True
+
+
+def readable_whole(reader: RecordReader, headers: list[CheckpointHeader]) -> dict[str, Exception]:
+    """For each header (one execution's), the error making it whole raises, if any, by checkpoint id."""
+    problems: dict[str, Exception] = {}
+    for header in headers:
+        try:
+            reader.whole(header, headers)
+        except CheckpointNotFoundError:
+            continue  # deleted meanwhile
+        except SparkCkptError as exc:
+            problems[header.checkpoint_id] = exc
+    return problems
