@@ -161,6 +161,8 @@ class _Execution:
     last_seq: int | None = None
     #: the final (completed) record was built (it may still be on its way to the store)
     completed: bool = False
+    #: ``next_seq`` when this process took the execution up (records written since: the difference)
+    first_seq: int = attrs.field(default=attrs.Factory(lambda self: self.next_seq, takes_self=True))
     #: the origin of each pending input (replay by what a visit consumed, see ``deliveries``)
     deliveries: Deliveries = attrs.field(factory=Deliveries)
     #: per node, the origins of the pending inputs the resumed checkpoint stored (restored in that
@@ -240,6 +242,12 @@ class CheckpointedGraph:
         self.policy = self.config.make_policy()
         self._policy_due = getattr(self.policy, "due", None)
         self.retention_rules = self.config.make_retention_rules()
+        # A count rule is applied once this object wrote a fraction of the count since it last pruned
+        # (at its first run, then amortized: storage stays within 1.5x the count); other rules every run.
+        count = self.config.retention_count
+        self._prune_every = max(1, count // 2) if count is not None and not self.config.retention_max_age_s \
+            and not self.config.retention else 1
+        self._written_since_prune = self._prune_every
         self.hooks = Hooks()
         self._has_adapters = False
         self._adapter_keys: set[str] = set()  # nodes whose state an adapter (agent) snapshots
@@ -372,7 +380,9 @@ class CheckpointedGraph:
             ex.report.unused_skips = list(ex.skip)
             log.warning("skip_node(%s) was not used: that node had no further visit in execution %s",
                         ", ".join(ex.skip), ex.execution_id)
-        if self.retention_rules:
+        self._written_since_prune += ex.next_seq - ex.first_seq
+        if self.retention_rules and self._written_since_prune >= self._prune_every:
+            self._written_since_prune = 0
             try:
                 prune(self.backend, self.retention_rules, graph_id=self.graph_id, rebase=self._rebase)
             except Exception:
@@ -439,6 +449,8 @@ class CheckpointedGraph:
                     if recorded.input_from is not None and recorded.input_from != origin:
                         inputs, origin = self._recorded_input(ex, node, key, index, inputs, origin, recorded), recorded.input_from
                     return await self._replay_visit(ex, node, key, index, inputs, recorded)
+            if ex.superstep <= ex.resumed_through:  # a visit the journal does not hold, inside its supersteps
+                raise diverged(key, f"visit {index} in superstep {ex.superstep} is not in the journal")
             if ex.fenced is not None or time.monotonic() >= ex.lease_deadline:
                 await self._check_lease(ex)  # before any live work: a stalled worker stops here
             if ex.skip and key in ex.skip:
