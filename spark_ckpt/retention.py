@@ -16,8 +16,9 @@ from .backends.base import Backend
 from .markers import hookimpl
 from .model import COMPLETED, GRAPH, CheckpointHeader
 
-#: ``rebase(header) -> bool``: make that record stand alone in place (``engine.records.rebase``)
-Rebase = Callable[[CheckpointHeader], bool]
+#: ``rebase(header) -> seq | None``: make the record at ``header`` (or the boundary record it is built on)
+#: stand alone in place; the seq from which its execution's records must stay (``engine.records.rebase``)
+Rebase = Callable[[CheckpointHeader], "int | None"]
 
 class CountRetention:
     """Keep the newest ``retention_count`` checkpoints of each graph (plus protected ones)."""
@@ -85,8 +86,9 @@ def _plan(
     """``(doomed, bases)``: what goes, and per execution cut in two the oldest kept record, which must
     stand alone before the records before it go."""
     kinds = frozenset(kinds)
-    protected = protected_ids(backend, graph_id)
+    # listed before the protected set is read: an execution started in between is in neither
     headers = [h for h in backend.list(graph_id=graph_id) if h.kind in kinds]
+    protected = protected_ids(backend, graph_id)
     by_graph: dict[str, list[CheckpointHeader]] = {}
     for h in headers:
         by_graph.setdefault(h.graph_id, []).append(h)
@@ -131,14 +133,18 @@ def prune(
     """Apply the rules to graph checkpoints; return what was (or, with ``dry_run``, would be) deleted.
 
     ``rebase`` makes a record stand alone in place (``engine.records.rebase``); without it, an
-    execution whose kept records need older ones keeps those too.
+    execution whose kept records need older ones keeps those too. (A dry run lists what the rules
+    select; the run itself may keep a few more: the boundary record a kept in-flight record is built on.)
     """
     doomed, bases = _plan(backend, list(rules), graph_id, kinds=(GRAPH,), can_rebase=rebase is not None)
     if dry_run:
         return doomed
     for base in bases:
-        if not rebase(base):  # type: ignore[misc]
-            doomed = [h for h in doomed if not (h.execution_id == base.execution_id and h.seq < base.seq)]
+        keep_from = rebase(base)  # type: ignore[misc]
+        if keep_from is None:  # it cannot be made to stand alone: none of that execution's records go
+            doomed = [h for h in doomed if h.execution_id != base.execution_id]
+        else:
+            doomed = [h for h in doomed if not (h.execution_id == base.execution_id and h.seq >= keep_from)]
     if doomed:
         backend.delete([h.checkpoint_id for h in doomed])
     return doomed

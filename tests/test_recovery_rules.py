@@ -6,19 +6,22 @@ skips a continuation never reached, one SQLite connection per file."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from contextlib import closing
 
 import pytest
 from spark.graphs import Graph
+from spark.nodes import Node
 
 import graphs
 from spark_ckpt import CheckpointConfig, checkpointed
+from spark_ckpt.adapters.runtime import current_visit
 from spark_ckpt.backends.sqlite import SqliteBackend
 from spark_ckpt.cli import main as cli
 from spark_ckpt.codec import new_key
 from spark_ckpt.errors import (
-    BackendError, MissingCheckpointError, RecoveryDivergedError, TamperedCheckpointError,
+    BackendError, MissingCheckpointError, RecoveryDivergedError, TamperedCheckpointError, UnrecoverableExecutionError,
 )
 from spark_ckpt.model import COMPLETED, FAILED
 from spark_ckpt.retention import prune
@@ -203,3 +206,270 @@ def test_sqlite_backends_on_one_file_share_one_connection(tmp_path) -> None:
     other_settings.close()
     with pytest.raises(sqlite3.ProgrammingError):
         shared.execute("SELECT 1")
+
+
+# -- in-flight journals (what an agent node stores call by call) ------------------------------------
+class _Step(Node):
+    async def process(self, context):
+        count = await context.graph_state.get("count", 0)
+        await context.graph_state.set("count", count + 1)
+        if os.environ.get("SPARK_CKPT_TEST_FAIL") == self.id:
+            raise RuntimeError(f"injected failure in {self.id}")
+        return {"count": count + 1, "from": self.id}
+
+
+class _Calls(_Step):
+    """Journals three calls in flight (as an agent node does), resuming from what was recovered."""
+
+    async def process(self, context):
+        visit = current_visit()
+        calls = list((visit.recovered_inflight or {}).get("calls", []))
+        _RECOVERED.append(list(calls))
+        for i in range(len(calls), 3):
+            calls.append({"call": i})
+            await visit.persist_inflight({"calls": list(calls)})
+        if os.environ.get("SPARK_CKPT_TEST_STOP_AFTER_CALLS"):
+            raise RuntimeError("stopped after the in-flight calls")
+        return await super().process(context)
+
+
+_RECOVERED: list[list] = []
+
+
+def calls_graph(first: str = "a") -> Graph:
+    """a -> calls (three in-flight records) -> c -> d; with ``first="calls"``, the journaling node starts."""
+    nodes = {"a": _Step(id="a"), "calls": _Calls(id="calls"), "c": _Step(id="c"), "d": _Step(id="d")}
+    order = ["calls", "a", "c", "d"] if first == "calls" else ["a", "calls", "c", "d"]
+    for left, right in zip(order, order[1:]):
+        nodes[left] >> nodes[right]
+    return Graph(start=nodes[order[0]])
+
+
+@pytest.mark.parametrize("keep", [3, 4, 5, 6])
+def test_retention_never_cuts_between_in_flight_records_and_their_boundary(tmp_path, keep) -> None:
+    """In-flight records depend on the boundary record they were built on: wherever retention cuts,
+    every kept checkpoint still reads back whole."""
+    url = f"sqlite:///{tmp_path}/i.db"
+    graph = checkpointed(calls_graph(), config=CheckpointConfig(backend=url, retention_count=None), graph_id="g")
+    asyncio.run(graph.run({}))
+    rules = CheckpointConfig(retention_count=keep).make_retention_rules()
+    prune(graph.backend, rules, graph_id="g", rebase=graph._rebase)
+    for offset in range(len(graph.list_checkpoints())):
+        assert graph.get_checkpoint(offset=offset).graph_state["count"] >= 1
+    assert cli(["--store", url, "verify"]) == 0
+
+
+def test_a_damaged_start_record_costs_nothing_when_the_first_node_journals_calls(tmp_path, monkeypatch) -> None:
+    """The first boundary record after the start one is whole even when in-flight records come between."""
+    path = tmp_path / "s.db"
+    graph = checkpointed(calls_graph(first="calls"), config=CheckpointConfig(backend="sqlite", path=str(path)),
+                         graph_id="g")
+    monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", "c")
+    with pytest.raises(RuntimeError):
+        asyncio.run(graph.run({}))
+    monkeypatch.delenv("SPARK_CKPT_TEST_FAIL")
+    with closing(sqlite3.connect(path)) as db:
+        (blob,) = db.execute("SELECT blob FROM checkpoints WHERE seq = 0").fetchone()
+        db.execute("UPDATE checkpoints SET blob = ? WHERE seq = 0", (blob[:40] + bytes([blob[40] ^ 1]) + blob[41:],))
+        db.commit()
+    result = asyncio.run(checkpointed(calls_graph(first="calls"), config=CheckpointConfig(
+        backend="sqlite", path=str(path)), graph_id="g").recover_and_continue())
+    assert result.content == {"count": 4, "from": "d"}
+
+
+def test_a_skip_record_carries_the_in_flight_journal_whole(tmp_path, monkeypatch) -> None:
+    """A continuation with a pending skip stores it at once; the record it writes holds the journals still
+    in flight whole (never the base record's deltas again), so a recovery after it replays each call once."""
+    config = CheckpointConfig(backend="sqlite", path=str(tmp_path / "k.db"))
+    graph = checkpointed(calls_graph(), config=config, graph_id="g")
+    monkeypatch.setenv("SPARK_CKPT_TEST_STOP_AFTER_CALLS", "1")
+    with pytest.raises(RuntimeError, match="stopped"):
+        asyncio.run(graph.run({}))
+    for _ in range(2):  # each continuation stores its skip, then stops again before the skip is used
+        graph.skip_node("d")
+        with pytest.raises(RuntimeError, match="stopped"):
+            asyncio.run(graph.recover_and_continue())
+    monkeypatch.delenv("SPARK_CKPT_TEST_STOP_AFTER_CALLS")
+    _RECOVERED.clear()
+    asyncio.run(graph.recover_and_continue())
+    assert _RECOVERED == [[{"call": 0}, {"call": 1}, {"call": 2}]]
+    assert graph.last_recovery.skipped == [("d", 0)]
+
+
+# -- forks and continuations -------------------------------------------------------------------------
+def test_a_fork_is_recoverable_from_its_start_record(tmp_path, monkeypatch) -> None:
+    """A forked execution's start record is the source record under the fork: a fork that fails before
+    its first boundary is recovered exactly (pending inputs and superstep as the source stored them)."""
+    config = CheckpointConfig(backend="sqlite", path=str(tmp_path / "f.db"))
+    graph = checkpointed(graphs.chain(5), config=config, graph_id="g")
+    asyncio.run(graph.run({}))
+    source = sorted(graph.list_checkpoints(), key=lambda h: h.seq)[2]
+    monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", "s2:0")  # the fork's first live visit
+    with pytest.raises(RuntimeError):
+        asyncio.run(graph.continue_from_checkpoint(source.checkpoint_id))
+    monkeypatch.delenv("SPARK_CKPT_TEST_FAIL")
+    fork = graph.last_recovery.execution_id
+    assert fork != source.execution_id
+    graphs.CALLS.clear()
+    result = asyncio.run(graph.recover_and_continue(execution_id=fork))
+    assert graphs.CALLS == ["s2:0", "s3:0", "s4:0"]
+    assert result.content == {"step": "s4", "count": 5}
+
+
+def test_continuing_a_record_another_worker_moved_past_forks(tmp_path, monkeypatch) -> None:
+    """continue_from_checkpoint of a record that was the newest when restored, but that another worker
+    continued before this one took the lease, forks a new execution instead of continuing a stale one."""
+    config = CheckpointConfig(backend="sqlite", path=str(tmp_path / "c.db"))
+    fail_at(checkpointed(graphs.chain(5), config=config, graph_id="g"), "s2:0", monkeypatch)
+    operator = checkpointed(graphs.chain(5), config=config, graph_id="g")
+    restored = operator.restore_from_checkpoint(operator.list_checkpoints()[0].checkpoint_id)
+    real_acquire = operator.backend.aacquire_lease
+
+    async def another_worker_moves_on_first(*args, **kwargs):
+        other = checkpointed(graphs.chain(5), config=config, graph_id="g")
+        monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", "s3:0")
+        with pytest.raises(RuntimeError):
+            await other.recover_and_continue()  # s2 ran live there; it failed at s3
+        monkeypatch.delenv("SPARK_CKPT_TEST_FAIL")
+        return await real_acquire(*args, **kwargs)
+
+    monkeypatch.setattr(operator.backend, "aacquire_lease", another_worker_moves_on_first)
+    asyncio.run(operator.continue_from_checkpoint())
+    assert operator.last_recovery.execution_id != restored.execution_id
+    assert operator.backend.executions(graph_id="g", unfinished_only=True)[0].execution_id == restored.execution_id
+
+
+# -- graphs whose edges are not plain ----------------------------------------------------------------
+class _Publisher(_Step):
+    async def process(self, context):
+        await self.publish_event("topic", {"x": 1})
+        return await super().process(context)
+
+
+def test_a_graph_with_event_edges_is_refused_rather_than_replayed_without_its_events(tmp_path, monkeypatch) -> None:
+    """Replayed visits do not publish their events again yet: recovering past one is refused before anything
+    runs (never a run that silently skipped the subscribers)."""
+    def build() -> Graph:
+        a, b, c, listener = _Publisher(id="a"), _Step(id="b"), _Step(id="c"), _Step(id="listener")
+        a >> b >> c
+        a.on_event("topic") >> listener
+        return Graph(start=a)
+
+    config = CheckpointConfig(backend="sqlite", path=str(tmp_path / "e.db"))
+    graph = checkpointed(build(), config=config, graph_id="g")
+    monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", "c")
+    with pytest.raises(RuntimeError):
+        asyncio.run(graph.run({}))
+    monkeypatch.delenv("SPARK_CKPT_TEST_FAIL")
+    before = graph.list_checkpoints()
+    with pytest.raises(UnrecoverableExecutionError, match="event edges"):
+        asyncio.run(checkpointed(build(), config=config, graph_id="g").recover_and_continue())
+    assert graph.list_checkpoints() == before
+
+
+def test_a_graph_with_timer_edges_still_recovers(tmp_path, monkeypatch) -> None:
+    """A timer edge fires by wall-clock time, so its visit replays in another superstep than it ran in:
+    replay is matched by visit there, and recovery finishes with the remaining visits run live."""
+    def build() -> Graph:
+        a, b, c, d, e = _Step(id="a"), _Slow(id="b"), _Step(id="c"), _Step(id="d"), _Step(id="e")
+        a >> b >> c >> e
+        a.on_timer(0.02) >> d  # fires while b runs
+        return Graph(start=a)
+
+    config = CheckpointConfig(backend="sqlite", path=str(tmp_path / "t.db"))
+    graph = checkpointed(build(), config=config, graph_id="g")
+    monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", "e")
+    with pytest.raises(RuntimeError):
+        asyncio.run(graph.run({}))
+    monkeypatch.delenv("SPARK_CKPT_TEST_FAIL")
+    assert ("d", 0) in [(v.node_key, v.index) for v in graph.get_last_checkpoint().execution_history]
+    recovered = checkpointed(build(), config=config, graph_id="g")
+    asyncio.run(recovered.recover_and_continue())
+    assert recovered.last_recovery.live == [("e", 0)]
+    assert ("d", 0) in recovered.last_recovery.replayed
+
+
+class _Slow(_Step):
+    async def process(self, context):
+        await asyncio.sleep(0.1)
+        return await super().process(context)
+
+
+def test_a_lease_that_expired_while_recovery_read_is_renewed_before_anything_runs(tmp_path, monkeypatch) -> None:
+    """Recovery takes the lease, then reads the chain; if that outlasted the lease and another worker took
+    the execution over meanwhile, this worker stops with LeaseError before its first live visit."""
+    from spark_ckpt.errors import LeaseError
+
+    config = CheckpointConfig(backend="sqlite", path=str(tmp_path / "l.db"), lease_ttl_s=0.3)
+    fail_at(checkpointed(graphs.chain(4), config=config, graph_id="g"), "s1:0", monkeypatch)
+    slow = checkpointed(graphs.chain(4), config=config, graph_id="g")
+    other = checkpointed(graphs.chain(4), config=config, graph_id="g")
+    read = slow._latest_verified
+
+    async def slow_read(execution_id, head):
+        await asyncio.sleep(0.4)  # a long chain to read: the lease expires meanwhile
+        other.backend.acquire_lease(execution_id, other.worker_id, 60)
+        return await read(execution_id, head)
+
+    monkeypatch.setattr(slow, "_latest_verified", slow_read)
+    graphs.CALLS.clear()
+    with pytest.raises(LeaseError):
+        asyncio.run(slow.recover_and_continue())
+    assert graphs.CALLS == []
+
+
+def test_file_store_newest_checkpoint_with_a_damaged_header_is_passed_over_not_missing(tmp_path, monkeypatch) -> None:
+    """A checkpoint file whose own header is damaged is left out of listings; recovery takes it for damage
+    (falls back, and says so), not for a deleted checkpoint."""
+    config = CheckpointConfig(backend="file", path=str(tmp_path / "store"))
+    graph = checkpointed(graphs.chain(5), config=config, graph_id="g")
+    fail_at(graph, "s3:0", monkeypatch)
+    newest = max(graph.list_checkpoints(), key=lambda h: h.seq)
+    path = next((tmp_path / "store" / "graphs").rglob(f"{newest.seq:012d}.ckpt"))
+    path.write_bytes(b"SCKPTF1\n\x00\x00\x10\x00{")
+    graphs.CALLS.clear()
+    result = asyncio.run(graph.recover_and_continue())
+    assert graph.last_recovery.fell_back == [newest.checkpoint_id]
+    assert result.content == {"step": "s4", "count": 5}
+
+
+def test_file_store_blank_head_file_reads_as_absent(tmp_path) -> None:
+    """A head file never written through (a crash right after it was created) is absent, not damage: the
+    newest stored checkpoint stands in for it."""
+    from spark_ckpt.backends.file import FileBackend
+    from spark_ckpt.testing.conformance import make_header
+
+    backend = FileBackend(tmp_path / "store", fsync=False)
+    backend.put(make_header(0), b"x")
+    (tmp_path / "store" / "heads" / "exec-1.head").write_bytes(b"")
+    assert backend.execution_head("exec-1").seq == 0
+    assert [h.seq for h in backend.executions()] == [0]
+
+
+def test_an_agent_state_whose_write_failed_is_never_a_later_base(tmp_path, monkeypatch) -> None:
+    """A standalone agent's state becomes the base of later deltas only once stored: after a run whose
+    final write failed, the next run's state still reads back in a fresh process."""
+    from spark.agents import Agent, AgentConfig
+
+    from agent_workers.scripted import ScriptedModel, step
+
+    config = CheckpointConfig(backend="sqlite", path=str(tmp_path / "a.db"))
+    agent = checkpointed(Agent(AgentConfig(model=ScriptedModel(), name="bot", tools=[step])), config=config,
+                         agent_id="bot")
+    asyncio.run(agent.run("task:1"))
+    real_put = agent.backend.put
+
+    def full_disk_for_the_final_record(header, blob, *, lease=None):
+        if header.status == COMPLETED:
+            raise BackendError("disk full")
+        return real_put(header, blob, lease=lease)
+
+    monkeypatch.setattr(agent.backend, "put", full_disk_for_the_final_record)
+    with pytest.raises(BackendError):
+        asyncio.run(agent.run("task:1"))
+    monkeypatch.undo()
+    asyncio.run(agent.run("task:1"))
+    fresh = checkpointed(Agent(AgentConfig(model=ScriptedModel(), name="bot", tools=[step])), config=config,
+                         agent_id="bot")
+    assert fresh.restore_latest()
+    assert len(fresh.agent.memory_manager.memory) == len(agent.agent.memory_manager.memory)

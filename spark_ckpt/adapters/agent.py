@@ -101,6 +101,9 @@ class CheckpointedAgent:
         self._owner = worker_identity()
         # newest stored state record that outlives its run: (checkpoint_id, snapshot without timestamp)
         self._head: tuple[str, dict[str, Any]] | None = None
+        #: states of records on their way to the store: each becomes the head once stored, so a later
+        #: delta never refers to a record whose write failed
+        self._unstored_heads: dict[str, dict[str, Any]] = {}
         self._bytes_since_full = 0
         self._chain_length = 0  # delta records since the last full snapshot
         self._running = False
@@ -396,8 +399,10 @@ class CheckpointedAgent:
         final = self._state_record(execution_id, seq, "run_finished", COMPLETED, advance_head=True)
         if final is None:
             final = self._bare_record(execution_id, seq, "run_finished", COMPLETED)
-        await self._put(final, lease, wait=True)
-        await self._release(lease)
+        try:
+            await self._put(final, lease, wait=True)
+        finally:  # (a failed final write leaves the run's journal as it is: recovery finds it "running")
+            await self._release(lease)
         if not self.keep_call_journal:
             doomed = [h.checkpoint_id for h in self.backend.list(execution_id=execution_id)
                       if h.checkpoint_id != final.checkpoint_id
@@ -466,7 +471,7 @@ class CheckpointedAgent:
                 self._bytes_since_full += delta_size
                 self._chain_length += 1
         if advance_head:
-            self._set_head(record_id, snapshot)
+            self._unstored_heads[record_id] = snapshot
         return record
 
     def _bare_record(self, execution_id: str, seq: int, event: str, status: str) -> AgentRecord:
@@ -567,7 +572,14 @@ class CheckpointedAgent:
         header = record.header(len(blob))
         if self.codec.index_tags.enabled:
             header = attrs.evolve(header, tag=self.codec.index_tags.tag(header))
-        await self._writes.write(lambda: self.backend.aput(header, blob, lease=lease), wait=wait)
+        state = self._unstored_heads.pop(record.checkpoint_id, None)
+
+        async def put() -> None:
+            await self.backend.aput(header, blob, lease=lease)
+            if state is not None:  # only now may later records build on it
+                self._set_head(record.checkpoint_id, state)
+
+        await self._writes.write(put, wait=wait)
 
     async def flush(self) -> None:
         """Write what the "async" and "exit" durability modes still hold, in order."""

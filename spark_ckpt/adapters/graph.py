@@ -161,6 +161,10 @@ class _Execution:
     last_seq: int | None = None
     #: the final (completed) record was built (it may still be on its way to the store)
     completed: bool = False
+    #: boundary records still to be written whole: the start record and the one after it
+    whole_boundaries_due: int = 2
+    #: a forked execution's source record (its start record is that record, under this execution)
+    fork_of: GraphCheckpoint | None = None
     #: ``next_seq`` when this process took the execution up (records written since: the difference)
     first_seq: int = attrs.field(default=attrs.Factory(lambda self: self.next_seq, takes_self=True))
     #: the origin of each pending input (replay by what a visit consumed, see ``deliveries``)
@@ -228,6 +232,12 @@ class CheckpointedGraph:
         self._keys = node_keys(graph, node_ids)
         self._nodes_by_key = {self._keys[id(n)]: n for n in ordered_nodes(graph)}
         self._node_order = {key: position for position, key in enumerate(self._nodes_by_key)}
+        edges = [edge for node in self._nodes_by_key.values() for edge in getattr(node, "edges", ())]
+        #: event edges: a visit's published events are not journaled yet, so a replay past one is refused
+        self._event_edges = any(getattr(edge, "is_event_driven", False) for edge in edges)
+        #: timer edges fire by wall-clock time: their visits replay in other supersteps than they ran in,
+        #: so replay is checked by visit, not by superstep
+        self._timed_edges = any((getattr(edge, "delay_seconds", None) or 0) > 0 for edge in edges)
         self.structure = structure_digest(graph, self._keys)
         self.graph_id = graph_id or self._default_graph_id(graph)
         self.graph_version = graph_version or self.structure
@@ -332,9 +342,10 @@ class CheckpointedGraph:
         # The start record lets a crash in the very first superstep be recovered. Written at once
         # (durability "sync"), it goes to the store with the lease, in one transaction where it can.
         start_with_lease = start_state is None and ex.lease is None and self.config.durability == "sync"
-        if ex.lease is None and not start_with_lease:
+        if ex.lease is not None:  # taken by recovery a while ago (reads since): renewed before anything runs
+            await self._renew_lease(ex)
+        elif not start_with_lease:
             ex.lease = await self.backend.aacquire_lease(ex.execution_id, self.worker_id, self.config.lease_ttl_s)
-        if ex.lease is not None:
             ex.lease_deadline = time.monotonic() + self.config.lease_ttl_s / 2
         self._active = ex
         ex.dumps.update(self._carried_dumps)
@@ -344,11 +355,13 @@ class CheckpointedGraph:
         ex.post_checkpoint_hooks = hooks.wants_post_checkpoint
         renewer = _LeaseRenewer(self, ex)
         try:
-            if start_state is None:
+            if ex.fork_of is not None:
+                await self._store(ex, self._fork_start(ex, ex.fork_of), wait=self.config.durability == "sync")
+                ex.whole_boundaries_due = 1  # (that one was whole)
+            elif start_state is None:
                 await self._checkpoint(ex, status=RUNNING)
             elif ex.skip:  # skip requests are stored before anything runs, so a crash keeps them
-                await self._store(ex, self._on_last_boundary(
-                    ex, skip_nodes=list(ex.skip), skip_outputs=_skip_outputs(ex.skip)), wait=True)
+                await self._store(ex, self._on_last_boundary(ex), wait=True)
             result = await self.graph.run(inputs)
         except BaseException as exc:
             await self._record_failure(ex, exc)
@@ -449,7 +462,7 @@ class CheckpointedGraph:
                     if recorded.input_from is not None and recorded.input_from != origin:
                         inputs, origin = self._recorded_input(ex, node, key, index, inputs, origin, recorded), recorded.input_from
                     return await self._replay_visit(ex, node, key, index, inputs, recorded)
-            if ex.superstep <= ex.resumed_through:  # a visit the journal does not hold, inside its supersteps
+            if ex.superstep <= ex.resumed_through and not self._timed_edges:  # not in the journal, inside its supersteps
                 raise diverged(key, f"visit {index} in superstep {ex.superstep} is not in the journal")
             if ex.fenced is not None or time.monotonic() >= ex.lease_deadline:
                 await self._check_lease(ex)  # before any live work: a stalled worker stops here
@@ -616,6 +629,10 @@ class CheckpointedGraph:
                     run_input=None)
         data["status"], data["failure"] = RUNNING, None  # (the base may be a failure record we resume)
         data["base_seq"] = ex.last_seq  # its state is that record's, whatever was written after it
+        # the journals still in flight, whole (never the base's own entries: they may be deltas against
+        # records before it, which this record does not follow)
+        data["inflight"] = dict(ex.inflight)
+        data["skip_nodes"], data["skip_outputs"] = list(ex.skip), _skip_outputs(ex.skip)  # (still to apply)
         data.update(changes)
         data.update(checkpoint_id=canonical_checkpoint_id(ex.execution_id, ex.next_seq), seq=ex.next_seq,
                     timestamp=time.time())
@@ -636,7 +653,7 @@ class CheckpointedGraph:
             if ex.replay or superstep <= ex.resumed_through:
                 # still inside the replayed prefix: the state is the restored checkpoint's, already stored
                 ex.supersteps_since = 0
-                if superstep >= ex.resumed_through:
+                if superstep >= ex.resumed_through and not self._timed_edges:
                     self._enter_live_part(ex)
                 return
             if context.metadata.get("scheduled_successors", 1) == 0 and not self._graph_has_pending_work():
@@ -755,6 +772,19 @@ class CheckpointedGraph:
             "version": CONTENT_VERSION,
             "kind": GRAPH,
         }
+
+    def _fork_start(self, ex: _Execution, source: GraphCheckpoint) -> dict[str, Any]:
+        """A forked execution's start record: the (whole) source record as it is, under the new execution,
+        so recovering the fork before its first boundary finds the journal, state, pending inputs and
+        superstep the fork resumes from."""
+        data = to_data(source)
+        data.update(
+            checkpoint_id=canonical_checkpoint_id(ex.execution_id, ex.next_seq), seq=ex.next_seq, timestamp=time.time(),
+            graph_metadata=self._graph_metadata(ex), status=RUNNING, failure=None, result=None, base_seq=None,
+            skip_nodes=list(ex.skip), skip_outputs=_skip_outputs(ex.skip), inflight=dict(ex.inflight),
+            extras={"structure": self.structure, "forked_from": source.checkpoint_id}, version=CONTENT_VERSION,
+        )
+        return data
 
     def _graph_state_fields(
         self, ex: _Execution, full: bool
@@ -879,8 +909,9 @@ class CheckpointedGraph:
         """
         full = bool(
             status == COMPLETED or self.config.durability == "exit" or ex.replay or ex.state_marks is None
-            or ex.next_seq == 1 or ex.checkpoints_since_full >= FULL_HISTORY_EVERY
+            or ex.whole_boundaries_due or ex.checkpoints_since_full >= FULL_HISTORY_EVERY
         )
+        ex.whole_boundaries_due = max(0, ex.whole_boundaries_due - 1)
         ex.checkpoints_since_full = 0 if full else ex.checkpoints_since_full + 1
         return full
 
@@ -995,7 +1026,7 @@ class CheckpointedGraph:
 
         return chain.make_whole(record, earlier(), load, self._adapter_keys)
 
-    def _rebase(self, header: CheckpointHeader) -> bool:
+    def _rebase(self, header: CheckpointHeader) -> int | None:
         """Make a record stand alone in place, so retention can delete the ones before it."""
         return records.rebase(self.backend, self.codec, header, self._adapter_keys)
 
@@ -1251,9 +1282,11 @@ class CheckpointedGraph:
             head = None
         if head is not None and head.checkpoint_id == record.checkpoint_id and head.status != COMPLETED:
             lease, head = await self._claim(record.execution_id, wait=False)
-            if lease is not None:
+            if lease is not None and head.checkpoint_id == record.checkpoint_id:
                 return await self._continue(record, same_execution=True, fell_back=[], lease=lease,
                                             next_seq=head.seq + 1)
+            if lease is not None:  # another worker moved the execution on meanwhile: this record is older now
+                await self._release_quietly(lease)
         return await self._continue(record, same_execution=False, fell_back=[])
 
     async def _latest_verified(self, execution_id: str, head: CheckpointHeader) -> tuple[GraphCheckpoint, list[str]]:
@@ -1261,7 +1294,10 @@ class CheckpointedGraph:
         when it does not (reported in ``fell_back``). Refuses when checkpoints behind the head are gone."""
         headers = sorted(await self.backend.alist(execution_id=execution_id), key=lambda h: h.seq, reverse=True)
         newest = headers[0].seq if headers else None
-        if newest is None or newest < head.seq:
+        fell_back: list[str] = []
+        if (newest is None or newest < head.seq) and await self._present_but_damaged(head):
+            fell_back.append(head.checkpoint_id)  # left out of listings (a damaged file header): damaged, not gone
+        elif newest is None or newest < head.seq:
             missing = head.seq - newest if newest is not None else head.seq + 1
             raise MissingCheckpointError(
                 f"execution {execution_id} of graph {self.graph_id!r}: the executions index says checkpoint "
@@ -1271,7 +1307,6 @@ class CheckpointedGraph:
                 "left would run finished work again, so nothing was run. Restore the missing checkpoints, "
                 "or fork from one you choose with continue_from_checkpoint(<id>)"
             )
-        fell_back: list[str] = []
         decoded: dict[int, GraphCheckpoint] = {}
         for header in headers:
             try:
@@ -1298,6 +1333,15 @@ class CheckpointedGraph:
             "Run `spark-ckpt verify`; start a new run, or continue from a checkpoint file you kept"
         )
 
+    async def _present_but_damaged(self, header: CheckpointHeader) -> bool:
+        try:
+            await self.backend.aget(header.checkpoint_id)
+        except CheckpointNotFoundError:
+            return False
+        except CorruptCheckpointError:
+            return True
+        return True  # readable by id though not listed: recovery reads what is listed, and falls back
+
     async def _release_quietly(self, lease: Lease) -> None:
         try:
             await self.backend.arelease_lease(lease)
@@ -1309,6 +1353,12 @@ class CheckpointedGraph:
         next_seq: int = 0, allow_unsafe_rerun: bool = False,
     ) -> Any:
         try:
+            if self._event_edges and record.execution_history:
+                raise UnrecoverableExecutionError(
+                    f"graph {self.graph_id!r} has event edges (on_event): the events its journaled visits "
+                    "published are not replayed yet, so continuing could skip their subscribers. Nothing was "
+                    f"run; checkpoint {record.checkpoint_id} stays as it is. Start a new run"
+                )
             self._restore_into_graph(record, pending=False)  # replay delivers the pending inputs again
             skips = {**{k: None for k in record.skip_nodes}, **record.skip_outputs, **self._pending_skips}
             self._pending_skips = {}
@@ -1320,7 +1370,7 @@ class CheckpointedGraph:
                 ex.last_blob = (await self.backend.aget(record.checkpoint_id)).blob
                 ex.last_status, ex.last_seq = RUNNING, record.seq
             else:
-                ex = _Execution(execution_id=new_id("ex-"), run_input=record.run_input)
+                ex = _Execution(execution_id=new_id("ex-"), run_input=record.run_input, fork_of=record)
             ex.replay = {(v.node_key, v.index): v for v in record.execution_history}
             ex.persisted = len(record.execution_history) if same_execution else 0
             ex.resumed_through = max((v.superstep for v in record.execution_history), default=-1)

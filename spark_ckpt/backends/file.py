@@ -394,7 +394,13 @@ class FileBackend(LocalBackend):
         data = _head_json(head)
         if len(data) > HEAD_SIZE:
             raise BackendError(f"the head of execution {head.execution_id} does not fit the file backend's index; use shorter ids")
-        fd = os.open(os.path.join(self._heads, self._head_name(head.execution_id)), os.O_WRONLY | os.O_CREAT, 0o644)
+        name = self._head_name(head.execution_id)
+        try:
+            fd = os.open(os.path.join(self._heads, name), os.O_WRONLY)
+        except FileNotFoundError:
+            # created whole (temp file, fsync, link), so no reader or crash ever sees it empty
+            self._write_atomic(self._heads, name, data.ljust(HEAD_SIZE), replace=False)
+            return
         try:
             os.pwrite(fd, data.ljust(HEAD_SIZE), 0)
         finally:
@@ -403,7 +409,8 @@ class FileBackend(LocalBackend):
     def _read_head(self, execution_id: str) -> CheckpointHeader | None:
         try:
             with open(os.path.join(self._heads, self._head_name(execution_id)), "rb") as f:
-                return _head_from_json(f.read())
+                data = f.read().strip()
+            return _head_from_json(data) if data else None  # (blank: never written through)
         except FileNotFoundError:
             return None
         except (orjson.JSONDecodeError, TypeError, ValueError) as exc:

@@ -66,8 +66,8 @@ class IndexTagger:
         if not head.tag or b":" not in head.tag:
             raise TamperedCheckpointError(
                 f"{where} carries no authentication tag while encryption is on: it was altered, or written "
-                "by a spark-ckpt without index tags. Nothing was run; continue from a checkpoint you choose "
-                "with continue_from_checkpoint(<id>)"
+                "by a spark-ckpt without index tags (then `spark-ckpt rekey` tags it). Nothing was run; or "
+                "continue from a checkpoint you choose with continue_from_checkpoint(<id>)"
             )
         kid, _, mac = head.tag.partition(b":")
         subkey = self._subkey(kid.decode(errors="replace"))

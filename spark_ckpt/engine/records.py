@@ -53,24 +53,34 @@ class RecordReader:
         return chain.make_whole(record, earlier, self.load, wanted_extras)
 
 
-def rebase(backend: Any, codec: Codec, header: CheckpointHeader, wanted_extras: Iterable[str] = ()) -> bool:
+def rebase(backend: Any, codec: Codec, header: CheckpointHeader, wanted_extras: Iterable[str] = ()) -> int | None:
     """Make the record at ``header`` stand alone in place (``Backend.replace`` with its whole form), so
-    the records before it can be deleted. True when it stands alone (already, or now); False when it
-    cannot be made to (unreadable, a link missing, written before content version 4, or a store
-    without ``replace``): then nothing was changed."""
+    the records before it can be deleted; returns the seq from which the execution's records must stay.
+
+    A record built on a boundary (in-flight journals, a failure: ``base_seq``) depends on that boundary
+    record, whatever is kept after it: then the boundary record is made to stand alone, and the records
+    from it on stay. None when that cannot be done (unreadable, a link missing, written before content
+    version 4, or a store without ``replace``): then nothing was changed.
+    """
     reader = RecordReader(backend, codec)
     try:
-        record = reader.load(header)
+        earlier = backend.list(execution_id=header.execution_id)
+        by_seq = {h.seq: h for h in earlier}
+        target = header
+        record = reader.load(target)
+        while record.base_seq is not None:
+            target = by_seq[record.base_seq]
+            record = reader.load(target)
         if chain.stands_alone(record):
-            return True
+            return target.seq
         if record.version < 4:  # may lack the states of adapter nodes its chain does not mention
-            return False
-        whole = reader.whole(header, wanted_extras=wanted_extras)
-        blob = codec.encode(whole, identity(header))
-        backend.replace(attrs.evolve(backend.get(header.checkpoint_id).header, size=len(blob)), blob)
-    except (SparkCkptError, NotImplementedError):
-        return False
-    return True
+            return None
+        whole = reader.whole(target, earlier, wanted_extras)
+        blob = codec.encode(whole, identity(target))
+        backend.replace(attrs.evolve(backend.get(target.checkpoint_id).header, size=len(blob)), blob)
+    except (SparkCkptError, NotImplementedError, KeyError):
+        return None
+    return target.seq
 
 
 def readable_whole(reader: RecordReader, headers: list[CheckpointHeader]) -> dict[str, Exception]:
