@@ -280,6 +280,15 @@ class CheckpointedGraph:
         return type(graph).__name__ if type(graph).__name__ != "Graph" else f"graph-{structure_digest(graph, node_keys(graph))}"
 
     def _wrap_nodes(self) -> None:
+        # Only a node with two parents or more can hold inputs whose order differs between processes;
+        # one parent delivers in its own visit order, so its inputs replay by visit number alone.
+        parents: dict[str, set[str]] = {}
+        for key, node in self._nodes_by_key.items():
+            for edge in getattr(node, "edges", ()):
+                target = self._keys.get(id(edge.to_node))
+                if target is not None:
+                    parents.setdefault(target, set()).add(key)
+        self._fan_in = {key for key, sources in parents.items() if len(sources) > 1}
         for key, node in self._nodes_by_key.items():
             if getattr(node, "_spark_ckpt_wrapped", None) is self:
                 continue
@@ -290,7 +299,8 @@ class CheckpointedGraph:
                 self._adapter_keys.add(key)
             original_do = node.do
             node.do = self._make_do_wrapper(node, key, original_do)
-            node.receive_from_parent = self._make_receive_wrapper(node, key, node.receive_from_parent)
+            if key in self._fan_in:
+                node.receive_from_parent = self._make_receive_wrapper(node, key, node.receive_from_parent)
             node._spark_ckpt_wrapped = self
 
     @staticmethod
@@ -889,7 +899,8 @@ class CheckpointedGraph:
         pending = state.get("pending_inputs")
         if pending:
             entry["pending_inputs"] = [self._dump_cached(ex, m) for m in pending]
-            entry["pending_from"] = ex.deliveries.origins(key, pending)
+            if key in self._fan_in:
+                entry["pending_from"] = ex.deliveries.origins(key, pending)
         outputs = self._dump_cached(ex, getattr(node, "outputs", None))
         if outputs:
             entry["outputs"] = outputs
