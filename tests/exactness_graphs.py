@@ -24,12 +24,11 @@ import asyncio
 import os
 import signal
 import time
-from typing import Any
 
 from spark.graphs import Graph
 from spark.nodes import Node
 
-CALLS: list[str] = []
+from graphs import CALLS, record  # noqa: F401  (the same execution record as the other test graphs)
 
 #: size of the value the "big" node of ``bigchain`` adds to graph state
 BIG_BYTES = 6 * 1024 * 1024
@@ -40,18 +39,6 @@ def _append_fsynced(path: str, line: str) -> None:
         fh.write(line + "\n")
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def record(node: Node, context: Any) -> int:
-    """Record one real execution; return the node's visit number (0-based, kept in node state)."""
-    visit = context.state.get("visits", 0)
-    context.state["visits"] = visit + 1
-    entry = f"{node.id}:{visit}"
-    CALLS.append(entry)
-    path = os.environ.get("SPARK_CKPT_TEST_CALLS")
-    if path:
-        _append_fsynced(path, entry)
-    return visit
 
 
 def maybe_crash(node: Node, visit: int) -> None:

@@ -24,7 +24,6 @@ snapshot lands in ``GraphCheckpoint.node_extras``.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 import uuid
@@ -35,11 +34,11 @@ import attrs
 import orjson
 from spark.agents import Agent
 
-from ..backends.leases import acquire_waiting, worker_identity
+from ..backends.leases import acquire_waiting, claim, worker_identity
 from ..codec import Identity, from_data, to_data
 from ..config import CheckpointConfig
 from ..errors import (
-    CheckpointNotFoundError, ConfigError, CorruptCheckpointError, LeaseError, MissingCheckpointError,
+    CheckpointNotFoundError, ConfigError, CorruptCheckpointError, MissingCheckpointError,
     NothingToRecoverError, SparkCkptError,
 )
 from ..model import AGENT, COMPLETED, FAILED, RUNNING, AgentCall, AgentRecord, CheckpointHeader, new_id
@@ -280,29 +279,15 @@ class CheckpointedAgent:
             raise
 
     async def _claim(self, execution_id: str, wait: bool | float) -> tuple[Any, CheckpointHeader]:
-        """The run's lease, or ``(None, head)`` once it completed; its head is read again under the lease."""
-        ttl = self.config.lease_ttl_s
-        deadline = time.monotonic() + (2 * ttl + 1 if wait is True else float(wait or 0))
-        while True:
+        """The run's lease, or ``(None, head)`` once it completed (``leases.claim``)."""
+        async def read_head() -> CheckpointHeader:
             head = await self.backend.aexecution_head(execution_id)
             if head is None:
                 raise NothingToRecoverError(f"agent {self.agent_id!r} has no run {execution_id!r}")
             self.codec.index_tags.check(head)
-            if head.status == COMPLETED:
-                return None, head
-            try:
-                lease = await self.backend.aacquire_lease(execution_id, self._owner, ttl)
-            except LeaseError:
-                if not wait or time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(min(0.1, ttl / 4))
-                continue
-            head = await self.backend.aexecution_head(execution_id)
-            self.codec.index_tags.check(head)
-            if head.status == COMPLETED:
-                await self._release(lease)
-                return None, head
-            return lease, head
+            return head
+
+        return await claim(self.backend, execution_id, self._owner, self.config.lease_ttl_s, wait, read_head)
 
     def _finished_result(self, head: CheckpointHeader) -> Any:
         """A run another worker finished: its stored state loaded, its result returned, nothing run."""

@@ -48,7 +48,7 @@ from ..model import (
     canonical_checkpoint_id, new_id,
 )
 from ..backends.base import LocalBackend
-from ..backends.leases import worker_identity
+from ..backends.leases import claim, worker_identity
 from ..plugins import Hooks
 from ..retention import prune
 from . import agent_delta
@@ -1230,31 +1230,16 @@ class CheckpointedGraph:
         return head
 
     async def _claim(self, execution_id: str, wait: bool | float) -> tuple[Lease | None, CheckpointHeader]:
-        """The lease of an unfinished execution, or ``(None, head)`` once it has completed: the head is
-        read again under the lease (another worker may have finished it meanwhile), and while waiting
-        for another worker's lease a completion ends the wait."""
-        ttl = self.config.lease_ttl_s
-        deadline = time.monotonic() + (2 * ttl + 1 if wait is True else float(wait or 0))
-        while True:
+        """The lease of an unfinished execution, or ``(None, head)`` once it completed (``leases.claim``)."""
+        async def read_head() -> CheckpointHeader:
             head = await self._head(execution_id)
             if head is None or head.graph_id != self.graph_id or head.kind != GRAPH:
                 raise NothingToRecoverError(
                     f"graph {self.graph_id!r} has no execution {execution_id!r} in {self.backend.describe()}"
                 )
-            if head.status == COMPLETED:
-                return None, head
-            try:
-                lease = await self.backend.aacquire_lease(execution_id, self.worker_id, ttl)
-            except LeaseError:
-                if not wait or time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(min(0.1, ttl / 4))
-                continue
-            head = await self._head(execution_id)
-            if head is not None and head.status == COMPLETED:
-                await self._release_quietly(lease)
-                return None, head
-            return lease, head
+            return head
+
+        return await claim(self.backend, execution_id, self.worker_id, self.config.lease_ttl_s, wait, read_head)
 
     def _completed_result(self, head: CheckpointHeader) -> Any:
         """A completed execution's stored result (its graph state restored), run nothing again."""

@@ -8,8 +8,10 @@ import socket
 import time
 import uuid
 
+from typing import Any, Awaitable, Callable
+
 from ..errors import LeaseError
-from ..model import Lease
+from ..model import COMPLETED, CheckpointHeader, Lease
 
 #: this machine's name: a pid only means something on the host that recorded it
 HOST = socket.gethostname()
@@ -108,3 +110,36 @@ async def acquire_waiting(backend, execution_id: str, owner: str, ttl_s: float, 
             if not wait or time.monotonic() > deadline:
                 raise
             await asyncio.sleep(min(0.1, ttl_s / 4))
+
+
+async def claim(
+    backend: Any, execution_id: str, owner: str, ttl_s: float, wait: bool | float,
+    read_head: Callable[[], Awaitable[CheckpointHeader]],
+) -> tuple[Lease | None, CheckpointHeader]:
+    """The lease of an unfinished execution for recovery, or ``(None, head)`` once it has completed.
+
+    ``read_head()`` gives the execution's index head (verified; it raises for an unknown execution).
+    The head is read again under the lease: another worker may have finished the execution between
+    the first read and the grant; while waiting for another owner's lease (``wait``, as in
+    ``acquire_waiting``) a completion ends the wait.
+    """
+    deadline = time.monotonic() + (2 * ttl_s + 1 if wait is True else float(wait or 0))
+    while True:
+        head = await read_head()
+        if head.status == COMPLETED:
+            return None, head
+        try:
+            lease = await backend.aacquire_lease(execution_id, owner, ttl_s)
+        except LeaseError:
+            if not wait or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(min(0.1, ttl_s / 4))
+            continue
+        head = await read_head()
+        if head.status == COMPLETED:
+            try:
+                await backend.arelease_lease(lease)
+            except Exception:  # releasing is an optimisation: the lease expires anyway
+                pass
+            return None, head
+        return lease, head
