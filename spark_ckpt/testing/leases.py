@@ -3,7 +3,8 @@
 * ``race_two_workers(backend, url, tmp_path)``: two processes recover one execution at once;
   exactly one continues it, the other is refused, and the history does not fork.
 * ``stalled_worker_is_fenced(backend, url)``: a worker stalls (SIGSTOP) past its lease, another
-  takes over, and the stalled one's next write is refused.
+  takes over (and lets its own lease run out too), and the stalled one can neither renew its lease
+  back nor write.
 * ``check_leases(url, tmp_path)``: both, on a backend opened from ``url``.
 
 The workers run this module: ``python -m spark_ckpt.testing.leases MODE URL EXECUTION_ID OWNER ARG``.
@@ -11,7 +12,8 @@ The workers run this module: ``python -m spark_ckpt.testing.leases MODE URL EXEC
 race:  wait until the file ARG exists, then try to take the execution over and continue it
        (3 checkpoints after the newest one). Prints WON or REFUSED.
 stall: take the lease for ARG seconds, write 2 checkpoints, print STALLING and stop itself
-       (SIGSTOP); once continued, try one more write. Prints FENCED if it was refused.
+       (SIGSTOP); once continued, try to renew the lease, then one more write. Prints FENCED if
+       both were refused.
 """
 
 from __future__ import annotations
@@ -56,6 +58,12 @@ def main(mode: str, url: str, execution_id: str, owner: str, arg: str) -> int:
         continue_execution(backend, execution_id, owner, lease, 2)
         print("STALLING", flush=True)
         os.kill(os.getpid(), signal.SIGSTOP)
+        try:
+            backend.renew_lease(lease, float(arg))
+            print("RENEWED-AFTER-TAKEOVER", flush=True)
+            return 1
+        except LeaseError:
+            pass
         try:
             continue_execution(backend, execution_id, owner, lease, 1)
         except LeaseError:
@@ -118,9 +126,10 @@ def stalled_worker_is_fenced(backend, url: str) -> None:
         assert line == "STALLING", (line, stalled.stderr.read() if stalled.poll() is not None else "")
         _wait_stopped(stalled.pid)
         time.sleep(ttl * 1.5)  # the lease runs out while the worker is frozen
-        lease = backend.acquire_lease(execution_id, "new-worker", 30)
+        lease = backend.acquire_lease(execution_id, "new-worker", ttl)
         assert lease.token >= 2
         last = continue_execution(backend, execution_id, "new-worker", lease, 2)
+        time.sleep(ttl * 1.5)  # the new owner's lease runs out too: renewing must still not take it back
     finally:
         os.kill(stalled.pid, signal.SIGCONT)
     out, err = stalled.communicate(timeout=120)
