@@ -342,9 +342,9 @@ class Counter(Node):
 def test_long_runs_store_each_visit_once(tmp_path, monkeypatch) -> None:
     """Checkpoints hold only the visits since the previous one: storage grows linearly with the run,
     and any checkpoint still reads back with its whole history (also after a crash-free recovery)."""
-    from spark_ckpt.adapters import graph as graph_module
+    from spark_ckpt.engine import record_builder
 
-    monkeypatch.setattr(graph_module, "FULL_HISTORY_EVERY", 40)
+    monkeypatch.setattr(record_builder, "FULL_HISTORY_EVERY", 40)
     node = Counter(id="counter")
     node.on(more=True) >> node
     graph = checkpointed(Graph(start=node), config=CheckpointConfig(

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from typing import Any
 
-from ..errors import ConfigError, CorruptCheckpointError
+from ..errors import CheckpointNotFoundError, ConfigError, CorruptCheckpointError, SparkCkptError
 from ..model import AGENT_SNAPSHOT_VERSION
 
 SNAPSHOT_KIND = "spark_ckpt.agent"
@@ -297,3 +297,37 @@ def fresh_config(config: Any) -> Any:
     for name, hooks in hook_lists.items():
         memo[id(originals[name])] = list(hooks)
     return copy.deepcopy(config, memo)
+
+
+def write_snapshot_file(path: Any, snapshot: dict[str, Any]) -> None:
+    """``snapshot`` as a JSON file, atomically (a crash leaves the old file or the new one)."""
+    import os
+    import uuid
+    from pathlib import Path
+
+    import orjson  # (imported here: the module stays light for the graph adapter)
+
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_bytes(orjson.dumps(snapshot, option=orjson.OPT_INDENT_2))
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SparkCkptError(f"cannot write agent checkpoint to {str(target)!r}: {exc}") from exc
+
+
+def read_snapshot_file(path: Any) -> dict[str, Any]:
+    """The snapshot a file written by ``write_snapshot_file`` holds (checked when it is applied)."""
+    from pathlib import Path
+
+    import orjson
+
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"no agent checkpoint file at {str(path)!r}") from None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise CorruptCheckpointError(f"agent checkpoint file {str(path)!r} is not valid JSON: {exc}") from None

@@ -1,7 +1,7 @@
 """The chain reader: a graph checkpoint made whole from the records written before it.
 
 Most records hold only what changed since the one before (``partial_state``, ``history_start > 0``,
-``agent_delta`` entries in ``node_extras`` and ``inflight``). A record is made whole by reading the
+``deltas`` entries in ``node_extras`` and ``inflight``). A record is made whole by reading the
 execution's earlier records, newest first, until every part is complete.
 
 Invariants:
@@ -24,11 +24,11 @@ from typing import Any, Callable, Iterable
 
 import attrs
 
-from ..adapters import agent_delta
 from ..errors import CorruptCheckpointError
 from ..model import GRAPH, CheckpointHeader, GraphCheckpoint
+from . import deltas
 
-#: marks a ``node_extras``/``inflight`` entry holding changes (``agent_delta`` ops), not a whole state
+#: marks a ``node_extras``/``inflight`` entry holding changes (``deltas`` ops), not a whole state
 DELTA = "__spark_ckpt_delta__"
 
 Loader = Callable[[CheckpointHeader], GraphCheckpoint]
@@ -47,9 +47,9 @@ def stands_alone(record: GraphCheckpoint) -> bool:
     )
 
 
-class _DeltaChains:
+class DeltaChains:
     """One section of a record (``node_extras``, ``inflight``) made whole: per key, an entry is whole
-    or holds ``agent_delta`` ops against the key's entry in an earlier record. ``feed`` the same
+    or holds ``deltas`` ops against the key's entry in an earlier record. ``feed`` the same
     section of earlier records, newest first, until ``missing`` is empty."""
 
     def __init__(self, section: dict[str, Any], wanted: Iterable[str] = ()) -> None:
@@ -69,7 +69,7 @@ class _DeltaChains:
                 self.ops.setdefault(key, []).append(entry[DELTA])
                 continue
             for ops in reversed(self.ops.pop(key, [])):
-                entry = agent_delta.apply(entry, ops)
+                entry = deltas.apply(entry, ops)
             self.whole[key] = entry
             self.missing.discard(key)
 
@@ -120,8 +120,8 @@ def make_whole(
     ``wanted_extras``: adapter nodes whose state the result must hold even if ``record`` does not
     mention them (a reader that knows the graph); without it, those of the whole record reached.
     """
-    extras = _DeltaChains(record.node_extras, wanted_extras)
-    inflight = _DeltaChains(record.inflight)
+    extras = DeltaChains(record.node_extras, wanted_extras)
+    inflight = DeltaChains(record.inflight)
     state = _StateChain(record)
     needed = record.history_start  # visits [0, needed) still missing
     if needed == 0 and not extras.missing and not inflight.missing and state.whole and record.base_seq is None:

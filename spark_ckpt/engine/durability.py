@@ -1,4 +1,4 @@
-"""Writing records the way ``CheckpointConfig.durability`` says; the graph and agent adapters share it.
+"""Writing records the way ``CheckpointConfig.durability`` says; the graph and agent paths share it.
 
 * "sync": a write is stored before ``write`` returns.
 * "async": a write runs in a task; the next write (or ``flush``) awaits it first, so records land in

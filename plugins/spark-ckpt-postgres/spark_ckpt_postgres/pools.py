@@ -1,0 +1,124 @@
+"""Connections of the PostgreSQL backend: psycopg 3 pools, and running a call with one retry.
+
+* Sync calls use a ``ConnectionPool``; the ``a*`` twins use an ``AsyncConnectionPool`` of the running
+  event loop. Nothing is serialized behind a backend-wide lock: concurrency is the pool's size.
+* A dropped connection or a restarted server: the pool checks connections before handing them
+  out, and each call is retried once on ``OperationalError`` (``retries``). A call must therefore be
+  safe to run again: one transaction, told by its ``attempt`` number that it is a retry.
+
+Invariants: an async pool is used only on the loop that opened it (one per loop, held weakly);
+messages never show the DSN's password (``_masked``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import weakref
+from typing import Any, Callable
+
+from spark_ckpt.errors import BackendError
+
+
+class PooledConnections:
+    """Mixin of ``PostgresBackend``: ``_run``/``_arun`` a call on a pooled connection, and closing the
+    pools. Needs the host's ``_pool``, ``_apools``, ``_async_conns``, ``_psycopg``, ``_conninfo``,
+    ``_retries``, pool settings and ``schema``."""
+
+    _pool: Any
+    _apools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[Any]]
+    _async_conns: weakref.WeakSet[Any]
+    _psycopg: Any
+    _conninfo: str
+    _retries: int
+    _min_size: int
+    _max_size: int
+    _timeout: float
+    schema: str
+
+    @staticmethod
+    def _masked(conninfo: str) -> str:
+        """The DSN without its password, for messages."""
+        return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", conninfo)
+
+    # -- running statements with one retry -------------------------------------------------------
+    def _unreachable(self, exc: Exception) -> BackendError:
+        return BackendError(
+            f"PostgreSQL at {self._masked(self._conninfo)} failed: {exc}. Check that the server is "
+            "running and reachable; nothing was half-written (each call is one transaction)"
+        )
+
+    def _run(self, fn: Callable[[Any, int], Any]) -> Any:
+        attempt = 0
+        while True:
+            try:
+                with self._pool.connection() as conn:
+                    return fn(conn, attempt)
+            except self._psycopg.OperationalError as exc:
+                if attempt >= self._retries:
+                    raise self._unreachable(exc) from exc
+                attempt += 1
+                # Drop the connections that died with the server before trying again.
+                self._pool.check()
+
+    async def _arun(self, fn: Callable[[Any, int], Any]) -> Any:
+        attempt = 0
+        while True:
+            try:
+                pool = await self._apool()
+                async with pool.connection() as conn:
+                    return await fn(conn, attempt)
+            except self._psycopg.OperationalError as exc:
+                if attempt >= self._retries:
+                    raise self._unreachable(exc) from exc
+                attempt += 1
+                await (await self._apool()).check()
+
+    async def _apool(self) -> Any:
+        loop = asyncio.get_running_loop()
+        task = self._apools.get(loop)
+        if task is None:
+            task = loop.create_task(self._open_apool())
+            self._apools[loop] = task
+        try:
+            return await asyncio.shield(task)
+        except BaseException:
+            if task.done() and task.exception() is not None:
+                self._apools.pop(loop, None)
+            raise
+
+    async def _open_apool(self) -> Any:
+        from psycopg_pool import AsyncConnectionPool
+
+        async def track(conn: Any) -> None:
+            self._async_conns.add(conn)
+
+        pool = AsyncConnectionPool(
+            self._conninfo,
+            kwargs={"autocommit": True},
+            min_size=self._min_size,
+            max_size=self._max_size,
+            timeout=self._timeout,
+            check=AsyncConnectionPool.check_connection,
+            configure=track,
+            name=f"spark-ckpt-async-{self.schema}",
+            open=False,
+        )
+        await pool.open(wait=self._min_size > 0, timeout=self._timeout)
+        return pool
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def aclose(self) -> None:
+        """Close the async pool of the running loop (call before the loop ends) and the sync pool."""
+        task = self._apools.pop(asyncio.get_running_loop(), None)
+        if task is not None and task.done() and task.exception() is None:
+            await task.result().close()
+        self.close()
+
+    def close(self) -> None:
+        self._pool.close()
+        # Async pools whose loop is gone cannot be awaited any more: close their sockets directly.
+        for conn in list(self._async_conns):
+            if not conn.closed:
+                conn.pgconn.finish()
+        self._apools.clear()

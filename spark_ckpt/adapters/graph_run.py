@@ -1,0 +1,353 @@
+"""Running a checkpointed Spark graph: Spark's own loop (``graph.run``) with a record at superstep
+boundaries (the ``AFTER_ITERATION`` lifecycle hook), a start record before it, a final one after it
+and a failure record when it fails; and continuing an execution from a record (recovery, forks).
+
+An ``Execution`` is one execution as this process runs it. Its parts own their fields: the journal
+(``engine.journal``), the record builder (``engine.record_builder``), the record writer with the lease
+(``engine.store_path``); what remains here is the run's own (the superstep, the policy's counters,
+skips, the report, the failure).
+
+Invariants:
+
+* records are built at superstep boundaries only, so the journal a record holds covers whole
+  supersteps; inside the replayed supersteps no record is built (the state is the resumed one's);
+* at the end of the replayed part, before anything runs live, every journaled visit was replayed and
+  the pending inputs are back in the order the resumed record stored them, or the run stops with
+  ``RecoveryDivergedError`` (graphs with timer edges are matched by visit only);
+* a failure is recorded on the last boundary stored, never after a lost lease or a divergent replay
+  (nothing live ran: the stored records are right as they are).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ..codec import to_data
+from ..engine import record_builder
+from ..engine.deliveries import diverged
+from ..engine.journal import Journal
+from ..engine.record_builder import RecordBuilder
+from ..engine.recovery import RecoveryReport
+from ..engine.store_path import LeaseRenewer, RecordWriter, RetentionSchedule
+from ..errors import LeaseError, RecoveryDivergedError, SparkCkptError, UnrecoverableExecutionError
+from ..events import CheckpointDecision, CheckpointSaved
+from ..model import COMPLETED, FAILED, RUNNING, FailureInfo, GraphCheckpoint, Lease, new_id
+from . import graph_state
+from .graph_state import MessageDumps, SparkGraphState, dump_message, load_run_input, restore_into_graph
+from .graph_visits import NodeVisits
+from .runtime import node_state_adapter_for
+
+if TYPE_CHECKING:
+    from .graph import CheckpointedGraph
+
+log = logging.getLogger("spark_ckpt.graph")
+
+
+@attrs.define
+class Execution:
+    """One execution as this process runs it (see the module docstring)."""
+
+    execution_id: str
+    run_input: Any
+    journal: Journal
+    builder: RecordBuilder
+    writer: RecordWriter
+    dumps: MessageDumps
+    superstep: int = 0
+    #: node key -> dumped output to use on its next visit (None: pass its input through)
+    skip: dict[str, Any] = attrs.field(factory=dict)
+    supersteps_since: int = 0
+    last_checkpoint_at: float = 0.0
+    checkpoint_requested: str | None = None
+    #: the final (completed) record was built (it may still be on its way to the store)
+    completed: bool = False
+    #: a forked execution's source record (its start record is that record, under this execution)
+    fork_of: GraphCheckpoint | None = None
+    report: RecoveryReport | None = None
+    failure: FailureInfo | None = None
+    allow_unsafe_rerun: bool = False
+    #: which optional hooks have implementations, read once per run (a plugin registered while a
+    #: run is going takes effect from the next run)
+    node_hooks: bool = False
+    policy_hooks: bool = False
+
+
+class GraphRunner:
+    """Runs and continues the executions of one checkpointed graph (see the module docstring)."""
+
+    def __init__(self, owner: CheckpointedGraph) -> None:
+        self.owner = owner
+        self.graph = owner.graph
+        self.config = owner.config
+        self.backend = owner.backend
+        self.codec = owner.codec
+        self.hooks = owner.hooks
+        self.policy = owner.policy
+        self._policy_due = getattr(self.policy, "due", None)
+        self.graph_id = owner.graph_id
+        self.keys = owner._keys
+        self.nodes = owner._nodes_by_key
+        self.timed_edges = owner._timed_edges
+        self.state = SparkGraphState(self.graph)
+        self.retention = RetentionSchedule(self.config, owner.retention_rules)
+        self.visits = NodeVisits(self)
+        self.active: Execution | None = None
+        #: NodeMessage dumps of the outputs the nodes held when the last run ended
+        self._carried: dict[int, tuple[Any, Any]] = {}
+
+    def new_execution(
+        self, execution_id: str, run_input: Any, *, next_seq: int = 0, lease: Lease | None = None,
+        journal: Journal | None = None, fork_of: GraphCheckpoint | None = None,
+    ) -> Execution:
+        owner, dumps = self.owner, MessageDumps()
+        journal = journal or Journal()
+
+        def read_node(key: str) -> dict[str, Any]:
+            origins = (lambda pending: journal.deliveries.origins(key, pending)) if key in owner._fan_in else None
+            return graph_state.node_entry(self.nodes[key], dumps, adapter_node=key in owner._adapter_keys,
+                                          origins=origins)
+
+        def snapshot_adapter(key: str) -> Any:
+            node = self.nodes[key]
+            return node_state_adapter_for(node).snapshot(node)
+
+        builder = RecordBuilder(
+            execution_id=execution_id, graph_id=self.graph_id, graph_version=owner.graph_version,
+            structure=owner.structure, json_records=self.codec.takes_json_fragments,
+            always_whole=self.config.durability == "exit", node_order=owner._node_order,
+            adapter_keys=[k for k in self.nodes if k in owner._adapter_keys], read_node=read_node,
+            snapshot_adapter=snapshot_adapter,
+        )
+        writer = RecordWriter(self.backend, self.codec, durability=self.config.durability, owner=owner.worker_id,
+                              ttl_s=self.config.lease_ttl_s, next_seq=next_seq, lease=lease)
+        return Execution(execution_id, run_input, journal, builder, writer, dumps, fork_of=fork_of)
+
+    # -- a run ----------------------------------------------------------------------------------------
+    async def execute(self, ex: Execution, inputs: Any, *, resumed: bool) -> Any:
+        if self.active is not None:
+            raise SparkCkptError(
+                f"graph {self.graph_id!r} is already running execution {self.active.execution_id}; "
+                "a CheckpointedGraph runs one execution at a time (wrap another graph instance for parallel runs)"
+            )
+        writer = ex.writer
+        # The start record lets a crash in the very first superstep be recovered. Written at once
+        # (durability "sync"), it goes to the store with the lease, in one transaction where it can.
+        if writer.lease is not None:  # taken by recovery a while ago (reads since): renewed before anything runs
+            await writer.renew()
+        elif resumed or self.config.durability != "sync":
+            await writer.acquire(ex.execution_id)
+        self.active = ex
+        ex.dumps.cache.update(self._carried)
+        hooks = self.hooks
+        ex.node_hooks, ex.policy_hooks = hooks.wants_node_events, hooks.wants_should_checkpoint
+        if hooks.wants_post_checkpoint:
+            writer.on_stored = self._post_checkpoint
+        renewer = LeaseRenewer(writer)
+        try:
+            if ex.fork_of is not None:
+                await self.store(ex, ex.builder.fork_start(ex.fork_of, seq=writer.next_seq, inflight=ex.journal.inflight,
+                                                           skip=ex.skip), wait=self.config.durability == "sync")
+            elif not resumed:
+                await self.checkpoint(ex, status=RUNNING)
+            elif ex.skip:  # skip requests are stored before anything runs, so a crash keeps them
+                await self.store(ex, self.on_boundary(ex), wait=True)
+            result = await self.graph.run(inputs)
+        except BaseException as exc:
+            await self._record_failure(ex, exc)
+            raise
+        else:
+            await self._finish(ex, result)
+            return result
+        finally:
+            renewer.stop()
+            self.active = None
+            graph_state.drop_context_snapshots(self.nodes.values())
+            self._carried = ex.dumps.held_by(self.nodes.values())
+            if writer.last_status != COMPLETED:
+                # A completed execution is never recovered, so its lease needs no release (one write
+                # fewer per run); an unfinished one is released so another worker can take it over now.
+                await writer.release()
+
+    async def _finish(self, ex: Execution, result: Any) -> None:
+        unreached = ex.journal.unreached()
+        if unreached:  # the graph ended inside the replayed part: it routed differently, nothing ran live
+            count, (key, index) = unreached
+            raise diverged(key, f"the run ended with {count} journaled visit(s) not reached, the first {key}#{index}")
+        if not ex.completed:
+            await self.checkpoint(ex, status=COMPLETED, result=result)
+        await ex.writer.flush()
+        if ex.skip and ex.report is not None:
+            ex.report.unused_skips = list(ex.skip)
+            log.warning("skip_node(%s) was not used: that node had no further visit in execution %s",
+                        ", ".join(ex.skip), ex.execution_id)
+        self.retention.after_run(self.backend, self.graph_id, ex.writer.written, self.owner._rebase)
+
+    async def _record_failure(self, ex: Execution, exc: BaseException) -> None:
+        """Store a failed-status record on the last boundary stored; never masks ``exc``."""
+        writer = ex.writer
+        try:
+            if ex.failure is None:  # failed outside a node visit (a hook, the backend, cancellation)
+                ex.failure = FailureInfo(node_key="", index=-1, error_type=type(exc).__name__, error=str(exc))
+            try:
+                await writer.flush()  # what is held or running is stored first, or known lost
+            except Exception:
+                log.warning("a checkpoint of execution %s could not be stored", ex.execution_id, exc_info=True)
+            # Not after a lost lease (another worker owns the execution) or a divergent replay (nothing
+            # ran live: the stored records are right as they are).
+            if writer.last_blob is not None and not isinstance(exc, (LeaseError, RecoveryDivergedError)):
+                # Same state as the last boundary stored (the failing superstep's effects are not kept).
+                await self.store(ex, self.on_boundary(ex, status=FAILED, failure=to_data(ex.failure)), wait=True)
+            await writer.flush()
+        except BaseException:
+            log.exception("could not record the failure of execution %s", ex.execution_id)
+
+    # -- superstep boundaries -------------------------------------------------------------------------
+    async def after_superstep(self, context: Any) -> None:
+        """At each superstep boundary (the only lifecycle hook used). Runs once per superstep, so it is
+        kept flat: one coroutine from here to the backend's put on the common path."""
+        ex = self.active
+        if ex is None:
+            return
+        superstep = ex.superstep = context.iteration_index
+        try:
+            ex.supersteps_since += 1
+            journal = ex.journal
+            if journal.replay or superstep <= journal.resumed_through:
+                # still inside the replayed part: the state is the resumed record's, already stored
+                ex.supersteps_since = 0
+                if superstep >= journal.resumed_through and not self.timed_edges:
+                    self._enter_live_part(ex)
+                return
+            if context.metadata.get("scheduled_successors", 1) == 0 and not self._graph_has_pending_work():
+                if ex.policy_hooks or self._policy_due is None:
+                    await self._ask_policy(ex, "final")  # they see it; the final record is taken regardless
+                await self.checkpoint(ex, status=COMPLETED, result=context.last_output)
+                return
+            if ex.checkpoint_requested:
+                wanted = await self._ask_policy(ex, "explicit")
+            elif ex.policy_hooks or self._policy_due is None:
+                wanted = await self._ask_policy(ex, "superstep")
+            else:  # the common boundary: asked without building a decision object
+                wanted = self._policy_due(ex.supersteps_since, time.monotonic() - ex.last_checkpoint_at)
+            if wanted:
+                await self.checkpoint(ex, status=RUNNING)
+        finally:
+            ex.superstep = superstep + 1  # the visits that follow belong to the next one
+
+    def _enter_live_part(self, ex: Execution) -> None:
+        """At the end of the replayed part, before anything runs live (see the module docstring)."""
+        journal = ex.journal
+        unreached = journal.unreached()
+        if unreached:
+            count, (key, index) = unreached
+            raise diverged(key, f"{count} journaled visit(s) were not reached, the first {key}#{index}")
+        frontier, journal.frontier = journal.frontier, None
+        for key, stored in (frontier or {}).items():
+            node = self.nodes.get(key)
+            queue = getattr(node, "_state", {}).get("pending_inputs") if node is not None else None
+            if queue is not None:
+                journal.deliveries.reorder(key, queue, stored)
+
+    async def _ask_policy(self, ex: Execution, reason: str) -> bool:
+        decision = CheckpointDecision(
+            graph_id=self.graph_id, execution_id=ex.execution_id, reason=reason, superstep=ex.superstep,
+            supersteps_since_last=ex.supersteps_since, seconds_since_last=time.monotonic() - ex.last_checkpoint_at,
+            strategy=self.config.strategy, interval=self.config.interval,
+        )
+        wanted = await self.hooks.should_checkpoint(decision) if ex.policy_hooks else None
+        return self.policy.should_checkpoint(decision) if wanted is None else wanted
+
+    def _graph_has_pending_work(self) -> bool:
+        graph = self.graph
+        try:
+            return bool(graph._has_pending_delay_tasks() or not graph._delayed_ready.empty()
+                        or graph._has_pending_event_messages())
+        except AttributeError:  # pragma: no cover - other Spark versions: assume not final
+            return True
+
+    # -- records ------------------------------------------------------------------------------------
+    async def checkpoint(self, ex: Execution, *, status: str, result: Any = None) -> None:
+        data = ex.builder.build(
+            self.state, seq=ex.writer.next_seq, status=status, superstep=ex.superstep, journal=ex.journal,
+            run_input=ex.run_input, skip=ex.skip, checkpoint_id=ex.checkpoint_requested,
+            result=dump_message(result) if result is not None else None,
+        )
+        ex.completed = ex.completed or status == COMPLETED
+        ex.checkpoint_requested = None
+        ex.supersteps_since = 0
+        ex.last_checkpoint_at = time.monotonic()
+        await self.store(ex, data, wait=self.config.durability == "sync")
+
+    async def store(self, ex: Execution, data: dict[str, Any], *, wait: bool) -> None:
+        await ex.writer.store(data, wait=wait)
+        ex.journal.stored(data["history_start"] + len(data["execution_history"]))
+
+    def on_boundary(self, ex: Execution, **changes: Any) -> dict[str, Any]:
+        """A record on top of the last boundary stored, with ``changes`` (``RecordBuilder.on_boundary``);
+        the journals in flight go whole unless ``changes`` hold them (as deltas)."""
+        writer = ex.writer
+        changes.setdefault("inflight", ex.journal.inflight)
+        return ex.builder.on_boundary(writer.base_data(), seq=writer.next_seq, base_seq=writer.last_seq,
+                                      skip=ex.skip, **changes)
+
+    async def persist_inflight(self, ex: Execution, key: str, index: int, data: Any) -> None:
+        """Durably store a running visit's journal (agent calls) on top of the last boundary record."""
+        ex.journal.inflight[key] = {"visit_index": index, "data": data}
+        await ex.writer.flush()  # the boundary it goes on is stored first
+        if ex.writer.last_blob is None:
+            return
+        whole_every = record_builder.FULL_HISTORY_EVERY
+        await self.store(ex, self.on_boundary(ex, inflight=ex.journal.inflight_fields(whole_every)), wait=True)
+
+    async def _post_checkpoint(self, header: Any) -> None:
+        await self.hooks.post_checkpoint(CheckpointSaved(header=header, backend=self.backend.describe()))
+
+    def request_checkpoint(self) -> str:
+        ex = self.active
+        if ex is None:
+            raise SparkCkptError("no checkpointed run is active")
+        if ex.checkpoint_requested is None:
+            ex.checkpoint_requested = new_id("ck-")
+        return ex.checkpoint_requested
+
+    # -- continuing ---------------------------------------------------------------------------------
+    async def resume(
+        self, record: GraphCheckpoint, *, same_execution: bool, fell_back: list[str], skips: dict[str, Any],
+        lease: Lease | None = None, next_seq: int = 0, allow_unsafe_rerun: bool = False,
+    ) -> Any:
+        """Continue ``record`` (made whole): the same execution under ``lease``, numbered from ``next_seq``
+        (after the newest seq ever written), or a new execution forked from it."""
+        try:
+            if self.owner._event_edges and record.execution_history:
+                raise UnrecoverableExecutionError(
+                    f"graph {self.graph_id!r} has event edges (on_event): the events its journaled visits "
+                    "published are not replayed yet, so continuing could skip their subscribers. Nothing was "
+                    f"run; checkpoint {record.checkpoint_id} stays as it is. Start a new run"
+                )
+            restore_into_graph(self.graph, self.nodes, record, pending=False)  # replay delivers them again
+            journal = Journal.resuming(record, same_execution=same_execution)
+            if same_execution:
+                ex = self.new_execution(record.execution_id, record.run_input, next_seq=max(next_seq, record.seq + 1),
+                                        lease=lease, journal=journal)
+                ex.builder.extras_stored = dict(record.node_extras)
+                # in-flight journals and failures stack on the resumed record
+                ex.writer.resumed_on((await self.backend.aget(record.checkpoint_id)).blob, record.seq)
+            else:
+                ex = self.new_execution(new_id("ex-"), record.run_input, journal=journal, fork_of=record)
+            ex.allow_unsafe_rerun = allow_unsafe_rerun
+            ex.skip = skips
+            ex.report = RecoveryReport(execution_id=ex.execution_id, from_checkpoint=record.checkpoint_id,
+                                       fell_back=fell_back)
+            self.owner.last_recovery = ex.report
+            return await self.execute(ex, load_run_input(record.run_input), resumed=same_execution)
+        except BaseException:
+            if lease is not None and self.active is None:
+                try:
+                    await self.backend.arelease_lease(lease)
+                except Exception:  # releasing is an optimisation: the lease expires anyway
+                    log.debug("lease release failed", exc_info=True)
+            raise

@@ -1,0 +1,205 @@
+"""Spark graph and node state, read into records and restored from them.
+
+What a record holds of a Spark graph: the graph state (``graph.state``, without Spark's bookkeeping
+keys, the ones ``get_snapshot`` leaves out), and per node what differs from a fresh node
+(``process_count``, pending inputs and their origins, the last output, the user's own keys). Spark's
+``NodeMessage`` travels as plain data (``dump_message``/``load_message``).
+
+Workarounds for Spark 0.3.2 live here too: ``_record_snapshot`` nests every previous context snapshot
+into the next one (cost and recursion grow per visit), so it is dropped after each visit and run;
+``ExecutionContext`` is a slots dataclass, so ``context.create_checkpoint()`` is added to the class.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Iterable
+
+from ..codec.convert import dumps_data, find_unencodable
+from ..errors import ConfigError
+from ..model import GraphCheckpoint
+from .runtime import node_state_adapter_for
+
+#: keys Spark keeps in a node's _state that are runtime plumbing, not user state
+NODE_RUNTIME_KEYS = frozenset({"context_snapshot", "processing", "pending_inputs", "process_count"})
+
+
+def is_bookkeeping(state: Any, key: str) -> bool:
+    """Spark's own keys in graph state (schema version, mailboxes), which ``get_snapshot`` leaves out."""
+    return key == getattr(state, "_SCHEMA_VERSION_KEY", "__schema_version__") or key.startswith(
+        f"{getattr(state, '_MAILBOX_PREFIX', '__mailbox__')}:")
+
+
+class SparkGraphState:
+    """A Spark graph's state as the record builder reads it (``record_builder.StateSource``)."""
+
+    def __init__(self, graph: Any) -> None:
+        self.graph = graph
+
+    def raw(self) -> dict[str, Any]:
+        return self.graph.state.get_raw()
+
+    def is_bookkeeping(self, key: str) -> bool:
+        return is_bookkeeping(self.graph.state, key)
+
+    def without_bookkeeping(self) -> dict[str, Any]:
+        return self.graph.state.get_snapshot()
+
+
+# -- messages --------------------------------------------------------------------------------------
+def dump_message(message: Any) -> Any:
+    """A NodeMessage as plain data (``raw`` is the model's unparsed output: kept only if plain data)."""
+    if message is None:
+        return None
+    dump = getattr(message, "model_dump", None)
+    if dump is None:
+        return {"content": message}
+    data = dump(mode="python", exclude_defaults=True)
+    if "raw" in data and find_unencodable(data["raw"]) is not None:
+        # ``raw`` holds a model's unparsed response object: routing never reads it, and it is
+        # usually not plain data. Keep its repr rather than failing the checkpoint.
+        data["raw"] = {"__repr__": repr(data["raw"])[:2000]}
+    return data
+
+
+def load_message(data: Any) -> Any:
+    from spark.nodes.types import NodeMessage
+
+    if data is None:
+        return NodeMessage(content=None)
+    return NodeMessage(**data)
+
+
+class MessageDumps:
+    """NodeMessage dumps by object identity: an output is dumped once, not at every record that holds
+    it (journal entry, the node's last output, a successor's pending input)."""
+
+    def __init__(self, carried: dict[int, tuple[Any, Any]] | None = None) -> None:
+        self.cache: dict[int, tuple[Any, Any]] = dict(carried or {})
+
+    def dump(self, message: Any) -> Any:
+        cached = self.cache.get(id(message))
+        if cached is not None and cached[0] is message:
+            return cached[1]
+        if len(self.cache) > 4096:  # bound the cache on very long runs
+            self.cache.clear()
+        dumped = dump_message(message)
+        self.cache[id(message)] = (message, dumped)
+        return dumped
+
+    def held_by(self, nodes: Iterable[Any]) -> dict[int, tuple[Any, Any]]:
+        """The dumps of the outputs ``nodes`` still hold: the next run's start record reads every node
+        again, and would otherwise re-dump each of them."""
+        carried = {}
+        for node in nodes:
+            outputs = getattr(node, "outputs", None)
+            cached = self.cache.get(id(outputs))
+            if cached is not None and cached[0] is outputs:
+                carried[id(outputs)] = cached
+        return carried
+
+
+def dump_run_input(inputs: Any) -> Any:
+    """The run's input as data: {"kind": "message"|"dict"|"value", "value": ...}."""
+    if inputs is None:
+        return None
+    if hasattr(inputs, "model_dump") and type(inputs).__name__ == "NodeMessage":
+        return {"kind": "message", "value": dump_message(inputs)}
+    if type(inputs).__name__ == "Task":
+        raise ConfigError("checkpointed graphs take plain inputs or a NodeMessage, not a Spark Task")
+    if isinstance(inputs, dict):
+        return {"kind": "dict", "value": inputs}
+    return {"kind": "value", "value": inputs}
+
+
+def load_run_input(data: Any) -> Any:
+    if data is None:
+        return None
+    if data["kind"] == "message":
+        return load_message(data["value"])
+    return data["value"]
+
+
+def plain_or_repr(value: Any) -> Any:
+    try:
+        dumps_data(value)
+        return value
+    except Exception:
+        return repr(value)
+
+
+# -- nodes -----------------------------------------------------------------------------------------
+def node_entry(
+    node: Any, dumps: MessageDumps, *, adapter_node: bool, origins: Callable[[Any], list[Any]] | None,
+) -> dict[str, Any]:
+    """A node's state for ``node_states``: only what differs from a fresh node (NodeSnapshot's
+    defaults), so records stay small. ``origins(pending)``: where each pending input came from (for
+    nodes with several parents); an adapter node (agent) keeps its own state in ``node_extras``."""
+    state = getattr(node, "_state", None) or {}
+    entry: dict[str, Any] = {}
+    if state.get("process_count"):
+        entry["process_count"] = state["process_count"]
+    if state.get("processing"):
+        entry["processing"] = True
+    pending = state.get("pending_inputs")
+    if pending:
+        entry["pending_inputs"] = [dumps.dump(m) for m in pending]
+        if origins is not None:
+            entry["pending_from"] = origins(pending)
+    outputs = dumps.dump(getattr(node, "outputs", None))
+    if outputs:
+        entry["outputs"] = outputs
+    if not adapter_node and not state.keys() <= NODE_RUNTIME_KEYS:
+        entry["custom"] = {k: v for k, v in state.items() if k not in NODE_RUNTIME_KEYS}
+    return entry
+
+
+def restore_into_graph(graph: Any, nodes: dict[str, Any], record: GraphCheckpoint, *, pending: bool = True) -> None:
+    """Graph state and per-node state from ``record``, with the pending inputs it stored (unless
+    ``pending`` is False: a continuation's replay delivers them again)."""
+    raw = graph.state.get_raw()
+    preserved = {k: v for k, v in raw.items() if k.startswith("__")}
+    raw.clear()
+    raw.update(preserved)
+    raw.update(copy.deepcopy(record.graph_state))
+    for key, snapshot in record.node_states.items():
+        node = nodes.get(key)
+        if node is None:
+            continue
+        state = node._state
+        for k in [k for k in state if k not in NODE_RUNTIME_KEYS]:
+            del state[k]
+        state.update(copy.deepcopy(snapshot.custom))
+        state["process_count"] = snapshot.process_count
+        state["context_snapshot"] = None
+        state["pending_inputs"].clear()
+        if pending:
+            state["pending_inputs"].extend(load_message(m) for m in snapshot.pending_inputs)
+        adapter = node_state_adapter_for(node)
+        if adapter is not None and key in record.node_extras:
+            adapter.restore(node, record.node_extras[key])
+
+
+def drop_context_snapshots(nodes: Iterable[Any]) -> None:
+    """Spark nests every previous context snapshot into the next one; nothing reads them."""
+    for node in nodes:
+        state = getattr(node, "_state", None)
+        if isinstance(state, dict):
+            state["context_snapshot"] = None
+
+
+def install_context_create_checkpoint(request: Callable[[], Any]) -> None:
+    """Give ``process()`` the guide's ``await context.create_checkpoint()`` (``request()``).
+
+    ``ExecutionContext`` is a slots dataclass, so no attribute can be set on an instance; a method
+    added to the class is the one way that costs nothing per visit (a per-visit context subclass
+    made Spark's own visit ~30 us slower). Only this new name is added; nothing of Spark's changes.
+    Outside a checkpointed run the method raises a clear ``SparkCkptError``.
+    """
+    from spark.nodes.types import ExecutionContext
+
+    if getattr(ExecutionContext, "create_checkpoint", None) is None:
+        async def create_checkpoint(self: Any) -> str:
+            return await request()
+
+        ExecutionContext.create_checkpoint = create_checkpoint  # type: ignore[attr-defined]

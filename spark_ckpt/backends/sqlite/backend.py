@@ -1,0 +1,381 @@
+"""``SqliteBackend``: the ``Backend`` contract over one SQLite database file.
+
+Every write is one transaction on the process's shared connection (``connections``), taken under
+its lock: a put inserts the checkpoint and advances its execution's head together, so the
+executions index never lags or leads; ``start_execution`` also writes the lease in the same
+commit. A put under a lease is fenced in the same statement that inserts it (``statements``).
+
+A derived-shaped id (``ck-<x>-<n>``) is stored only as checkpoint n of execution ``<x>``, where its
+position finds it without an index; given for any other position it is refused (it could shadow
+the checkpoint it names). Checking that on every put in SQL cost ~16 us, so it is checked in Python
+instead (``check_header``).
+
+Invariants: nothing is written outside ``_write_transaction``; an execution's number is cached
+(``_numbers``) only once its ``executions`` row is committed.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+from ...errors import (
+    LeaseError,
+    BackendError,
+    CheckpointNotFoundError,
+    ConfigError,
+    DuplicateCheckpointError,
+)
+from ...model import (
+    UNFINISHED_STATUSES, CheckpointHeader, Lease, StoredCheckpoint, canonical_checkpoint_id, canonical_key,
+)
+from .. import heads
+from ..base import LocalBackend
+from ..leases import check_fence, extend_lease, grant_lease
+from . import schema
+from .connections import SYNCHRONOUS_MODES, _closed_connection, _release_connection, share_connection
+from .schema import _CHECKPOINT_HEADER_COLUMNS, _HEADER_COLUMNS, _placeable, _stored_position
+from .statements import (
+    _ADVANCE_HEAD,
+    _ADVANCE_HEAD_LEASED,
+    _GET_CANONICAL,
+    _GET_HEAD,
+    _GET_LEASE,
+    _GET_NAMED,
+    _GET_NUMBER,
+    _HEAD_COLUMNS,
+    _INSERT,
+    _INSERT_FENCED,
+    _NAMED_ID,
+    _NEW_LEASE,
+    _NEWEST_FIRST,
+    _POSITION,
+    _RECORD_EXECUTION,
+    _ROWS_OF_E,
+    _SET_LEASE,
+    _head_params,
+    _header,
+    _row,
+)
+
+
+class SqliteBackend(LocalBackend):
+    """Checkpoints in one SQLite database file (WAL, ``synchronous=NORMAL`` by default)."""
+
+    name = "sqlite"
+    url_schemes = ("sqlite",)
+    durable = True
+
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL", busy_timeout_s: float = 30.0) -> None:
+        self.path = os.fspath(path)
+        mode = str(synchronous).upper()
+        if mode not in SYNCHRONOUS_MODES:
+            raise ConfigError(
+                f"sqlite backend option synchronous={synchronous!r} is invalid; use one of {', '.join(SYNCHRONOUS_MODES)}"
+            )
+        if busy_timeout_s < 0:
+            raise ConfigError(f"sqlite backend option busy_timeout_s must be >= 0, got {busy_timeout_s!r}")
+        self.synchronous = mode
+        key, shared = share_connection(self.path, mode, busy_timeout_s)
+        self._conn = shared.conn
+        self._lock = shared.lock
+        self._numbers = shared.numbers
+        # Gives the connection back when the backend is closed or garbage-collected, so a backend
+        # that was never closed explicitly does not leak it (Python 3.13 warns about unclosed ones).
+        self._release = weakref.finalize(self, _release_connection, key, shared)
+
+    # -- opening ---------------------------------------------------------------------------------
+    @classmethod
+    def from_url(cls, url: str, **options: object) -> SqliteBackend:
+        location = url.split("://", 1)[1] if "://" in url else url
+        location = location.split("?", 1)[0]
+        if not location:
+            raise ConfigError(f"sqlite backend URL {url!r} has no path; use sqlite:///abs/path.db or sqlite://rel.db")
+        if location == ":memory:" or location.startswith("file:"):
+            raise ConfigError(
+                f"sqlite backend URL {url!r} is not a database file path; use memory:// for an in-process store"
+            )
+        unknown = set(options) - {"synchronous", "busy_timeout_s"}
+        if unknown:
+            raise ConfigError(
+                f"unknown sqlite backend option(s) {', '.join(sorted(unknown))}; known: synchronous, busy_timeout_s"
+            )
+        return cls(os.path.expanduser(location), **options)  # type: ignore[arg-type]
+
+    def applied_migrations(self) -> list[str]:
+        """Names of the schema migrations applied to this database, oldest first."""
+        with self._lock:
+            return schema.applied(self._conn)
+
+    def describe(self) -> str:
+        return f"sqlite://{self.path}"
+
+    def close(self) -> None:
+        self._conn = _closed_connection()
+        self._release()
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _failed(self, what: str, exc: sqlite3.Error) -> BackendError:
+        if isinstance(exc, sqlite3.ProgrammingError) and "closed" in str(exc):
+            return BackendError(f"sqlite backend {self.path!r} is closed; open a new backend to {what}")
+        return BackendError(f"sqlite backend {self.path!r} failed to {what}: {exc}")
+
+    def _read_lease(self, execution_id: str) -> Lease | None:
+        row = self._conn.execute(_GET_LEASE, (execution_id,)).fetchone()
+        return Lease(*row) if row else None
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def check_header(self, header: CheckpointHeader) -> None:
+        """A derived-shaped id (``ck-<x>-<n>``) is stored only as checkpoint n of execution <x>: that is
+        how it is found, and why it needs no index. Anywhere else it could shadow, or be shadowed by, the
+        checkpoint it names, so it is refused (spark-ckpt never writes one elsewhere)."""
+        h = header
+        if not _placeable(h.seq):
+            raise BackendError(
+                f"checkpoint seq {h.seq} of execution {h.execution_id} is outside [-2**31, 2**31), the range "
+                f"{self.describe()} can hold; number checkpoints from 0"
+            )
+        if h.seq >= 0 and h.checkpoint_id == canonical_checkpoint_id(h.execution_id, h.seq):
+            return  # the derived id of its own position: the common case
+        key = canonical_key(h.checkpoint_id)
+        if key is not None and key != (h.execution_id, h.seq):
+            raise BackendError(
+                f"checkpoint id {h.checkpoint_id!r} has the form reserved for checkpoint {key[1]} of execution "
+                f"{key[0]}, but was given for seq {h.seq} of execution {h.execution_id}; {self.describe()} "
+                "stores it only there. Choose another id"
+            )
+
+    def put(self, header: CheckpointHeader, blob: bytes, *, lease: Lease | None = None) -> None:
+        h = header
+        self.check_header(h)
+
+        def change(conn: sqlite3.Connection) -> int:
+            number = self._numbers.get(h.execution_id)
+            if number is None:
+                number = self._recorded_number(conn, h)
+            self._insert_and_advance(conn, number, h, blob, lease)
+            return number
+
+        number = self._write_transaction(f"store checkpoint {h.checkpoint_id!r}", change)
+        if h.execution_id not in self._numbers:
+            self._remember_number(h.execution_id, number)  # (only once committed)
+
+    def _insert_and_advance(
+        self, conn: sqlite3.Connection, number: int, h: CheckpointHeader, blob: bytes, lease: Lease | None
+    ) -> None:
+        """Insert the checkpoint (fenced by ``lease``) and advance its execution's head, inside the
+        caller's transaction."""
+        try:
+            if lease is None:
+                conn.execute(_INSERT, _row(number, h, blob))
+                conn.execute(_ADVANCE_HEAD, _head_params(number, h))  # forward only, never refused
+                return
+            cursor = conn.execute(_INSERT_FENCED, (*_row(number, h, blob), h.execution_id, lease.token, lease.owner))
+        except sqlite3.IntegrityError as exc:
+            raise self._duplicate(h, exc) from None
+        if cursor.rowcount != 1:
+            check_fence(self._read_lease(h.execution_id), lease, h.execution_id)
+            raise LeaseError(f"write to execution {h.execution_id} refused: lease check failed")
+        if conn.execute(_ADVANCE_HEAD_LEASED, _head_params(number, h)).rowcount != 1:
+            heads.advance(self._read_head(h.execution_id), h, leased=True)  # raises what refused it
+            raise BackendError(f"sqlite backend {self.path!r} could not advance the head of execution {h.execution_id}")
+
+    def _read_head(self, execution_id: str) -> CheckpointHeader | None:
+        row = self._conn.execute(_GET_HEAD, (execution_id,)).fetchone()
+        return CheckpointHeader(*row[:8], tag=row[8]) if row else None
+
+    def execution_head(self, execution_id: str) -> CheckpointHeader | None:
+        with self._lock:
+            try:
+                return self._read_head(execution_id)
+            except sqlite3.Error as exc:
+                raise self._failed(f"read the head of execution {execution_id}", exc) from exc
+
+    @staticmethod
+    def _recorded_number(conn: sqlite3.Connection, h: CheckpointHeader) -> int:
+        """Insert the execution's row if it has none; its number (no second query when just inserted)."""
+        cursor = conn.execute(_RECORD_EXECUTION, (h.execution_id, h.graph_id))
+        if cursor.rowcount == 1:
+            return cursor.lastrowid
+        return conn.execute(_GET_NUMBER, (h.execution_id,)).fetchone()[0]
+
+    def _remember_number(self, execution_id: str, number: int) -> None:
+        """Call only once the ``executions`` row is committed."""
+        if len(self._numbers) > 10_000:  # bound the memory of very long-lived workers
+            self._numbers.clear()
+        self._numbers[execution_id] = number
+
+    def _duplicate(self, h: CheckpointHeader, exc: sqlite3.IntegrityError) -> DuplicateCheckpointError:
+        if "checkpoint_id" in str(exc):
+            return DuplicateCheckpointError(
+                f"checkpoint id {h.checkpoint_id!r} is already stored in {self.path!r}; not overwritten"
+            )
+        return DuplicateCheckpointError(
+            f"checkpoint seq {h.seq} of execution {h.execution_id} already exists in {self.path!r}; not overwritten"
+        )
+
+    def start_execution(self, header: CheckpointHeader, blob: bytes, owner: str, ttl_s: float) -> Lease:
+        """Lease and first checkpoint in one transaction: one commit (WAL append) instead of two."""
+        h = header
+        self.check_header(h)
+
+        def change(conn: sqlite3.Connection) -> tuple[Lease, int]:
+            now = time.time()
+            lease = grant_lease(None, h.execution_id, owner, ttl_s, now)
+            try:  # a new execution has no lease row yet: insert it without reading first
+                conn.execute(_NEW_LEASE, (lease.execution_id, lease.owner, lease.token, lease.expires_at))
+            except sqlite3.IntegrityError:  # it has one (released, or another worker's): the usual rules
+                lease = grant_lease(self._read_lease(h.execution_id), h.execution_id, owner, ttl_s, now)
+                conn.execute(_SET_LEASE, (lease.execution_id, lease.owner, lease.token, lease.expires_at))
+            number = self._recorded_number(conn, h)
+            self._insert_and_advance(conn, number, h, blob, lease)
+            return lease, number
+
+        lease, number = self._write_transaction(f"start execution {h.execution_id}", change)
+        self._remember_number(h.execution_id, number)  # not inside change(): a rolled-back row is not recorded
+        return lease
+
+    def get(self, checkpoint_id: str) -> StoredCheckpoint:
+        key = _stored_position(checkpoint_id)
+        with self._lock:
+            try:
+                row = self._conn.execute(_GET_CANONICAL, (*key, checkpoint_id)).fetchone() if key else None
+                if row is None:
+                    row = self._conn.execute(_GET_NAMED, (checkpoint_id,)).fetchone()
+            except sqlite3.Error as exc:
+                raise self._failed(f"read checkpoint {checkpoint_id!r}", exc) from exc
+        if row is None:
+            raise CheckpointNotFoundError(f"no checkpoint with id {checkpoint_id!r} in {self.describe()}")
+        return StoredCheckpoint(_header(row[:8]), bytes(row[8]))
+
+    def _query(self, what: str, sql: str, params: list) -> list[CheckpointHeader]:
+        with self._lock:
+            try:
+                rows = self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise self._failed(what, exc) from exc
+        return [_header(row) for row in rows]
+
+    def list(
+        self, *, graph_id: str | None = None, execution_id: str | None = None, limit: int | None = None
+    ) -> list[CheckpointHeader]:
+        if graph_id is None and execution_id is None:
+            sql, params = f"SELECT {_HEADER_COLUMNS} FROM checkpoints", []
+        else:  # each execution's rows are one rowid range
+            where, params = self._executions_where(graph_id, execution_id)
+            sql = f"SELECT {_CHECKPOINT_HEADER_COLUMNS} FROM executions e JOIN checkpoints c ON {_ROWS_OF_E}{where}"
+        sql += _NEWEST_FIRST
+        params.append(-1 if limit is None else limit)
+        return self._query("list checkpoints", sql, params)
+
+    def executions(
+        self, *, graph_id: str | None = None, unfinished_only: bool = False, limit: int | None = None
+    ) -> list[CheckpointHeader]:
+        # The heads of the executions that still hold a checkpoint (one rowid seek each).
+        where, params = self._executions_where(graph_id, None)
+        stored = f"EXISTS (SELECT 1 FROM checkpoints c WHERE {_ROWS_OF_E})"
+        sql = f"SELECT {_HEAD_COLUMNS} FROM executions e{where}{' AND' if where else ' WHERE'} head_seq IS NOT NULL AND {stored}"
+        if unfinished_only:
+            statuses = sorted(UNFINISHED_STATUSES)
+            sql += f" AND head_status IN ({', '.join('?' * len(statuses))})"
+            params.extend(statuses)
+        sql += " ORDER BY head_created_at DESC, head_seq DESC, head_id DESC LIMIT ?"
+        params.append(-1 if limit is None else limit)
+        return self._query("list executions", sql, params)
+
+    @staticmethod
+    def _executions_where(graph_id: str | None, execution_id: str | None) -> tuple[str, list]:
+        """A WHERE clause on ``executions e`` (its graph as first recorded), and its parameters."""
+        where, params = [], []
+        if graph_id is not None:
+            where.append("e.graph_id = ?")
+            params.append(graph_id)
+        if execution_id is not None:
+            where.append("e.execution_id = ?")
+            params.append(execution_id)
+        return (" WHERE " + " AND ".join(where) if where else ""), params
+
+    def delete(self, checkpoint_ids: Iterable[str]) -> int:
+        ids = list(dict.fromkeys(checkpoint_ids))
+        if not ids:
+            return 0
+        canonical = [(*key, cid) for cid in ids if (key := _stored_position(cid)) is not None]
+
+        def change(conn: sqlite3.Connection) -> int:
+            before = conn.total_changes
+            conn.executemany(f"DELETE FROM checkpoints WHERE {_NAMED_ID}", [(cid,) for cid in ids])
+            conn.executemany(f"DELETE FROM checkpoints WHERE rowid = {_POSITION} AND checkpoint_id = ?", canonical)
+            return conn.total_changes - before
+
+        return self._write_transaction("delete checkpoints", change)
+
+    def replace(self, header: CheckpointHeader, blob: bytes) -> None:
+        """Swap the stored bytes (and size) of an existing checkpoint in one UPDATE (key rotation)."""
+        h = header
+
+        def change(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                f"UPDATE checkpoints SET blob = ?, size = ? WHERE rowid = {_POSITION} AND checkpoint_id = ?",
+                (blob, h.size, h.execution_id, h.seq, h.checkpoint_id),
+            )
+            if h.tag is not None and cursor.rowcount:  # key rotation re-tags the index head
+                conn.execute("UPDATE executions SET head_tag = ? WHERE execution_id = ? AND head_seq = ?",
+                             (h.tag, h.execution_id, h.seq))
+            return cursor.rowcount
+
+        if self._write_transaction(f"replace checkpoint {h.checkpoint_id!r}", change) == 0:
+            raise CheckpointNotFoundError(
+                f"no checkpoint {h.checkpoint_id!r} (seq {h.seq} of execution {h.execution_id}) in "
+                f"{self.describe()} to replace"
+            )
+
+    # -- leases -------------------------------------------------------------------------------------
+    def _write_transaction(self, what: str, change: Any) -> Any:
+        """``change(conn)`` inside one ``BEGIN IMMEDIATE`` transaction; rolled back if it raises."""
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = change(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    # (SQLite may have rolled back by itself, e.g. after SQLITE_FULL)
+                    if conn.in_transaction:
+                        try:
+                            conn.execute("ROLLBACK")
+                        except sqlite3.Error:
+                            pass
+                    raise
+            except sqlite3.Error as exc:
+                raise self._failed(what, exc) from exc
+        return result
+
+    def acquire_lease(self, execution_id: str, owner: str, ttl_s: float) -> Lease:
+        def change(conn: sqlite3.Connection) -> Lease:
+            lease = grant_lease(self._read_lease(execution_id), execution_id, owner, ttl_s, time.time())
+            conn.execute(_SET_LEASE, (lease.execution_id, lease.owner, lease.token, lease.expires_at))
+            return lease
+
+        return self._write_transaction(f"acquire the lease of execution {execution_id}", change)
+
+    def renew_lease(self, lease: Lease, ttl_s: float) -> Lease:
+        def change(conn: sqlite3.Connection) -> Lease:
+            renewed = extend_lease(self._read_lease(lease.execution_id), lease, ttl_s, time.time())
+            conn.execute(_SET_LEASE, (renewed.execution_id, renewed.owner, renewed.token, renewed.expires_at))
+            return renewed
+
+        return self._write_transaction(f"renew the lease of execution {lease.execution_id}", change)
+
+    def release_lease(self, lease: Lease) -> None:
+        def change(conn: sqlite3.Connection) -> None:
+            current = self._read_lease(lease.execution_id)
+            if current is not None and current.token == lease.token and current.owner == lease.owner:
+                # Keep the token so the next owner's token still grows; just expire the lease.
+                conn.execute(_SET_LEASE, (lease.execution_id, "", lease.token, 0.0))
+
+        self._write_transaction(f"release the lease of execution {lease.execution_id}", change)

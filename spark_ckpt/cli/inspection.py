@@ -1,0 +1,226 @@
+"""The read-only commands: ``list``, ``show`` and ``verify``.
+
+Invariants: none of them writes to the store (``verify`` reads every record, including the earlier
+ones a changes-only record needs, but repairs nothing), and the store is closed however they end.
+``verify`` exits 1 when anything is corrupt, incomplete, missing or unreadable here,
+and tells those apart: *corrupt* (fails its integrity or identity check), *unreadable here* (needs a
+key, codec layer or limit this process lacks), *incomplete* (decodes, but an earlier record it is
+built on is gone or damaged), *missing* (the executions index names a newer record than is stored).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, TextIO
+
+from ..errors import CheckpointNotFoundError, CodecError, GraphMismatchError
+from .output import local_time, preview, print_json, table
+from .stores import UNREADABLE_HERE, decode, make_codec, open_store, store_url
+
+
+def _header_data(h: Any) -> dict[str, Any]:
+    return {
+        "id": h.checkpoint_id, "graph": h.graph_id, "execution": h.execution_id, "seq": h.seq,
+        "status": h.status, "kind": h.kind, "size": h.size, "created_at": local_time(h.created_at),
+    }
+
+
+# -- list ------------------------------------------------------------------------------------------
+def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
+    url = store_url(args)
+    backend = open_store(url)
+    try:
+        if args.executions:
+            if args.execution:
+                headers = [h for h in backend.executions(graph_id=args.graph) if h.execution_id == args.execution]
+            else:
+                headers = backend.executions(graph_id=args.graph, limit=args.limit)
+            rows = [
+                {"execution": h.execution_id, "graph": h.graph_id, "status": h.status,
+                 "last_seq": h.seq, "last_checkpoint": h.checkpoint_id,
+                 "updated_at": local_time(h.created_at)}
+                for h in headers
+            ]
+        else:
+            headers = backend.list(graph_id=args.graph, execution_id=args.execution, limit=args.limit)
+            rows = [_header_data(h) for h in headers]
+    finally:
+        backend.close()
+    if args.json:
+        print_json(rows, out)
+        return 0
+    if not rows:
+        what = "executions" if args.executions else "checkpoints"
+        print(f"no {what} in {url}", file=out)
+        return 0
+    keys = list(rows[0])
+    if not args.executions:
+        keys.remove("kind")
+    table([[r[k] for k in keys] for r in rows], keys, out)
+    return 0
+
+
+# -- show ------------------------------------------------------------------------------------------
+def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
+    from ..codec import to_data
+    from ..model import GraphCheckpoint
+
+    backend = open_store(store_url(args))
+    try:
+        stored = backend.get(args.checkpoint_id)
+    finally:
+        backend.close()
+    content = decode(make_codec(args), stored)
+    if args.json:
+        data = to_data(content) if isinstance(content, GraphCheckpoint) else content
+        print_json({"header": _header_data(stored.header), "checkpoint": data}, out)
+        return 0
+    if isinstance(content, GraphCheckpoint):
+        _show_graph_checkpoint(stored.header, content, out)
+    else:
+        _show_other(stored.header, content, out)
+    return 0
+
+
+def _show_graph_checkpoint(header: Any, ckpt: Any, out: TextIO) -> None:
+    p = lambda *a: print(*a, file=out)  # noqa: E731
+    meta = ckpt.graph_metadata
+    p(f"checkpoint   {ckpt.checkpoint_id}")
+    p(f"graph        {meta.graph_id} (version {meta.graph_version})")
+    p(f"execution    {meta.execution_id}")
+    p(f"seq          {ckpt.seq}   superstep {ckpt.superstep}   status {ckpt.status}")
+    p(f"created      {local_time(ckpt.timestamp)}   {header.size} bytes stored")
+    p(f"current node {ckpt.current_node or '-'}")
+    if ckpt.run_input is not None:
+        p(f"run input    {preview(ckpt.run_input)}")
+    if ckpt.result is not None:
+        p(f"result       {preview(ckpt.result)}")
+
+    changed = " changed since the previous checkpoint" if ckpt.partial_state else ""
+    p(f"\ngraph state ({len(ckpt.graph_state)} keys{changed})")
+    if ckpt.partial_state:
+        p("  (only what changed is stored here; the rest is in this execution's earlier checkpoints)")
+    for key, value in ckpt.graph_state.items():
+        p(f"  {key}: {preview(value)}")
+    for key, items in ckpt.appended_state.items():
+        p(f"  {key}: (+{len(items)} items at the end) {preview(items)}")
+    for key in ckpt.removed_state:
+        p(f"  {key}: (removed)")
+
+    p(f"\nnode states ({len(ckpt.node_states)} nodes{changed})")
+    if ckpt.node_states:
+        table(
+            [[key, s.process_count, len(s.pending_inputs), "yes" if s.processing else "no", preview(s.outputs, 40)]
+             for key, s in ckpt.node_states.items()],
+            ["node", "processed", "pending", "running", "last output"],
+            out, indent="  ",
+        )
+
+    p(f"\nexecution history ({len(ckpt.execution_history)} visits; completed visits are replayed on recovery)")
+    if ckpt.history_start:
+        p(f"  (visits before #{ckpt.history_start} are stored in this execution's earlier checkpoints)")
+    if ckpt.execution_history:
+        table(
+            [[v.node_key, v.index, v.superstep,
+              "replayable" if v.status == "completed" else v.status, f"{v.duration_s * 1000:.1f} ms"]
+             for v in ckpt.execution_history],
+            ["node", "visit", "superstep", "on recovery", "took"],
+            out, indent="  ",
+        )
+    if ckpt.skip_nodes:
+        p(f"\nskipped nodes: {', '.join(ckpt.skip_nodes)}")
+    if ckpt.inflight:
+        p(f"\nin-flight visits: {', '.join(sorted(ckpt.inflight))}")
+    if ckpt.failure is not None:
+        f = ckpt.failure
+        p(f"\nfailure      {f.node_key} visit {f.index}: {f.error_type}: {f.error}")
+        if f.input is not None:
+            p(f"  input      {preview(f.input)}")
+    else:
+        p("\nfailure      none")
+
+
+def _show_other(header: Any, data: Any, out: TextIO) -> None:
+    print(f"checkpoint   {header.checkpoint_id} ({header.kind})", file=out)
+    print(f"graph        {header.graph_id}", file=out)
+    print(f"execution    {header.execution_id}", file=out)
+    print(f"seq          {header.seq}   status {header.status}", file=out)
+    print(f"created      {local_time(header.created_at)}   {header.size} bytes stored", file=out)
+    if isinstance(data, dict):
+        print(f"\ncontent ({len(data)} keys)", file=out)
+        for key, value in data.items():
+            print(f"  {key}: {preview(value)}", file=out)
+    else:
+        print(f"\ncontent      {preview(data)}", file=out)
+
+
+# -- verify ----------------------------------------------------------------------------------------
+def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
+    """Every checkpoint decodes and belongs where it is stored, every graph checkpoint can be made
+    whole from the ones before it, and no execution misses checkpoints its index head says exist."""
+    from ..engine.records import RecordReader, readable_whole
+    from ..model import GRAPH
+
+    url = store_url(args)
+    backend = open_store(url)
+    codec = make_codec(args)
+    reader = RecordReader(backend, codec)
+    checked = corrupt = unreadable = incomplete = missing = 0
+    try:
+        readable: dict[str, list[Any]] = {}  # graph checkpoints that decode, per execution
+        for header in backend.list(graph_id=args.graph):
+            try:
+                stored = backend.get(header.checkpoint_id)
+            except CheckpointNotFoundError:
+                continue  # deleted while we were verifying (e.g. pruned by a running graph)
+            checked += 1
+            try:
+                decode(codec, stored)
+            except UNREADABLE_HERE as exc:
+                unreadable += 1
+                print(f"UNREADABLE {_where(header)}: {exc}", file=out)
+                continue
+            except (CodecError, GraphMismatchError) as exc:
+                corrupt += 1
+                print(f"CORRUPT    {_where(header)}: {exc}", file=out)
+                continue
+            if header.kind == GRAPH:
+                readable.setdefault(header.execution_id, []).append(header)
+        for execution_id, headers in readable.items():
+            listed = backend.list(execution_id=execution_id)
+            for checkpoint_id, exc in readable_whole(reader, [h for h in listed if h in headers]).items():
+                incomplete += 1
+                where = _where(next(h for h in headers if h.checkpoint_id == checkpoint_id))
+                print(f"INCOMPLETE {where}: {exc}", file=out)
+        for latest in backend.executions(graph_id=args.graph):
+            head = backend.execution_head(latest.execution_id)
+            stored_seqs = [h.seq for h in backend.list(execution_id=latest.execution_id)]
+            problem = None
+            if head is not None:
+                try:
+                    codec.index_tags.check(head)
+                except UNREADABLE_HERE:
+                    pass  # tagged under a key not configured here: its records say so already
+                except CodecError as exc:
+                    problem = str(exc)
+                if problem is None and stored_seqs and max(stored_seqs) < head.seq:
+                    problem = (f"the executions index says seq {head.seq} ({head.status}) was written, the newest "
+                               f"stored is seq {max(stored_seqs)}")
+            if problem is not None:
+                missing += 1
+                print(f"MISSING    execution {latest.execution_id} (graph {latest.graph_id}): {problem}", file=out)
+    finally:
+        backend.close()
+    summary = f"{checked} checked, {corrupt} corrupt"
+    if incomplete:
+        summary += f", {incomplete} incomplete (an earlier checkpoint they need is gone or damaged)"
+    if missing:
+        summary += f", {missing} execution(s) missing their newest checkpoints"
+    if unreadable:
+        summary += f", {unreadable} unreadable here (missing key, codec layer or limit)"
+    print(summary, file=out)
+    return 1 if corrupt or unreadable or incomplete or missing else 0
+
+
+def _where(h: Any) -> str:
+    return f"{h.checkpoint_id} (graph {h.graph_id}, execution {h.execution_id}, seq {h.seq})"

@@ -1,0 +1,95 @@
+"""Opening what a command works on: the store named by ``--store``, and a codec from the key options.
+
+Invariants:
+
+* the store is ``--store``, else ``$SPARK_CKPT_STORE``, else ``sqlite://./checkpoints.db``;
+* a command that reads refuses a local store path that does not exist (a ``ConfigError`` saying how
+  to name the store) instead of silently creating an empty store there; only a copy's destination
+  may be created;
+* keys come from ``--keys-env NAME`` (``keyid:base64key,...``) when given, else from the library's
+  own ``SPARK_CKPT_KEYS`` lookup; ``--active-key`` and ``--allow-plaintext`` pass through;
+* a stored checkpoint is decoded against the identity (graph, execution, seq) it is stored under, so
+  a record copied under another name does not read as valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from ..errors import (
+    ConfigError, DecompressionLimitError, EncryptionKeyError, PickleRefusedError, PlaintextRefusedError,
+    UnsupportedFormatError,
+)
+
+STORE_ENV = "SPARK_CKPT_STORE"
+DEFAULT_STORE = "sqlite://./checkpoints.db"
+
+# Decode failures that say "this process cannot read it" (a missing key, plugin or limit), not "it is damaged".
+UNREADABLE_HERE = (
+    UnsupportedFormatError, EncryptionKeyError, PlaintextRefusedError, PickleRefusedError, DecompressionLimitError,
+)
+
+# Backends whose URL location is a local path; reading commands refuse a path that does not exist
+# instead of silently creating an empty store there.
+_PATH_SCHEMES = ("sqlite", "file")
+
+
+def store_url(args: argparse.Namespace) -> str:
+    return args.store or os.environ.get(STORE_ENV) or DEFAULT_STORE
+
+
+def open_store(url: str, *, must_exist: bool = True) -> Any:
+    from ..config import open_backend, split_url
+
+    scheme, location = split_url(url)
+    path = os.path.expanduser(location.split("?", 1)[0])
+    if must_exist and scheme in _PATH_SCHEMES and path and not os.path.exists(path):
+        raise ConfigError(
+            f"no checkpoint store at {path!r} ({url}); pass --store URL or set {STORE_ENV}"
+        )
+    return open_backend(url)
+
+
+def make_codec(args: argparse.Namespace) -> Any:
+    from ..config import CheckpointConfig
+
+    return CheckpointConfig(**codec_options(args)).make_codec()
+
+
+def codec_options(args: argparse.Namespace) -> dict[str, Any]:
+    """CheckpointConfig options for decoding: keys from ``--keys-env`` (default: the config's own
+    ``SPARK_CKPT_KEYS`` lookup), ``--active-key``, ``--allow-plaintext``."""
+    options: dict[str, Any] = {"allow_plaintext": args.allow_plaintext}
+    if args.active_key:
+        options["active_key"] = args.active_key
+    if args.keys_env:
+        spec = os.environ.get(args.keys_env, "").strip()
+        if not spec:
+            raise ConfigError(f"--keys-env {args.keys_env}: that environment variable is not set or empty")
+        keys: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            kid, sep, value = item.partition(":")
+            if not sep:
+                raise ConfigError(f"{args.keys_env} entries must look like 'keyid:base64key', separated by commas")
+            keys[kid.strip()] = value
+        options["encryption_keys"] = keys
+    return options
+
+
+def _identity(header: Any) -> Any:
+    from ..codec import Identity
+
+    return Identity(header.graph_id, header.execution_id, header.seq)
+
+
+def decode(codec: Any, stored: Any) -> Any:
+    """Decode one stored checkpoint, checking it belongs where it is stored."""
+    from ..model import GRAPH, GraphCheckpoint
+
+    expected = _identity(stored.header)
+    if stored.header.kind == GRAPH:
+        return codec.decode(stored.blob, GraphCheckpoint, expected=expected)
+    data, _ = codec.decode_data(stored.blob, expected=expected)
+    return data

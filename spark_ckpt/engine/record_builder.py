@@ -1,0 +1,311 @@
+"""The record builder: an execution's next record, holding what changed since the one before.
+
+A boundary record (after a superstep) is whole, or holds only the changes: the graph state keys
+whose value changed (and the keys removed; for a list that only grew at its end, the new items), the
+nodes read again, the adapter states (agents) that changed, and the visits since the last record.
+Records built on the last boundary (an agent's in-flight calls, a failure, a continuation's skips)
+carry none of that: they name their base (``base_seq``), and the chain reader makes any of them
+whole (``chain``).
+
+Invariants:
+
+* a record is whole (it stands alone) when it is the execution's final one, under "exit"
+  durability, the first record this process writes for the execution (the start record, the first
+  after a recovery), the one after the start record, and every ``FULL_HISTORY_EVERY``-th: one damaged
+  record costs at most that many supersteps;
+* the run input is only in whole records (it never changes);
+* a graph state value is compared through its *mark*: an immutable value (exact str, int, float,
+  bool, None) is its own mark; with JSON records a mutable value is marked by its JSON, which also
+  goes into the record as it is (encoded once); with another serializer it is stored every time;
+* only nodes visited or fed since the last record (``dirty``) are read again.
+
+Framework-neutral: the adapter gives the live graph state (``StateSource``), reads a node into its
+entry, and snapshots adapter nodes. No Spark import, no I/O.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable, Protocol
+
+import orjson
+
+from ..codec import to_data
+from ..codec.convert import dumps_data
+from ..errors import EncodeError
+from ..model import COMPLETED, CONTENT_VERSION, GRAPH, RUNNING, GraphCheckpoint, canonical_checkpoint_id
+from . import deltas
+from .chain import DELTA
+
+#: a whole record at least this often (the others hold only changes)
+FULL_HISTORY_EVERY = 64
+
+#: graph state values that cannot change in place (exact types: a subclass could)
+_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+_ABSENT = object()
+
+
+class StateSource(Protocol):
+    """The live graph state, as the framework holds it."""
+
+    def raw(self) -> dict[str, Any]:
+        """The state dict itself (read, never changed)."""
+
+    def is_bookkeeping(self, key: str) -> bool:
+        """Whether ``key`` is the framework's own, left out of records (called for keys starting "__")."""
+
+    def without_bookkeeping(self) -> dict[str, Any]:
+        """The state without those keys."""
+
+
+def appended_json(old: Any, new: Any) -> bytes | None:
+    """If JSON ``new`` is the list JSON ``old`` was with items added at its end, the JSON array of
+    those items; else None. Compares bytes only: orjson writes a value the same way every time, so
+    ``[a,b]`` -> ``[a,b,c]`` is the old text without its ``]``, a comma, then the new items."""
+    if type(old) is not bytes or type(new) is not bytes or old[:1] != b"[" or len(new) <= len(old):
+        return None
+    if old == b"[]":
+        return new
+    if new[len(old) - 1] != 0x2C or not new.startswith(old[:-1]):  # 0x2C: ","
+        return None
+    return b"[" + new[len(old):]
+
+
+def skip_outputs(skip: dict[str, Any]) -> dict[str, Any]:
+    """The outputs ``skip_node`` requests were given (the rest pass their input through)."""
+    return {key: output for key, output in skip.items() if output is not None}
+
+
+class RecordBuilder:
+    """Builds the records of one execution (see the module docstring)."""
+
+    def __init__(
+        self, *, execution_id: str, graph_id: str, graph_version: str, structure: str, json_records: bool,
+        always_whole: bool, node_order: dict[str, int], adapter_keys: Iterable[str],
+        read_node: Callable[[str], dict[str, Any]], snapshot_adapter: Callable[[str], Any],
+    ) -> None:
+        #: the records' ``graph_metadata``: one dict shared by them (each is encoded at once)
+        self.metadata = {"graph_id": graph_id, "graph_version": graph_version, "execution_id": execution_id}
+        self.structure = structure
+        self.json_records = json_records
+        self.always_whole = always_whole  # durability "exit": only the newest record is ever written
+        self.node_order = node_order
+        self.adapter_keys = list(adapter_keys)
+        self.read_node = read_node
+        self.snapshot_adapter = snapshot_adapter
+        #: graph state as last stored, per key (see ``_mark``); None: the next record is whole
+        self.marks: dict[str, Any] | None = None
+        #: node entries as of the last record; only nodes in ``dirty`` are read again (None: all)
+        self.node_states: dict[str, Any] = {}
+        self.dirty: set[str] | None = None
+        #: nodes whose entry has pending inputs (the record's ``current_node``)
+        self.waiting: set[str] = set()
+        #: per adapter node (agent): its state as last stored, the base of the next delta
+        self.extras_stored: dict[str, Any] = {}
+        self.since_whole = 0
+        #: boundary records still to be written whole: the start record and the one after it
+        self.whole_due = 2
+
+    # -- boundary records ------------------------------------------------------------------------------
+    def build(
+        self, state: StateSource, *, seq: int, status: str, superstep: int, journal: Any, run_input: Any,
+        skip: dict[str, Any], checkpoint_id: str | None = None, result: Any = None,
+    ) -> dict[str, Any]:
+        """The next boundary record as plain data, in ``GraphCheckpoint``'s layout.
+
+        Built directly (not through cattrs) and encoded at once by the caller, so no deep copy is
+        needed: this runs at every superstep boundary. ``result``: the final result, dumped.
+        """
+        node_states = self.node_states  # updated in place (encoded right away: sharing is safe)
+        dirty, self.dirty = self.dirty, set()
+        waiting = self.waiting
+        for key in self.node_order if dirty is None else dirty:
+            entry = node_states[key] = self.read_node(key)
+            if "pending_inputs" in entry:
+                waiting.add(key)
+            else:
+                waiting.discard(key)
+        whole = self._whole_record(status, bool(journal.replay))
+        node_extras = self._extras_fields(dirty, whole) if self.adapter_keys else {}
+        if whole:
+            # visits not yet replayed belong to the history too (the start record of a forked execution)
+            history_start, history = 0, journal.whole()
+        else:
+            history_start, history = journal.since_persisted()
+        graph_state, appended, removed = self._graph_state_fields(state, whole)
+        partial = removed is not None
+        if partial and dirty is not None:  # only the nodes read again can have changed
+            node_states = {key: node_states[key] for key in dirty}
+        return {
+            # unique without a random draw: execution ids are unique, and so is seq within one
+            "checkpoint_id": checkpoint_id or canonical_checkpoint_id(self.metadata["execution_id"], seq),
+            "seq": seq,
+            "timestamp": time.time(),
+            "graph_metadata": self.metadata,
+            "status": status,
+            "superstep": superstep,
+            "run_input": None if partial else run_input,  # it never changes: the whole records hold it
+            "graph_state": graph_state,
+            "node_states": node_states,
+            "partial_state": partial,
+            "removed_state": removed or [],
+            "appended_state": appended,
+            "current_node": self._current_node(),
+            "execution_history": history,
+            "history_start": history_start,
+            "skip_nodes": list(skip),
+            "skip_outputs": skip_outputs(skip) if skip else {},
+            "failure": None,
+            "result": result,
+            "inflight": {},
+            "node_extras": node_extras,
+            "extras": {"structure": self.structure},
+            "version": CONTENT_VERSION,
+            "kind": GRAPH,
+        }
+
+    def _whole_record(self, status: str, replaying: bool) -> bool:
+        """Whether this record stands alone (whole history, state and agent states): see the module
+        docstring. ``replaying``: visits remain to replay (they go into a whole record's history)."""
+        whole = bool(status == COMPLETED or self.always_whole or replaying or self.marks is None
+                     or self.whole_due or self.since_whole >= FULL_HISTORY_EVERY)
+        self.whole_due = max(0, self.whole_due - 1)
+        self.since_whole = 0 if whole else self.since_whole + 1
+        return whole
+
+    def _current_node(self) -> str | None:
+        """``current_node``: the node with input waiting, or several joined by commas in graph order."""
+        waiting = self.waiting
+        if len(waiting) == 1:
+            return next(iter(waiting))
+        return ",".join(sorted(waiting, key=self.node_order.__getitem__)) or None
+
+    def _extras_fields(self, dirty: set[str] | None, whole: bool) -> dict[str, Any]:
+        """Adapter states (agents) for ``node_extras``: whole, or the changes since the stored one.
+
+        A node not visited since the last record is left out (unchanged). A visited one stores a delta
+        against its last stored state, so a conversation that grows turn by turn stores each message
+        once instead of the whole conversation at every record.
+        """
+        extras: dict[str, Any] = {}
+        for key in self.adapter_keys:
+            if not (whole or dirty is None or key in dirty or key not in self.extras_stored):
+                continue
+            # a private copy: the next delta is computed against it after the agent changed its state
+            state = orjson.loads(dumps_data(self.snapshot_adapter(key), what=f"state of node {key!r}"))
+            previous = self.extras_stored.get(key)
+            if whole or previous is None:
+                extras[key] = state
+            else:
+                ops = deltas.diff(previous, state)
+                if ops:
+                    extras[key] = {DELTA: ops}
+            self.extras_stored[key] = state
+        return extras
+
+    # -- graph state ------------------------------------------------------------------------------------
+    def _graph_state_fields(
+        self, state: StateSource, whole: bool
+    ) -> tuple[dict[str, Any], dict[str, Any], list[str] | None]:
+        """The graph state for a record: the whole state (removed None) when ``whole`` or nothing is
+        stored yet; else the keys whose value changed, the items appended to lists that only grew at
+        their end, and the keys removed since the last record.
+
+        A key whose value is the very object it is marked by is unchanged: an immutable value that
+        stays put. One quick pass finds the other keys, and only those are compared: immutables set
+        again (by type and value), mutable values by their JSON (a change in place is seen too).
+        """
+        raw = state.raw()
+        marks = None if whole else self.marks
+        if marks is None:
+            return self._whole_state(state, raw), {}, None
+        changed: dict[str, Any] = {}
+        appended: dict[str, Any] = {}
+        for key in [key for key, value in raw.items() if marks.get(key, _ABSENT) is not value]:
+            if key[:2] == "__" and state.is_bookkeeping(key):  # the framework's own
+                continue
+            mark, value = self._mark(raw[key])
+            old = marks.get(key, _ABSENT)
+            if old is not mark and (type(old) is not type(mark) or old != mark):
+                items = appended_json(old, mark)
+                if items is None:
+                    changed[key] = value
+                else:
+                    appended[key] = orjson.Fragment(items)
+            marks[key] = mark  # (updated in place: the marks are this execution's own)
+        if marks.keys() <= raw.keys():  # every key stored before is still there
+            return changed, appended, []
+        removed = [key for key in marks if key not in raw]
+        for key in removed:
+            del marks[key]
+        return changed, appended, removed
+
+    def _whole_state(self, state: StateSource, raw: dict[str, Any]) -> dict[str, Any]:
+        """The whole graph state for a record, and its marks for the next one to compare with: the raw
+        dict itself, not a copy, when it holds neither values already encoded as JSON nor the
+        framework's keys (the record is encoded right away)."""
+        marks: dict[str, Any] = {}
+        encoded: dict[str, Any] = {}  # key -> orjson.Fragment of a mutable value's JSON
+        bookkeeping = False
+        for key, value in raw.items():
+            if key[:2] == "__" and state.is_bookkeeping(key):
+                bookkeeping = True
+                continue
+            marks[key], stored = self._mark(value)
+            if stored is not value:
+                encoded[key] = stored
+        self.marks = marks
+        whole = state.without_bookkeeping() if bookkeeping else raw
+        return {**whole, **encoded} if encoded else whole
+
+    def _mark(self, value: Any) -> tuple[Any, Any]:
+        """``(mark, value to store)`` for a graph state value (see the module docstring). A value that
+        cannot be encoded gets a new mark every time: the record reports it with its key path."""
+        if type(value) in _IMMUTABLE:
+            return value, value
+        if not self.json_records:
+            return object(), value
+        try:
+            mark = dumps_data(value)
+        except EncodeError:
+            return object(), value
+        return mark, orjson.Fragment(mark)
+
+    # -- records built on the last boundary ---------------------------------------------------------------
+    def on_boundary(self, base: dict[str, Any], *, seq: int, base_seq: int | None, inflight: dict[str, Any],
+                    skip: dict[str, Any], **changes: Any) -> dict[str, Any]:
+        """A record on top of the last boundary record stored (``base``, decoded): its content with
+        ``changes``, but no state, visits or adapter states of its own (they are the base's); the
+        journals still ``inflight`` and the ``skip`` requests still to apply, whole."""
+        data = base
+        # its visits are stored already: the new record carries none, and starts where it ended
+        data["history_start"] = data.get("history_start", 0) + len(data.get("execution_history", ()))
+        data["execution_history"] = []
+        data["node_extras"] = {}
+        # and so is the state: a record that repeated the base's changes would apply its appends twice
+        data.update(partial_state=True, graph_state={}, node_states={}, removed_state=[], appended_state={},
+                    run_input=None)
+        data["status"], data["failure"] = RUNNING, None  # (the base may be a failure record we resume)
+        data["base_seq"] = base_seq  # its state is that record's, whatever was written after it
+        # never the base's own in-flight entries: they may be deltas against records before it
+        data["inflight"] = dict(inflight)
+        data["skip_nodes"], data["skip_outputs"] = list(skip), skip_outputs(skip)
+        data.update(changes)
+        data.update(checkpoint_id=canonical_checkpoint_id(self.metadata["execution_id"], seq), seq=seq,
+                    timestamp=time.time(), graph_metadata=self.metadata)
+        return data
+
+    def fork_start(self, source: GraphCheckpoint, *, seq: int, inflight: dict[str, Any],
+                   skip: dict[str, Any]) -> dict[str, Any]:
+        """A forked execution's start record: the (whole) source record as it is, under the new
+        execution, so recovering the fork before its first boundary finds the journal, state, pending
+        inputs and superstep the fork resumes from."""
+        data = to_data(source)
+        data.update(
+            checkpoint_id=canonical_checkpoint_id(self.metadata["execution_id"], seq), seq=seq,
+            timestamp=time.time(), graph_metadata=self.metadata, status=RUNNING, failure=None, result=None,
+            base_seq=None, skip_nodes=list(skip), skip_outputs=skip_outputs(skip), inflight=dict(inflight),
+            extras={"structure": self.structure, "forked_from": source.checkpoint_id}, version=CONTENT_VERSION,
+        )
+        self.whole_due = 1  # (that one was whole)
+        return data

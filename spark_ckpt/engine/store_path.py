@@ -1,0 +1,220 @@
+"""The store path: an execution's records encoded and put under its lease, in order, as the durability
+mode says; the lease kept alive while the execution runs; retention after a run.
+
+Invariants:
+
+* records are numbered in the order they are built (``next_seq``) and put in that order;
+* a fresh execution's first record takes the lease in the same write (``start_execution``);
+  every later one is fenced by it;
+* the last boundary record (``last_blob``) is set only once its put succeeded: a record built on it
+  (in-flight journals, a failure) never stacks on a record that is not in the store;
+* the lease is only ever extended under its own token (``renew``); once it is gone the writer is
+  ``fenced`` and the execution must stop: no live work starts after that.
+
+No Spark import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+import attrs
+
+from ..backends.base import Backend, LocalBackend
+from ..codec import Codec, Identity
+from ..errors import CodecError, LeaseError
+from ..model import GRAPH, RUNNING, CheckpointHeader, Lease
+from ..retention import prune
+from .durability import DurableWriter
+
+log = logging.getLogger("spark_ckpt.store")
+
+#: ``on_stored(header)``: a record is in the store (fires ``spark_ckpt_post_checkpoint``)
+OnStored = Callable[[CheckpointHeader], Awaitable[None]]
+
+
+class RecordWriter:
+    """Encodes and stores the records of one execution under its lease (see the module docstring)."""
+
+    def __init__(
+        self, backend: Backend, codec: Codec, *, durability: str, owner: str, ttl_s: float,
+        next_seq: int = 0, lease: Lease | None = None, on_stored: OnStored | None = None,
+    ) -> None:
+        self.backend = backend
+        self.codec = codec
+        self.durability = durability
+        self.owner = owner
+        self.ttl_s = ttl_s
+        # a local backend's aput only calls put: calling put saves a coroutine per record
+        self.put_directly = type(backend).aput is LocalBackend.aput
+        self.tags_heads = codec.index_tags.enabled
+        self.on_stored = on_stored
+        #: seq of the next record built; the one this process took the execution up at
+        self.next_seq = self.first_seq = next_seq
+        self.lease = lease
+        #: monotonic time by which the lease must have been renewed before live work may start
+        self.lease_deadline = float("inf")
+        #: set when the lease was lost: this worker must stop
+        self.fenced: LeaseError | None = None
+        #: the last boundary record stored, as encoded, with its status and seq
+        self.last_blob: bytes | None = None
+        self.last_status: str | None = None
+        self.last_seq: int | None = None
+        #: under "exit" only the newest record is kept, as each then stands alone
+        self.writes = DurableWriter(durability, newest_only=True)
+
+    def resumed_on(self, blob: bytes, seq: int) -> None:
+        """The record this execution resumes from is the base of the records built on a boundary."""
+        self.last_blob, self.last_status, self.last_seq = blob, RUNNING, seq
+
+    def base_data(self) -> dict[str, Any]:
+        """The last boundary record stored, decoded (records built on a boundary start from it)."""
+        data, _ = self.codec.decode_data(self.last_blob)
+        return data
+
+    @property
+    def written(self) -> int:
+        """Records built since this process took the execution up."""
+        return self.next_seq - self.first_seq
+
+    # -- storing ------------------------------------------------------------------------------------
+    def encode(self, data: dict[str, Any]) -> tuple[CheckpointHeader, bytes]:
+        meta = data["graph_metadata"]
+        identity = Identity(meta["graph_id"], meta["execution_id"], data["seq"])
+        try:
+            blob = self.codec.encode_data(data, identity)
+        except CodecError as exc:
+            raise type(exc)(f"graph {meta['graph_id']!r}, checkpoint seq {data['seq']}: {exc}") from None
+        # (positional: a third cheaper than keywords, once per record)
+        header = CheckpointHeader(data["checkpoint_id"], meta["graph_id"], meta["execution_id"], data["seq"],
+                                  data["timestamp"], data["status"], GRAPH, len(blob))
+        if self.tags_heads:
+            header = attrs.evolve(header, tag=self.codec.index_tags.tag(header))
+        return header, blob
+
+    async def store(self, data: dict[str, Any], *, wait: bool) -> CheckpointHeader:
+        """Encode now (so later mutation cannot leak in), write according to the durability mode
+        (``wait``: stored before this returns)."""
+        header, blob = self.encode(data)
+        self.next_seq = header.seq + 1
+        # in-flight records stack on the boundary record; they never replace it
+        boundary = not (data["inflight"] and header.status == RUNNING)
+        if wait and self.writes.idle:  # durability "sync": the write is stored before the next superstep
+            await self._put(header, blob, boundary)
+        else:
+            await self.writes.write(lambda: self._put(header, blob, boundary), wait=wait)
+        return header
+
+    async def _put(self, header: CheckpointHeader, blob: bytes, boundary: bool) -> None:
+        if self.lease is None:  # a fresh execution's start record: takes the lease in the same write
+            self.lease = await self.backend.astart_execution(header, blob, self.owner, self.ttl_s)
+            self.lease_deadline = time.monotonic() + self.ttl_s / 2
+        elif self.put_directly:
+            self.backend.put(header, blob, lease=self.lease)
+        else:
+            await self.backend.aput(header, blob, lease=self.lease)
+        if boundary:  # (only once stored: records built on it must never stack on a lost one)
+            self.last_blob, self.last_status, self.last_seq = blob, header.status, header.seq
+        if self.on_stored is not None:
+            await self.on_stored(header)
+
+    async def flush(self) -> None:
+        await self.writes.flush()
+
+    # -- the lease ----------------------------------------------------------------------------------
+    async def acquire(self, execution_id: str) -> None:
+        self.lease = await self.backend.aacquire_lease(execution_id, self.owner, self.ttl_s)
+        self.lease_deadline = time.monotonic() + self.ttl_s / 2
+
+    async def renew(self) -> None:
+        """Extend the lease under its own token; ``LeaseError`` (and ``fenced``) once it is gone."""
+        try:
+            self.lease = await self.backend.arenew_lease(self.lease, self.ttl_s)
+        except LeaseError as exc:
+            if self.fenced is None:
+                log.error("lost the lease on execution %s; this worker stops: %s", self.lease.execution_id, exc)
+                self.fenced = exc
+            raise
+        self.lease_deadline = time.monotonic() + self.ttl_s / 2
+
+    async def check_lease(self) -> None:
+        """Before live work once the lease is due (the renewer fell behind: a blocked loop, a stopped
+        process): renew it now, or raise ``LeaseError`` if it was taken over."""
+        if self.fenced is None and self.lease is not None:
+            try:
+                await self.renew()
+            except LeaseError:
+                pass  # recorded in fenced
+        if self.fenced is not None:
+            raise self.fenced
+
+    async def release(self) -> None:
+        if self.lease is None:
+            return
+        try:
+            await self.backend.arelease_lease(self.lease)
+        except Exception:  # releasing is an optimisation: the lease expires anyway
+            log.debug("lease release failed", exc_info=True)
+
+
+class LeaseRenewer:
+    """Renews a writer's lease every ttl/3 while its execution runs (``RecordWriter.renew``: the same
+    token, so a worker whose lease was taken over while it stalled learns it and stops).
+
+    A timer handle rather than a task: most runs finish long before the first renewal, and creating
+    plus cancelling a task per run costs more than the whole record write.
+    """
+
+    def __init__(self, writer: RecordWriter) -> None:
+        self.writer = writer
+        self.interval = writer.ttl_s / 3
+        self.loop = asyncio.get_running_loop()
+        self.handle: asyncio.TimerHandle | None = self.loop.call_later(self.interval, self._due)
+        self.task: asyncio.Task | None = None
+
+    def _due(self) -> None:
+        self.task = self.loop.create_task(self._renew())
+
+    async def _renew(self) -> None:
+        if self.writer.lease is not None:
+            try:
+                await self.writer.renew()
+            except LeaseError:
+                return  # the execution was taken over: this worker stops (``fenced``)
+            except Exception:
+                log.warning("lease renewal failed; retrying", exc_info=True)
+        if self.handle is not None:
+            self.handle = self.loop.call_later(self.interval, self._due)
+
+    def stop(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        if self.task is not None:
+            self.task.cancel()
+
+
+class RetentionSchedule:
+    """Retention after a run: a count rule once the owner wrote half the count since it last pruned
+    (and at its first run), so storage stays within 1.5x the count at an amortized cost; other rules
+    after every run. Kept records that need older ones are rebased first (``retention.prune``)."""
+
+    def __init__(self, config: Any, rules: list[Any]) -> None:
+        self.rules = rules
+        count = config.retention_count
+        self.every = max(1, count // 2) if count is not None and not config.retention_max_age_s \
+            and not config.retention else 1
+        self.written = self.every
+
+    def after_run(self, backend: Backend, graph_id: str, written: int, rebase: Any) -> None:
+        self.written += written
+        if not self.rules or self.written < self.every:
+            return
+        self.written = 0
+        try:
+            prune(backend, self.rules, graph_id=graph_id, rebase=rebase)
+        except Exception:
+            log.warning("retention pruning failed; checkpoints kept", exc_info=True)
