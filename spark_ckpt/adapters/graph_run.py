@@ -20,6 +20,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -106,10 +107,13 @@ class GraphRunner:
         owner, dumps = self.owner, MessageDumps()
         journal = journal or Journal()
 
-        def read_node(key: str) -> dict[str, Any]:
-            origins = (lambda pending: journal.deliveries.origins(key, pending)) if key in owner._fan_in else None
-            return graph_state.node_entry(self.nodes[key], dumps, adapter_node=key in owner._adapter_keys,
-                                          origins=origins)
+        # one reader per node, its constants bound once per execution (read at every boundary it is dirty)
+        readers = {
+            key: functools.partial(
+                graph_state.node_entry, node, dumps, adapter_node=key in owner._adapter_keys,
+                origins=functools.partial(journal.deliveries.origins, key) if key in owner._fan_in else None)
+            for key, node in self.nodes.items()
+        }
 
         def snapshot_adapter(key: str) -> Any:
             node = self.nodes[key]
@@ -119,7 +123,7 @@ class GraphRunner:
             execution_id=execution_id, graph_id=self.graph_id, graph_version=owner.graph_version,
             structure=owner.structure, json_records=self.codec.takes_json_fragments,
             always_whole=self.config.durability == "exit", node_order=owner._node_order,
-            adapter_keys=[k for k in self.nodes if k in owner._adapter_keys], read_node=read_node,
+            adapter_keys=[k for k in self.nodes if k in owner._adapter_keys], readers=readers,
             snapshot_adapter=snapshot_adapter,
         )
         writer = RecordWriter(self.backend, self.codec, durability=self.config.durability, owner=owner.worker_id,

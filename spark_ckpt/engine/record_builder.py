@@ -82,7 +82,7 @@ class RecordBuilder:
     def __init__(
         self, *, execution_id: str, graph_id: str, graph_version: str, structure: str, json_records: bool,
         always_whole: bool, node_order: dict[str, int], adapter_keys: Iterable[str],
-        read_node: Callable[[str], dict[str, Any]], snapshot_adapter: Callable[[str], Any],
+        readers: dict[str, Callable[[], dict[str, Any]]], snapshot_adapter: Callable[[str], Any],
     ) -> None:
         #: the records' ``graph_metadata``: one dict shared by them (each is encoded at once)
         self.metadata = {"graph_id": graph_id, "graph_version": graph_version, "execution_id": execution_id}
@@ -91,7 +91,8 @@ class RecordBuilder:
         self.always_whole = always_whole  # durability "exit": only the newest record is ever written
         self.node_order = node_order
         self.adapter_keys = list(adapter_keys)
-        self.read_node = read_node
+        #: per node, what reads it into its entry (the adapter's)
+        self.readers = readers
         self.snapshot_adapter = snapshot_adapter
         #: graph state as last stored, per key (see ``_mark``); None: the next record is whole
         self.marks: dict[str, Any] | None = None
@@ -118,9 +119,9 @@ class RecordBuilder:
         """
         node_states = self.node_states  # updated in place (encoded right away: sharing is safe)
         dirty, self.dirty = self.dirty, set()
-        waiting = self.waiting
+        waiting, readers = self.waiting, self.readers
         for key in self.node_order if dirty is None else dirty:
-            entry = node_states[key] = self.read_node(key)
+            entry = node_states[key] = readers[key]()
             if "pending_inputs" in entry:
                 waiting.add(key)
             else:
