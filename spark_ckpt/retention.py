@@ -68,16 +68,15 @@ def protected_ids(backend: Backend, graph_id: str | None) -> set[str]:
 
 def plan_prune(
     backend: Backend, rules: Iterable[Any], graph_id: str | None = None, *, kinds: Iterable[str] = (GRAPH,),
-    can_rebase: bool = False,
 ) -> list[CheckpointHeader]:
-    """Headers the rules would delete for ``graph_id`` (all graphs if None), newest first.
+    """Headers the rules would delete for ``graph_id`` (all graphs if None), newest first, keeping what
+    kept graph records need (nothing is rebased: see ``prune``).
 
     Only records of ``kinds`` are considered. Agent records (kind "agent") form delta chains whose
     bases only the agent adapter can see, so they are pruned by ``CheckpointedAgent.prune()``, which
-    passes ``kinds=("agent",)`` together with the ids its chains still need. ``can_rebase``: the
-    caller will make the oldest kept record of an execution stand alone first (see ``prune``).
+    passes ``kinds=("agent",)`` together with the ids its chains still need.
     """
-    return _plan(backend, rules, graph_id, kinds=kinds, can_rebase=can_rebase)[0]
+    return _plan(backend, rules, graph_id, kinds=kinds, can_rebase=False)[0]
 
 
 def _plan(

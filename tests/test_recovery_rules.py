@@ -264,10 +264,7 @@ def test_a_damaged_start_record_costs_nothing_when_the_first_node_journals_calls
     path = tmp_path / "s.db"
     graph = checkpointed(calls_graph(first="calls"), config=CheckpointConfig(backend="sqlite", path=str(path)),
                          graph_id="g")
-    monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", "c")
-    with pytest.raises(RuntimeError):
-        asyncio.run(graph.run({}))
-    monkeypatch.delenv("SPARK_CKPT_TEST_FAIL")
+    fail_at(graph, "c", monkeypatch)
     with closing(sqlite3.connect(path)) as db:
         (blob,) = db.execute("SELECT blob FROM checkpoints WHERE seq = 0").fetchone()
         db.execute("UPDATE checkpoints SET blob = ? WHERE seq = 0", (blob[:40] + bytes([blob[40] ^ 1]) + blob[41:],))
@@ -357,10 +354,7 @@ def test_a_graph_with_event_edges_is_refused_rather_than_replayed_without_its_ev
 
     config = CheckpointConfig(backend="sqlite", path=str(tmp_path / "e.db"))
     graph = checkpointed(build(), config=config, graph_id="g")
-    monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", "c")
-    with pytest.raises(RuntimeError):
-        asyncio.run(graph.run({}))
-    monkeypatch.delenv("SPARK_CKPT_TEST_FAIL")
+    fail_at(graph, "c", monkeypatch)
     before = graph.list_checkpoints()
     with pytest.raises(UnrecoverableExecutionError, match="event edges"):
         asyncio.run(checkpointed(build(), config=config, graph_id="g").recover_and_continue())
@@ -378,10 +372,7 @@ def test_a_graph_with_timer_edges_still_recovers(tmp_path, monkeypatch) -> None:
 
     config = CheckpointConfig(backend="sqlite", path=str(tmp_path / "t.db"))
     graph = checkpointed(build(), config=config, graph_id="g")
-    monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", "e")
-    with pytest.raises(RuntimeError):
-        asyncio.run(graph.run({}))
-    monkeypatch.delenv("SPARK_CKPT_TEST_FAIL")
+    fail_at(graph, "e", monkeypatch)
     assert ("d", 0) in [(v.node_key, v.index) for v in graph.get_last_checkpoint().execution_history]
     recovered = checkpointed(build(), config=config, graph_id="g")
     asyncio.run(recovered.recover_and_continue())

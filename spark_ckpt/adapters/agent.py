@@ -30,7 +30,7 @@ from typing import Any, Iterable
 
 from spark.agents import Agent
 
-from ..backends.leases import acquire_waiting, claim, worker_identity
+from ..backends.leases import claim, worker_identity
 from ..config import CheckpointConfig
 from ..errors import (
     CheckpointNotFoundError, ConfigError, CorruptCheckpointError, MissingCheckpointError,
@@ -212,7 +212,7 @@ class CheckpointedAgent:
         if self._running:
             raise SparkCkptError(f"agent {self.agent_id!r} is already running; runs of one agent are sequential")
         execution_id = new_id("ax")
-        lease = await self._acquire(execution_id, wait=False)
+        lease = await self.backend.aacquire_lease(execution_id, self._owner, self.config.lease_ttl_s)
         pre_run = self._records.comparable_snapshot()
         start = self._records.state_record(execution_id, 0, "run_started", RUNNING, advance_head=True, snapshot=pre_run)
         if start is None:
@@ -394,9 +394,6 @@ class CheckpointedAgent:
         await self._records.flush()
 
     # -- leases ---------------------------------------------------------------------------------
-    async def _acquire(self, execution_id: str, *, wait: bool | float) -> Any:
-        return await acquire_waiting(self.backend, execution_id, self._owner, self.config.lease_ttl_s, wait)
-
     async def _renew(self, lease: Any) -> Any:
         """Before each call's record: extend our own token (``LeaseError`` once the run was taken over,
         which stops this worker; never a new token)."""

@@ -27,18 +27,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..backends.leases import worker_identity
+from ..backends.leases import release_quietly, worker_identity
 from ..codec import Codec
 from ..config import CheckpointConfig
 from ..engine import records
 from ..engine.record_builder import FULL_HISTORY_EVERY, appended_json as _appended_json  # noqa: F401
 from ..engine.recovery import RecoveryPlanner, RecoveryReport  # noqa: F401  (RecoveryReport: re-exported)
 from ..errors import CodecError, ConfigError, NothingToRecoverError, SparkCkptError
-from ..model import COMPLETED, CheckpointHeader, GraphCheckpoint, Lease
+from ..model import COMPLETED, CheckpointHeader, GraphCheckpoint, Lease, new_id
 from ..plugins import Hooks
 from .graph_checkpoints import CheckpointAccess
 from .graph_run import GraphRunner
-from .graph_state import install_context_create_checkpoint, load_message, restore_into_graph
+from .graph_state import dump_run_input, install_context_create_checkpoint, load_message, restore_into_graph
 from .graph_state import load_run_input as _load_run_input  # noqa: F401  (re-exported)
 from .runtime import VisitContext, current_visit, node_state_adapter_for
 from .structure import node_keys, ordered_nodes, structure_digest
@@ -165,9 +165,6 @@ class CheckpointedGraph(CheckpointAccess):
         """Run the graph (same result, state and node order as the unwrapped graph), checkpointing it."""
         if not self.config.enabled:
             return await self.graph.run(inputs)
-        from ..model import new_id
-        from .graph_state import dump_run_input
-
         runner = self._runner
         execution = runner.new_execution(new_id("ex-"), dump_run_input(inputs))
         return await runner.execute(execution, inputs, resumed=False)
@@ -215,7 +212,7 @@ class CheckpointedGraph(CheckpointAccess):
         try:
             record, fell_back = await self._latest_verified(execution_id, head)
         except BaseException:
-            await self._release_quietly(lease)
+            await release_quietly(self.backend, lease)
             raise
         return await self._continue(record, same_execution=True, fell_back=fell_back, lease=lease,
                                     next_seq=head.seq + 1, allow_unsafe_rerun=allow_unsafe_rerun)
@@ -251,7 +248,7 @@ class CheckpointedGraph(CheckpointAccess):
                 return await self._continue(record, same_execution=True, fell_back=[], lease=lease,
                                             next_seq=head.seq + 1)
             if lease is not None:  # another worker moved the execution on meanwhile: this record is older now
-                await self._release_quietly(lease)
+                await release_quietly(self.backend, lease)
         return await self._continue(record, same_execution=False, fell_back=[])
 
     async def _continue(self, record: GraphCheckpoint, *, same_execution: bool, fell_back: list[str],
@@ -264,12 +261,6 @@ class CheckpointedGraph(CheckpointAccess):
 
     async def _latest_verified(self, execution_id: str, head: CheckpointHeader) -> tuple[GraphCheckpoint, list[str]]:
         return await self._planner.latest_verified(execution_id, head)
-
-    async def _release_quietly(self, lease: Lease) -> None:
-        try:
-            await self.backend.arelease_lease(lease)
-        except Exception:  # releasing is an optimisation: the lease expires anyway
-            log.debug("lease release failed", exc_info=True)
 
     # ------------------------------------------------------------------------------------------
     # reading records (the recovery planner's)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ..backends.leases import release_quietly
 from ..codec import to_data
 from ..engine import record_builder
 from ..engine.deliveries import diverged
@@ -349,9 +350,6 @@ class GraphRunner:
             self.owner.last_recovery = ex.report
             return await self.execute(ex, load_run_input(record.run_input), resumed=same_execution)
         except BaseException:
-            if lease is not None and self.active is None:
-                try:
-                    await self.backend.arelease_lease(lease)
-                except Exception:  # releasing is an optimisation: the lease expires anyway
-                    log.debug("lease release failed", exc_info=True)
+            if self.active is None:
+                await release_quietly(self.backend, lease)
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import time
@@ -12,6 +13,8 @@ from typing import Any, Awaitable, Callable
 
 from ..errors import LeaseError
 from ..model import COMPLETED, CheckpointHeader, Lease
+
+log = logging.getLogger("spark_ckpt.leases")
 
 #: this machine's name: a pid only means something on the host that recorded it
 HOST = socket.gethostname()
@@ -96,22 +99,6 @@ def check_fence(current: Lease | None, presented: Lease | None, execution_id: st
         )
 
 
-async def acquire_waiting(backend, execution_id: str, owner: str, ttl_s: float, wait: bool | float = False) -> Lease:
-    """``backend.aacquire_lease``, optionally waiting for another owner's lease to end.
-
-    ``wait``: False raises ``LeaseError`` at once; True waits up to two lease lifetimes (the owner
-    finishes, or stops renewing and its lease expires); a number waits that many seconds.
-    """
-    deadline = time.monotonic() + (2 * ttl_s + 1 if wait is True else float(wait or 0))
-    while True:
-        try:
-            return await backend.aacquire_lease(execution_id, owner, ttl_s)
-        except LeaseError:
-            if not wait or time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(min(0.1, ttl_s / 4))
-
-
 async def claim(
     backend: Any, execution_id: str, owner: str, ttl_s: float, wait: bool | float,
     read_head: Callable[[], Awaitable[CheckpointHeader]],
@@ -120,8 +107,9 @@ async def claim(
 
     ``read_head()`` gives the execution's index head (verified; it raises for an unknown execution).
     The head is read again under the lease: another worker may have finished the execution between
-    the first read and the grant; while waiting for another owner's lease (``wait``, as in
-    ``acquire_waiting``) a completion ends the wait.
+    the first read and the grant. ``wait`` for another owner's lease: False raises ``LeaseError`` at
+    once; True waits up to two lease lifetimes (the owner finishes, or stops renewing and its lease
+    expires); a number waits that many seconds. A completion ends the wait.
     """
     deadline = time.monotonic() + (2 * ttl_s + 1 if wait is True else float(wait or 0))
     while True:
@@ -137,9 +125,16 @@ async def claim(
             continue
         head = await read_head()
         if head.status == COMPLETED:
-            try:
-                await backend.arelease_lease(lease)
-            except Exception:  # releasing is an optimisation: the lease expires anyway
-                pass
+            await release_quietly(backend, lease)
             return None, head
         return lease, head
+
+
+async def release_quietly(backend: Any, lease: Lease | None) -> None:
+    """Give ``lease`` up if there is one; a failure is only logged (the lease expires anyway)."""
+    if lease is None:
+        return
+    try:
+        await backend.arelease_lease(lease)
+    except Exception:
+        log.debug("lease release failed", exc_info=True)

@@ -167,15 +167,20 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     reader = RecordReader(backend, codec)
     checked = corrupt = unreadable = incomplete = missing = 0
     try:
+        stored_seqs: dict[str, list[int]] = {}  # per execution, the seqs listed
         readable: dict[str, list[Any]] = {}  # graph checkpoints that decode, per execution
         for header in backend.list(graph_id=args.graph):
+            stored_seqs.setdefault(header.execution_id, []).append(header.seq)
             try:
                 stored = backend.get(header.checkpoint_id)
             except CheckpointNotFoundError:
                 continue  # deleted while we were verifying (e.g. pruned by a running graph)
             checked += 1
             try:
-                decode(codec, stored)
+                if header.kind == GRAPH:
+                    reader.load(header, stored)  # (decoded once: making records whole reads them again)
+                else:
+                    decode(codec, stored)
             except UNREADABLE_HERE as exc:
                 unreadable += 1
                 print(f"UNREADABLE {_where(header)}: {exc}", file=out)
@@ -186,15 +191,14 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
                 continue
             if header.kind == GRAPH:
                 readable.setdefault(header.execution_id, []).append(header)
-        for execution_id, headers in readable.items():
-            listed = backend.list(execution_id=execution_id)
-            for checkpoint_id, exc in readable_whole(reader, [h for h in listed if h in headers]).items():
+        for headers in readable.values():
+            for checkpoint_id, exc in readable_whole(reader, headers).items():
                 incomplete += 1
                 where = _where(next(h for h in headers if h.checkpoint_id == checkpoint_id))
                 print(f"INCOMPLETE {where}: {exc}", file=out)
         for latest in backend.executions(graph_id=args.graph):
             head = backend.execution_head(latest.execution_id)
-            stored_seqs = [h.seq for h in backend.list(execution_id=latest.execution_id)]
+            seqs = stored_seqs.get(latest.execution_id, [])
             problem = None
             if head is not None:
                 try:
@@ -203,9 +207,9 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
                     pass  # tagged under a key not configured here: its records say so already
                 except CodecError as exc:
                     problem = str(exc)
-                if problem is None and stored_seqs and max(stored_seqs) < head.seq:
+                if problem is None and seqs and max(seqs) < head.seq:
                     problem = (f"the executions index says seq {head.seq} ({head.status}) was written, the newest "
-                               f"stored is seq {max(stored_seqs)}")
+                               f"stored is seq {max(seqs)}")
             if problem is not None:
                 missing += 1
                 print(f"MISSING    execution {latest.execution_id} (graph {latest.graph_id}): {problem}", file=out)

@@ -78,11 +78,11 @@ class Deliveries:
         current = list(queue)
         origins = self.origins(receiver, current)
         if len(current) != len(stored):
-            raise _diverged(receiver, f"{len(stored)} pending input(s) at the checkpoint, {len(current)} here")
+            raise diverged(receiver, f"{len(stored)} pending input(s) at the checkpoint, {len(current)} here")
         if None in origins or None in stored:
             return  # some inputs came another way: their order cannot be told
         if sorted(map(tuple, origins)) != sorted(map(tuple, stored)):
-            raise _diverged(receiver, f"pending inputs from {stored} at the checkpoint, from {origins} here")
+            raise diverged(receiver, f"pending inputs from {stored} at the checkpoint, from {origins} here")
         pool = list(zip(current, origins))
         ordered = []
         for wanted in stored:
@@ -93,11 +93,7 @@ class Deliveries:
         self._pending[receiver] = ordered
 
 
-def diverged(receiver: str, what: str) -> RecoveryDivergedError:
-    return _diverged(receiver, what)
-
-
-def _diverged(node: str, what: str) -> RecoveryDivergedError:
+def diverged(node: str, what: str) -> RecoveryDivergedError:
     return RecoveryDivergedError(
         f"replaying the journal did not reproduce the run that wrote it at node {node!r} ({what}): the "
         "graph routed differently (changed code, or an edge condition that reads state). Nothing ran "

@@ -70,16 +70,7 @@ class Journal:
         journal.inflight = dict(record.inflight)
         return journal
 
-    # -- visits ------------------------------------------------------------------------------------
-    def next_index(self, key: str) -> int:
-        index = self.counts.get(key, 0)
-        self.counts[key] = index + 1
-        return index
-
-    def in_replayed_part(self, superstep: int) -> bool:
-        """Whether ``superstep`` is one the resumed record's journal covers (every visit replays)."""
-        return superstep <= self.resumed_through
-
+    # -- visits (the node wrapper counts them in ``counts`` inline: it runs once per visit) -------------
     def replayed(self, visit: Visit) -> None:
         self.entries.append(_visit_data(visit))
 

@@ -14,12 +14,24 @@ import attrs
 
 from ..codec import Codec, Identity
 from ..errors import CheckpointNotFoundError, SparkCkptError, UnsupportedFormatError
-from ..model import CONTENT_VERSION, CheckpointHeader, GraphCheckpoint
+from ..model import CONTENT_VERSION, CheckpointHeader, GraphCheckpoint, StoredCheckpoint
 from . import chain
 
 
 def identity(header: CheckpointHeader) -> Identity:
     return Identity(header.graph_id, header.execution_id, header.seq)
+
+
+def decode_record(codec: Codec, blob: bytes, header: CheckpointHeader | None = None) -> GraphCheckpoint:
+    """A graph record from its bytes, checked against the position it is stored at (if ``header``) and
+    refused when a newer spark-ckpt wrote it."""
+    record = codec.decode(blob, GraphCheckpoint, identity(header) if header is not None else None)
+    if record.version > CONTENT_VERSION:
+        raise UnsupportedFormatError(
+            f"checkpoint {record.checkpoint_id} has content version {record.version}, newer than this "
+            "spark-ckpt understands; upgrade spark-ckpt"
+        )
+    return record
 
 
 class RecordReader:
@@ -30,18 +42,13 @@ class RecordReader:
         self.codec = codec
         self.decoded: dict[tuple[str, int], GraphCheckpoint] = {}
 
-    def load(self, header: CheckpointHeader) -> GraphCheckpoint:
+    def load(self, header: CheckpointHeader, stored: StoredCheckpoint | None = None) -> GraphCheckpoint:
+        """The record at ``header`` (``stored``: its bytes, when already read), decoded once."""
         key = (header.execution_id, header.seq)
         record = self.decoded.get(key)
         if record is None:
-            stored = self.backend.get(header.checkpoint_id)
-            record = self.codec.decode(stored.blob, GraphCheckpoint, identity(stored.header))
-            if record.version > CONTENT_VERSION:
-                raise UnsupportedFormatError(
-                    f"checkpoint {record.checkpoint_id} has content version {record.version}, newer than this "
-                    "spark-ckpt understands; upgrade spark-ckpt"
-                )
-            self.decoded[key] = record
+            stored = stored or self.backend.get(header.checkpoint_id)
+            record = self.decoded[key] = decode_record(self.codec, stored.blob, stored.header)
         return record
 
     def whole(self, header: CheckpointHeader, earlier: Iterable[CheckpointHeader] | None = None,

@@ -25,13 +25,13 @@ from typing import Any, Iterable
 import attrs
 
 from ..backends.leases import claim
-from ..codec import Codec, Identity
+from ..codec import Codec
 from ..errors import (
     CheckpointNotFoundError, CorruptCheckpointError, GraphMismatchError, MissingCheckpointError,
-    NothingToRecoverError, UnrecoverableExecutionError, UnsupportedFormatError,
+    NothingToRecoverError, UnrecoverableExecutionError,
 )
-from ..model import CONTENT_VERSION, GRAPH, CheckpointHeader, GraphCheckpoint, Lease
-from . import chain
+from ..model import GRAPH, CheckpointHeader, GraphCheckpoint, Lease
+from . import chain, records
 
 log = logging.getLogger("spark_ckpt.recovery")
 
@@ -71,14 +71,7 @@ class RecoveryPlanner:
 
     # -- reading records ------------------------------------------------------------------------------
     def decode(self, blob: bytes, header: CheckpointHeader | None = None) -> GraphCheckpoint:
-        expected = Identity(header.graph_id, header.execution_id, header.seq) if header is not None else None
-        record = self.codec.decode(blob, GraphCheckpoint, expected)
-        if record.version > CONTENT_VERSION:
-            raise UnsupportedFormatError(
-                f"checkpoint {record.checkpoint_id} has content version {record.version}, newer than this "
-                "spark-ckpt understands; upgrade spark-ckpt"
-            )
-        return record
+        return records.decode_record(self.codec, blob, header)
 
     def check(self, record: GraphCheckpoint) -> None:
         """``GraphMismatchError`` unless ``record`` is this graph's, of its structure (or a change is allowed)."""

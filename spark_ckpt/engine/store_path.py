@@ -24,6 +24,7 @@ from typing import Any, Awaitable, Callable
 import attrs
 
 from ..backends.base import Backend, LocalBackend
+from ..backends.leases import release_quietly
 from ..codec import Codec, Identity
 from ..errors import CodecError, LeaseError
 from ..model import GRAPH, RUNNING, CheckpointHeader, Lease
@@ -152,12 +153,7 @@ class RecordWriter:
             raise self.fenced
 
     async def release(self) -> None:
-        if self.lease is None:
-            return
-        try:
-            await self.backend.arelease_lease(self.lease)
-        except Exception:  # releasing is an optimisation: the lease expires anyway
-            log.debug("lease release failed", exc_info=True)
+        await release_quietly(self.backend, self.lease)
 
 
 class LeaseRenewer:
