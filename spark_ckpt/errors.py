@@ -103,6 +103,11 @@ class PickleSignatureError(PickleRefusedError):
     """The pickle's HMAC signature does not match the configured signing key."""
 
 
+class UnsupportedFeatureError(ConfigError):
+    """A Spark feature or execution mode this version cannot checkpoint and recover faithfully; it is
+    refused before anything runs or is stored (the message names the feature and what to do)."""
+
+
 class InvalidKeyError(ConfigError):
     """Key material or a key id in the configuration is malformed (never echoed in the message)."""
 

@@ -33,12 +33,12 @@ from ..config import CheckpointConfig
 from ..engine import records
 from ..engine.record_builder import FULL_HISTORY_EVERY, appended_json as _appended_json  # noqa: F401
 from ..engine.recovery import RecoveryPlanner, RecoveryReport  # noqa: F401  (RecoveryReport: re-exported)
-from ..errors import CodecError, ConfigError, NothingToRecoverError, SparkCkptError
+from ..errors import CodecError, ConfigError, NothingToRecoverError, SparkCkptError, UnsupportedFeatureError
 from ..model import COMPLETED, CheckpointHeader, GraphCheckpoint, Lease, new_id
 from ..plugins import Hooks
 from .graph_checkpoints import CheckpointAccess
 from .graph_run import GraphRunner
-from .graph_state import dump_run_input, install_context_create_checkpoint, load_message, restore_into_graph
+from .graph_state import dump_run_input, install_context_create_checkpoint, load_message, restore_into_graph, task_type
 from .graph_state import load_run_input as _load_run_input  # noqa: F401  (re-exported)
 from .runtime import VisitContext, current_visit, node_state_adapter_for
 from .structure import node_keys, ordered_nodes, structure_digest
@@ -96,6 +96,7 @@ class CheckpointedGraph(CheckpointAccess):
         from spark.graphs.hooks import GraphLifecycleEvent
 
         self.graph.register_hook(GraphLifecycleEvent.AFTER_ITERATION, self._runner.after_superstep)
+        _register_as_spark_graph()
 
     # ------------------------------------------------------------------------------------------
     # setup
@@ -162,12 +163,57 @@ class CheckpointedGraph(CheckpointAccess):
     # ------------------------------------------------------------------------------------------
     # running
     async def run(self, inputs: Any = None) -> Any:
-        """Run the graph (same result, state and node order as the unwrapped graph), checkpointing it."""
+        """Run the graph (same result, state and node order as the unwrapped graph), checkpointing it.
+
+        ``inputs`` is what Spark's ``Graph.run`` takes: a value, a dict, a ``NodeMessage`` or a Spark
+        ``Task`` (its budget, campaign, metadata and ids behave as in bare Spark; the Task is stored
+        with the execution, so a recovery re-enters with the same Task).
+        """
         if not self.config.enabled:
             return await self.graph.run(inputs)
+        if task_type(inputs) in LONG_LIVED_TASK_TYPES:
+            return await self._run_long_lived(inputs)
         runner = self._runner
         execution = runner.new_execution(new_id("ex-"), dump_run_input(inputs))
         return await runner.execute(execution, inputs, resumed=False)
+
+    async def _run_long_lived(self, task: Any) -> Any:
+        raise UnsupportedFeatureError(
+            f"graph {self.graph_id!r}: a {task_type(task)} task runs every node as a continuous worker, which "
+            "this version does not checkpoint. Nothing was run or stored; run it with a ONE_OFF task, or "
+            "on the unwrapped graph (graph.graph.run(task)) without checkpoints"
+        )
+
+    async def resume_from(self, checkpoint: Any, *, overrides: dict[str, Any] | None = None, task: Any = None) -> Any:
+        """Spark's ``Graph.resume_from``, run through this wrapper: graph state from a Spark
+        ``GraphCheckpoint`` (or its dict), ``overrides`` on top, its mailboxes, then ``run`` of a
+        RESUMABLE copy of ``task`` (as Spark does). For spark-ckpt's own checkpoints use
+        ``continue_from_checkpoint`` or ``recover_and_continue``."""
+        from spark.graphs.checkpoint import GraphCheckpoint as SparkCheckpoint
+        from spark.graphs.tasks import Task, TaskType
+
+        checkpoint_obj = SparkCheckpoint.ensure(checkpoint)
+        state = self.graph.state
+        await state.reset(dict(checkpoint_obj.state))
+        if overrides:
+            await state.update(dict(overrides))
+        mailboxes = checkpoint_obj.metadata.get("mailboxes")
+        if mailboxes:
+            await state.restore_mailboxes(mailboxes)
+        resume_task = task.model_copy(deep=True) if task is not None else Task()
+        resume_task.type = TaskType.RESUMABLE
+        resume_task.metadata = dict(resume_task.metadata or {})
+        resume_task.metadata.setdefault("checkpoint_id", checkpoint_obj.checkpoint_id)
+        resume_task.resume_from = checkpoint_obj.checkpoint_id
+        return await self.run(resume_task)
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything of Spark's Graph that spark-ckpt does not own (checkpoint_state,
+        # configure_checkpoints, get_checkpoint_history, state, event_bus, nodes, register_hook, ...)
+        # is the wrapped graph's. Only called for names this class does not define.
+        if name.startswith("__") or name == "graph":
+            raise AttributeError(name)
+        return getattr(self.graph, name)
 
     async def flush(self) -> None:
         """Wait until every checkpoint taken so far is stored (durability "async" or "exit").
@@ -286,6 +332,19 @@ class CheckpointedGraph(CheckpointAccess):
 
     def __repr__(self) -> str:
         return f"CheckpointedGraph(graph_id={self.graph_id!r}, backend={self.backend.describe()!r})"
+
+
+#: Spark task types whose nodes run as continuous workers (no supersteps)
+LONG_LIVED_TASK_TYPES = frozenset({"longrunning", "resumable"})
+
+
+def _register_as_spark_graph() -> None:
+    """A wrapped graph is a Spark graph to Spark's own checks (``SubgraphNode(graph=...)`` type-checks
+    against ``BaseGraph``, an ABC): registered as a virtual subclass, nothing of Spark's changes."""
+    from spark.graphs.base import BaseGraph
+
+    if not issubclass(CheckpointedGraph, BaseGraph):
+        BaseGraph.register(CheckpointedGraph)
 
 
 async def request_checkpoint(reason: str = "explicit") -> str:

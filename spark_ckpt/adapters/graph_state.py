@@ -16,7 +16,6 @@ import copy
 from typing import Any, Callable, Iterable
 
 from ..codec.convert import dumps_data, find_unencodable
-from ..errors import ConfigError
 from ..model import GraphCheckpoint
 from .runtime import node_state_adapter_for
 
@@ -100,13 +99,18 @@ class MessageDumps:
 
 
 def dump_run_input(inputs: Any) -> Any:
-    """The run's input as data: {"kind": "message"|"dict"|"value", "value": ...}."""
+    """The run's input as data: {"kind": "message"|"task"|"dict"|"value", "value": ...}.
+
+    A Spark ``Task`` is stored whole (type, budget, campaign, metadata, ids, dependencies), so a
+    recovery re-enters Spark's run with the same Task; its ``metadata`` and extra fields stay as the
+    user gave them (the codec refuses what it cannot store faithfully, it never converts them).
+    """
     if inputs is None:
         return None
+    if is_task(inputs):
+        return {"kind": "task", "value": dump_task(inputs)}
     if hasattr(inputs, "model_dump") and type(inputs).__name__ == "NodeMessage":
         return {"kind": "message", "value": dump_message(inputs)}
-    if type(inputs).__name__ == "Task":
-        raise ConfigError("checkpointed graphs take plain inputs or a NodeMessage, not a Spark Task")
     if isinstance(inputs, dict):
         return {"kind": "dict", "value": inputs}
     return {"kind": "value", "value": inputs}
@@ -117,7 +121,43 @@ def load_run_input(data: Any) -> Any:
         return None
     if data["kind"] == "message":
         return load_message(data["value"])
+    if data["kind"] == "task":
+        return load_task(data["value"])
     return data["value"]
+
+
+def is_task(value: Any) -> bool:
+    return type(value).__name__ == "Task" and type(value).__module__.startswith("spark.")
+
+
+def dump_task(task: Any) -> dict[str, Any]:
+    # Spark's own fields through pydantic's JSON mode (enums, budgets, campaigns); what the user put
+    # in ``metadata`` and extra fields as given
+    own = {"inputs", "metadata", *(task.model_extra or {})}
+    data = task.model_dump(mode="json", exclude=own)
+    data["inputs"] = dump_message(task.inputs)
+    data["metadata"] = dict(task.metadata or {})
+    extra = dict(task.model_extra or {})
+    if extra:
+        data["extra"] = extra
+    return data
+
+
+def load_task(data: dict[str, Any]) -> Any:
+    from spark.graphs.tasks import Task
+
+    fields = dict(data)
+    extra = fields.pop("extra", None) or {}
+    fields["inputs"] = load_message(fields.get("inputs"))
+    return Task(**fields, **extra)
+
+
+def task_type(inputs: Any) -> str | None:
+    """The Spark task type of a run input (None for plain inputs: Spark runs them as ONE_OFF)."""
+    if not is_task(inputs):
+        return None
+    kind = inputs.type
+    return getattr(kind, "value", str(kind))
 
 
 def plain_or_repr(value: Any) -> Any:
