@@ -19,7 +19,9 @@ import attrs
 #: 4: a visit names the visit whose output it consumed (``Visit.input_from``), pending inputs name
 #:    theirs (``NodeSnapshot.pending_from``); records built on a boundary name it (``base_seq``);
 #:    skips keep their outputs (``skip_outputs``); a record with the whole state stands alone.
-CONTENT_VERSION = 4
+#: 5: a visit keeps the events it published on the graph's event bus (``Visit.events``), re-published
+#:    when it replays; a run input may be a Spark Task (``{"kind": "task"}``).
+CONTENT_VERSION = 5
 
 # Status of an execution as of a given checkpoint. The newest checkpoint of an execution decides.
 RUNNING = "running"
@@ -123,6 +125,9 @@ class Visit:
     started_at: float = 0.0
     duration_s: float = 0.0
     input_from: Any = None
+    #: the events the visit published, in order: ``{"topic", "payload", "message", "metadata"}``
+    #: (``payload`` dumped; ``message``: it was a NodeMessage)
+    events: list[Any] | None = None
 
 
 @attrs.frozen

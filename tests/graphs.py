@@ -8,6 +8,7 @@ process from inside ``process()``, after it changed graph state.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from typing import Any
@@ -179,5 +180,49 @@ def mutating() -> Graph:
     return Graph(start=mutate, initial_state={"log": [], "tags": {}, "scratch": 0, "flag": 1, "blob": "z" * 50_000})
 
 
+class Announce(Node):
+    """Publishes an event per order on the graph's event bus (its subscribers run on event edges)."""
+
+    async def process(self, context):
+        visit = record(self, context)
+        orders = list(range(1, context.inputs.content.get("n", 3) + 1))
+        await context.graph_state.set("announced", orders)
+        for order in orders:
+            await self.publish_event("order", {"order": order})
+        maybe_crash(self, visit)
+        return {"orders": orders, "step": 0}
+
+
+class Work(Node):
+    """A plain step after the publisher; slow enough that the subscribers run meanwhile."""
+
+    async def process(self, context):
+        visit = record(self, context)
+        await asyncio.sleep(0.02)
+        steps = await context.graph_state.get("steps", [])
+        await context.graph_state.set("steps", steps + [self.id])
+        maybe_crash(self, visit)
+        return {**context.inputs.content, "step": context.inputs.content.get("step", 0) + 1}
+
+
+class Ship(Node):
+    """Subscribed to "order" events: ships each order it is told about."""
+
+    async def process(self, context):
+        visit = record(self, context)
+        shipped = await context.graph_state.get("shipped", [])
+        await context.graph_state.set("shipped", sorted(shipped + [context.inputs.content["order"]]))
+        maybe_crash(self, visit)
+        return {"shipped": context.inputs.content["order"]}
+
+
+def events() -> Graph:
+    """announce -> work1 -> work2, and announce's "order" events -> ship (once per event)."""
+    announce, work1, work2, ship = Announce(id="announce"), Work(id="work1"), Work(id="work2"), Ship(id="ship")
+    announce >> work1 >> work2
+    announce.on_event("order") >> ship
+    return Graph(start=announce)
+
+
 def build(name: str) -> Graph:
-    return {"pipeline": pipeline, "chain": chain, "fan_out": fan_out, "mutating": mutating}[name]()
+    return {"pipeline": pipeline, "chain": chain, "fan_out": fan_out, "mutating": mutating, "events": events}[name]()

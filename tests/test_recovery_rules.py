@@ -21,7 +21,7 @@ from spark_ckpt.backends.sqlite import SqliteBackend
 from spark_ckpt.cli import main as cli
 from spark_ckpt.codec import new_key
 from spark_ckpt.errors import (
-    BackendError, MissingCheckpointError, RecoveryDivergedError, TamperedCheckpointError, UnrecoverableExecutionError,
+    BackendError, MissingCheckpointError, RecoveryDivergedError, TamperedCheckpointError,
 )
 from spark_ckpt.model import COMPLETED, FAILED
 from spark_ckpt.retention import prune
@@ -343,22 +343,28 @@ class _Publisher(_Step):
         return await super().process(context)
 
 
-def test_a_graph_with_event_edges_is_refused_rather_than_replayed_without_its_events(tmp_path, monkeypatch) -> None:
-    """Replayed visits do not publish their events again yet: recovering past one is refused before anything
-    runs (never a run that silently skipped the subscribers)."""
+def test_a_graph_with_event_edges_recovers_with_its_events_published_again(tmp_path, monkeypatch) -> None:
+    """A replayed visit publishes its journaled events again, so the subscriber still runs once and the
+    recovered run ends as the uninterrupted one (it used to be refused, and before that silently wrong)."""
     def build() -> Graph:
         a, b, c, listener = _Publisher(id="a"), _Step(id="b"), _Step(id="c"), _Step(id="listener")
         a >> b >> c
         a.on_event("topic") >> listener
         return Graph(start=a)
 
+    bare = build()
+    asyncio.run(bare.run({"n": 1}))
     config = CheckpointConfig(backend="sqlite", path=str(tmp_path / "e.db"))
     graph = checkpointed(build(), config=config, graph_id="g")
     fail_at(graph, "c", monkeypatch)
-    before = graph.list_checkpoints()
-    with pytest.raises(UnrecoverableExecutionError, match="event edges"):
-        asyncio.run(checkpointed(build(), config=config, graph_id="g").recover_and_continue())
-    assert graph.list_checkpoints() == before
+    journaled = {(v.node_key, v.index): v for v in graph.get_last_checkpoint().execution_history}
+    assert journaled[("a", 0)].events[0]["topic"] == "topic"
+    recovered = checkpointed(build(), config=config, graph_id="g")
+    asyncio.run(recovered.recover_and_continue())
+    assert ("a", 0) in recovered.last_recovery.replayed and ("c", 0) in recovered.last_recovery.live
+    visits = recovered.last_recovery.replayed + recovered.last_recovery.live
+    assert visits.count(("listener", 0)) == 1 and ("listener", 1) not in visits
+    assert recovered.get_state_snapshot() == bare.state.get_snapshot()
 
 
 def test_a_graph_with_timer_edges_still_recovers(tmp_path, monkeypatch) -> None:

@@ -39,6 +39,7 @@ from ..errors import LeaseError, RecoveryDivergedError, SparkCkptError, Unrecove
 from ..events import CheckpointDecision, CheckpointSaved
 from ..model import COMPLETED, FAILED, RUNNING, FailureInfo, GraphCheckpoint, Lease, new_id
 from . import graph_state
+from .graph_events import journal_published_events
 from .graph_state import MessageDumps, SparkGraphState, dump_message, load_run_input, restore_into_graph
 from .graph_visits import NodeVisits
 from .runtime import node_state_adapter_for
@@ -93,7 +94,9 @@ class GraphRunner:
         self.graph_id = owner.graph_id
         self.keys = owner._keys
         self.nodes = owner._nodes_by_key
-        self.timed_edges = owner._timed_edges
+        #: timer or event edges deliver by wall-clock time or by an event worker, so a visit may replay
+        #: in another superstep than it ran in: replay is matched by visit there, not by superstep
+        self.timed_edges = owner._timed_edges or owner._event_edges
         self.state = SparkGraphState(self.graph)
         self.retention = RetentionSchedule(self.config, owner.retention_rules)
         self.visits = NodeVisits(self)
@@ -146,6 +149,7 @@ class GraphRunner:
         elif resumed or self.config.durability != "sync":
             await writer.acquire(ex.execution_id)
         self.active = ex
+        journal_published_events(self.graph)
         ex.dumps.cache.update(self._carried)
         hooks = self.hooks
         ex.node_hooks, ex.policy_hooks = hooks.wants_node_events, hooks.wants_should_checkpoint
@@ -327,11 +331,11 @@ class GraphRunner:
         """Continue ``record`` (made whole): the same execution under ``lease``, numbered from ``next_seq``
         (after the newest seq ever written), or a new execution forked from it."""
         try:
-            if self.owner._event_edges and record.execution_history:
+            if record.version < 5 and self.owner._event_edges and record.execution_history:
                 raise UnrecoverableExecutionError(
-                    f"graph {self.graph_id!r} has event edges (on_event): the events its journaled visits "
-                    "published are not replayed yet, so continuing could skip their subscribers. Nothing was "
-                    f"run; checkpoint {record.checkpoint_id} stays as it is. Start a new run"
+                    f"graph {self.graph_id!r} has event edges (on_event) and checkpoint {record.checkpoint_id} "
+                    "was written by a version of spark-ckpt that did not journal published events, so "
+                    "continuing could skip their subscribers. Nothing was run; start a new run"
                 )
             restore_into_graph(self.graph, self.nodes, record, pending=False)  # replay delivers them again
             journal = Journal.resuming(record, same_execution=same_execution)

@@ -23,6 +23,7 @@ import attrs
 from ..engine.deliveries import diverged
 from ..events import FailureEvent, NodeEvent
 from ..model import FailureInfo, Visit
+from .graph_events import republish
 from .graph_state import dump_message, load_message, plain_or_repr
 from .runtime import LazyVisit, VisitContext, _current_visit
 
@@ -67,7 +68,7 @@ class NodeVisits:
         keys = runner.keys
         successors = {keys[id(e.to_node)] for e in getattr(node, "edges", ()) if id(e.to_node) in keys}
         visit_context = self._visit_context
-        timed_edges = runner.timed_edges
+        timed_edges = runner.timed_edges  # or event edges: matched by visit, not by superstep
 
         async def do(inputs: Any = None) -> Any:
             ex = runner.active
@@ -105,6 +106,7 @@ class NodeVisits:
                 try:
                     output = await original_do(inputs)
                 except BaseException as exc:
+                    journal.published.pop((key, index), None)  # its superstep runs again and publishes again
                     await self._visit_failed(ex, node, key, index, inputs, exc)
                     raise
                 duration = time.perf_counter() - t0
@@ -113,6 +115,10 @@ class NodeVisits:
                          "started_at": started, "duration_s": duration}
                 if origin is not None:
                     entry["input_from"] = origin
+                if journal.published:
+                    events = journal.published.pop((key, index), None)
+                    if events:
+                        entry["events"] = events
                 journal.completed(entry)
                 if ex.report is not None:
                     ex.report.live.append((key, index))
@@ -174,6 +180,8 @@ class NodeVisits:
 
     async def _replay_visit(self, ex: Execution, node: Any, key: str, index: int, inputs: Any, visit: Visit) -> Any:
         runner = self.runner
+        if visit.events:  # published inside process(), before the visit returned: published again here
+            await republish(runner.graph, visit.events)
         output = load_message(visit.output)
         node.outputs = output
         ex.journal.replayed(visit)

@@ -54,6 +54,9 @@ class Journal:
         self.inflight_stored: dict[str, tuple[dict[str, Any], int]] = {}
         #: in-flight journals of the resumed record, handed to the visit that continues them
         self.inflight_recovered: dict[str, Any] = {}
+        #: events published by visits still running, by visit key; they go into the visit's entry
+        #: when it completes (``Visit.events``)
+        self.published: dict[tuple[str, int], list[Any]] = {}
 
     @classmethod
     def resuming(cls, record: GraphCheckpoint, *, same_execution: bool) -> "Journal":
