@@ -85,6 +85,8 @@ class CheckpointedGraph(CheckpointAccess):
         self._restored: GraphCheckpoint | None = None
         self._pending_skips: dict[str, Any] = {}
         self.last_recovery: RecoveryReport | None = None
+        #: the batch id of the last ``run_tasks`` / ``recover_tasks``
+        self.last_batch: str | None = None
         self._planner = RecoveryPlanner(
             self.backend, self.codec, graph_id=self.graph_id, structure=self.structure,
             allow_graph_change=self.config.allow_graph_change, owner=self.worker_id,
@@ -177,6 +179,47 @@ class CheckpointedGraph(CheckpointAccess):
         execution = runner.new_execution(new_id("ex-"), dump_run_input(inputs))
         return await runner.execute(execution, inputs, resumed=False)
 
+    async def run_tasks(
+        self, scheduler: Any, *, continue_on_error: bool = False, on_task_completed: Any = None,
+        on_task_failed: Any = None, usage_provider: Any = None, batch_id: str | None = None,
+    ) -> Any:
+        """Spark's ``Graph.run_tasks`` (same arguments, callbacks and ``TaskBatchResult``), each task its
+        own checkpointed execution. After a crash, ``recover_and_continue()`` (or ``recover_tasks``)
+        finishes the batch: completed tasks are not run again, the one in flight continues from its last
+        checkpoint, dependencies and campaign budgets still hold. ``batch_id`` names the batch
+        (default: a new id, in ``last_batch``)."""
+        from .graph_tasks import run_tasks
+
+        if not self.config.enabled:
+            return await self.graph.run_tasks(scheduler, continue_on_error=continue_on_error,
+                                              on_task_completed=on_task_completed, on_task_failed=on_task_failed,
+                                              usage_provider=usage_provider)
+        return await run_tasks(self, scheduler, continue_on_error=continue_on_error,
+                               on_task_completed=on_task_completed, on_task_failed=on_task_failed,
+                               usage_provider=usage_provider, batch_id=batch_id)
+
+    async def recover_tasks(self, *, batch_id: str | None = None, scheduler: Any = None, **callbacks: Any) -> Any:
+        """Finish the newest unfinished task batch (or ``batch_id``) after a crash or a failure; returns
+        Spark's ``TaskBatchResult`` with every task of the batch. ``scheduler``: the batch's tasks built
+        again (default: rebuilt from the stored tasks); ``callbacks``: ``run_tasks``'s ``on_task_completed``,
+        ``on_task_failed``, ``usage_provider``, ``continue_on_error`` (default: as the batch was run)."""
+        from .graph_tasks import recover_tasks
+
+        return await recover_tasks(self, batch_id=batch_id, scheduler=scheduler, **callbacks)
+
+    async def _run_task(self, execution_id: str, task: Any) -> Any:
+        """One task of a batch: its execution run, continued, or (completed before) its stored result."""
+        head = await self._planner.head(execution_id)
+        if head is None:
+            runner = self._runner
+            return await runner.execute(runner.new_execution(execution_id, dump_run_input(task)), task, resumed=False)
+        return await self.recover_and_continue(execution_id=execution_id)
+
+    async def _task_outcome(self, execution_id: str) -> Any:
+        """A completed task's stored result, its graph state restored (Spark keeps graph state from one
+        run to the next: the batch's next task starts where this one ended)."""
+        return self._completed_result(await self._planner.head(execution_id))
+
     async def _run_long_lived(self, task: Any) -> Any:
         raise UnsupportedFeatureError(
             f"graph {self.graph_id!r}: a {task_type(task)} task runs every node as a continuous worker, which "
@@ -251,7 +294,17 @@ class CheckpointedGraph(CheckpointAccess):
         """
         planner = self._planner
         if execution_id is None:
-            execution_id = await planner.newest_unfinished()
+            from .graph_tasks import batch_of, newest_unfinished_batch, recover_tasks
+
+            batch = await newest_unfinished_batch(self)
+            try:
+                execution_id = await planner.newest_unfinished()
+            except NothingToRecoverError:
+                if batch is None:
+                    raise
+            if batch is not None and (execution_id is None or batch_of(execution_id) == batch.execution_id
+                                      or batch.created_at >= (await planner.head(execution_id)).created_at):
+                return await recover_tasks(self, batch_id=batch.execution_id)
         lease, head = await planner.claim(execution_id, wait)
         if lease is None:
             return self._completed_result(head)
