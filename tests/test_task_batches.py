@@ -145,3 +145,15 @@ def test_campaign_budgets_still_hold_after_a_crash(tmp_path) -> None:
     assert second.returncode == 0, second.stderr[-3000:]
     out = json.loads(second.stdout.strip().splitlines()[-1])
     assert (out["completed"], out["failed"]) == (expected["completed"], expected["failed"])
+
+
+def test_a_batch_id_that_exists_is_refused_before_anything_runs(tmp_path) -> None:
+    from spark_ckpt.errors import ConfigError
+
+    graph = checkpointed(graphs.chain(2), config=CheckpointConfig(backend="sqlite", path=str(tmp_path / "x.db")),
+                         graph_id="g")
+    asyncio.run(graph.run_tasks(TaskScheduler([Task(task_id="a")]), batch_id="batch-nightly"))
+    before = graph.backend.list()
+    with pytest.raises(ConfigError, match="batch-nightly.*already exists.*has completed"):
+        asyncio.run(graph.run_tasks(TaskScheduler([Task(task_id="a")]), batch_id="batch-nightly"))
+    assert graph.backend.list() == before

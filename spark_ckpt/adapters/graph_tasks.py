@@ -90,6 +90,11 @@ class TaskBatch:
         tasks = getattr(scheduler, "_tasks", None)  # Spark's scheduler keeps its tasks here
         if not isinstance(tasks, dict):
             raise ConfigError("run_tasks needs a Spark TaskScheduler (spark.graphs.tasks.TaskScheduler)")
+        existing = await self.owner._planner.head(self.batch_id)
+        if existing is not None:
+            what = "has completed" if existing.status == COMPLETED else "is unfinished: finish it with recover_tasks(batch_id=...)"
+            raise ConfigError(f"task batch {self.batch_id!r} already exists in {self.owner.backend.describe()} and "
+                              f"{what}; choose another batch_id. Nothing was run")
         self.manifest = {"tasks": [dump_task(task) for task in tasks.values()],
                          "completed_before": sorted(scheduler.completed), "options": options}
         await self._store(RUNNING)
