@@ -8,6 +8,8 @@ across the outer and inner graphs, so the calls file counts inner executions too
 
 from __future__ import annotations
 
+import os
+
 from spark.graphs import Graph
 from spark.graphs.graph import SubgraphNode
 from spark.nodes import Node
@@ -20,7 +22,7 @@ PASSES = 4
 
 class Loop(Node):
     """Inner self-loop: one pass per superstep, appending to graph state (shared with the outer graph
-    unless ``share_state=False``)."""
+    unless ``share_state=False``); ``SPARK_CKPT_TEST_FAIL="loop:<visit>"`` makes that visit raise."""
 
     async def process(self, context):
         visit = record(self, context)
@@ -28,6 +30,8 @@ class Loop(Node):
         acc = await context.graph_state.get("acc", [])
         await context.graph_state.set("acc", acc + [i * 10])
         maybe_crash(self, visit)
+        if os.environ.get("SPARK_CKPT_TEST_FAIL") == f"{self.id}:{visit}":
+            raise RuntimeError(f"injected failure in {self.id}")
         return {"i": i + 1, "done": i + 1 >= PASSES}
 
 
