@@ -135,6 +135,7 @@ class CheckpointedGraph(CheckpointAccess):
                 adapter.prepare(node, self)
                 self._adapter_keys.add(key)
             self._runner.visits.wrap(node, key, fan_in=key in self._fan_in)
+            subgraphs.attach(self, node, key)  # a SubgraphNode's inner visits: journaled in its visit
             node._spark_ckpt_wrapped = self
 
     @staticmethod
@@ -257,6 +258,32 @@ class CheckpointedGraph(CheckpointAccess):
         if name.startswith("__") or name == "graph":
             raise AttributeError(name)
         return getattr(self.graph, name)
+
+    # Spark's SubgraphNode sets these on the graph it runs (``share_state``, ``share_event_bus``)
+    @property
+    def state(self) -> Any:
+        return self.graph.state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self.graph.state = value
+
+    @property
+    def event_bus(self) -> Any:
+        return self.graph.event_bus
+
+    @event_bus.setter
+    def event_bus(self, value: Any) -> None:
+        self.graph.event_bus = value
+
+    def copy(self) -> "CheckpointedGraph":
+        """A fresh runnable clone, as Spark's ``SubgraphNode(graph=...)`` takes one per execution: the
+        wrapped graph deep-copied without this wrapper's parts, wrapped again with the same config,
+        graph id and node keys (each run of it is an execution of its own; inside a checkpointed outer
+        graph the subgraph is journaled in the outer visit instead, see ``subgraphs``)."""
+        clone, names = subgraphs.clone_spark_graph(self)
+        return CheckpointedGraph(clone, self.config, graph_id=self.graph_id, graph_version=self.graph_version,
+                                 node_ids=names, worker_id=self.worker_id)
 
     async def flush(self) -> None:
         """Wait until every checkpoint taken so far is stored (durability "async" or "exit").
@@ -415,3 +442,7 @@ def _owner_of(visit: VisitContext) -> CheckpointedGraph:
     if owner is None:
         raise SparkCkptError("this visit does not belong to a CheckpointedGraph")
     return owner
+
+
+# SubgraphNodes (imported last: that module subclasses CheckpointedGraph)
+from . import subgraphs  # noqa: E402

@@ -50,6 +50,8 @@ class RecoveryReport:
     already_completed: bool = False
     #: ``skip_node`` requests the continuation never reached (their node had no further visit)
     unused_skips: list[str] = attrs.field(factory=list)
+    #: nested runs (a subgraph visit's inner run) that ran during this recovery: where each continued from
+    subgraphs: list[Any] = attrs.field(factory=list)
 
 
 class RecoveryPlanner:
