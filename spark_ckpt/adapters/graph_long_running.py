@@ -167,7 +167,11 @@ class LongRunningDriver:
             await runner._record_failure(ex, exc)
             raise
         else:
-            await run.finish(result)
+            try:
+                await run.finish(result)
+            except BaseException as exc:  # a change no record holds: the execution is not completed
+                await runner._record_failure(ex, exc)
+                raise
             return result
         finally:
             run.uninstall()
