@@ -33,7 +33,7 @@ from ..config import CheckpointConfig
 from ..engine import records
 from ..engine.record_builder import FULL_HISTORY_EVERY, appended_json as _appended_json  # noqa: F401
 from ..engine.recovery import RecoveryPlanner, RecoveryReport  # noqa: F401  (RecoveryReport: re-exported)
-from ..errors import CodecError, ConfigError, NothingToRecoverError, SparkCkptError, UnsupportedFeatureError
+from ..errors import CodecError, ConfigError, NothingToRecoverError, SparkCkptError
 from ..model import COMPLETED, CheckpointHeader, GraphCheckpoint, Lease, new_id
 from ..plugins import Hooks
 from .graph_checkpoints import CheckpointAccess
@@ -222,11 +222,12 @@ class CheckpointedGraph(CheckpointAccess):
         return self._completed_result(await self._planner.head(execution_id))
 
     async def _run_long_lived(self, task: Any) -> Any:
-        raise UnsupportedFeatureError(
-            f"graph {self.graph_id!r}: a {task_type(task)} task runs every node as a continuous worker, which "
-            "this version does not checkpoint. Nothing was run or stored; run it with a ONE_OFF task, or "
-            "on the unwrapped graph (graph.graph.run(task)) without checkpoints"
-        )
+        return await self._long_running().run(task)
+
+    def _long_running(self) -> Any:
+        from .graph_long_running import LongRunningDriver  # every visit committed per mailbox message
+
+        return LongRunningDriver(self)
 
     async def resume_from(self, checkpoint: Any, *, overrides: dict[str, Any] | None = None, task: Any = None) -> Any:
         """Spark's ``Graph.resume_from``, run through this wrapper: graph state from a Spark
@@ -382,6 +383,9 @@ class CheckpointedGraph(CheckpointAccess):
         skips = {**{k: None for k in record.skip_nodes}, **record.skip_outputs, **self._pending_skips}
         self._pending_skips = {}
         self._restored = None
+        if task_type(_load_run_input(record.run_input)) in LONG_LIVED_TASK_TYPES:
+            return await self._long_running().resume(record, same_execution=same_execution, fell_back=fell_back,
+                                                     skips=skips, lease=lease, next_seq=next_seq)
         return await self._runner.resume(record, same_execution=same_execution, fell_back=fell_back, skips=skips,
                                          lease=lease, next_seq=next_seq, allow_unsafe_rerun=allow_unsafe_rerun)
 
