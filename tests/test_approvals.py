@@ -268,3 +268,41 @@ def test_human_input_is_asked_once_across_a_sigkill(tmp_path: Path, store: str, 
     # the asking visit's process() runs again (its superstep had no record); s0 and finish once each
     assert calls(tmp_path, "calls-1.txt", "calls-2.txt") == ["s0:0", "ask:0", "ask:0", "finish:0"]
     assert final["replayed"] == ["s0:0"] and final["live"] == ["ask:0", "finish:0"]
+
+
+def test_task_gate_waits_on_the_start_record_and_passes_once_approved(tmp_path: Path) -> None:
+    """A rule on the task itself (``graph:execute_task``) stops the run before any node: waiting on the
+    start record; approved, a fresh graph object (as a new process builds it) runs every node once."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import graphs
+    from spark.governance.approval import ApprovalPendingError
+    from spark.governance.policy import PolicyEffect, PolicyRule
+    from spark.graphs import Graph
+
+    from spark_ckpt import CheckpointConfig, checkpointed
+
+    rule = PolicyRule(name="task-needs-approval", effect=PolicyEffect.REQUIRE_APPROVAL, actions=["graph:execute_task"])
+    store = f"sqlite:///{tmp_path}/task.db"
+
+    def build():
+        return checkpointed(Graph(start=graphs.chain(3).start, policy_rules=[rule]),
+                            config=CheckpointConfig(backend=store), graph_id="task-gate")
+
+    async def scenario():
+        first = build()
+        with pytest.raises(ApprovalPendingError) as stopped:
+            await first.run({"x": 1})
+        approval_id = stopped.value.approval.approval_id
+        assert first.backend.executions(graph_id="task-gate")[0].status == "waiting"
+        graphs.CALLS.clear()
+        assert [r["action"] for r in await build().list_approvals()] == ["graph:execute_task"]
+        await build().resolve_approval(approval_id, approved=True, reviewer="dana")
+        last = build()
+        result = await last.recover_and_continue()
+        events = [(e["decision"], e["action"]) for e in last.get_state_snapshot()["policy_events"]]
+        return result.content, list(graphs.CALLS), events
+
+    result, executed, events = asyncio.run(scenario())
+    assert result == {"step": "s2", "count": 3}
+    assert executed == ["s0:0", "s1:0", "s2:0"]
+    assert events == [("allow", "graph:execute_task")] + [("allow", "node:execute")] * 3
