@@ -158,3 +158,8 @@ class BudgetExceededError(RunStopped):
 
 class UnsafeToRetryError(SparkCkptError):
     """A tool marked not safe to re-run was in flight at a crash; it is reported, not repeated."""
+
+
+class ApprovalError(SparkCkptError, LookupError):
+    """An approval cannot be resolved as asked: the id is unknown, it was already resolved, or its
+    execution is not waiting for it. Nothing stored was changed."""

@@ -27,8 +27,10 @@ CONTENT_VERSION = 5
 RUNNING = "running"
 FAILED = "failed"
 COMPLETED = "completed"
-UNFINISHED_STATUSES = frozenset({RUNNING, FAILED})
-STATUSES = frozenset({RUNNING, FAILED, COMPLETED})
+#: stopped at an approval gate (Spark's ``ApprovalPendingError``): unfinished, continued once resolved
+WAITING = "waiting"
+UNFINISHED_STATUSES = frozenset({RUNNING, FAILED, WAITING})
+STATUSES = frozenset({RUNNING, FAILED, COMPLETED, WAITING})
 
 GRAPH = "graph"
 AGENT = "agent"

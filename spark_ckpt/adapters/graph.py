@@ -393,6 +393,27 @@ class CheckpointedGraph(CheckpointAccess):
         return await self._planner.latest_verified(execution_id, head)
 
     # ------------------------------------------------------------------------------------------
+    # approvals (``spark_ckpt.approvals``: also the CLI's ``spark-ckpt approvals``)
+    async def list_approvals(self, *, status: str | None = None) -> list[dict[str, Any]]:
+        """The approval requests of this graph's waiting executions (``status``: only pending, approved
+        or rejected ones)."""
+        from .. import approvals
+
+        return approvals.list_approvals(self.backend, self.codec, graph_id=self.graph_id,
+                                        statuses=None if status is None else [status])
+
+    async def resolve_approval(self, approval_id: str, *, approved: bool, reviewer: str | None = None,
+                               notes: str | None = None) -> dict[str, Any]:
+        """Approve or reject a request of a waiting execution, in the store (``LeaseError`` if a live worker
+        owns the execution, ``ApprovalError`` for an unknown, resolved or not-waiting one); then
+        ``recover_and_continue()`` passes (or fails at) the gate."""
+        from .. import approvals
+
+        return approvals.resolve_approval(self.backend, self.codec, approval_id, approved=approved, reviewer=reviewer,
+                                          notes=notes, graph_id=self.graph_id, owner=self.worker_id,
+                                          ttl_s=self.config.lease_ttl_s)
+
+    # ------------------------------------------------------------------------------------------
     # reading records (the recovery planner's)
     def _decode(self, blob: bytes, header: CheckpointHeader | None = None) -> GraphCheckpoint:
         return self._planner.decode(blob, header)

@@ -38,8 +38,9 @@ from ..engine.store_path import LeaseRenewer, RecordWriter, RetentionSchedule
 from ..errors import LeaseError, RecoveryDivergedError, SparkCkptError, UnrecoverableExecutionError
 from ..events import CheckpointDecision, CheckpointSaved
 from ..model import COMPLETED, FAILED, RUNNING, FailureInfo, GraphCheckpoint, Lease, new_id
-from . import graph_state
+from . import graph_human_input, graph_state
 from .graph_events import journal_published_events
+from .graph_gates import ApprovalGates, is_approval_pending
 from .graph_state import MessageDumps, SparkGraphState, dump_message, load_run_input, restore_into_graph
 from .graph_visits import NodeVisits
 from .runtime import node_state_adapter_for
@@ -100,6 +101,7 @@ class GraphRunner:
         self.state = SparkGraphState(self.graph)
         self.retention = RetentionSchedule(self.config, owner.retention_rules)
         self.visits = NodeVisits(self)
+        self.gates = ApprovalGates(self)
         self.active: Execution | None = None
         #: NodeMessage dumps of the outputs the nodes held when the last run ended
         self._carried: dict[int, tuple[Any, Any]] = {}
@@ -141,6 +143,8 @@ class GraphRunner:
                 f"graph {self.graph_id!r} is already running execution {self.active.execution_id}; "
                 "a CheckpointedGraph runs one execution at a time (wrap another graph instance for parallel runs)"
             )
+        self.gates.prepare_run()  # both refuse what they cannot journal before anything is stored
+        graph_human_input.prepare_run(self)
         writer = ex.writer
         # The start record lets a crash in the very first superstep be recovered. Written at once
         # (durability "sync"), it goes to the store with the lease, in one transaction where it can.
@@ -166,7 +170,10 @@ class GraphRunner:
                 await self.store(ex, self.on_boundary(ex), wait=True)
             result = await self.graph.run(inputs)
         except BaseException as exc:
-            await self._record_failure(ex, exc)
+            if is_approval_pending(exc):
+                await self.gates.record_waiting(ex, exc)
+            else:
+                await self._record_failure(ex, exc)
             raise
         else:
             await self._finish(ex, result)

@@ -4,6 +4,8 @@
     spark-ckpt [--store URL] show CHECKPOINT_ID [--json]
     spark-ckpt [--store URL] verify [--graph ID]
     spark-ckpt [--store URL] prune [--graph ID] [--keep N] [--max-age SECONDS] [--dry-run]
+    spark-ckpt [--store URL] approvals list [--graph ID] [--all] [--json]
+    spark-ckpt [--store URL] approvals approve|reject APPROVAL_ID [--by NAME] [--notes TEXT] [--graph ID]
     spark-ckpt demo [--store URL] [--crash-after N] [--work-dir DIR]
     spark-ckpt [--store URL] rekey [--graph ID]                  (re-encrypt under the active key)
     spark-ckpt export --from URL --to URL [--graph ID]          (when spark_ckpt.transfer is installed)
@@ -18,7 +20,7 @@ Exit codes: 0 success, 1 ``verify`` found unreadable checkpoints (or the demo fa
 user error (one ``spark-ckpt: error: ...`` line on stderr, no traceback).
 
 Where things are: ``parser`` (the options, and which function runs each command), ``inspection``
-(``list``, ``show``, ``verify``: read only), ``maintenance`` (``prune``, ``export``, ``rekey``: change
+(``list``, ``show``, ``verify``: read only), ``approvals`` (approval requests of waiting executions), ``maintenance`` (``prune``, ``export``, ``rekey``: change
 stores), ``stores`` (opening a store and a codec from the options), ``output`` (tables, previews,
 JSON, progress bars). The demo is ``spark_ckpt.demo``, which never imports this package; the
 conventions both command lines share are in ``spark_ckpt.command_line``.

@@ -15,6 +15,7 @@ from typing import TextIO
 
 from ..command_line import PROG, positive_float, positive_int
 from ..demo.command import add_options as add_demo_options
+from .approvals import add_commands as add_approval_commands
 from .inspection import cmd_list, cmd_show, cmd_verify
 from .maintenance import cmd_export, cmd_prune, cmd_rekey
 from .stores import DEFAULT_STORE, STORE_ENV
@@ -79,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-age", metavar="SECONDS", type=positive_float, help="delete checkpoints older than this")
     p.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
     p.set_defaults(func=cmd_prune)
+
+    add_approval_commands(sub)
 
     p = sub.add_parser(
         "demo", help="run a Spark workflow, SIGKILL its worker mid-run, recover in a new process, compare"

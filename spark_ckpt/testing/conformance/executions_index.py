@@ -14,7 +14,7 @@ import pytest
 
 from ...backends.base import Backend
 from ...errors import DuplicateCheckpointError, ExecutionCompletedError
-from ...model import COMPLETED, FAILED
+from ...model import COMPLETED, FAILED, WAITING
 from .harness import ConformanceHarness
 from .headers import _ids, make_header
 
@@ -36,6 +36,17 @@ class ExecutionsIndexConformance(ConformanceHarness):
         backend.delete(["exec-1-0"])
         assert backend.executions() == []
         assert backend.execution_head("exec-1") in (None, head_before)
+
+    def test_a_waiting_execution_is_unfinished(self, backend: Backend) -> None:
+        """An execution stopped at an approval gate (status ``waiting``) is listed with the unfinished
+        ones (recovery continues it, retention keeps its records), and a leased write may follow it."""
+        self.put_all(backend, make_header(0), make_header(1, status=WAITING),
+                     make_header(0, execution_id="done"), make_header(1, execution_id="done", status=COMPLETED))
+        assert [(h.execution_id, h.status) for h in backend.executions(unfinished_only=True)] == [("exec-1", WAITING)]
+        assert backend.execution_head("exec-1").status == WAITING
+        lease = backend.acquire_lease("exec-1", "resolver", 30)
+        backend.put(make_header(2, status=WAITING), b"resolved", lease=lease)
+        assert (backend.execution_head("exec-1").seq, backend.execution_head("exec-1").status) == (2, WAITING)
 
     # -- the executions index ------------------------------------------------------------------------
     def test_execution_head_is_the_highest_seq_with_its_tag(self, backend: Backend) -> None:
