@@ -470,3 +470,28 @@ def test_an_agent_state_whose_write_failed_is_never_a_later_base(tmp_path, monke
                          agent_id="bot")
     assert fresh.restore_latest()
     assert len(fresh.agent.memory_manager.memory) == len(agent.agent.memory_manager.memory)
+
+
+def test_events_a_subgraph_publishes_on_the_outer_bus_are_published_again_when_its_visit_replays(
+        tmp_path, monkeypatch) -> None:
+    """A subgraph sharing the outer event bus publishes for its outer visit: when that visit replays,
+    the outer subscribers get the events again (else the listener below would silently never run)."""
+    from spark.graphs.graph import SubgraphNode
+
+    def build() -> Graph:
+        inner = Graph(start=_Publisher(id="emit"))
+        a, c, listener = _Step(id="a"), _Step(id="c"), _Step(id="listener")
+        sub = SubgraphNode(id="sub", graph=inner, share_event_bus=True)
+        a >> sub >> c
+        a.on_event("topic") >> listener
+        return Graph(start=a)
+
+    bare = build()
+    asyncio.run(bare.run({}))
+    config = CheckpointConfig(backend="sqlite", path=str(tmp_path / "s.db"))
+    fail_at(checkpointed(build(), config=config, graph_id="g"), "c", monkeypatch)
+    recovered = checkpointed(build(), config=config, graph_id="g")
+    asyncio.run(recovered.recover_and_continue())
+    report = recovered.last_recovery
+    assert ("sub", 0) in report.replayed and ("listener", 0) in report.live + report.replayed
+    assert recovered.get_state_snapshot() == bare.state.get_snapshot()

@@ -43,7 +43,7 @@ from .graph_events import journal_published_events
 from .graph_gates import ApprovalGates, is_approval_pending
 from .graph_state import MessageDumps, SparkGraphState, dump_message, load_run_input, restore_into_graph
 from .graph_visits import NodeVisits
-from .runtime import node_state_adapter_for
+from .runtime import _current_visit, node_state_adapter_for
 
 if TYPE_CHECKING:
     from .graph import CheckpointedGraph
@@ -74,6 +74,10 @@ class Execution:
     report: RecoveryReport | None = None
     failure: FailureInfo | None = None
     allow_unsafe_rerun: bool = False
+    #: the graph's event bus while it runs, and the visit (a ``LazyVisit``) this execution runs inside
+    #: (a subgraph's outer visit), for events published on a shared bus (``graph_events``)
+    event_bus: Any = None
+    parent_visit: Any = None
     #: which optional hooks have implementations, read once per run (a plugin registered while a
     #: run is going takes effect from the next run)
     node_hooks: bool = False
@@ -154,6 +158,7 @@ class GraphRunner:
             await writer.acquire(ex.execution_id)
         self.active = ex
         journal_published_events(self.graph)
+        ex.event_bus, ex.parent_visit = getattr(self.graph, "event_bus", None), _current_visit.get()
         ex.dumps.cache.update(self._carried)
         hooks = self.hooks
         ex.node_hooks, ex.policy_hooks = hooks.wants_node_events, hooks.wants_should_checkpoint
