@@ -306,3 +306,23 @@ def test_task_gate_waits_on_the_start_record_and_passes_once_approved(tmp_path: 
     assert result == {"step": "s2", "count": 3}
     assert executed == ["s0:0", "s1:0", "s2:0"]
     assert events == [("allow", "graph:execute_task")] + [("allow", "node:execute")] * 3
+
+
+def test_a_gate_resolved_through_sparks_own_approval_manager_is_honoured(tmp_path: Path) -> None:
+    """Spark's way: restore the waiting checkpoint, resolve the request with the graph's approval manager,
+    then recover_and_continue(): the resolution is stored first, so the run passes the gate."""
+    import asyncio
+
+    from spark.governance.approval import ApprovalStatus
+
+    store = f"sqlite:///{tmp_path}/ckpt.db"
+    approval_id = stop_at_gate(store, tmp_path)
+    graph = open_graph(store)
+    graph.restore_from_checkpoint(graph.get_last_checkpoint())
+    asyncio.run(graph.graph._approval_manager.resolve_request(approval_id, status=ApprovalStatus.APPROVED,
+                                                              reviewer="carol"))
+    result = asyncio.run(graph.recover_and_continue())
+    assert result is not None and head_of(store)[0].status == "completed"
+    assert ("publish", 0) in graph.last_recovery.live
+    (request,) = whole_head(store).graph_state["approval_requests"]
+    assert (request["status"], request["decided_by"]) == ("approved", "carol")
