@@ -221,3 +221,22 @@ def test_state_and_event_bus_set_on_the_wrapper_reach_the_wrapped_graph() -> Non
     graph.state = other.state
     graph.event_bus = other.event_bus
     assert graph.graph.state is other.state and graph.graph.event_bus is other.event_bus
+
+
+def test_a_graph_wrapped_elsewhere_is_a_bare_template_to_deep_copy() -> None:
+    """A graph that was wrapped (and run) on its own is also used as a plain SubgraphNode template: Spark's
+    deep copy gives the bare graph, without the wrapper's backend or node wrappers running the template."""
+    import copy
+
+    inner = graphs.chain(2)
+    asyncio.run(checkpointed(inner, config=CheckpointConfig(backend="memory"), graph_id="inner").run({}))
+    expected_inner = graphs.chain(2)
+    asyncio.run(expected_inner.run({}))
+    bare_outer = Graph(start=SubgraphNode(id="sub", graph=expected_inner))
+    expected = asyncio.run(bare_outer.run({}))
+
+    outer = Graph(start=SubgraphNode(id="sub", graph=inner))
+    assert asyncio.run(outer.run({})).content == expected.content
+    assert outer.state.get_snapshot() == bare_outer.state.get_snapshot()
+    clone = copy.deepcopy(inner)
+    assert all("_spark_ckpt_wrapped" not in n.__dict__ and "do" not in n.__dict__ for n in clone.nodes)

@@ -24,6 +24,7 @@ not is in ``spark_ckpt.engine`` (journal, record builder, chain reader, store pa
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -99,6 +100,8 @@ class CheckpointedGraph(CheckpointAccess):
 
         self.graph.register_hook(GraphLifecycleEvent.AFTER_ITERATION, self._runner.after_superstep)
         _register_as_spark_graph()
+        # a deep copy of the wrapped Spark graph (a SubgraphNode template) must not copy this wrapper
+        graph.__deepcopy__ = functools.partial(subgraphs.deepcopy_spark_graph, self)
 
     # ------------------------------------------------------------------------------------------
     # setup

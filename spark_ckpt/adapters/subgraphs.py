@@ -291,7 +291,21 @@ class OuterVisitWriter:
 
 
 # -- cloning a wrapped graph ---------------------------------------------------------------------------
-def clone_spark_graph(owner: CheckpointedGraph) -> tuple[Any, dict[Any, str]]:
+def deepcopy_spark_graph(owner: CheckpointedGraph, memo: dict[int, Any] | None = None) -> Any:
+    """The wrapped Spark graph's own ``__deepcopy__`` (an instance attribute set when it is wrapped):
+    ``copy.deepcopy(graph)``, e.g. by a ``SubgraphNode`` whose template is a graph wrapped elsewhere,
+    gives the bare graph's copy, not one holding the wrapper (its backend, locks) and node wrappers that
+    would run the template's nodes."""
+    graph = owner.graph
+    own = graph.__dict__.pop("__deepcopy__", None)  # copy.deepcopy would call it again
+    try:
+        return clone_spark_graph(owner, memo)[0]
+    finally:
+        if own is not None:
+            graph.__dict__["__deepcopy__"] = own
+
+
+def clone_spark_graph(owner: CheckpointedGraph, memo: dict[int, Any] | None = None) -> tuple[Any, dict[Any, str]]:
     """A deep copy of ``owner``'s Spark graph without what the wrapper attached (node wrappers, its
     lifecycle hooks, markers), and its node keys (``{clone node: key}``). Spark deep-copies a
     SubgraphNode's template per execution; copying the wrapper's backend, runner and hooks with it
@@ -303,8 +317,14 @@ def clone_spark_graph(owner: CheckpointedGraph) -> tuple[Any, dict[Any, str]]:
     shared = [owner, runner, runner.visits, owner.hooks, getattr(owner.hooks, "pm", None), owner.backend,
               get_plugin_manager(), support]
     shared = [obj for obj in shared if obj is not None]
-    memo: dict[int, Any] = {id(obj): obj for obj in shared}  # kept as they are, never copied
-    clone = copy.deepcopy(owner.graph, memo)
+    memo = {} if memo is None else memo
+    memo.update({id(obj): obj for obj in shared})  # kept as they are, never copied
+    own = owner.graph.__dict__.pop("__deepcopy__", None)
+    try:
+        clone = copy.deepcopy(owner.graph, memo)
+    finally:
+        if own is not None:
+            owner.graph.__dict__["__deepcopy__"] = own
     ours = {id(obj) for obj in shared}
     for event, handlers in list(getattr(clone, "_lifecycle_hooks", {}).items()):
         clone._lifecycle_hooks[event] = [h for h in handlers if id(getattr(h, "__self__", None)) not in ours]
