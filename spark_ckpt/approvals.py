@@ -118,6 +118,8 @@ def resolve_approval(
     try:
         # read again under the lease: a worker may have moved the execution on meanwhile
         head = backend.execution_head(head.execution_id)
+        if head is not None:
+            codec.index_tags.check(head)  # with encryption on, an index entry must authenticate
         if head is None or head.status != WAITING:
             raise ApprovalError(f"execution {head.execution_id if head else '?'} is no longer waiting "
                                 f"({head.status if head else 'gone'}): nothing was changed")

@@ -55,7 +55,7 @@ async def main() -> None:
 
     callbacks = {"on_task_completed": completed, "usage_provider": usage, "continue_on_error": True}
     if mode == "run":
-        result = await graph.run_tasks(TaskScheduler(tasks()), **callbacks)
+        result = await graph.run_tasks(TaskScheduler(tasks()), batch_id=os.environ.get("BATCH_ID"), **callbacks)
     elif mode == "recover-default":
         result = await graph.recover_and_continue()
     else:

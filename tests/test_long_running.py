@@ -275,3 +275,43 @@ def test_ledger_commits_a_visit_that_read_an_uncommitted_write_with_or_after_its
     assert ledger.committable() == []
     ledger.finished(y)
     assert set(ledger.committable()) == {x, y}
+
+
+def test_ledger_never_lets_an_older_write_replace_a_newer_committed_one():
+    """A visit writes a key, then a write outside any visit (committed at once) changes it again: when the
+    visit commits, the committed state keeps the newer value, as the live state does."""
+    from spark_ckpt.engine.mailbox_ledger import MailboxLedger
+
+    ledger = MailboxLedger({})
+    visit = ledger.begin("a", "initial", 0.0)
+    ledger.wrote(visit, "k", "by the visit")
+    ledger.wrote(None, "k", "outside, later")
+    other = ledger.begin("b", "m2", 0.0)
+    ledger.wrote(other, "j", "first")
+    ledger.finished(other)
+    ledger.commit(ledger.committable())
+    ledger.wrote(None, "j", "outside, after b committed")
+    ledger.finished(visit)
+    ledger.commit(ledger.committable())
+    assert ledger.shadow == {"k": "outside, later", "j": "outside, after b committed"}
+
+
+def test_a_human_policy_is_refused_before_anything_runs_or_is_stored(tmp_path, monkeypatch):
+    """In long-running mode a node's human answers are not journaled per message: refused up front (else a
+    recovery would ask the human again), and resume_from refuses before it changes the live graph."""
+    from spark.graphs import Graph
+
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("SPARK_CKPT_TEST_CALLS", str(calls))
+    source, counter = lrg.Source(id="source"), lrg.Counter(id="counter")
+    source >> counter
+    counter.human_policy = lambda node, context, result: result
+    graph = wrapped(tmp_path, Graph(start=source, end=counter, idle_timeout=0.2, initial_state={"k": 1}), "human")
+    with pytest.raises(UnsupportedFeatureError, match="human_policy"):
+        asyncio.run(graph.run(lrg.task(3)))
+    assert not calls.exists() and graph.backend.list(graph_id="human") == []
+    spark_checkpoint = asyncio.run(graph.checkpoint_state())
+    asyncio.run(graph.graph.state.set("k", 2))
+    with pytest.raises(UnsupportedFeatureError, match="human_policy"):
+        asyncio.run(graph.resume_from(spark_checkpoint))
+    assert graph.get_state_snapshot()["k"] == 2

@@ -157,3 +157,52 @@ def test_a_batch_id_that_exists_is_refused_before_anything_runs(tmp_path) -> Non
     with pytest.raises(ConfigError, match="batch-nightly.*already exists.*has completed"):
         asyncio.run(graph.run_tasks(TaskScheduler([Task(task_id="a")]), batch_id="batch-nightly"))
     assert graph.backend.list() == before
+
+
+def test_recover_and_continue_finishes_a_batch_named_by_the_user(tmp_path) -> None:
+    """A batch id of the user's choosing: recover_and_continue() still finds the batch the in-flight task
+    belongs to and finishes the whole batch (not only that task)."""
+    expected = uninterrupted(tmp_path)
+    store = f"sqlite:///{tmp_path}/ckpt.db"
+    first = worker("run", store, tmp_path / "n1.txt", BATCH_ID="nightly", SPARK_CKPT_TEST_CRASH="s1:1")
+    assert first.returncode == -signal.SIGKILL
+    second = worker("recover-default", store, tmp_path / "n2.txt")
+    assert second.returncode == 0, second.stderr[-3000:]
+    out = json.loads(second.stdout.strip().splitlines()[-1])
+    assert (out["completed"], out["state"]) == (expected["completed"], expected["state"])
+
+
+def test_a_running_batch_is_never_taken_over_by_a_second_worker(tmp_path) -> None:
+    """The batch's lease is renewed while a task runs longer than the lease lifetime: a second worker trying
+    to finish the batch gets LeaseError, and the first one completes it."""
+    from spark.graphs import Graph
+    from spark.nodes import Node
+
+    from spark_ckpt.errors import LeaseError
+
+    class Slow(Node):
+        async def process(self, context):
+            if context.inputs.content["n"] == 1:
+                await asyncio.sleep(1.6)
+            seen = await context.graph_state.get("seen", [])
+            await context.graph_state.set("seen", seen + [context.inputs.content["n"]])
+            return {"n": context.inputs.content["n"]}
+
+    def build(worker_id):
+        config = CheckpointConfig(backend="sqlite", path=str(tmp_path / "l.db"), lease_ttl_s=0.6)
+        return checkpointed(Graph(start=Slow(id="a")), config=config, graph_id="g", worker_id=worker_id)
+
+    def batch():
+        return TaskScheduler([Task(task_id="t1", inputs=NodeMessage(content={"n": 1})),
+                              Task(task_id="t2", inputs=NodeMessage(content={"n": 2}))])
+
+    async def race():
+        first, second = build("w1"), build("w2")
+        running = asyncio.create_task(first.run_tasks(batch(), batch_id="b1"))
+        await asyncio.sleep(1.0)
+        with pytest.raises(LeaseError):
+            await second.recover_tasks(batch_id="b1")
+        result = await running
+        return sorted(result.completed), first.get_state_snapshot()["seen"]
+
+    assert asyncio.run(race()) == (["t1", "t2"], [1, 2])

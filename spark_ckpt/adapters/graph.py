@@ -34,7 +34,7 @@ from ..config import CheckpointConfig
 from ..engine import records
 from ..engine.record_builder import FULL_HISTORY_EVERY, appended_json as _appended_json  # noqa: F401
 from ..engine.recovery import RecoveryPlanner, RecoveryReport  # noqa: F401  (RecoveryReport: re-exported)
-from ..errors import CodecError, ConfigError, NothingToRecoverError, SparkCkptError
+from ..errors import CodecError, ConfigError, NothingToRecoverError, SparkCkptError, UnrecoverableExecutionError
 from ..model import COMPLETED, WAITING, CheckpointHeader, GraphCheckpoint, Lease, new_id
 from ..plugins import Hooks
 from .graph_checkpoints import CheckpointAccess
@@ -211,18 +211,30 @@ class CheckpointedGraph(CheckpointAccess):
 
         return await recover_tasks(self, batch_id=batch_id, scheduler=scheduler, **callbacks)
 
-    async def _run_task(self, execution_id: str, task: Any) -> Any:
-        """One task of a batch: its execution run, continued, or (completed before) its stored result."""
+    async def _run_task(self, execution_id: str, task: Any) -> tuple[Any, float | None]:
+        """One task of a batch: its execution run, continued, or (completed before) its stored result;
+        with the run time its records show when it had completed before (else None: measure it)."""
         head = await self._planner.head(execution_id)
         if head is None:
             runner = self._runner
-            return await runner.execute(runner.new_execution(execution_id, dump_run_input(task)), task, resumed=False)
-        return await self.recover_and_continue(execution_id=execution_id)
+            return await runner.execute(runner.new_execution(execution_id, dump_run_input(task)), task,
+                                        resumed=False), None
+        if head.status == COMPLETED:
+            first = min((h.created_at for h in await self.backend.alist(execution_id=execution_id)),
+                        default=head.created_at)
+            return self._completed_result(head), max(0.0, head.created_at - first)
+        return await self.recover_and_continue(execution_id=execution_id), None
 
-    async def _task_outcome(self, execution_id: str) -> Any:
-        """A completed task's stored result, its graph state restored (Spark keeps graph state from one
-        run to the next: the batch's next task starts where this one ended)."""
-        return self._completed_result(await self._planner.head(execution_id))
+    async def _restore_task_end(self, execution_id: str) -> None:
+        """The graph and node state a completed task of a batch ended with (the next task starts there)."""
+        head = await self._planner.head(execution_id)
+        if head is None or head.status != COMPLETED:
+            raise UnrecoverableExecutionError(
+                f"the completed task execution {execution_id!r} is no longer in {self.backend.describe()} "
+                "(deleted, or pruned by retention), so the batch's next task cannot start from the state it "
+                "ended with; nothing was run. Keep more executions (retention_count) for long batches"
+            )
+        self._completed_result(head)
 
     async def _run_long_lived(self, task: Any) -> Any:
         return await self._long_running().run(task)
@@ -241,6 +253,8 @@ class CheckpointedGraph(CheckpointAccess):
         from spark.graphs.tasks import Task, TaskType
 
         checkpoint_obj = SparkCheckpoint.ensure(checkpoint)
+        if self.config.enabled:
+            self._long_running().check_supported()  # refused before the live graph's state is changed
         state = self.graph.state
         await state.reset(dict(checkpoint_obj.state))
         if overrides:
@@ -325,16 +339,20 @@ class CheckpointedGraph(CheckpointAccess):
         """
         planner = self._planner
         if execution_id is None:
-            from .graph_tasks import batch_of, newest_unfinished_batch, recover_tasks
+            from .graph_tasks import batch_holding, recover_tasks, unfinished_batches
 
-            batch = await newest_unfinished_batch(self)
+            batches = await unfinished_batches(self)
             try:
                 execution_id = await planner.newest_unfinished()
             except NothingToRecoverError:
-                if batch is None:
+                if not batches:
                     raise
-            if batch is not None and (execution_id is None or batch_of(execution_id) == batch.execution_id
-                                      or batch.created_at >= (await planner.head(execution_id)).created_at):
+            # the newest unfinished work is a batch's (one of its tasks, or the batch between two tasks)
+            batch = batch_holding(batches, execution_id)
+            if batch is None and batches and (
+                    execution_id is None or batches[0].created_at >= (await planner.head(execution_id)).created_at):
+                batch = batches[0]
+            if batch is not None:
                 return await recover_tasks(self, batch_id=batch.execution_id)
         await self._store_resolutions_made_in_spark(execution_id)
         lease, head = await planner.claim(execution_id, wait)

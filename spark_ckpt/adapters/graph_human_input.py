@@ -62,7 +62,8 @@ class JournaledHumanPolicy:
         if isinstance(recovered, dict) and INFLIGHT_KEY in recovered:
             return _load(recovered[INFLIGHT_KEY])  # given before the restart: not asked again
         answer = await self._ask(node, context, result)
-        await visit.persist_inflight({INFLIGHT_KEY: _dump(answer)})
+        # next to what the visit journaled in flight before (a subgraph's inner record), not over it
+        await visit.persist_inflight({**_inflight_so_far(visit), INFLIGHT_KEY: _dump(answer)})
         return answer
 
     async def _ask(self, node: Any, context: Any, result: Any) -> Any:
@@ -91,3 +92,13 @@ def _load(stored: dict[str, Any]) -> Any:
     if kind == "message":
         return load_message(stored["value"])
     return stored.get("value")
+
+
+def _inflight_so_far(visit: Any) -> dict[str, Any]:
+    """What this visit stored in flight before in this process (or recovered), as a dict."""
+    owner = visit.extras.get("graph")
+    ex = getattr(getattr(owner, "_runner", None), "active", None)
+    entry = ex.journal.inflight.get(visit.node_key) if ex is not None else None
+    if isinstance(entry, dict) and entry.get("visit_index") == visit.visit_index and isinstance(entry.get("data"), dict):
+        return dict(entry["data"])
+    return {}

@@ -85,6 +85,8 @@ class LongRunningDriver:
             what = f"agent node(s) {', '.join(sorted(owner._adapter_keys))} (their calls are not journaled per message)"
         elif owner._event_edges or owner._timed_edges:
             what = "event or timer edges (their messages bypass the mailboxes' journal)"
+        elif any(getattr(node, "human_policy", None) is not None for node in owner._nodes_by_key.values()):
+            what = "a node human_policy (its answers are not journaled per message)"
         elif skips:
             what = "skip_node requests"
         elif fork:

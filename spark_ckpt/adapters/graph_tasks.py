@@ -14,9 +14,11 @@ stored results are the batch's results), continues the task that was in flight f
 checkpoint, retries the ones that failed from theirs, and runs the rest; dependencies and campaign
 budgets hold as in an uninterrupted batch.
 
-Invariants: the progress record of a task is written after the task's execution completed and its
-usage was charged, before the callbacks run; a completed task's execution, found completed in the store
-but not yet in the progress record (a crash in between), is taken as completed, not run again.
+Invariants: the progress record of a task (its execution, result and usage) is written after the
+task's execution completed and its usage was charged, before the callbacks run; a completed task's
+execution, found completed in the store but not yet in the progress record (a crash in between), is
+taken as completed, not run again, with the run time its records show. The batch's lease is renewed
+while it runs and checked before each task: a worker whose batch was taken over stops.
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from ..backends.leases import claim
 from ..codec import to_data
-from ..engine.store_path import RecordWriter
-from ..errors import ConfigError, NothingToRecoverError
+from ..engine.store_path import LeaseRenewer, RecordWriter
+from ..errors import ConfigError, LeaseError, NothingToRecoverError, UnrecoverableExecutionError
 from ..model import COMPLETED, FAILED, RUNNING, GraphCheckpoint, GraphMetadata, new_id
-from .graph_state import dump_task, load_task
+from .graph_state import dump_message, dump_task, load_message, load_task
 
 if TYPE_CHECKING:
     from .graph import CheckpointedGraph
@@ -54,13 +56,6 @@ def task_execution_id(batch_id: str, task_id: str) -> str:
     if safe != task_id:
         safe += "-" + hashlib.sha256(task_id.encode()).hexdigest()[:8]
     return f"{batch_id}.{safe}"
-
-
-def batch_of(execution_id: str) -> str | None:
-    """The batch a task execution belongs to, or None."""
-    if execution_id.startswith("batch-") and "." in execution_id:
-        return execution_id.split(".", 1)[0]
-    return None
 
 
 async def _call_optional(callback: Callable[..., Any] | None, *args: Any) -> Any:
@@ -95,8 +90,10 @@ class TaskBatch:
             what = "has completed" if existing.status == COMPLETED else "is unfinished: finish it with recover_tasks(batch_id=...)"
             raise ConfigError(f"task batch {self.batch_id!r} already exists in {self.owner.backend.describe()} and "
                               f"{what}; choose another batch_id. Nothing was run")
+        usage = getattr(scheduler, "_campaign_usage", None)  # charged before this batch (Spark's own)
         self.manifest = {"tasks": [dump_task(task) for task in tasks.values()],
-                         "completed_before": sorted(scheduler.completed), "options": options}
+                         "completed_before": sorted(scheduler.completed), "options": options,
+                         "campaign_usage": dict(usage) if isinstance(usage, dict) else {}}
         await self._store(RUNNING)
 
     async def resume(self) -> None:
@@ -114,6 +111,7 @@ class TaskBatch:
         if lease is None:
             raise NothingToRecoverError(f"task batch {self.batch_id!r} has already completed")
         self.writer.lease = lease
+        self.writer.lease_deadline = time.monotonic() + self.writer.ttl_s / 2
         self.writer.next_seq = self.writer.first_seq = head.seq + 1
         try:
             record = planner.decode(self.owner.backend.get(head.checkpoint_id).blob, head)
@@ -123,8 +121,8 @@ class TaskBatch:
         self.manifest = record.run_input
         self.completed = dict(record.graph_state.get("completed", {}))
 
-    async def task_completed(self, task_id: str, execution_id: str, usage: dict[str, Any]) -> None:
-        self.completed[task_id] = {"execution_id": execution_id, "usage": usage}
+    async def task_completed(self, task_id: str, execution_id: str, usage: dict[str, Any], outcome: Any) -> None:
+        self.completed[task_id] = {"execution_id": execution_id, "usage": usage, "result": dump_message(outcome)}
         await self._store(RUNNING)
 
     async def finish(self, status: str) -> None:
@@ -147,9 +145,12 @@ class TaskBatch:
         from spark.graphs.tasks import TaskScheduler
 
         options = self.manifest.get("options", {})
-        return TaskScheduler([load_task(t) for t in self.manifest["tasks"]],
-                             completed=self.manifest.get("completed_before", []),
-                             concurrency_limit=options.get("concurrency_limit"))
+        scheduler = TaskScheduler([load_task(t) for t in self.manifest["tasks"]],
+                                  completed=self.manifest.get("completed_before", []),
+                                  concurrency_limit=options.get("concurrency_limit"))
+        for campaign, usage in (self.manifest.get("campaign_usage") or {}).items():
+            scheduler._campaign_usage[campaign] = dict(usage)  # as it was when the batch started
+        return scheduler
 
 
 async def run_tasks(
@@ -177,8 +178,11 @@ async def run_tasks(
                                             seconds=float(usage.get("seconds") or 0.0),
                                             cost=float(usage.get("cost") or 0.0))
             scheduler.mark_completed(task_id)
-            results.completed[task_id] = await owner._task_outcome(done["execution_id"])
+            results.completed[task_id] = load_message(done["result"]) if done.get("result") is not None else None
+        if batch.completed:  # Spark keeps graph state between runs: the next task starts where the last ended
+            await owner._restore_task_end(list(batch.completed.values())[-1]["execution_id"])
     owner.last_batch = batch.batch_id
+    renewer = LeaseRenewer(batch.writer)
     try:
         while True:
             task = scheduler.acquire_next_task()
@@ -186,11 +190,14 @@ async def run_tasks(
                 break
             if not task.task_id:
                 raise ValueError("Scheduled tasks must define task_id")
+            await batch.writer.check_lease()  # another worker took the batch over: stop, run nothing more
             task_id = task.task_id
             execution_id = task_execution_id(batch.batch_id, task_id)
             start_time = time.perf_counter()
             try:
-                outcome = await owner._run_task(execution_id, task)
+                outcome, seconds = await owner._run_task(execution_id, task)
+            except (LeaseError, UnrecoverableExecutionError):
+                raise  # not the task's failure: the batch stops (it is finished later, from the store)
             except Exception as exc:
                 scheduler.mark_failed(task_id)
                 results.failed[task_id] = exc
@@ -199,7 +206,8 @@ async def run_tasks(
                     raise
                 continue
 
-            duration = time.perf_counter() - start_time
+            # (a task found completed in the store ran before the crash: its run time is the stored one)
+            duration = time.perf_counter() - start_time if seconds is None else seconds
             usage = {"seconds": duration, "tokens": 0, "cost": 0.0}
             if usage_provider:
                 user_usage = await _call_optional(usage_provider, task, outcome) or {}
@@ -219,7 +227,7 @@ async def run_tasks(
 
             scheduler.mark_completed(task_id)
             results.completed[task_id] = outcome
-            await batch.task_completed(task_id, execution_id, usage)
+            await batch.task_completed(task_id, execution_id, usage, outcome)
             await _call_optional(on_task_completed, task, outcome)
 
         pending = [task_id for task_id in scheduler.pending if task_id not in results.failed]
@@ -231,17 +239,28 @@ async def run_tasks(
                 results.failed.setdefault(task_id, error)
             if not continue_on_error:
                 raise error
-    except BaseException:
-        await batch.finish(FAILED)
+    except BaseException as exc:
+        renewer.stop()
+        if not isinstance(exc, LeaseError):  # another worker owns the batch now: its records are not ours
+            await batch.finish(FAILED)
         raise
+    renewer.stop()
     await batch.finish(COMPLETED if not results.failed else FAILED)
     return results
 
 
-async def newest_unfinished_batch(owner: CheckpointedGraph) -> Any:
-    """The head of the newest unfinished batch of this graph, or None."""
-    heads = await owner.backend.aexecutions(graph_id=batches_graph_id(owner.graph_id), unfinished_only=True, limit=1)
-    return heads[0] if heads else None
+async def unfinished_batches(owner: CheckpointedGraph) -> list[Any]:
+    """The heads of this graph's unfinished batches, newest first."""
+    return await owner.backend.aexecutions(graph_id=batches_graph_id(owner.graph_id), unfinished_only=True)
+
+
+def batch_holding(batches: list[Any], execution_id: str | None) -> Any:
+    """The batch (of ``batches``) that ``execution_id`` is a task of, or None."""
+    if execution_id is not None:
+        for head in batches:
+            if execution_id.startswith(head.execution_id + "."):
+                return head
+    return None
 
 
 async def recover_tasks(
@@ -250,12 +269,12 @@ async def recover_tasks(
     """Finish a batch after a crash or a failure (module docstring). ``scheduler``: the batch's tasks
     as the caller built them again (default: rebuilt from the stored tasks)."""
     if batch_id is None:
-        head = await newest_unfinished_batch(owner)
-        if head is None:
+        batches = await unfinished_batches(owner)
+        if not batches:
             raise NothingToRecoverError(
                 f"graph {owner.graph_id!r} has no unfinished task batch in {owner.backend.describe()}"
             )
-        batch_id = head.execution_id
+        batch_id = batches[0].execution_id
     batch = TaskBatch(owner, batch_id)
     await batch.resume()
     if scheduler is None:

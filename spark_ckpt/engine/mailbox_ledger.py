@@ -73,6 +73,9 @@ class MailboxLedger:
         self._seq = 0
         #: key -> (seq, visit or None) of the last write made, committed or not
         self._last_write: dict[str, tuple[int, Visit | None]] = {}
+        #: key -> seq of the write the committed state holds: an older write committing later never
+        #: replaces a newer one (an outside write, or a visit that committed first)
+        self._committed_seq: dict[str, int] = {}
         self._open: list[Visit] = []
         self._done_count = 0
         #: set when the execution ended (failed): nothing commits after it
@@ -108,7 +111,7 @@ class MailboxLedger:
         self._seq += 1
         stored = _DELETED if deleted else copy.deepcopy(value)
         if visit is None or visit.committed or visit.aborted:
-            self._apply(key, stored)
+            self._apply(key, stored, self._seq)
             self._last_write[key] = (self._seq, None)
             return
         self._depend(visit, key)
@@ -160,10 +163,7 @@ class MailboxLedger:
         """Apply ``group`` to the committed cut: its writes, its consumed messages, its sends."""
         for visit in group:
             for key, (seq, value) in sorted(visit.writes.items(), key=lambda item: item[1][0]):
-                last = self._last_write.get(key)
-                # a later write of this key is committed already: it is the value the key holds
-                if last is None or last[1] is visit or last[1] is None or not last[1].committed or last[0] <= seq:
-                    self._apply(key, value)
+                self._apply(key, value, seq)  # unless a later write of the key is committed already
             queue = self.queued.get(visit.node, [])
             for position, entry in enumerate(queue):
                 if entry["id"] == visit.message_id:
@@ -175,7 +175,10 @@ class MailboxLedger:
             if visit in self._open:
                 self._open.remove(visit)
 
-    def _apply(self, key: str, value: Any) -> None:
+    def _apply(self, key: str, value: Any, seq: int) -> None:
+        if seq < self._committed_seq.get(key, 0):
+            return
+        self._committed_seq[key] = seq
         if value is _DELETED:
             self.shadow.pop(key, None)
         else:
