@@ -460,59 +460,9 @@ class _CommittedState:
 
 
 # -- the proxies -----------------------------------------------------------------------------------------
-class MailboxProxy:
-    """In front of a node's mailbox: a received message opens a visit; a message sent to it during a
-    visit is held until that visit commits; sentinels pass."""
-
-    def __init__(self, run: LongRun, key: str, inner: Any) -> None:
-        self.run = run
-        self.key = key
-        self.inner = inner
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    async def receive(self) -> Any:
-        run = self.run
-        message = await self.inner.receive()
-        if message.is_shutdown or run.closed:
-            _visit.set(None)
-            if not message.is_shutdown:  # the run failed: this worker stops (nothing it did would commit)
-                from spark.nodes.channels import ChannelMessage
-
-                return ChannelMessage(payload=None, is_shutdown=True, metadata={"reason": "graph_shutdown"})
-            return message
-        run.begin(self.key, message)
-        return message
-
-    async def send(self, message: Any) -> None:
-        run = self.run
-        if message.is_shutdown or run.closed:
-            return await self.inner.send(message)
-        visit = _visit.get()
-        if visit is not None and not (visit.done or visit.aborted):
-            run.hold(visit, self.key, message, self.inner)
-            return None
-        return await run.send_external(self.key, message, self.inner)
-
-    def send_nowait(self, message: Any) -> None:
-        if message.is_shutdown or self.run.closed:
-            return self.inner.send_nowait(message)
-        asyncio.get_running_loop().create_task(self.send(message))
-
-    def empty(self) -> bool:
-        return self.inner.empty()
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
-class EdgeProxy:
-    """In front of an edge's channel: what a visit sends through it is held until the visit commits."""
+class HeldChannel:
+    """In front of a channel (``target``: the node it delivers to): what a visit sends through it is held
+    until the visit commits; sends from outside any visit are journaled as external; sentinels pass."""
 
     def __init__(self, run: LongRun, target: str, inner: Any) -> None:
         self.run = run
@@ -522,6 +472,9 @@ class EdgeProxy:
     @property
     def name(self) -> str:
         return self.inner.name
+
+    async def receive(self) -> Any:
+        return await self.inner.receive()
 
     async def send(self, message: Any) -> None:
         run = self.run
@@ -538,9 +491,6 @@ class EdgeProxy:
             return self.inner.send_nowait(message)
         asyncio.get_running_loop().create_task(self.send(message))
 
-    async def receive(self) -> Any:
-        return await self.inner.receive()
-
     def empty(self) -> bool:
         return self.inner.empty()
 
@@ -549,6 +499,27 @@ class EdgeProxy:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+class MailboxProxy(HeldChannel):
+    """In front of a node's mailbox: a received message also opens a visit."""
+
+    async def receive(self) -> Any:
+        run = self.run
+        message = await self.inner.receive()
+        if message.is_shutdown or run.closed:
+            _visit.set(None)
+            if not message.is_shutdown:  # the run failed: this worker stops (nothing it did would commit)
+                from spark.nodes.channels import ChannelMessage
+
+                return ChannelMessage(payload=None, is_shutdown=True, metadata={"reason": "graph_shutdown"})
+            return message
+        run.begin(self.target, message)
+        return message
+
+
+#: an edge's own channel: only its sends are held (its receiver is the node's mailbox loop)
+EdgeProxy = HeldChannel
 
 
 # -- the graph state's API --------------------------------------------------------------------------------

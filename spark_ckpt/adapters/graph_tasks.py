@@ -182,6 +182,15 @@ async def run_tasks(
         if batch.completed:  # Spark keeps graph state between runs: the next task starts where the last ended
             await owner._restore_task_end(list(batch.completed.values())[-1]["execution_id"])
     owner.last_batch = batch.batch_id
+
+    async def failed(task: Any, exc: Exception) -> None:
+        """A task failed (as Spark's loop: marked, reported; the batch stops unless continue_on_error)."""
+        scheduler.mark_failed(task.task_id)
+        results.failed[task.task_id] = exc
+        await _call_optional(on_task_failed, task, exc)
+        if not continue_on_error:
+            raise exc
+
     renewer = LeaseRenewer(batch.writer)
     try:
         while True:
@@ -199,11 +208,7 @@ async def run_tasks(
             except (LeaseError, UnrecoverableExecutionError):
                 raise  # not the task's failure: the batch stops (it is finished later, from the store)
             except Exception as exc:
-                scheduler.mark_failed(task_id)
-                results.failed[task_id] = exc
-                await _call_optional(on_task_failed, task, exc)
-                if not continue_on_error:
-                    raise
+                await failed(task, exc)
                 continue
 
             # (a task found completed in the store ran before the crash: its run time is the stored one)
@@ -218,11 +223,7 @@ async def run_tasks(
                                                 seconds=float(usage.get("seconds") or 0.0),
                                                 cost=float(usage.get("cost") or 0.0))
             except CampaignBudgetError as budget_err:
-                scheduler.mark_failed(task_id)
-                results.failed[task_id] = budget_err
-                await _call_optional(on_task_failed, task, budget_err)
-                if not continue_on_error:
-                    raise
+                await failed(task, budget_err)
                 continue
 
             scheduler.mark_completed(task_id)
