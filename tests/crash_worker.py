@@ -80,14 +80,23 @@ async def main() -> None:
         get_plugin_manager().register(CrashAfterCheckpoint(int(os.environ["SPARK_CKPT_TEST_CRASH_AFTER_CKPT"])))
     if os.environ.get("SPARK_CKPT_TEST_CRASH_IN_WRITE"):
         arm_crash_in_write(graph, int(os.environ["SPARK_CKPT_TEST_CRASH_IN_WRITE"]))
+    if os.environ.get("SPARK_CKPT_TEST_TASK"):  # the input as a Spark Task with a budget and metadata
+        from spark.graphs.tasks import Budget, CampaignInfo, Task
+        from spark.nodes.types import NodeMessage
+
+        inputs = Task(task_id="nightly-1", inputs=NodeMessage(content=inputs), budget=Budget(max_seconds=60),
+                      campaign=CampaignInfo(campaign_id="c1"), metadata={"owner": "ops"}, correlation_id="corr-9")
     if mode == "run":
         result = await graph.run(inputs)
     else:
         result = await graph.recover_and_continue()
     report = graph.last_recovery
+    state = graph.get_state_snapshot()
+    for volatile in ("started_at", "updated_at", "duration_seconds"):  # wall-clock times Spark stamps
+        state.get("task_metadata", {}).pop(volatile, None)
     print(json.dumps({
         "result": result.content,
-        "state": graph.get_state_snapshot(),
+        "state": state,
         "replayed": [f"{k}:{i}" for k, i in report.replayed] if report else [],
         "live": [f"{k}:{i}" for k, i in report.live] if report else [],
         "fell_back": report.fell_back if report else [],

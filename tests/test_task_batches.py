@@ -206,3 +206,20 @@ def test_a_running_batch_is_never_taken_over_by_a_second_worker(tmp_path) -> Non
         return sorted(result.completed), first.get_state_snapshot()["seen"]
 
     assert asyncio.run(race()) == (["t1", "t2"], [1, 2])
+
+
+def test_sigkill_in_a_task_run_recovers_with_the_same_task(tmp_path) -> None:
+    """A graph run with a Spark Task (budget, campaign, metadata, ids) killed mid-run: a new process
+    recovers with the same Task, and result and graph state (task metadata included) equal an
+    uninterrupted run's."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_graph_crash import assert_recovered_like_uninterrupted, crash_and_recover
+
+    out = crash_and_recover(tmp_path, "pipeline", f"sqlite:///{tmp_path}/ckpt.db", SPARK_CKPT_TEST_TASK="1",
+                            SPARK_CKPT_TEST_CRASH="transform:2")
+    metadata = out["state"].pop("task_metadata")
+    campaign = out["state"].pop("campaign")
+    assert_recovered_like_uninterrupted(out, "pipeline")
+    assert metadata["task_id"] == "nightly-1" and metadata["status"] == "completed"
+    assert metadata["metadata"] == {"owner": "ops"} and metadata["budget"]["max_seconds"] == 60
+    assert campaign["campaign_id"] == "c1" and out["replayed"]
