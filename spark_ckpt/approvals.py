@@ -27,7 +27,8 @@ import attrs
 
 from .backends.leases import worker_identity
 from .codec import Codec, to_data
-from .engine.records import RecordReader, identity
+from .engine.records import RecordReader
+from .engine.store_path import RecordWriter
 from .errors import ApprovalError, LeaseError
 from .model import WAITING, CheckpointHeader, GraphCheckpoint, canonical_checkpoint_id
 
@@ -145,20 +146,12 @@ def resolve_approval(
             checkpoint_id=canonical_checkpoint_id(head.execution_id, seq), seq=seq, timestamp=time.time(),
             status=WAITING, graph_state={**record.graph_state, key: requests},
         )
-        _put(backend, codec, data, head, lease)
+        # encoded and indexed (tag included) as every graph record is
+        header, blob = RecordWriter(backend, codec, durability="sync", owner=lease.owner, ttl_s=ttl_s).encode(data)
+        backend.put(header, blob, lease=lease)
     finally:
         try:
             backend.release_lease(lease)
         except LeaseError:  # pragma: no cover - it expires anyway
             pass
     return describe(request, attrs.evolve(head, seq=head.seq + 1))
-
-
-def _put(backend: Any, codec: Codec, data: dict[str, Any], head: CheckpointHeader, lease: Any) -> None:
-    new = CheckpointHeader(data["checkpoint_id"], head.graph_id, head.execution_id, data["seq"], data["timestamp"],
-                           WAITING, head.kind, 0)
-    blob = codec.encode_data(data, identity(new))
-    new = attrs.evolve(new, size=len(blob))
-    if codec.index_tags.enabled:
-        new = attrs.evolve(new, tag=codec.index_tags.tag(new))
-    backend.put(new, blob, lease=lease)

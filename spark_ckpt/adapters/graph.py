@@ -440,11 +440,9 @@ class CheckpointedGraph(CheckpointAccess):
         ``restore_from_checkpoint``, e.g. ``await graph.graph._approval_manager.resolve_request(...)``):
         stored as ``resolve_approval`` would, before recovery restores the waiting record's state over
         them. Only requests the waiting execution still holds as pending are taken."""
-        head = await self._planner.head(execution_id)
-        if head is None or head.status != WAITING:
-            return
         from .. import approvals
 
+        # the live graph first (in memory): most recoveries find nothing resolved there and read nothing more
         key = getattr(getattr(self.graph, "_approval_manager", None), "_storage_key", approvals.DEFAULT_STATE_KEY)
         live = self.graph.state.get_raw().get(key) or []
         resolved = {}
@@ -454,6 +452,9 @@ class CheckpointedGraph(CheckpointAccess):
             if status != approvals.PENDING and data.get("approval_id"):
                 resolved[data["approval_id"]] = (status, data)
         if not resolved:
+            return
+        head = await self._planner.head(execution_id)
+        if head is None or head.status != WAITING:
             return
         for pending in await self.list_approvals(status=approvals.PENDING):
             found = resolved.get(pending["approval_id"])

@@ -18,6 +18,7 @@ or the record refuses it (``EncodeError``).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from .graph_state import dump_message, load_message
@@ -66,8 +67,6 @@ def _journal(bus: Any, visit: Any, event: dict[str, Any]) -> None:
 
 
 def _event_data(topic: str, payload: Any, metadata: dict[str, Any] | None) -> dict[str, Any]:
-    import copy
-
     message = type(payload).__name__ == "NodeMessage" and hasattr(payload, "model_dump")
     return {
         "topic": topic,

@@ -29,7 +29,6 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from ..backends.leases import claim
 from ..codec import to_data
 from ..engine.store_path import LeaseRenewer, RecordWriter
 from ..errors import ConfigError, LeaseError, NothingToRecoverError, UnrecoverableExecutionError
@@ -99,19 +98,10 @@ class TaskBatch:
     async def resume(self) -> None:
         """Take the batch up: its lease first (another worker may be finishing it), then its progress."""
         planner = self.owner._planner
-
-        async def read_head() -> Any:
-            head = await planner.head(self.batch_id)
-            if head is None or head.graph_id != self.graph_id:
-                raise NothingToRecoverError(f"graph {self.owner.graph_id!r} has no task batch {self.batch_id!r}")
-            return head
-
-        lease, head = await claim(self.owner.backend, self.batch_id, self.writer.owner, self.writer.ttl_s, False,
-                                  read_head)
+        lease, head = await planner.claim(self.batch_id, False, graph_id=self.graph_id)
         if lease is None:
             raise NothingToRecoverError(f"task batch {self.batch_id!r} has already completed")
         self.writer.lease = lease
-        self.writer.lease_deadline = time.monotonic() + self.writer.ttl_s / 2
         self.writer.next_seq = self.writer.first_seq = head.seq + 1
         try:
             record = planner.decode(self.owner.backend.get(head.checkpoint_id).blob, head)

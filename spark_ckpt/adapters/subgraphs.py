@@ -296,13 +296,7 @@ def deepcopy_spark_graph(owner: CheckpointedGraph, memo: dict[int, Any] | None =
     ``copy.deepcopy(graph)``, e.g. by a ``SubgraphNode`` whose template is a graph wrapped elsewhere,
     gives the bare graph's copy, not one holding the wrapper (its backend, locks) and node wrappers that
     would run the template's nodes."""
-    graph = owner.graph
-    own = graph.__dict__.pop("__deepcopy__", None)  # copy.deepcopy would call it again
-    try:
-        return clone_spark_graph(owner, memo)[0]
-    finally:
-        if own is not None:
-            graph.__dict__["__deepcopy__"] = own
+    return clone_spark_graph(owner, memo)[0]
 
 
 def clone_spark_graph(owner: CheckpointedGraph, memo: dict[int, Any] | None = None) -> tuple[Any, dict[Any, str]]:
@@ -319,7 +313,7 @@ def clone_spark_graph(owner: CheckpointedGraph, memo: dict[int, Any] | None = No
     shared = [obj for obj in shared if obj is not None]
     memo = {} if memo is None else memo
     memo.update({id(obj): obj for obj in shared})  # kept as they are, never copied
-    own = owner.graph.__dict__.pop("__deepcopy__", None)
+    own = owner.graph.__dict__.pop("__deepcopy__", None)  # else copy.deepcopy would call it again
     try:
         clone = copy.deepcopy(owner.graph, memo)
     finally:

@@ -136,13 +136,17 @@ class RecoveryPlanner:
             self.codec.index_tags.check(head)
         return head
 
-    async def claim(self, execution_id: str, wait: bool | float) -> tuple[Lease | None, CheckpointHeader]:
-        """The lease of an unfinished execution, or ``(None, head)`` once it completed (``leases.claim``)."""
+    async def claim(self, execution_id: str, wait: bool | float, *, graph_id: str | None = None
+                    ) -> tuple[Lease | None, CheckpointHeader]:
+        """The lease of an unfinished execution, or ``(None, head)`` once it completed (``leases.claim``);
+        ``graph_id``: an execution stored under another graph id than this graph's (a task batch's)."""
+        graph_id = graph_id or self.graph_id
+
         async def read_head() -> CheckpointHeader:
             head = await self.head(execution_id)
-            if head is None or head.graph_id != self.graph_id or head.kind != GRAPH:
+            if head is None or head.graph_id != graph_id or head.kind != GRAPH:
                 raise NothingToRecoverError(
-                    f"graph {self.graph_id!r} has no execution {execution_id!r} in {self.backend.describe()}"
+                    f"graph {graph_id!r} has no execution {execution_id!r} in {self.backend.describe()}"
                 )
             return head
 
