@@ -35,9 +35,10 @@ from ..engine import records
 from ..engine.record_builder import FULL_HISTORY_EVERY, appended_json as _appended_json  # noqa: F401
 from ..engine.recovery import RecoveryPlanner, RecoveryReport  # noqa: F401  (RecoveryReport: re-exported)
 from ..errors import CodecError, ConfigError, NothingToRecoverError, SparkCkptError, UnrecoverableExecutionError
-from ..model import COMPLETED, WAITING, CheckpointHeader, GraphCheckpoint, Lease, new_id
+from ..model import COMPLETED, CheckpointHeader, GraphCheckpoint, Lease, new_id
 from ..plugins import Hooks
 from .graph_checkpoints import CheckpointAccess
+from .graph_gates import store_resolutions_made_in_spark
 from .graph_run import GraphRunner
 from .graph_state import dump_run_input, install_context_create_checkpoint, load_message, restore_into_graph, task_type
 from .graph_state import load_run_input as _load_run_input  # noqa: F401  (re-exported)
@@ -339,22 +340,12 @@ class CheckpointedGraph(CheckpointAccess):
         """
         planner = self._planner
         if execution_id is None:
-            from .graph_tasks import batch_holding, recover_tasks, unfinished_batches
+            from .graph_tasks import newest_unfinished_work, recover_tasks
 
-            batches = await unfinished_batches(self)
-            try:
-                execution_id = await planner.newest_unfinished()
-            except NothingToRecoverError:
-                if not batches:
-                    raise
-            # the newest unfinished work is a batch's (one of its tasks, or the batch between two tasks)
-            batch = batch_holding(batches, execution_id)
-            if batch is None and batches and (
-                    execution_id is None or batches[0].created_at >= (await planner.head(execution_id)).created_at):
-                batch = batches[0]
-            if batch is not None:
-                return await recover_tasks(self, batch_id=batch.execution_id)
-        await self._store_resolutions_made_in_spark(execution_id)
+            batch_id, execution_id = await newest_unfinished_work(self)
+            if batch_id is not None:
+                return await recover_tasks(self, batch_id=batch_id)
+        await store_resolutions_made_in_spark(self, execution_id)
         lease, head = await planner.claim(execution_id, wait)
         if lease is None:
             return self._completed_result(head)
@@ -434,34 +425,6 @@ class CheckpointedGraph(CheckpointAccess):
         return approvals.resolve_approval(self.backend, self.codec, approval_id, approved=approved, reviewer=reviewer,
                                           notes=notes, graph_id=self.graph_id, owner=self.worker_id,
                                           ttl_s=self.config.lease_ttl_s)
-
-    async def _store_resolutions_made_in_spark(self, execution_id: str) -> None:
-        """Approvals resolved through Spark's own approval manager on this graph (after
-        ``restore_from_checkpoint``, e.g. ``await graph.graph._approval_manager.resolve_request(...)``):
-        stored as ``resolve_approval`` would, before recovery restores the waiting record's state over
-        them. Only requests the waiting execution still holds as pending are taken."""
-        from .. import approvals
-
-        # the live graph first (in memory): most recoveries find nothing resolved there and read nothing more
-        key = getattr(getattr(self.graph, "_approval_manager", None), "_storage_key", approvals.DEFAULT_STATE_KEY)
-        live = self.graph.state.get_raw().get(key) or []
-        resolved = {}
-        for request in live:
-            data = request if isinstance(request, dict) else getattr(request, "model_dump", dict)()
-            status = approvals.status_of(data)
-            if status != approvals.PENDING and data.get("approval_id"):
-                resolved[data["approval_id"]] = (status, data)
-        if not resolved:
-            return
-        head = await self._planner.head(execution_id)
-        if head is None or head.status != WAITING:
-            return
-        for pending in await self.list_approvals(status=approvals.PENDING):
-            found = resolved.get(pending["approval_id"])
-            if found is not None and pending.get("execution") == execution_id:
-                status, data = found
-                await self.resolve_approval(pending["approval_id"], approved=status == approvals.APPROVED,
-                                            reviewer=data.get("decided_by"), notes=data.get("notes"))
 
     # ------------------------------------------------------------------------------------------
     # reading records (the recovery planner's)

@@ -18,6 +18,10 @@ itself has no way past a gate. Three instance-level wrappers provide one:
   ``policy_events`` timeline after a recovery is the record's plus the live evaluations, as in a run
   that never stopped.
 
+A resolution made through Spark's own approval manager on the live graph (after
+``restore_from_checkpoint``) is stored before recovery restores the waiting record over it
+(``store_resolutions_made_in_spark``).
+
 Invariants: the waiting record is built on the last boundary stored (the stopped superstep's partial
 effects are not kept) with Spark's approval requests as Spark stored them in graph state; the
 ``ApprovalPendingError`` reaches the caller unchanged; nothing here runs for a graph without a policy.
@@ -35,6 +39,7 @@ from ..errors import UnsupportedFeatureError
 from ..model import WAITING
 
 if TYPE_CHECKING:
+    from .graph import CheckpointedGraph
     from .graph_run import Execution, GraphRunner
 
 log = logging.getLogger("spark_ckpt.graph")
@@ -209,3 +214,30 @@ def _with_effect(decision: Any, effect: str, reason: str, **metadata: Any) -> An
     return decision.model_copy(update={
         "effect": PolicyEffect(effect), "reason": reason, "metadata": {**dict(decision.metadata), **metadata},
     })
+
+
+async def store_resolutions_made_in_spark(owner: CheckpointedGraph, execution_id: str) -> None:
+    """Approvals resolved through Spark's own approval manager on this graph (after
+    ``restore_from_checkpoint``, e.g. ``await graph.graph._approval_manager.resolve_request(...)``):
+    stored as ``resolve_approval`` would, before recovery restores the waiting record's state over
+    them. Only requests the waiting execution still holds as pending are taken."""
+    # the live graph first (in memory): most recoveries find nothing resolved there and read nothing more
+    key = getattr(getattr(owner.graph, "_approval_manager", None), "_storage_key", approvals.DEFAULT_STATE_KEY)
+    live = owner.graph.state.get_raw().get(key) or []
+    resolved = {}
+    for request in live:
+        data = request if isinstance(request, dict) else getattr(request, "model_dump", dict)()
+        status = approvals.status_of(data)
+        if status != approvals.PENDING and data.get("approval_id"):
+            resolved[data["approval_id"]] = (status, data)
+    if not resolved:
+        return
+    head = await owner._planner.head(execution_id)
+    if head is None or head.status != WAITING:
+        return
+    for pending in await owner.list_approvals(status=approvals.PENDING):
+        found = resolved.get(pending["approval_id"])
+        if found is not None and pending.get("execution") == execution_id:
+            status, data = found
+            await owner.resolve_approval(pending["approval_id"], approved=status == approvals.APPROVED,
+                                     reviewer=data.get("decided_by"), notes=data.get("notes"))

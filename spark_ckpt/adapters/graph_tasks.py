@@ -27,7 +27,7 @@ import hashlib
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..codec import to_data
 from ..engine.store_path import LeaseRenewer, RecordWriter
@@ -57,15 +57,6 @@ def task_execution_id(batch_id: str, task_id: str) -> str:
     return f"{batch_id}.{safe}"
 
 
-async def _call_optional(callback: Callable[..., Any] | None, *args: Any) -> Any:
-    if callback is None:
-        return None
-    result = callback(*args)
-    if isinstance(result, Awaitable):
-        return await result
-    return result
-
-
 class TaskBatch:
     """One batch of scheduled tasks as this process runs it (see the module docstring)."""
 
@@ -74,7 +65,7 @@ class TaskBatch:
         self.batch_id = batch_id
         self.graph_id = batches_graph_id(owner.graph_id)
         self.manifest: dict[str, Any] = {}
-        #: task id -> {"execution_id", "usage"} of the tasks that completed
+        #: task id -> {"execution_id", "usage", "result"} of the tasks that completed
         self.completed: dict[str, Any] = {}
         self.writer = RecordWriter(owner.backend, owner.codec, durability="sync", owner=owner.worker_id,
                                    ttl_s=owner.config.lease_ttl_s)
@@ -149,6 +140,8 @@ async def run_tasks(
     usage_provider: Callable[..., Any] | None = None, batch_id: str | None = None, resumed: TaskBatch | None = None,
 ) -> Any:
     """Spark's ``Graph.run_tasks`` loop, each task its own checkpointed execution (module docstring)."""
+    # Spark's own callback caller: sync or async callbacks behave exactly as in bare run_tasks
+    from spark.graphs.graph import _call_optional
     from spark.graphs.tasks import CampaignBudgetError, TaskBatchResult, TaskDependencyError
 
     results = TaskBatchResult()
@@ -252,6 +245,25 @@ def batch_holding(batches: list[Any], execution_id: str | None) -> Any:
             if execution_id.startswith(head.execution_id + "."):
                 return head
     return None
+
+
+async def newest_unfinished_work(owner: CheckpointedGraph) -> tuple[str | None, str | None]:
+    """``(batch id, None)`` when the newest unfinished work of the graph is a batch's (one of its tasks,
+    or the batch between two tasks), else ``(None, execution id)``; ``NothingToRecoverError`` when
+    there is neither."""
+    planner = owner._planner
+    batches = await unfinished_batches(owner)
+    execution_id = None
+    try:
+        execution_id = await planner.newest_unfinished()
+    except NothingToRecoverError:
+        if not batches:
+            raise
+    batch = batch_holding(batches, execution_id)
+    if batch is None and batches and (
+            execution_id is None or batches[0].created_at >= (await planner.head(execution_id)).created_at):
+        batch = batches[0]
+    return (batch.execution_id, None) if batch is not None else (None, execution_id)
 
 
 async def recover_tasks(
