@@ -42,8 +42,7 @@ from ..codec import to_data
 from ..engine.journal import Journal
 from ..engine.mailbox_ledger import INITIAL, MailboxLedger, Visit
 from ..engine.recovery import RecoveryReport
-from ..engine.store_path import LeaseRenewer
-from ..errors import SparkCkptError, UnsupportedFeatureError
+from ..errors import UnsupportedFeatureError
 from ..model import COMPLETED, RUNNING, FailureInfo, GraphCheckpoint, Lease, new_id
 from . import graph_state
 from .graph_state import dump_message, dump_run_input, is_bookkeeping, load_message, load_run_input, plain_or_repr
@@ -145,19 +144,8 @@ class LongRunningDriver:
 
     # -- a run -------------------------------------------------------------------------------------------
     async def _execute(self, ex: Execution, ledger: MailboxLedger, task: Any, *, resumed: bool) -> Any:
-        runner, config = self.runner, self.owner.config
-        if runner.active is not None:
-            raise SparkCkptError(f"graph {self.owner.graph_id!r} is already running execution "
-                                 f"{runner.active.execution_id}; a CheckpointedGraph runs one execution at a time")
-        writer = ex.writer
-        if writer.lease is not None:
-            await writer.renew()
-        elif resumed or config.durability != "sync":
-            await writer.acquire(ex.execution_id)
-        runner.active = ex
-        if runner.hooks.wants_post_checkpoint:
-            writer.on_stored = runner._post_checkpoint
-        renewer = LeaseRenewer(writer)
+        runner = self.runner
+        renewer = await runner.take_up(ex, resumed=resumed)
         run = LongRun(self, ex, ledger, resumed=resumed)
         run.install()
         try:
@@ -177,11 +165,7 @@ class LongRunningDriver:
             return result
         finally:
             run.uninstall()
-            renewer.stop()
-            runner.active = None
-            graph_state.drop_context_snapshots(runner.nodes.values())
-            if writer.last_status != COMPLETED:
-                await writer.release()
+            await runner.put_down(ex, renewer)
 
 
 def message_data(payload: Any, metadata: dict[str, Any]) -> dict[str, Any]:

@@ -142,29 +142,15 @@ class GraphRunner:
 
     # -- a run ----------------------------------------------------------------------------------------
     async def execute(self, ex: Execution, inputs: Any, *, resumed: bool) -> Any:
-        if self.active is not None:
-            raise SparkCkptError(
-                f"graph {self.graph_id!r} is already running execution {self.active.execution_id}; "
-                "a CheckpointedGraph runs one execution at a time (wrap another graph instance for parallel runs)"
-            )
         self.gates.prepare_run()  # both refuse what they cannot journal before anything is stored
         graph_human_input.prepare_run(self)
+        renewer = await self.take_up(ex, resumed=resumed)
         writer = ex.writer
-        # The start record lets a crash in the very first superstep be recovered. Written at once
-        # (durability "sync"), it goes to the store with the lease, in one transaction where it can.
-        if writer.lease is not None:  # taken by recovery a while ago (reads since): renewed before anything runs
-            await writer.renew()
-        elif resumed or self.config.durability != "sync":
-            await writer.acquire(ex.execution_id)
-        self.active = ex
         journal_published_events(self.graph)
         ex.event_bus, ex.parent_visit = getattr(self.graph, "event_bus", None), _current_visit.get()
         ex.dumps.cache.update(self._carried)
         hooks = self.hooks
         ex.node_hooks, ex.policy_hooks = hooks.wants_node_events, hooks.wants_should_checkpoint
-        if hooks.wants_post_checkpoint:
-            writer.on_stored = self._post_checkpoint
-        renewer = LeaseRenewer(writer)
         try:
             if ex.fork_of is not None:
                 await self.store(ex, ex.builder.fork_start(ex.fork_of, seq=writer.next_seq, inflight=ex.journal.inflight,
@@ -184,14 +170,37 @@ class GraphRunner:
             await self._finish(ex, result)
             return result
         finally:
-            renewer.stop()
-            self.active = None
-            graph_state.drop_context_snapshots(self.nodes.values())
             self._carried = ex.dumps.held_by(self.nodes.values())
-            if writer.last_status != COMPLETED:
-                # A completed execution is never recovered, so its lease needs no release (one write
-                # fewer per run); an unfinished one is released so another worker can take it over now.
-                await writer.release()
+            await self.put_down(ex, renewer)
+
+    async def take_up(self, ex: Execution, *, resumed: bool) -> LeaseRenewer:
+        """Make ``ex`` this graph's running execution, under its lease (renewed from now on by the
+        renewer returned); ``put_down`` ends it. Any execution mode's driver runs between the two."""
+        if self.active is not None:
+            raise SparkCkptError(
+                f"graph {self.graph_id!r} is already running execution {self.active.execution_id}; "
+                "a CheckpointedGraph runs one execution at a time (wrap another graph instance for parallel runs)"
+            )
+        writer = ex.writer
+        # The start record lets a crash in the very first superstep be recovered. Written at once
+        # (durability "sync"), it goes to the store with the lease, in one transaction where it can.
+        if writer.lease is not None:  # taken by recovery a while ago (reads since): renewed before anything runs
+            await writer.renew()
+        elif resumed or self.config.durability != "sync":
+            await writer.acquire(ex.execution_id)
+        self.active = ex
+        if self.hooks.wants_post_checkpoint:
+            writer.on_stored = self._post_checkpoint
+        return LeaseRenewer(writer)
+
+    async def put_down(self, ex: Execution, renewer: LeaseRenewer) -> None:
+        renewer.stop()
+        self.active = None
+        graph_state.drop_context_snapshots(self.nodes.values())
+        if ex.writer.last_status != COMPLETED:
+            # A completed execution is never recovered, so its lease needs no release (one write
+            # fewer per run); an unfinished one is released so another worker can take it over now.
+            await ex.writer.release()
 
     async def _finish(self, ex: Execution, result: Any) -> None:
         unreached = ex.journal.unreached()
