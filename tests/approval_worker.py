@@ -15,21 +15,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import approval_graphs  # noqa: E402
+from crash_cues import die  # noqa: E402
 from spark.governance.approval import ApprovalPendingError  # noqa: E402
 
 from spark_ckpt import CheckpointConfig, checkpointed, hookimpl  # noqa: E402
 from spark_ckpt.plugins import get_plugin_manager  # noqa: E402
-
-
-def die() -> None:
-    sys.stdout.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def answered() -> bool:

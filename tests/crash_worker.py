@@ -16,30 +16,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import graphs  # noqa: E402
+from crash_cues import arm_crash_after_checkpoint, die  # noqa: E402
 
-from spark_ckpt import CheckpointConfig, checkpointed, hookimpl  # noqa: E402
-from spark_ckpt.plugins import get_plugin_manager  # noqa: E402
-
-
-def die() -> None:
-    sys.stdout.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-class CrashAfterCheckpoint:
-    def __init__(self, seq: int) -> None:
-        self.seq = seq
-
-    @hookimpl
-    def spark_ckpt_post_checkpoint(self, event):
-        if event.header.seq == self.seq:
-            die()
+from spark_ckpt import CheckpointConfig, checkpointed  # noqa: E402
 
 
 def arm_crash_in_write(graph, seq: int) -> None:
@@ -76,8 +60,7 @@ async def main() -> None:
     graph = checkpointed(
         graphs.build(graph_name), config=CheckpointConfig(backend=store, durability=durability), graph_id=graph_id
     )
-    if os.environ.get("SPARK_CKPT_TEST_CRASH_AFTER_CKPT"):
-        get_plugin_manager().register(CrashAfterCheckpoint(int(os.environ["SPARK_CKPT_TEST_CRASH_AFTER_CKPT"])))
+    arm_crash_after_checkpoint()
     if os.environ.get("SPARK_CKPT_TEST_CRASH_IN_WRITE"):
         arm_crash_in_write(graph, int(os.environ["SPARK_CKPT_TEST_CRASH_IN_WRITE"]))
     if os.environ.get("SPARK_CKPT_TEST_TASK"):  # the input as a Spark Task with a budget and metadata

@@ -14,26 +14,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import long_running_graphs  # noqa: E402
+from crash_cues import arm_crash_after_checkpoint  # noqa: E402
 
-from spark_ckpt import CheckpointConfig, checkpointed, hookimpl  # noqa: E402
-from spark_ckpt.plugins import get_plugin_manager  # noqa: E402
-
-
-class CrashAfterCheckpoint:
-    def __init__(self, seq: int) -> None:
-        self.seq = seq
-
-    @hookimpl
-    def spark_ckpt_post_checkpoint(self, event):
-        if event.header.seq == self.seq:
-            sys.stdout.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
+from spark_ckpt import CheckpointConfig, checkpointed  # noqa: E402
 
 
 def node_states(graph) -> dict:
@@ -44,8 +32,7 @@ def node_states(graph) -> dict:
 async def main() -> None:
     mode, store, graph_id, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     graph = checkpointed(long_running_graphs.build(), config=CheckpointConfig(backend=store), graph_id=graph_id)
-    if os.environ.get("SPARK_CKPT_TEST_CRASH_AFTER_CKPT"):
-        get_plugin_manager().register(CrashAfterCheckpoint(int(os.environ["SPARK_CKPT_TEST_CRASH_AFTER_CKPT"])))
+    arm_crash_after_checkpoint()
     if mode == "run":
         result = await graph.run(long_running_graphs.task(n))
     else:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import graphs  # noqa: E402
+from crash_cues import die  # noqa: E402
 
 from spark_ckpt import CheckpointConfig, checkpointed  # noqa: E402
 
@@ -47,8 +47,7 @@ async def main() -> None:
     def completed(task, outcome):
         seen.append(task.task_id)
         if os.environ.get("SPARK_CKPT_TEST_CRASH_AFTER_TASK") == task.task_id:
-            sys.stdout.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
+            die()
 
     def usage(task, outcome):
         return {"tokens": 10 * int(task.task_id[1:])}
