@@ -25,13 +25,19 @@ def record(node: Node, context: Any) -> int:
     context.state["visits"] = visit + 1
     entry = f"{node.id}:{visit}"
     CALLS.append(entry)
+    append_call(entry)
+    return visit
+
+
+def append_call(entry: str) -> None:
+    """Append ``entry`` durably to the calls file ``SPARK_CKPT_TEST_CALLS`` names (if any), so a parent
+    process counts real executions across the processes it started, also one killed right after."""
     path = os.environ.get("SPARK_CKPT_TEST_CALLS")
     if path:
         with open(path, "a") as fh:
             fh.write(entry + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-    return visit
 
 
 def maybe_crash(node: Node, visit: int) -> None:

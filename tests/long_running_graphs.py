@@ -16,17 +16,13 @@ import os
 import signal
 from typing import Any
 
+from graphs import append_call
 from spark.graphs import Graph
 from spark.nodes import Node
 
 
 def record(node: Node, item: Any) -> None:
-    path = os.environ.get("SPARK_CKPT_TEST_CALLS")
-    if path:
-        with open(path, "a") as fh:
-            fh.write(f"{node.id}:{item}\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+    append_call(f"{node.id}:{item}")
 
 
 def maybe_crash(node: Node, item: Any) -> None:
