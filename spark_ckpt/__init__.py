@@ -20,6 +20,7 @@ from .errors import (  # noqa: F401  (re-exported: the whole error hierarchy)
     GraphMismatchError,
     CodecError,
     EncodeError,
+    UntrustedTypeError,
     CorruptCheckpointError,
     UnsupportedFormatError,
     NotACheckpointError,
@@ -54,8 +55,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "checkpointed", "checkpoint_now", "CheckpointConfig", "hookimpl", "open_backend",
-    "CheckpointedGraph", "CheckpointedAgent", "not_safe_to_rerun",
-    "SparkCkptError", "ConfigError", "UnknownBackendError", "BackendError", "CheckpointNotFoundError", "DuplicateCheckpointError", "GraphMismatchError", "CodecError", "EncodeError", "CorruptCheckpointError", "UnsupportedFormatError", "NotACheckpointError", "ChecksumMismatchError", "TruncatedCheckpointError", "TamperedCheckpointError", "CheckpointSwappedError", "DecompressionLimitError", "EncryptionKeyError", "MissingKeyError", "WrongKeyError", "PlaintextRefusedError", "PickleRefusedError", "UnsignedPickleError", "PickleSignatureError", "InvalidKeyError", "RekeyError", "NothingToRecoverError", "UnrecoverableExecutionError", "MissingCheckpointError", "RecoveryDivergedError", "LeaseError", "ExecutionCompletedError", "PluginError", "RunStopped", "BudgetExceededError", "UnsafeToRetryError",
+    "CheckpointedGraph", "CheckpointedAgent", "not_safe_to_rerun", "allow_types",
+    "SparkCkptError", "ConfigError", "UnknownBackendError", "BackendError", "CheckpointNotFoundError", "DuplicateCheckpointError", "GraphMismatchError", "CodecError", "EncodeError", "UntrustedTypeError", "CorruptCheckpointError", "UnsupportedFormatError", "NotACheckpointError", "ChecksumMismatchError", "TruncatedCheckpointError", "TamperedCheckpointError", "CheckpointSwappedError", "DecompressionLimitError", "EncryptionKeyError", "MissingKeyError", "WrongKeyError", "PlaintextRefusedError", "PickleRefusedError", "UnsignedPickleError", "PickleSignatureError", "InvalidKeyError", "RekeyError", "NothingToRecoverError", "UnrecoverableExecutionError", "MissingCheckpointError", "RecoveryDivergedError", "LeaseError", "ExecutionCompletedError", "PluginError", "RunStopped", "BudgetExceededError", "UnsafeToRetryError",
 ]
 
 
@@ -119,6 +120,10 @@ def __getattr__(name: str) -> Any:
         from .adapters.agent_calls import not_safe_to_rerun
 
         return not_safe_to_rerun
+    if name == "allow_types":
+        from .codec.values import allow_types
+
+        return allow_types
     if name == "CheckpointedAgent":
         from .adapters.agent import CheckpointedAgent
 

@@ -28,6 +28,12 @@ def _durability(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         )
 
 
+def _allowed_types(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    from .codec.values import AllowedTypes
+
+    AllowedTypes().extend(value)  # raises ConfigError naming a malformed entry
+
+
 def _keys(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value is not None:
         from .codec.crypto import Keyring
@@ -87,6 +93,11 @@ class CheckpointConfig:
     serializer: str = "json"
     #: HMAC-SHA256 key (>= 32 bytes, raw or base64/hex) that signs pickles and verifies them before loading
     pickle_signing_key: bytes | str | None = attrs.field(default=None, repr=False)
+    #: Enum, dataclass, attrs and pydantic types stored by import path and rebuilt on restore: classes,
+    #: "pkg.mod.Class" or "pkg.mod.*" (process-wide, with the plugins' ``spark_ckpt_register_types``;
+    #: Spark's own types are allowed). Values of other such types are refused when stored.
+    allowed_types: tuple[Any, ...] = attrs.field(
+        default=(), converter=lambda v: (v,) if isinstance(v, (str, type)) else tuple(v), validator=_allowed_types)
     #: a compressed payload that would expand past this many bytes is refused before expanding
     max_decompressed_size: int = attrs.field(default=512 * 1024 * 1024, validator=_positive)
 
@@ -154,6 +165,9 @@ class CheckpointConfig:
     def make_codec(self):
         from . import plugins
         from .codec import Codec, GzipTransform, Keyring, SignedPickleSerializer, ZstdTransform, zstandard_available
+        from .codec.values import allow_types
+
+        allow_types(*self.allowed_types, *plugins.allowed_types())
 
         # "pickle" is reserved: it exists only when a signing key is configured (never unpickle by surprise)
         layers = {name: layer for name, layer in plugins.serializers().items() if name != "pickle"}

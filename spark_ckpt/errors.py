@@ -43,6 +43,11 @@ class EncodeError(CodecError, TypeError):
     """A state value cannot be encoded; the message names its key path."""
 
 
+class UntrustedTypeError(CodecError):
+    """A checkpoint names a type (Enum, dataclass, attrs class, pydantic model) that is not on the allowed
+    types, so it was not imported or rebuilt; allow it if the store is trusted."""
+
+
 class CorruptCheckpointError(CodecError):
     """Stored bytes are truncated, altered or not a spark-ckpt checkpoint at all."""
 

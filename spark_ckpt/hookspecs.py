@@ -52,6 +52,14 @@ def spark_ckpt_register_retention(register: Callable[[str, Callable[..., Any]], 
     """
 
 
+@hookspec
+def spark_ckpt_register_types(register: Callable[[Any], None]) -> None:
+    """Allow types in checkpoints: ``register(cls)``, ``register("pkg.mod.Class")`` or
+    ``register("pkg.mod.*")``. Enum members, dataclasses, attrs classes and pydantic models of allowed
+    types are stored by import path and rebuilt exactly; others are refused (see ``codec.values``).
+    """
+
+
 # -- graph execution -----------------------------------------------------------------------------
 @hookspec
 def spark_ckpt_pre_node(event) -> None:  # event: spark_ckpt.events.NodeEvent

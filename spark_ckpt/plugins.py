@@ -117,6 +117,17 @@ def _registry(kind: str, hook_name: str, two_args: bool) -> dict[str, Any]:
     return _registry_cache[key]
 
 
+def allowed_types() -> list[Any]:
+    """Types plugins allow in checkpoints (``spark_ckpt_register_types``), in registration order."""
+    pm = get_plugin_manager()
+    key = f"types:{id(pm)}"
+    if key not in _registry_cache:
+        found: list[Any] = []
+        pm.hook.spark_ckpt_register_types(register=found.append)
+        _registry_cache[key] = found
+    return _registry_cache[key]
+
+
 def backends() -> dict[str, type]:
     """name -> Backend class, from every plugin."""
     return _registry("backends", "spark_ckpt_register_backends", False)

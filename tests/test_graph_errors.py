@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import closing
 
 import asyncio
-import datetime
+import threading
 import os
 import stat
 
@@ -122,14 +122,15 @@ def test_unknown_codec_layer(graph, tmp_path) -> None:
 
 
 def test_non_encodable_state_names_the_key_path(tmp_path) -> None:
-    """A value JSON cannot hold fails the run with the state key path; earlier checkpoints stay intact."""
+    """A value that cannot be stored faithfully fails the run with the state key path; earlier checkpoints
+    stay intact."""
     from spark.graphs import Graph
     from spark.nodes import Node
 
     class Stamp(Node):
         async def process(self, context):
             await context.graph_state.set("notes", ["fine"])  # encoded on its own before the bad value
-            await context.graph_state.set("audit", {"events": [{"at": datetime.datetime(2026, 1, 1)}]})
+            await context.graph_state.set("audit", {"events": [{"at": threading.Lock()}]})
             return {"ok": True}
 
     first = graphs.Step(id="first")
@@ -138,7 +139,7 @@ def test_non_encodable_state_names_the_key_path(tmp_path) -> None:
                      graph_id="encode")
     with pytest.raises(EncodeError, match=r"graph_state\.audit\.events\[0\]\.at") as exc:
         asyncio.run(g.run({}))
-    assert "datetime" in str(exc.value)
+    assert "lock" in str(exc.value)
     all_decode(g)
     assert g.get_last_checkpoint().status == "failed"
 

@@ -22,9 +22,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import orjson
 
 from ..codec import Identity, from_data, to_data
+from ..codec.convert import dumps_data
 from ..engine import deltas
 from ..engine.chain import DELTA, DeltaChains
 from ..engine.durability import DurableWriter
@@ -77,8 +77,8 @@ class AgentRecords:
             if head_state == snapshot:
                 return None
             ops = deltas.diff(head_state, snapshot)
-            delta_size = len(orjson.dumps(ops))
-            full_size = len(orjson.dumps(snapshot))
+            delta_size = len(dumps_data(ops))
+            full_size = len(dumps_data(snapshot))
             # keep chains shorter than the retention count, or retention could never delete anything
             keep = self.owner.config.retention_count
             if (self.bytes_since_full + delta_size >= FULL_SNAPSHOT_RATIO * full_size

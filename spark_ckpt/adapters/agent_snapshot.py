@@ -13,6 +13,7 @@ import time
 from collections import deque
 from typing import Any
 
+from ..codec.convert import dumps_data, faithful_copy, loads_data
 from ..errors import CheckpointNotFoundError, ConfigError, CorruptCheckpointError, SparkCkptError
 from ..model import AGENT_SNAPSHOT_VERSION
 
@@ -25,13 +26,22 @@ _KNOWN_STATE_KEYS = {
 }
 
 
+_JSON_SCALARS = (str, bool, int, float)
+
+
 def jsonable(value: Any) -> Any:
     """A JSON-able copy of ``value``. Objects JSON cannot hold become tagged descriptions, never silently
-    something that looks like the original (a NodeMessage becomes its fields, an exception its type and text)."""
-    if value is None or isinstance(value, (str, bool, int, float)):
+    something that looks like the original (a NodeMessage becomes its fields, an exception its type and text).
+
+    For Spark's own parts of an agent (memory, traces, config), which the guide's layout holds as JSON;
+    the user's own state keys are kept exactly instead (``take_snapshot``)."""
+    if value is None or type(value) in _JSON_SCALARS:
         return value
     if isinstance(value, enum.Enum):
         return jsonable(value.value)
+    for scalar in _JSON_SCALARS:  # a subclass (str-based enums were handled above)
+        if isinstance(value, scalar):
+            return scalar(value)
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, deque, set, frozenset)):
@@ -147,7 +157,8 @@ def take_snapshot(agent: Any, agent_id: str | None) -> dict[str, Any]:
     """The agent's full state as plain JSON-able data (the guide's checkpoint layout)."""
     state = agent._state
     messages = jsonable(list(agent.memory_manager.memory))
-    custom = {k: jsonable(v) for k, v in state.items() if k not in _KNOWN_STATE_KEYS}
+    # the user's own state keys: kept exactly (a faithful copy), or refused with their key path
+    custom = faithful_copy({k: v for k, v in state.items() if k not in _KNOWN_STATE_KEYS}, what="agent state")
     memory = agent.memory_manager
     return {
         "kind": SNAPSHOT_KIND,
@@ -310,7 +321,7 @@ def write_snapshot_file(path: Any, snapshot: dict[str, Any]) -> None:
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        tmp.write_bytes(orjson.dumps(snapshot, option=orjson.OPT_INDENT_2))
+        tmp.write_bytes(dumps_data(snapshot, what="agent checkpoint", option=orjson.OPT_INDENT_2))
         os.replace(tmp, target)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -321,13 +332,12 @@ def read_snapshot_file(path: Any) -> dict[str, Any]:
     """The snapshot a file written by ``write_snapshot_file`` holds (checked when it is applied)."""
     from pathlib import Path
 
-    import orjson
 
     try:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise CheckpointNotFoundError(f"no agent checkpoint file at {str(path)!r}") from None
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise CorruptCheckpointError(f"agent checkpoint file {str(path)!r} is not valid JSON: {exc}") from None
+        return loads_data(raw)
+    except CorruptCheckpointError as exc:
+        raise CorruptCheckpointError(f"agent checkpoint file {str(path)!r} cannot be read: {exc}") from None

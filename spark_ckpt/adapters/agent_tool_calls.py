@@ -11,8 +11,8 @@ with its result and can still await a durable write) with the binding's ``tool_c
   tool marked not safe to re-run is journaled as started first, and if it had started before the
   crash without completing, recovery refuses to run it again (``UnsafeToRetryError``) unless allowed.
 
-Invariants: results are made JSON-able when journaled, and the live trace's output is replaced by the
-JSON-able result, so a live run and its replay leave the same state; an unknown tool (no block) ran
+Invariants: a result is journaled as an exact copy (or, if it cannot be stored, its JSON description),
+and the live run gets that copy (its trace's output too), so a live run and its replay leave the same state; an unknown tool (no block) ran
 nothing, and its result is not journaled; a ``RunStopped`` from a hook makes the session fatal.
 """
 
@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..errors import RunStopped
+from ..codec.convert import faithful_copy
+from ..errors import EncodeError, RunStopped
 from ..events import AgentCallEvent
 from ..model import TOOL_CALL, TOOL_STARTED, AgentCall
 from .agent_snapshot import jsonable
@@ -76,7 +77,7 @@ async def run_tool_call(binding: AgentBinding, tool_call: dict[str, Any], contex
         session.live_tool_calls += 1
         trace = _find_trace(binding.agent._state["tool_traces"], use_id, name)
         entry = AgentCall(
-            kind=TOOL_CALL, tool_result=jsonable(result), tool_block=jsonable(block),
+            kind=TOOL_CALL, tool_result=_kept(result), tool_block=jsonable(block),
             tool_trace=jsonable(trace), started_at=started, duration_s=time.time() - started, **base,
         )
         await session.record(entry)
@@ -90,6 +91,15 @@ async def run_tool_call(binding: AgentBinding, tool_call: dict[str, Any], contex
     except RunStopped as exc:
         raise session.set_fatal(exc)
     return result, block
+
+
+def _kept(result: Any) -> Any:
+    """A tool's result as journaled: an exact copy when it can be stored (a tuple stays a tuple, a
+    datetime a datetime); else its JSON description. The live run gets the same value as a replay."""
+    try:
+        return faithful_copy(result, what="tool result")
+    except EncodeError:
+        return jsonable(result)
 
 
 def attrs_evolve(event: AgentCallEvent, **changes: Any) -> AgentCallEvent:

@@ -15,7 +15,9 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable, Iterable
 
-from ..codec.convert import dumps_data, find_unencodable
+from ..codec.convert import dumps_data, faithful_copy, find_unencodable
+from ..codec.values import is_plain
+from ..errors import EncodeError
 from ..model import GraphCheckpoint
 from .runtime import node_state_adapter_for
 
@@ -54,6 +56,15 @@ def dump_message(message: Any) -> Any:
     if dump is None:
         return {"content": message}
     data = dump(mode="python", exclude_defaults=True)
+    for key, dumped in data.items():
+        # pydantic dumps a model or dataclass in ``content`` to a dict: keep such values exactly (a copy,
+        # as the dump is); a value that cannot be stored stays as it is, and the record refuses it
+        original = getattr(message, key, dumped)
+        if original is not dumped and not is_plain(original):
+            try:
+                data[key] = faithful_copy(original, what=f"node output {key}")
+            except EncodeError:
+                data[key] = original
     if "raw" in data and find_unencodable(data["raw"]) is not None:
         # ``raw`` holds a model's unparsed response object: routing never reads it, and it is
         # usually not plain data. Keep its repr rather than failing the checkpoint.

@@ -43,10 +43,9 @@ import types
 from typing import Any
 
 import attrs
-import orjson
 
 from ..codec import from_data
-from ..codec.convert import dumps_data
+from ..codec.convert import dumps_data, faithful_copy
 from ..engine.journal import Journal
 from ..engine.recovery import RecoveryReport
 from ..model import FAILED, RUNNING, GraphCheckpoint, new_id
@@ -200,13 +199,13 @@ class NestedGraph(CheckpointedGraph):
         record = from_data(data, GraphCheckpoint)
         if record.extras.get("structure") != self.structure:
             return None, "the inner graph's structure changed since its record was stored"
-        if _plain(record.run_input) != _plain(dump_run_input(inputs)):
+        if _stored_form(record.run_input) != _stored_form(dump_run_input(inputs)):
             return None, "the subgraph was given another input than the one its record was stored for"
         return record, None
 
 
-def _plain(value: Any) -> Any:
-    return orjson.loads(dumps_data(value, what="subgraph input"))
+def _stored_form(value: Any) -> bytes:
+    return dumps_data(value, what="subgraph input")
 
 
 class OuterVisitWriter:
@@ -269,7 +268,7 @@ class OuterVisitWriter:
         return b"boundary" if self.boundary is not None else None
 
     def base_data(self) -> dict[str, Any]:
-        return orjson.loads(orjson.dumps(self.boundary))
+        return faithful_copy(self.boundary, what="subgraph record")
 
     async def store(self, data: dict[str, Any], *, wait: bool) -> None:
         self.next_seq = data["seq"] + 1
@@ -278,7 +277,7 @@ class OuterVisitWriter:
             return
         on_boundary = data.get("base_seq") is not None
         if not on_boundary:
-            self.boundary = orjson.loads(dumps_data(data, what="subgraph record"))
+            self.boundary = faithful_copy(data, what="subgraph record")
             self.last_status, self.last_seq = status, data["seq"]
         if not self.keep or self.boundary is None:
             return
@@ -286,7 +285,7 @@ class OuterVisitWriter:
         if not self.boundary["execution_history"] and not inflight:
             return  # the start record: recovering from it is running from the start
         record = dict(self.boundary)
-        record["inflight"] = orjson.loads(dumps_data(inflight, what="subgraph in-flight journal"))
+        record["inflight"] = faithful_copy(inflight, what="subgraph in-flight journal")
         await self.visit.persist_inflight({INFLIGHT_KEY: record})
 
 

@@ -1,47 +1,44 @@
 """The one cattrs converter: attrs records <-> JSON-able data <-> bytes (orjson).
 
-Values that JSON cannot hold faithfully are refused with an ``EncodeError`` that names the key path,
-instead of being stringified or silently turned into something else.
+Values are kept exactly: plain JSON as it is, the other supported types tagged (``values``); what
+cannot be stored faithfully is refused with an ``EncodeError`` that names the key path, never
+stringified or silently turned into something else.
 """
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
 
+import attrs
 import cattrs
 import orjson
 from cattrs.preconf.orjson import make_converter
 
 from ..errors import CorruptCheckpointError, EncodeError
+from .values import TAG_BYTES, from_tree, is_plain, to_tree
 
 T = TypeVar("T")
 
 converter = make_converter()
 
-_JSON_SCALARS = (str, bool, int, float, type(None))
+
+def _user_value(cls: Any) -> bool:
+    """Runtime classes met in ``Any``-typed fields: the user's values. They are stored as they are
+    (``dumps_data`` keeps them exactly), never unstructured into something else: cattrs would turn a
+    tuple into a list, a dataclass into a dict, an Enum into its value. Only our own records are."""
+    return isinstance(cls, type) and not (attrs.has(cls) and cls.__module__.startswith("spark_ckpt."))
 
 
-def find_unencodable(value: Any, path: str = "") -> tuple[str, Any] | None:
-    """Return ``(key path, value)`` of the first value orjson cannot encode faithfully, else None."""
-    if type(value) in _JSON_SCALARS or type(value) is orjson.Fragment:  # (a Fragment is encoded JSON)
-        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
-            return path or "<root>", value
-        return None
-    if type(value) is dict:
-        for key, item in value.items():
-            if type(key) is not str:
-                return f"{path}[{key!r}] (non-string key)", key
-            found = find_unencodable(item, f"{path}.{key}" if path else key)
-            if found:
-                return found
-        return None
-    if type(value) in (list, tuple):
-        for i, item in enumerate(value):
-            found = find_unencodable(item, f"{path}[{i}]")
-            if found:
-                return found
-        return None
-    return path or "<root>", value
+converter.register_unstructure_hook_func(_user_value, lambda value: value)
+
+
+def find_unencodable(value: Any) -> tuple[str, Any] | None:
+    """``(key path, message)`` of the first value that cannot be stored faithfully, else None."""
+    try:
+        to_tree(value)
+    except EncodeError as exc:
+        return str(exc), value
+    return None
 
 
 def to_data(obj: Any) -> Any:
@@ -50,8 +47,8 @@ def to_data(obj: Any) -> Any:
 
 
 # orjson would turn datetimes, dataclasses and str/int subclasses into plain strings, dicts and
-# numbers, which come back as a different type on restore. Refuse them instead (they reach
-# ``_refuse`` and fail with the key path), so a restore never silently changes a value's type.
+# numbers, which come back as a different type on restore: they reach ``_refuse`` instead, and the
+# value takes the tagged path (``values``), which stores them faithfully or refuses them.
 _STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
 
 
@@ -59,25 +56,36 @@ def _refuse(value: Any) -> Any:
     raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
 
 
-def dumps_data(data: Any, *, what: str = "checkpoint") -> bytes:
-    """JSON-able data -> bytes; a value that cannot be encoded raises ``EncodeError`` naming its path."""
+def dumps_data(data: Any, *, what: str = "checkpoint", option: int = 0) -> bytes:
+    """JSON-able data -> bytes, every value kept exactly: plain JSON as it is, other values tagged
+    (``values``); a value that cannot be stored faithfully raises ``EncodeError`` naming its path."""
+    if is_plain(data):
+        try:
+            return orjson.dumps(data, default=_refuse, option=_STRICT | option)
+        except (TypeError, orjson.JSONEncodeError):
+            pass  # a lone surrogate, a 65-bit int, nesting orjson refuses: the tagged path decides
     try:
-        return orjson.dumps(data, default=_refuse, option=_STRICT)
-    except (TypeError, orjson.JSONEncodeError) as exc:
-        found = find_unencodable(data)
-        where, bad = found if found else ("<unknown>", None)
-        raise EncodeError(
-            f"cannot encode {what}: value at {where!r} is of type {type(bad).__name__}, which is not "
-            f"JSON-serializable. Store plain data (dict/list/str/int/float/bool/None) in graph state, "
-            f"or convert it before storing (e.g. model.model_dump(mode='json')). ({exc})"
-        ) from None
+        tree = to_tree(data)
+    except EncodeError as exc:
+        raise EncodeError(f"cannot encode {what}: {exc}") from None
+    try:
+        return orjson.dumps(tree, option=option)
+    except (TypeError, orjson.JSONEncodeError) as exc:  # (an embedded Fragment that is not JSON)
+        raise EncodeError(f"cannot encode {what}: {exc}") from None
 
 
 def loads_data(blob: bytes) -> Any:
+    """Bytes written by ``dumps_data`` -> the data, tagged values rebuilt."""
     try:
-        return orjson.loads(blob)
+        data = orjson.loads(blob)
     except orjson.JSONDecodeError as exc:
         raise CorruptCheckpointError(f"checkpoint payload is not valid JSON: {exc}") from None
+    return from_tree(data) if TAG_BYTES in blob else data
+
+
+def faithful_copy(value: Any, *, what: str = "value") -> Any:
+    """A deep copy of ``value`` through its stored form: exactly what a restore gets back."""
+    return loads_data(dumps_data(value, what=what))
 
 
 def from_data(data: Any, cls: type[T]) -> T:

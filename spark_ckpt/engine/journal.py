@@ -23,10 +23,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 
 from ..codec import to_data
-from ..codec.convert import dumps_data
+from ..codec.convert import faithful_copy
 from ..model import GraphCheckpoint, Visit
 from . import deltas
 from .chain import DELTA
@@ -111,7 +110,7 @@ class Journal:
         fields: dict[str, Any] = {}
         for key, entry in self.inflight.items():
             # a private copy: the next delta is computed against it
-            entry = orjson.loads(dumps_data(entry, what=f"in-flight journal of node {key!r}"))
+            entry = faithful_copy(entry, what=f"in-flight journal of node {key!r}")
             stored = self.inflight_stored.get(key)
             if stored is not None and stored[0]["visit_index"] == entry["visit_index"] and stored[1] < whole_every:
                 fields[key] = {"visit_index": entry["visit_index"], DELTA: deltas.diff(stored[0], entry)}

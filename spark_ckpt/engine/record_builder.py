@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Protocol
 import orjson
 
 from ..codec import to_data
-from ..codec.convert import dumps_data
+from ..codec.convert import dumps_data, faithful_copy
 from ..errors import EncodeError
 from ..model import COMPLETED, CONTENT_VERSION, GRAPH, RUNNING, GraphCheckpoint, canonical_checkpoint_id
 from . import deltas
@@ -193,7 +193,7 @@ class RecordBuilder:
             if not (whole or dirty is None or key in dirty or key not in self.extras_stored):
                 continue
             # a private copy: the next delta is computed against it after the agent changed its state
-            state = orjson.loads(dumps_data(self.snapshot_adapter(key), what=f"state of node {key!r}"))
+            state = faithful_copy(self.snapshot_adapter(key), what=f"state of node {key!r}")
             previous = self.extras_stored.get(key)
             if whole or previous is None:
                 extras[key] = state
