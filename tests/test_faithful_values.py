@@ -195,6 +195,33 @@ def test_values_come_back_exactly_after_restore_in_process(tmp_path) -> None:
     assert same(graph.state.get_raw()["values"], values)
 
 
+def test_rekey_re_encrypts_values_without_rebuilding_or_comparing_them(tmp_path) -> None:
+    """NaN never equals itself, and the rekeying process need not allow the stored types: rekey works on
+    the serialized bytes, and the values still come back exactly afterwards."""
+    import graphs
+
+    from spark_ckpt.codec import new_key
+    from spark_ckpt.codec.rekey import rekey_backend
+
+    path = str(tmp_path / "r.db")
+    values = {"nan": float("nan"), "point": Point(1, (2, 3)), "when": dt.datetime(2026, 1, 1, tzinfo=PARIS)}
+    graph = checkpointed(graphs.chain(2), config=CheckpointConfig(backend="sqlite", path=path), graph_id="rekey")
+    graph.state.get_raw().update({"values": values})
+    asyncio.run(graph.run({"n": 1}))
+    last = graph.get_last_checkpoint().checkpoint_id
+    keys = {"k1": new_key()}
+    codec = CheckpointConfig(encryption_keys=keys, allow_plaintext=True).make_codec()
+    backend = CheckpointConfig(backend="sqlite", path=path).open_backend()
+    try:
+        assert rekey_backend(backend, codec) >= 3
+    finally:
+        backend.close()
+    encrypted = checkpointed(graphs.chain(2), config=CheckpointConfig(backend="sqlite", path=path, encryption_keys=keys),
+                             graph_id="rekey")
+    encrypted.restore_from_checkpoint(last)
+    assert same(encrypted.state.get_raw()["values"], values)
+
+
 def test_agent_state_comes_back_exactly_after_restore_latest(tmp_path) -> None:
     """The user's own agent state keys are kept exactly, not turned into
     JSON look-alikes (a tuple into a list, an Enum into its value, an object into its repr)."""

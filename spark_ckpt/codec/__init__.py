@@ -94,7 +94,12 @@ class Codec:
             payload, params = encode(data, identity)
         else:
             payload, params = self.serializer.dumps(data), {}
-        layers: list[dict[str, Any]] = [{"name": self.serializer.name, **params}]
+        return self.encode_payload({"name": self.serializer.name, **params}, payload, identity)
+
+    def encode_payload(self, serialized: dict[str, Any], payload: bytes, identity: Identity) -> bytes:
+        """Serialized bytes (with their serializer's layer entry) through this codec's transforms and
+        encryption into an envelope: what ``decode_payload`` returns is written again as it is."""
+        layers: list[dict[str, Any]] = [serialized]
         pipeline = [*self.pipeline, self.encryption] if self.encrypts else self.pipeline
         for transform in pipeline:
             if getattr(transform, "binds_layers", False):
@@ -111,6 +116,21 @@ class Codec:
 
     # -- reading ---------------------------------------------------------------------------------
     def decode_data(self, blob: bytes, expected: Identity | None = None) -> tuple[Any, Identity]:
+        serializer, serialized, payload, identity = self._undo_transforms(blob, expected)
+        with _contained(serialized["name"]):
+            decode = getattr(serializer, "decode", None)
+            if decode is not None:
+                return decode(payload, serialized, identity), identity
+            return serializer.loads(payload, serialized), identity  # type: ignore[union-attr]
+
+    def decode_payload(self, blob: bytes, expected: Identity | None = None) -> tuple[dict[str, Any], bytes]:
+        """The serializer's layer entry and the serialized bytes, every transform (decryption,
+        decompression) undone and nothing deserialized: ``rekey`` re-encrypts these bytes as they are,
+        so no value is rebuilt (or needs its type allowed) on the way."""
+        _, serialized, payload, _ = self._undo_transforms(blob, expected)
+        return serialized, payload
+
+    def _undo_transforms(self, blob: bytes, expected: Identity | None) -> tuple[Any, dict[str, Any], bytes, Identity]:
         envelope = unpack(blob)
         if expected is not None and envelope.identity != expected:
             raise CheckpointSwappedError(
@@ -140,11 +160,7 @@ class Codec:
                     )
                 else:
                     payload = transform.decode(payload, params, envelope.identity)  # type: ignore[union-attr]
-        with _contained(layers[0]["name"]):
-            decode = getattr(serializer, "decode", None)
-            if decode is not None:
-                return decode(payload, layers[0], envelope.identity), envelope.identity
-            return serializer.loads(payload, layers[0]), envelope.identity  # type: ignore[union-attr]
+        return serializer, layers[0], payload, envelope.identity
 
     def decode(self, blob: bytes, cls: type[T], expected: Identity | None = None) -> T:
         data, _ = self.decode_data(blob, expected)

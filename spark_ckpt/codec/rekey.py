@@ -22,9 +22,9 @@ def rekey_backend(
 ) -> int:
     """Re-encrypt every stored checkpoint (optionally of one graph) under ``codec``'s active key.
 
-    Each checkpoint is decoded with whatever configured key wrote it (plaintext ones only if
-    ``codec.allow_plaintext``), re-encoded for the same identity, verified to decode to the same
-    data, and only then swapped in with ``backend.replace(header, blob)``, which each backend
+    Each checkpoint's serialized bytes are decrypted with whatever configured key wrote them (plaintext
+    ones only if ``codec.allow_plaintext``), encrypted again for the same identity (no value is rebuilt
+    on the way), verified to read back to the same bytes, and only then swapped in with ``backend.replace(header, blob)``, which each backend
     makes atomic. Checkpoints already under the active key are skipped, so running it again is
     safe. ``progress(done, total)`` is called after each checkpoint. Returns how many were
     re-encrypted. A checkpoint that cannot be read (wrong key, damaged) is left untouched and
@@ -75,10 +75,11 @@ def _rekey_one(backend: Any, codec: Codec, header: Any) -> bool:
     if codec.is_current(stored.blob):
         return False
     identity = Identity(header.graph_id, header.execution_id, header.seq)
-    data, _ = codec.decode_data(stored.blob, expected=identity)
-    blob = codec.encode_data(data, identity)
+    # the serialized bytes as they are: no value is rebuilt (or changed) on the way
+    serialized, payload = codec.decode_payload(stored.blob, expected=identity)
+    blob = codec.encode_payload(serialized, payload, identity)
     # never swap in bytes we cannot read back to the same content
-    if codec.decode_data(blob, expected=identity)[0] != data:
+    if codec.decode_payload(blob, expected=identity)[1] != payload:
         raise RekeyError(f"re-encoded checkpoint {header.checkpoint_id} does not read back identically; left as it was")
     backend.replace(attrs.evolve(stored.header, size=len(blob), tag=codec.index_tags.tag(stored.header)), blob)
     return True
