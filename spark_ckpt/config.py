@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import attrs
 
 from .errors import ConfigError, UnknownBackendError
+from .masking import MASK, is_secret_name, mask_url
 
 STRATEGIES_BUILTIN = ("iteration", "time", "event")
 DURABILITY_MODES = ("sync", "async", "exit")
+
+_BARE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9+._-]*")
 
 #: default location per built-in backend when neither ``path`` nor a URL is given
 DEFAULT_PATHS = {"sqlite": "./checkpoints.db", "file": "./checkpoints"}
@@ -26,6 +30,18 @@ def _durability(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise ConfigError(
             f"CheckpointConfig.durability must be one of {', '.join(DURABILITY_MODES)}, got {value!r}"
         )
+
+
+def _masked_repr(value: Any) -> str:
+    # a URL (or a path that goes after scheme://) may hold a password: repr(config) never shows it
+    if isinstance(value, str) and "://" not in value:
+        return repr(mask_url(f"x://{value}")[len("x://"):])
+    return repr(mask_url(value))
+
+
+def _masked_options_repr(options: dict[str, Any]) -> str:
+    return repr({key: MASK if is_secret_name(str(key)) else (mask_url(v) if isinstance(v, str) else v)
+                 for key, v in options.items()})
 
 
 def _keys(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -59,8 +75,8 @@ class CheckpointConfig:
     enabled: bool = True
     strategy: str = "iteration"
     interval: float = attrs.field(default=1, validator=_positive)
-    backend: str = "sqlite"
-    path: str | None = None
+    backend: str = attrs.field(default="sqlite", repr=_masked_repr)
+    path: str | None = attrs.field(default=None, repr=_masked_repr)
     #: keep the newest N checkpoints per graph (plus all that unfinished executions need); None keeps all
     retention_count: int | None = attrs.field(default=100, validator=_positive)
     retention_max_age_s: float | None = attrs.field(default=None, validator=_positive)
@@ -75,7 +91,7 @@ class CheckpointConfig:
     #: seconds a worker's lease on an execution lasts without renewal
     lease_ttl_s: float = attrs.field(default=60.0, validator=_positive)
     #: extra keyword options passed to the backend factory
-    backend_options: dict[str, Any] = attrs.field(factory=dict)
+    backend_options: dict[str, Any] = attrs.field(factory=dict, repr=_masked_options_repr)
     #: encryption keys by key id (32 raw bytes or base64/hex text); None reads SPARK_CKPT_KEYS
     #: ("k1:<base64>,k2:<base64>"). With keys, unencrypted checkpoints are refused on read.
     encryption_keys: dict[str, bytes | str] | None = attrs.field(default=None, repr=False, validator=_keys)
@@ -114,7 +130,7 @@ class CheckpointConfig:
 
     # -- building the parts ----------------------------------------------------------------------
     def backend_url(self) -> str:
-        """The backend as one URL (what listings and the CLI show)."""
+        """The backend as one URL, credentials included: show ``mask_url(config.backend_url())``."""
         if "://" in self.backend:
             return self.backend
         path = self.path or DEFAULT_PATHS.get(self.backend, "")
@@ -207,7 +223,7 @@ class CheckpointConfig:
 def split_url(url: str) -> tuple[str, str]:
     """``"sqlite:///x.db"`` -> ``("sqlite", "/x.db")``; ``"sqlite://x.db"`` -> ``("sqlite", "x.db")``."""
     if "://" not in url:
-        raise ConfigError(f"not a backend URL: {url!r} (expected scheme://location, e.g. sqlite:///x.db)")
+        raise ConfigError(f"not a backend URL: {mask_url(url)!r} (expected scheme://location, e.g. sqlite:///x.db)")
     scheme, rest = url.split("://", 1)
     return scheme.lower(), rest
 
@@ -218,8 +234,11 @@ def open_backend(url_or_name: str, **options: Any):
 
     classes = plugins.backends()
     if "://" not in url_or_name:
+        if not _BARE_NAME.fullmatch(url_or_name):
+            split_url(url_or_name)  # not a name either (a keyword DSN?): "not a backend URL", masked
         url_or_name = f"{url_or_name}://{DEFAULT_PATHS.get(url_or_name, '')}"
     scheme, _ = split_url(url_or_name)
+    shown = mask_url(url_or_name)
     for cls in classes.values():
         if scheme == cls.name or scheme in cls.url_schemes:
             return cls.from_url(url_or_name, **options)
@@ -227,6 +246,6 @@ def open_backend(url_or_name: str, **options: Any):
         f"{name} ({'/'.join(cls.url_schemes) or name}://)" for name, cls in sorted(classes.items())
     )
     raise UnknownBackendError(
-        f"unknown checkpoint backend {scheme!r} in {url_or_name!r}; available: {listing}. "
+        f"unknown checkpoint backend {scheme!r} in {shown!r}; available: {listing}. "
         "Other backends are separate packages, e.g. pip install spark-ckpt[postgres]"
     )

@@ -8,6 +8,7 @@ Invariants:
   may be created;
 * keys come from ``--keys-env NAME`` (``keyid:base64key,...``) when given, else from the library's
   own ``SPARK_CKPT_KEYS`` lookup; ``--active-key`` and ``--allow-plaintext`` pass through;
+* a store URL is shown only through ``mask_url`` (no password, no secret parameter);
 * a stored checkpoint is decoded against the identity (graph, execution, seq) it is stored under, so
   a record copied under another name does not read as valid.
 """
@@ -42,12 +43,13 @@ def store_url(args: argparse.Namespace) -> str:
 
 def open_store(url: str, *, must_exist: bool = True) -> Any:
     from ..config import open_backend, split_url
+    from ..masking import mask_url
 
     scheme, location = split_url(url)
     path = os.path.expanduser(location.split("?", 1)[0])
     if must_exist and scheme in _PATH_SCHEMES and path and not os.path.exists(path):
         raise ConfigError(
-            f"no checkpoint store at {path!r} ({url}); pass --store URL or set {STORE_ENV}"
+            f"no checkpoint store at {path!r} ({mask_url(url)}); pass --store URL or set {STORE_ENV}"
         )
     return open_backend(url)
 
