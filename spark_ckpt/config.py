@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 
 from .errors import ConfigError, UnknownBackendError
+from .keys import KEY_SIZE, Secret, parse_key, parse_keys, refuse_shared_signing_key
 from .masking import MASK, is_secret_name, mask_url
 
 STRATEGIES_BUILTIN = ("iteration", "time", "event")
@@ -44,11 +45,27 @@ def _masked_options_repr(options: dict[str, Any]) -> str:
                  for key, v in options.items()})
 
 
+def _encryption_keys(value: Any) -> dict[str, Secret] | None:
+    # parsed once here, held as Secret: repr(config) and attrs.asdict(config) show '***', never a key
+    return None if value is None else parse_keys(value, origin="encryption_keys")
+
+
+def _signing_key(value: Any) -> Secret | None:
+    if value is None:
+        return None
+    return Secret(parse_key(value, name="pickle signing key", size=KEY_SIZE, exact=False))
+
+
 def _keys(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value is not None:
         from .codec.crypto import Keyring
 
         Keyring(value, instance.active_key)  # raises InvalidKeyError, never echoing key material
+
+
+def _separate_signing_key(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and instance.encryption_keys:
+        refuse_shared_signing_key(value.reveal(), {kid: key.reveal() for kid, key in instance.encryption_keys.items()})
 
 
 @attrs.define
@@ -92,17 +109,23 @@ class CheckpointConfig:
     lease_ttl_s: float = attrs.field(default=60.0, validator=_positive)
     #: extra keyword options passed to the backend factory
     backend_options: dict[str, Any] = attrs.field(factory=dict, repr=_masked_options_repr)
-    #: encryption keys by key id (32 raw bytes or base64/hex text); None reads SPARK_CKPT_KEYS
-    #: ("k1:<base64>,k2:<base64>"). With keys, unencrypted checkpoints are refused on read.
-    encryption_keys: dict[str, bytes | str] | None = attrs.field(default=None, repr=False, validator=_keys)
+    #: encryption keys by key id (32 raw bytes or base64/hex text, or that env form as one string);
+    #: None reads SPARK_CKPT_KEYS ("k1:<base64>,k2:<base64>"). With keys, unencrypted checkpoints are
+    #: refused on read. Held as ``spark_ckpt.keys.Secret`` values (shown as '***').
+    encryption_keys: dict[str, Secret] | None = attrs.field(
+        default=None, converter=_encryption_keys, validator=_keys
+    )
     #: key id new checkpoints are encrypted with (default: the only key, or SPARK_CKPT_ACTIVE_KEY)
     active_key: str | None = None
     #: with encryption configured, still read unencrypted checkpoints (migration only)
     allow_plaintext: bool = False
     #: "json" (default, recommended), "pickle" (needs pickle_signing_key) or a plugin's serializer
     serializer: str = "json"
-    #: HMAC-SHA256 key (>= 32 bytes, raw or base64/hex) that signs pickles and verifies them before loading
-    pickle_signing_key: bytes | str | None = attrs.field(default=None, repr=False)
+    #: HMAC-SHA256 key (>= 32 bytes, raw or base64/hex; not one of the encryption keys) that signs
+    #: pickles and verifies them before loading. Held as a ``Secret`` (shown as '***').
+    pickle_signing_key: Secret | None = attrs.field(
+        default=None, converter=_signing_key, validator=_separate_signing_key
+    )
     #: a compressed payload that would expand past this many bytes is refused before expanding
     max_decompressed_size: int = attrs.field(default=512 * 1024 * 1024, validator=_positive)
 

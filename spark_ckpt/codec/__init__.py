@@ -69,6 +69,10 @@ class Codec:
         ]
         for layer in [*defaults, *readable, self.serializer, *self.pipeline, self.encryption]:
             self.layers[layer.name] = layer
+        for layer in self.layers.values():
+            signing_key = getattr(layer, "signing_key", None)
+            if isinstance(signing_key, bytes):  # (a signed pickle's key must not also encrypt)
+                self.keyring.refuse_signing_key(signing_key)
 
     @property
     def encrypts(self) -> bool:

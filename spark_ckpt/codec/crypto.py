@@ -10,35 +10,32 @@ copying a checkpoint to another execution or position, or editing the clear-text
 (e.g. the compression parameters), fails authentication.
 
 Keys come from ``CheckpointConfig(encryption_keys={"k1": key, ...}, active_key="k1")`` or from the
-environment: ``SPARK_CKPT_KEYS="k1:<base64>,k2:<base64>"`` and ``SPARK_CKPT_ACTIVE_KEY="k2"``.
-Rotation: add a key and make it active; checkpoints written under older keys stay readable as long
-as those keys are configured; ``rekey_backend`` re-encrypts them under the active key.
+environment: ``SPARK_CKPT_KEYS="k1:<base64>,k2:<base64>"`` and ``SPARK_CKPT_ACTIVE_KEY="k2"``, all
+read by ``spark_ckpt.keys``. Rotation: add a key and make it active; checkpoints written under older
+keys stay readable as long as those keys are configured; ``rekey_backend`` re-encrypts them under the
+active key.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import os
-import re
 from typing import Any, Mapping
 
 import orjson
 
 from ..errors import InvalidKeyError, MissingKeyError, TamperedCheckpointError, WrongKeyError
+from ..keys import (
+    ACTIVE_KEY_ENV, KEY_SIZE, KEYS_ENV, Secret, check_key_id, parse_key, parse_keys, refuse_shared_signing_key,
+)
 from .envelope import ENVELOPE_VERSION, Identity
 
-KEY_SIZE = 32
 NONCE_SIZE = 12
 TAG_SIZE = 16
-KEYS_ENV = "SPARK_CKPT_KEYS"
-ACTIVE_KEY_ENV = "SPARK_CKPT_ACTIVE_KEY"
-_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _KCV_LABEL = b"spark-ckpt key check v1"
 _AAD_LABEL = b"spark-ckpt aead v1\x00"
-_KEYGEN_HINT = "generate one with: python -c \"import os, base64; print(base64.b64encode(os.urandom(32)).decode())\""
 
 
 def new_key() -> str:
@@ -46,43 +43,10 @@ def new_key() -> str:
     return base64.b64encode(os.urandom(KEY_SIZE)).decode()
 
 
-def key_material(kid: str, value: bytes | bytearray | str, *, size: int = KEY_SIZE, exact: bool = True,
+def key_material(kid: str, value: bytes | bytearray | str | Secret, *, size: int = KEY_SIZE, exact: bool = True,
                  what: str = "encryption key") -> bytes:
-    """Raw key bytes from raw bytes, base64 (standard or URL-safe) or hex text.
-
-    The message of an error never contains the key material itself.
-    """
-    if isinstance(value, (bytes, bytearray)):
-        raw = bytes(value)
-    elif isinstance(value, str):
-        raw = _decode_key_text(value.strip())
-        if raw is None:
-            raise InvalidKeyError(f"{what} {kid!r} is not valid base64 or hex text; {_KEYGEN_HINT}")
-    else:
-        raise InvalidKeyError(f"{what} {kid!r} must be bytes or base64/hex text, got {type(value).__name__}")
-    if (exact and len(raw) != size) or len(raw) < size:
-        need = f"exactly {size}" if exact else f"at least {size}"
-        raise InvalidKeyError(f"{what} {kid!r} must be {need} bytes, got {len(raw)}; {_KEYGEN_HINT}")
-    return raw
-
-
-def _decode_key_text(text: str) -> bytes | None:
-    # hex first: 64 hex digits are also valid base64, but of 48 bytes
-    if re.fullmatch(r"(?:[0-9a-fA-F]{2})+", text) and len(text) >= 2 * KEY_SIZE:
-        return bytes.fromhex(text)
-    alphabet = "-_" if re.search(r"[-_]", text) else "+/"
-    try:
-        return base64.b64decode(text, altchars=alphabet.encode(), validate=True) or None
-    except (binascii.Error, ValueError):
-        return None
-
-
-def _check_kid(kid: Any) -> str:
-    if not isinstance(kid, str) or not _KEY_ID.fullmatch(kid):
-        raise InvalidKeyError(
-            f"encryption key id {kid!r} is invalid: use 1-64 characters from letters, digits, '.', '_', '-'"
-        )
-    return kid
+    """Raw key bytes (``spark_ckpt.keys.parse_key``, naming the key ``what kid``)."""
+    return parse_key(value, name=f"{what} {kid!r}", size=size, exact=exact)
 
 
 def key_check_value(key: bytes) -> str:
@@ -93,20 +57,21 @@ def key_check_value(key: bytes) -> str:
 class Keyring:
     """Encryption keys by id, one of them active (used for every new checkpoint)."""
 
-    def __init__(self, keys: Mapping[str, bytes | str] | None = None, active: str | None = None) -> None:
-        if keys is not None and not isinstance(keys, Mapping):
-            raise InvalidKeyError(
-                f"encryption_keys must be a mapping of key id -> key, got {type(keys).__name__}"
-            )
-        self._keys = {_check_kid(kid): key_material(kid, value) for kid, value in (keys or {}).items()}
+    def __init__(
+        self, keys: Mapping[str, bytes | str | Secret] | str | None = None, active: str | None = None,
+        *, origin: str = "encryption_keys",
+    ) -> None:
+        self._keys = {kid: secret.reveal() for kid, secret in parse_keys(keys, origin=origin).items()}
         self._checks = {kid: key_check_value(key) for kid, key in self._keys.items()}
         if active is None and len(self._keys) == 1:
             active = next(iter(self._keys))
-        if active is not None and active not in self._keys:
-            raise InvalidKeyError(
-                f"active encryption key {active!r} is not among the configured keys "
-                f"({', '.join(sorted(self._keys)) or 'none'}); add it to encryption_keys / {KEYS_ENV}"
-            )
+        if active is not None:
+            check_key_id(active, what="active encryption key id")
+            if active not in self._keys:
+                raise InvalidKeyError(
+                    f"active encryption key {active!r} is not among the configured keys "
+                    f"({', '.join(sorted(self._keys)) or 'none'}); add it to encryption_keys / {KEYS_ENV}"
+                )
         if active is None and self._keys:
             raise InvalidKeyError(
                 f"{len(self._keys)} encryption keys are configured but none is active: set active_key= "
@@ -115,23 +80,9 @@ class Keyring:
         self.active = active
 
     @classmethod
-    def parse(cls, spec: str, active: str | None = None) -> "Keyring":
+    def parse(cls, spec: str, active: str | None = None, *, origin: str = KEYS_ENV) -> "Keyring":
         """From the env form ``"k1:<base64>,k2:<base64>"``."""
-        keys: dict[str, str] = {}
-        for item in spec.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            kid, sep, value = item.partition(":")
-            if not sep:
-                raise InvalidKeyError(
-                    f"{KEYS_ENV} entries must look like 'keyid:base64key' separated by commas; "
-                    f"an entry has no ':' (entry starting {item[:3]!r}...)"
-                )
-            if kid.strip() in keys:
-                raise InvalidKeyError(f"{KEYS_ENV} lists key id {kid.strip()!r} twice")
-            keys[kid.strip()] = value
-        return cls(keys, active.strip() if active else None)
+        return cls(spec, active.strip() if active else None, origin=origin)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Keyring":
@@ -169,6 +120,10 @@ class Keyring:
     def check_value(self, kid: str) -> str:
         self.key(kid)
         return self._checks[kid]
+
+    def refuse_signing_key(self, signing_key: bytes) -> None:
+        """``InvalidKeyError`` if ``signing_key`` is one of these encryption keys."""
+        refuse_shared_signing_key(signing_key, self._keys)
 
 
 def associated_data(identity: Identity, layers: list[dict[str, Any]]) -> bytes:

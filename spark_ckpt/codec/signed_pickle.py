@@ -16,7 +16,7 @@ import pickle
 from typing import Any
 
 from ..errors import CorruptCheckpointError, EncodeError, PickleSignatureError, UnsignedPickleError
-from .crypto import key_material
+from ..keys import Secret, parse_key
 from .envelope import Identity
 
 PICKLE_LAYER = "pickle"
@@ -38,13 +38,17 @@ class SignedPickleSerializer:
 
     name = PICKLE_LAYER
 
-    def __init__(self, signing_key: bytes | str, protocol: int = pickle.HIGHEST_PROTOCOL) -> None:
-        self._key = key_material("pickle_signing_key", signing_key, size=_MIN_KEY, exact=False,
-                                 what="pickle signing key")
+    def __init__(self, signing_key: bytes | str | Secret, protocol: int = pickle.HIGHEST_PROTOCOL) -> None:
+        self._key = parse_key(signing_key, name="pickle signing key", size=_MIN_KEY, exact=False)
         self.protocol = protocol
 
     def __repr__(self) -> str:  # never the key
         return "SignedPickleSerializer()"
+
+    @property
+    def signing_key(self) -> bytes:
+        """The configured key (to check it is not also an encryption key)."""
+        return self._key
 
     def _sign(self, payload: bytes, identity: Identity) -> str:
         return hmac.new(self._key, _LABEL + identity.as_bytes() + b"\x00" + payload, hashlib.sha256).hexdigest()
