@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import attrs
 
 from .errors import ConfigError, UnknownBackendError
+from .keys import KEY_SIZE, Secret, parse_key, parse_keys, refuse_shared_signing_key
+from .masking import MASK, is_secret_name, mask_url
 
 STRATEGIES_BUILTIN = ("iteration", "time", "event")
 DURABILITY_MODES = ("sync", "async", "exit")
+
+_BARE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9+._-]*")
 
 #: default location per built-in backend when neither ``path`` nor a URL is given
 DEFAULT_PATHS = {"sqlite": "./checkpoints.db", "file": "./checkpoints"}
@@ -34,11 +39,39 @@ def _allowed_types(instance: Any, attribute: attrs.Attribute, value: Any) -> Non
     AllowedTypes().extend(value)  # raises ConfigError naming a malformed entry
 
 
+def _masked_repr(value: Any) -> str:
+    # a URL (or a path that goes after scheme://) may hold a password: repr(config) never shows it
+    if isinstance(value, str) and "://" not in value:
+        return repr(mask_url(f"x://{value}")[len("x://"):])
+    return repr(mask_url(value))
+
+
+def _masked_options_repr(options: dict[str, Any]) -> str:
+    return repr({key: MASK if is_secret_name(str(key)) else (mask_url(v) if isinstance(v, str) else v)
+                 for key, v in options.items()})
+
+
+def _encryption_keys(value: Any) -> dict[str, Secret] | None:
+    # parsed once here, held as Secret: repr(config) and attrs.asdict(config) show '***', never a key
+    return None if value is None else parse_keys(value, origin="encryption_keys")
+
+
+def _signing_key(value: Any) -> Secret | None:
+    if value is None:
+        return None
+    return Secret(parse_key(value, name="pickle signing key", size=KEY_SIZE, exact=False))
+
+
 def _keys(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value is not None:
         from .codec.crypto import Keyring
 
         Keyring(value, instance.active_key)  # raises InvalidKeyError, never echoing key material
+
+
+def _separate_signing_key(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and instance.encryption_keys:
+        refuse_shared_signing_key(value.reveal(), {kid: key.reveal() for kid, key in instance.encryption_keys.items()})
 
 
 @attrs.define
@@ -65,8 +98,8 @@ class CheckpointConfig:
     enabled: bool = True
     strategy: str = "iteration"
     interval: float = attrs.field(default=1, validator=_positive)
-    backend: str = "sqlite"
-    path: str | None = None
+    backend: str = attrs.field(default="sqlite", repr=_masked_repr)
+    path: str | None = attrs.field(default=None, repr=_masked_repr)
     #: keep the newest N checkpoints per graph (plus all that unfinished executions need); None keeps all
     retention_count: int | None = attrs.field(default=100, validator=_positive)
     retention_max_age_s: float | None = attrs.field(default=None, validator=_positive)
@@ -81,18 +114,24 @@ class CheckpointConfig:
     #: seconds a worker's lease on an execution lasts without renewal
     lease_ttl_s: float = attrs.field(default=60.0, validator=_positive)
     #: extra keyword options passed to the backend factory
-    backend_options: dict[str, Any] = attrs.field(factory=dict)
-    #: encryption keys by key id (32 raw bytes or base64/hex text); None reads SPARK_CKPT_KEYS
-    #: ("k1:<base64>,k2:<base64>"). With keys, unencrypted checkpoints are refused on read.
-    encryption_keys: dict[str, bytes | str] | None = attrs.field(default=None, repr=False, validator=_keys)
+    backend_options: dict[str, Any] = attrs.field(factory=dict, repr=_masked_options_repr)
+    #: encryption keys by key id (32 raw bytes or base64/hex text, or that env form as one string);
+    #: None reads SPARK_CKPT_KEYS ("k1:<base64>,k2:<base64>"). With keys, unencrypted checkpoints are
+    #: refused on read. Held as ``spark_ckpt.keys.Secret`` values (shown as '***').
+    encryption_keys: dict[str, Secret] | None = attrs.field(
+        default=None, converter=_encryption_keys, validator=_keys
+    )
     #: key id new checkpoints are encrypted with (default: the only key, or SPARK_CKPT_ACTIVE_KEY)
     active_key: str | None = None
     #: with encryption configured, still read unencrypted checkpoints (migration only)
     allow_plaintext: bool = False
     #: "json" (default, recommended), "pickle" (needs pickle_signing_key) or a plugin's serializer
     serializer: str = "json"
-    #: HMAC-SHA256 key (>= 32 bytes, raw or base64/hex) that signs pickles and verifies them before loading
-    pickle_signing_key: bytes | str | None = attrs.field(default=None, repr=False)
+    #: HMAC-SHA256 key (>= 32 bytes, raw or base64/hex; not one of the encryption keys) that signs
+    #: pickles and verifies them before loading. Held as a ``Secret`` (shown as '***').
+    pickle_signing_key: Secret | None = attrs.field(
+        default=None, converter=_signing_key, validator=_separate_signing_key
+    )
     #: Enum, dataclass, attrs and pydantic types stored by import path and rebuilt on restore: classes,
     #: "pkg.mod.Class" or "pkg.mod.*" (process-wide, with the plugins' ``spark_ckpt_register_types``;
     #: Spark's own types are allowed). Values of other such types are refused when stored.
@@ -125,7 +164,7 @@ class CheckpointConfig:
 
     # -- building the parts ----------------------------------------------------------------------
     def backend_url(self) -> str:
-        """The backend as one URL (what listings and the CLI show)."""
+        """The backend as one URL, credentials included: show ``mask_url(config.backend_url())``."""
         if "://" in self.backend:
             return self.backend
         path = self.path or DEFAULT_PATHS.get(self.backend, "")
@@ -221,7 +260,7 @@ class CheckpointConfig:
 def split_url(url: str) -> tuple[str, str]:
     """``"sqlite:///x.db"`` -> ``("sqlite", "/x.db")``; ``"sqlite://x.db"`` -> ``("sqlite", "x.db")``."""
     if "://" not in url:
-        raise ConfigError(f"not a backend URL: {url!r} (expected scheme://location, e.g. sqlite:///x.db)")
+        raise ConfigError(f"not a backend URL: {mask_url(url)!r} (expected scheme://location, e.g. sqlite:///x.db)")
     scheme, rest = url.split("://", 1)
     return scheme.lower(), rest
 
@@ -232,8 +271,11 @@ def open_backend(url_or_name: str, **options: Any):
 
     classes = plugins.backends()
     if "://" not in url_or_name:
+        if not _BARE_NAME.fullmatch(url_or_name):
+            split_url(url_or_name)  # not a name either (a keyword DSN?): "not a backend URL", masked
         url_or_name = f"{url_or_name}://{DEFAULT_PATHS.get(url_or_name, '')}"
     scheme, _ = split_url(url_or_name)
+    shown = mask_url(url_or_name)
     for cls in classes.values():
         if scheme == cls.name or scheme in cls.url_schemes:
             return cls.from_url(url_or_name, **options)
@@ -241,6 +283,6 @@ def open_backend(url_or_name: str, **options: Any):
         f"{name} ({'/'.join(cls.url_schemes) or name}://)" for name, cls in sorted(classes.items())
     )
     raise UnknownBackendError(
-        f"unknown checkpoint backend {scheme!r} in {url_or_name!r}; available: {listing}. "
+        f"unknown checkpoint backend {scheme!r} in {shown!r}; available: {listing}. "
         "Other backends are separate packages, e.g. pip install spark-ckpt[postgres]"
     )

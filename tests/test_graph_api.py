@@ -10,9 +10,12 @@ from spark.nodes import Node
 
 import graphs
 from spark_ckpt import CheckpointConfig, checkpoint_now, checkpointed, hookimpl
+from spark_ckpt.codec import new_key
 from spark_ckpt.errors import RunStopped, SparkCkptError
 from spark_ckpt.model import GraphCheckpoint
 from spark_ckpt.plugins import get_plugin_manager
+
+SIGNING_KEY = new_key()  # (a constant key such as b"k" * 32 is refused as weak)
 
 
 @pytest.fixture
@@ -426,7 +429,7 @@ def test_checkpoints_store_only_the_state_that_changed(tmp_path, serializer) -> 
     from spark_ckpt.errors import CorruptCheckpointError
 
     config = CheckpointConfig(backend="sqlite", path=str(tmp_path / "changes.db"), serializer=serializer,
-                              pickle_signing_key=b"k" * 32 if serializer == "pickle" else None)
+                              pickle_signing_key=SIGNING_KEY if serializer == "pickle" else None)
     graph = checkpointed(graphs.mutating(), config=config, graph_id="changes")
     seen: dict[int, str] = {}  # superstep -> the whole state after it, as the run had it
     graph.graph.register_hook(GraphLifecycleEvent.AFTER_ITERATION, lambda ctx: seen.setdefault(
@@ -522,7 +525,7 @@ def test_with_a_serializer_other_than_json_a_type_only_change_is_kept(tmp_path) 
     first, second, third = Put((1, 2), id="first"), Put([1, 2], id="second"), Put(None, id="third")
     first >> second >> third
     config = CheckpointConfig(backend="sqlite", path=str(tmp_path / "p.db"), serializer="pickle",
-                              pickle_signing_key=b"k" * 32)
+                              pickle_signing_key=SIGNING_KEY)
     graph = checkpointed(Graph(start=first), config=config, graph_id="types")
     asyncio.run(graph.run({}))
     after_first, after_second = graph.get_checkpoint(offset=2), graph.get_checkpoint(offset=1)

@@ -235,7 +235,7 @@ class CheckpointedAgent:
         newest = self.backend.executions(graph_id=self.agent_id, limit=1)
         if not newest or not newest[0].unfinished or newest[0].kind != AGENT:
             raise NothingToRecoverError(
-                f"agent {self.agent_id!r} has no interrupted run in {self.config.backend_url()}: "
+                f"agent {self.agent_id!r} has no interrupted run in {self.backend.describe()}: "
                 "its newest run finished (or it never ran). Call run() to start a new one"
             )
         execution_id = newest[0].execution_id

@@ -41,6 +41,7 @@ import asyncio
 from abc import ABC, abstractmethod
 from typing import ClassVar, Iterable, Sequence
 
+from ..masking import mask_urls
 from ..model import CheckpointHeader, Lease, StoredCheckpoint
 
 
@@ -146,7 +147,11 @@ class Backend(ABC):
         """Release connections and files."""
 
     def describe(self) -> str:
+        """What this store is, for messages and listings: never a password (see ``spark_ckpt.masking``)."""
         return self.name
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {mask_urls(self.describe())}>"
 
     # -- async twins (override for real async I/O) ----------------------------------------------
     async def aput(self, header: CheckpointHeader, blob: bytes, *, lease: Lease | None = None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, TextIO
 
+from ..masking import mask_url
 from .output import local_time, print_json, table
 from .stores import make_codec, open_store, store_url
 
@@ -33,7 +34,7 @@ def cmd_approvals_list(args: argparse.Namespace, out: TextIO) -> int:
         print_json(rows, out)
         return 0
     if not rows:
-        print(f"no {'approval requests' if args.all else 'pending approval requests'} in {url}", file=out)
+        print(f"no {'approval requests' if args.all else 'pending approval requests'} in {mask_url(url)}", file=out)
         return 0
     headings = ["approval", "status", "graph", "execution", "action", "node", "created_at", "decided_by"]
     table([[r["approval_id"], r["status"], r["graph"], r["execution"], r["action"],

@@ -14,6 +14,7 @@ import argparse
 from typing import Any, TextIO
 
 from ..errors import CheckpointNotFoundError, CodecError, GraphMismatchError
+from ..masking import mask_url
 from .output import local_time, preview, print_json, table
 from .stores import UNREADABLE_HERE, decode, make_codec, open_store, store_url
 
@@ -51,7 +52,7 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     if not rows:
         what = "executions" if args.executions else "checkpoints"
-        print(f"no {what} in {url}", file=out)
+        print(f"no {what} in {mask_url(url)}", file=out)
         return 0
     keys = list(rows[0])
     if not args.executions:

@@ -18,6 +18,7 @@ import argparse
 from typing import TextIO
 
 from ..errors import ConfigError
+from ..masking import mask_url
 from .output import ProgressBar, local_time
 from .stores import make_codec, open_store, store_url
 
@@ -72,7 +73,8 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
         src.close()
         dst.close()
     already = f" ({bar.total - copied} already there)" if bar.total and bar.total > copied else ""
-    print(f"exported {copied} checkpoint(s) from {args.source} to {args.target}{already}", file=out)
+    print(f"exported {copied} checkpoint(s) from {mask_url(args.source)} to {mask_url(args.target)}{already}",
+          file=out)
     return 0
 
 

@@ -6,8 +6,10 @@ Invariants:
 * a command that reads refuses a local store path that does not exist (a ``ConfigError`` saying how
   to name the store) instead of silently creating an empty store there; only a copy's destination
   may be created;
-* keys come from ``--keys-env NAME`` (``keyid:base64key,...``) when given, else from the library's
-  own ``SPARK_CKPT_KEYS`` lookup; ``--active-key`` and ``--allow-plaintext`` pass through;
+* keys come from ``--keys-env NAME`` (``keyid:base64key,...``, read by the library's one key parser)
+  when given, else from the library's own ``SPARK_CKPT_KEYS`` lookup; ``--active-key`` and
+  ``--allow-plaintext`` pass through;
+* a store URL is shown only through ``mask_url`` (no password, no secret parameter);
 * a stored checkpoint is decoded against the identity (graph, execution, seq) it is stored under, so
   a record copied under another name does not read as valid.
 """
@@ -42,12 +44,13 @@ def store_url(args: argparse.Namespace) -> str:
 
 def open_store(url: str, *, must_exist: bool = True) -> Any:
     from ..config import open_backend, split_url
+    from ..masking import mask_url
 
     scheme, location = split_url(url)
     path = os.path.expanduser(location.split("?", 1)[0])
     if must_exist and scheme in _PATH_SCHEMES and path and not os.path.exists(path):
         raise ConfigError(
-            f"no checkpoint store at {path!r} ({url}); pass --store URL or set {STORE_ENV}"
+            f"no checkpoint store at {path!r} ({mask_url(url)}); pass --store URL or set {STORE_ENV}"
         )
     return open_backend(url)
 
@@ -65,16 +68,13 @@ def codec_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.active_key:
         options["active_key"] = args.active_key
     if args.keys_env:
+        from ..keys import parse_keys
+
         spec = os.environ.get(args.keys_env, "").strip()
         if not spec:
             raise ConfigError(f"--keys-env {args.keys_env}: that environment variable is not set or empty")
-        keys: dict[str, str] = {}
-        for item in filter(None, (part.strip() for part in spec.split(","))):
-            kid, sep, value = item.partition(":")
-            if not sep:
-                raise ConfigError(f"{args.keys_env} entries must look like 'keyid:base64key', separated by commas")
-            keys[kid.strip()] = value
-        options["encryption_keys"] = keys
+        # the parser SPARK_CKPT_KEYS goes through: same forms, same refusals (a key id twice, weak keys)
+        options["encryption_keys"] = parse_keys(spec, origin=args.keys_env)
     return options
 
 

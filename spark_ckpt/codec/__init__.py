@@ -69,6 +69,10 @@ class Codec:
         ]
         for layer in [*defaults, *readable, self.serializer, *self.pipeline, self.encryption]:
             self.layers[layer.name] = layer
+        for layer in self.layers.values():
+            signing_key = getattr(layer, "signing_key", None)
+            if isinstance(signing_key, bytes):  # (a signed pickle's key must not also encrypt)
+                self.keyring.refuse_signing_key(signing_key)
 
     @property
     def encrypts(self) -> bool:
@@ -168,15 +172,17 @@ class Codec:
 
     def is_current(self, blob: bytes) -> bool:
         """True when ``blob`` is already written the way this codec writes (encrypted under the
-        active key, or plaintext when no key is active); ``rekey`` skips those."""
+        active key with derived keys, or plaintext when no key is active, and no layer in a format
+        written before derived keys, such as a pickle signed the old way); ``rekey`` skips those."""
         layers = unpack(blob).layers
         last = layers[-1]
         if not self.encrypts:
-            return last["name"] != self.encryption.name
-        return (
-            last["name"] == self.encryption.name
-            and last.get("kid") == self.keyring.active
-            and last.get("kcv") == self.keyring.check_value(self.keyring.active)  # type: ignore[arg-type]
+            current = last["name"] != self.encryption.name
+        else:
+            current = last["name"] == self.encryption.name and self.encryption.entry_is_current(last)
+        return current and all(
+            _entry_is_current(self.layers.get(params["name"]), params)
+            for params in layers if params["name"] != self.encryption.name
         )
 
     def _check_encrypted(self, layers: list[dict[str, Any]]) -> None:
@@ -218,6 +224,12 @@ def _contained(layer_name: str) -> Iterator[None]:
             f"codec layer {layer_name!r} could not decode the checkpoint ({exc!r}); it is damaged or altered, "
             "use an earlier checkpoint"
         ) from exc
+
+
+def _entry_is_current(layer: Any, params: dict[str, Any]) -> bool:
+    """Whether a layer entry is in the format its layer writes now (layers without formats: always)."""
+    is_current = getattr(layer, "entry_is_current", None)
+    return is_current is None or bool(is_current(params))
 
 
 def _is_serializer(layer: Any) -> bool:

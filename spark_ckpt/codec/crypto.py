@@ -1,44 +1,60 @@
 """Authenticated encryption of checkpoint payloads: a keyring with key ids, and the AES-256-GCM layer.
 
-Each encrypted envelope records, in its layer entry, the key id (``kid``) and a short key check
-value (``kcv``, an HMAC of a constant under the key) so a reader can say "key k1 is not configured"
-or "the k1 configured here is not the k1 that wrote this" instead of a bare authentication
-failure. The payload is ``nonce (12 bytes) | ciphertext | tag (16 bytes)``, with a fresh random
-nonce per envelope. The associated data binds the ciphertext to the checkpoint's identity
-``(graph_id, execution_id, seq)`` and to every layer entry up to and including this one, so
-copying a checkpoint to another execution or position, or editing the clear-text layer list
-(e.g. the compression parameters), fails authentication.
+The payload is ``nonce (12 bytes) | ciphertext | tag (16 bytes)``, with a fresh random nonce per
+envelope, under a key derived from the configured one (``kdf``: HKDF-SHA256, its own label). The
+associated data binds the ciphertext to the checkpoint's identity ``(graph_id, execution_id, seq)``
+and to every layer entry up to and including this one, so copying a checkpoint to another execution
+or position, or editing the clear-text layer list (e.g. the compression parameters), fails
+authentication.
+
+The layer entry is ``{"name": "aes256gcm", "kid": <key id>, "kdf": 1, "kcs": <8 random bytes, hex>,
+"kcv": <4 bytes, hex>}``. Entries without ``"kdf"`` were written before derived keys: the configured
+key is the AES key, and ``kcv`` is an HMAC of a constant under it; they are still read, and
+``Codec.is_current`` reports them as not current so ``spark-ckpt rekey`` rewrites them.
+
+The key check value (``kcv``) lets a reader say "key k1 is not the k1 that wrote this"
+(``WrongKeyError``) instead of reporting a bare authentication failure. It is an HMAC, under a
+subkey of its own, of ``kcs``, a random salt drawn for each checkpoint, truncated to 32 bits.
+
+* What it protects: the kcv differs for every checkpoint, even under one key, so no table of
+  precomputed kcvs (of weak, default or leaked keys) matches it, and checkpoints or stores that share
+  a key cannot be linked by comparing kcvs (the pre-``kdf`` kcv was the same everywhere for a key).
+* What it does not: anyone holding a stored checkpoint can test a guessed key offline, with the
+  kcv as with the AES-GCM tag (one HKDF and one HMAC or AES per guess); a 32-bit kcv alone also
+  passes about one wrong guess in 4 billion. Only the key's own randomness protects it, which is
+  why trivially weak keys are refused (``spark_ckpt.keys``). The kcv is not authentication: a
+  forged one only changes which error is raised; the AES-GCM tag decides what is trusted.
 
 Keys come from ``CheckpointConfig(encryption_keys={"k1": key, ...}, active_key="k1")`` or from the
-environment: ``SPARK_CKPT_KEYS="k1:<base64>,k2:<base64>"`` and ``SPARK_CKPT_ACTIVE_KEY="k2"``.
-Rotation: add a key and make it active; checkpoints written under older keys stay readable as long
-as those keys are configured; ``rekey_backend`` re-encrypts them under the active key.
+environment: ``SPARK_CKPT_KEYS="k1:<base64>,k2:<base64>"`` and ``SPARK_CKPT_ACTIVE_KEY="k2"``, all
+read by ``spark_ckpt.keys``. Rotation: add a key and make it active; checkpoints written under older
+keys stay readable as long as those keys are configured; ``rekey_backend`` re-encrypts them under the
+active key.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import os
-import re
 from typing import Any, Mapping
 
 import orjson
 
 from ..errors import InvalidKeyError, MissingKeyError, TamperedCheckpointError, WrongKeyError
+from ..keys import (
+    ACTIVE_KEY_ENV, KEY_SIZE, KEYS_ENV, Secret, check_key_id, parse_key, parse_keys, refuse_shared_signing_key,
+)
+from . import kdf
 from .envelope import ENVELOPE_VERSION, Identity
 
-KEY_SIZE = 32
 NONCE_SIZE = 12
 TAG_SIZE = 16
-KEYS_ENV = "SPARK_CKPT_KEYS"
-ACTIVE_KEY_ENV = "SPARK_CKPT_ACTIVE_KEY"
-_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_KCV_LABEL = b"spark-ckpt key check v1"
+KCS_SIZE = 8
+KCV_SIZE = 4
+_LEGACY_KCV_LABEL = b"spark-ckpt key check v1"
 _AAD_LABEL = b"spark-ckpt aead v1\x00"
-_KEYGEN_HINT = "generate one with: python -c \"import os, base64; print(base64.b64encode(os.urandom(32)).decode())\""
 
 
 def new_key() -> str:
@@ -46,67 +62,35 @@ def new_key() -> str:
     return base64.b64encode(os.urandom(KEY_SIZE)).decode()
 
 
-def key_material(kid: str, value: bytes | bytearray | str, *, size: int = KEY_SIZE, exact: bool = True,
+def key_material(kid: str, value: bytes | bytearray | str | Secret, *, size: int = KEY_SIZE, exact: bool = True,
                  what: str = "encryption key") -> bytes:
-    """Raw key bytes from raw bytes, base64 (standard or URL-safe) or hex text.
-
-    The message of an error never contains the key material itself.
-    """
-    if isinstance(value, (bytes, bytearray)):
-        raw = bytes(value)
-    elif isinstance(value, str):
-        raw = _decode_key_text(value.strip())
-        if raw is None:
-            raise InvalidKeyError(f"{what} {kid!r} is not valid base64 or hex text; {_KEYGEN_HINT}")
-    else:
-        raise InvalidKeyError(f"{what} {kid!r} must be bytes or base64/hex text, got {type(value).__name__}")
-    if (exact and len(raw) != size) or len(raw) < size:
-        need = f"exactly {size}" if exact else f"at least {size}"
-        raise InvalidKeyError(f"{what} {kid!r} must be {need} bytes, got {len(raw)}; {_KEYGEN_HINT}")
-    return raw
-
-
-def _decode_key_text(text: str) -> bytes | None:
-    # hex first: 64 hex digits are also valid base64, but of 48 bytes
-    if re.fullmatch(r"(?:[0-9a-fA-F]{2})+", text) and len(text) >= 2 * KEY_SIZE:
-        return bytes.fromhex(text)
-    alphabet = "-_" if re.search(r"[-_]", text) else "+/"
-    try:
-        return base64.b64decode(text, altchars=alphabet.encode(), validate=True) or None
-    except (binascii.Error, ValueError):
-        return None
-
-
-def _check_kid(kid: Any) -> str:
-    if not isinstance(kid, str) or not _KEY_ID.fullmatch(kid):
-        raise InvalidKeyError(
-            f"encryption key id {kid!r} is invalid: use 1-64 characters from letters, digits, '.', '_', '-'"
-        )
-    return kid
+    """Raw key bytes (``spark_ckpt.keys.parse_key``, naming the key ``what kid``)."""
+    return parse_key(value, name=f"{what} {kid!r}", size=size, exact=exact)
 
 
 def key_check_value(key: bytes) -> str:
-    """A short public fingerprint of a key (HMAC of a constant), to name the wrong-key case."""
-    return hmac.new(key, _KCV_LABEL, hashlib.sha256).hexdigest()[:16]
+    """The key check value of envelopes written before derived keys (an HMAC of a constant): reading only."""
+    return hmac.new(key, _LEGACY_KCV_LABEL, hashlib.sha256).hexdigest()[:16]
 
 
 class Keyring:
-    """Encryption keys by id, one of them active (used for every new checkpoint)."""
+    """Encryption keys by id, one of them active (used for every new checkpoint), and their subkeys."""
 
-    def __init__(self, keys: Mapping[str, bytes | str] | None = None, active: str | None = None) -> None:
-        if keys is not None and not isinstance(keys, Mapping):
-            raise InvalidKeyError(
-                f"encryption_keys must be a mapping of key id -> key, got {type(keys).__name__}"
-            )
-        self._keys = {_check_kid(kid): key_material(kid, value) for kid, value in (keys or {}).items()}
-        self._checks = {kid: key_check_value(key) for kid, key in self._keys.items()}
+    def __init__(
+        self, keys: Mapping[str, bytes | str | Secret] | str | None = None, active: str | None = None,
+        *, origin: str = "encryption_keys",
+    ) -> None:
+        self._keys = {kid: secret.reveal() for kid, secret in parse_keys(keys, origin=origin).items()}
+        self._subkeys: dict[tuple[str, bytes], bytes] = {}
         if active is None and len(self._keys) == 1:
             active = next(iter(self._keys))
-        if active is not None and active not in self._keys:
-            raise InvalidKeyError(
-                f"active encryption key {active!r} is not among the configured keys "
-                f"({', '.join(sorted(self._keys)) or 'none'}); add it to encryption_keys / {KEYS_ENV}"
-            )
+        if active is not None:
+            check_key_id(active, what="active encryption key id")
+            if active not in self._keys:
+                raise InvalidKeyError(
+                    f"active encryption key {active!r} is not among the configured keys "
+                    f"({', '.join(sorted(self._keys)) or 'none'}); add it to encryption_keys / {KEYS_ENV}"
+                )
         if active is None and self._keys:
             raise InvalidKeyError(
                 f"{len(self._keys)} encryption keys are configured but none is active: set active_key= "
@@ -115,23 +99,9 @@ class Keyring:
         self.active = active
 
     @classmethod
-    def parse(cls, spec: str, active: str | None = None) -> "Keyring":
+    def parse(cls, spec: str, active: str | None = None, *, origin: str = KEYS_ENV) -> "Keyring":
         """From the env form ``"k1:<base64>,k2:<base64>"``."""
-        keys: dict[str, str] = {}
-        for item in spec.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            kid, sep, value = item.partition(":")
-            if not sep:
-                raise InvalidKeyError(
-                    f"{KEYS_ENV} entries must look like 'keyid:base64key' separated by commas; "
-                    f"an entry has no ':' (entry starting {item[:3]!r}...)"
-                )
-            if kid.strip() in keys:
-                raise InvalidKeyError(f"{KEYS_ENV} lists key id {kid.strip()!r} twice")
-            keys[kid.strip()] = value
-        return cls(keys, active.strip() if active else None)
+        return cls(spec, active.strip() if active else None, origin=origin)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Keyring":
@@ -156,6 +126,7 @@ class Keyring:
         return f"Keyring(ids={self.ids!r}, active={self.active!r})"
 
     def key(self, kid: str) -> bytes:
+        """The configured key itself: only for reading what was written before derived keys."""
         try:
             return self._keys[kid]
         except (KeyError, TypeError):
@@ -166,9 +137,24 @@ class Keyring:
                 "(old keys must stay configured until `spark-ckpt rekey` has re-encrypted everything)"
             ) from None
 
+    def subkey(self, kid: str, label: bytes) -> bytes:
+        """The subkey of key ``kid`` for the purpose ``label`` (``kdf``), derived once."""
+        subkey = self._subkeys.get((kid, label))
+        if subkey is None:
+            subkey = self._subkeys[(kid, label)] = kdf.derive(self.key(kid), label)
+        return subkey
+
+    def key_check(self, kid: str, salt: bytes) -> str:
+        """The key check value of key ``kid`` for one checkpoint's ``salt`` (hex)."""
+        return hmac.new(self.subkey(kid, kdf.KEY_CHECK), salt, hashlib.sha256).digest()[:KCV_SIZE].hex()
+
     def check_value(self, kid: str) -> str:
-        self.key(kid)
-        return self._checks[kid]
+        """The legacy key check value of ``kid`` (envelopes without ``kdf``)."""
+        return key_check_value(self.key(kid))
+
+    def refuse_signing_key(self, signing_key: bytes) -> None:
+        """``InvalidKeyError`` if ``signing_key`` is one of these encryption keys."""
+        refuse_shared_signing_key(signing_key, self._keys)
 
 
 def associated_data(identity: Identity, layers: list[dict[str, Any]]) -> bytes:
@@ -180,6 +166,15 @@ def associated_data(identity: Identity, layers: list[dict[str, Any]]) -> bytes:
     return _AAD_LABEL + bytes([ENVELOPE_VERSION]) + identity.as_bytes() + b"\x00" + chain
 
 
+def _salt(kcs: Any) -> bytes | None:
+    if not isinstance(kcs, str) or len(kcs) != 2 * KCS_SIZE:
+        return None
+    try:
+        return bytes.fromhex(kcs)
+    except ValueError:
+        return None
+
+
 class AesGcmTransform:
     """AES-256-GCM encryption under the keyring's active key; decrypts under any configured key."""
 
@@ -188,22 +183,26 @@ class AesGcmTransform:
 
     def __init__(self, keyring: Keyring) -> None:
         self.keyring = keyring
-        self._ciphers: dict[str, Any] = {}
+        self._ciphers: dict[tuple[str, int | None], Any] = {}
 
-    def _cipher(self, kid: str):
-        cipher = self._ciphers.get(kid)
+    def _cipher(self, kid: str, kdf_version: int | None):
+        cipher = self._ciphers.get((kid, kdf_version))
         if cipher is None:
             # imported here so `import spark_ckpt` stays fast when encryption is unused
             from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-            cipher = self._ciphers[kid] = AESGCM(self.keyring.key(kid))
+            key = self.keyring.subkey(kid, kdf.ENCRYPTION) if kdf_version else self.keyring.key(kid)
+            cipher = self._ciphers[(kid, kdf_version)] = AESGCM(key)
         return cipher
 
     def layer_entry(self) -> dict[str, Any]:
+        """A fresh layer entry for the active key (its own key check salt)."""
         kid = self.keyring.active
         if kid is None:
             raise MissingKeyError(f"no active encryption key to encrypt with; configure encryption_keys or {KEYS_ENV}")
-        return {"name": self.name, "kid": kid, "kcv": self.keyring.check_value(kid)}
+        salt = os.urandom(KCS_SIZE)
+        return {"name": self.name, "kid": kid, "kdf": kdf.KDF_VERSION, "kcs": salt.hex(),
+                "kcv": self.keyring.key_check(kid, salt)}
 
     def encode(
         self, payload: bytes, identity: Identity, *, preceding: list[dict[str, Any]] = ()
@@ -211,8 +210,30 @@ class AesGcmTransform:
         entry = self.layer_entry()
         nonce = os.urandom(NONCE_SIZE)
         aad = associated_data(identity, [*preceding, entry])
-        sealed = self._cipher(entry["kid"]).encrypt(nonce, payload, aad)
+        sealed = self._cipher(entry["kid"], kdf.KDF_VERSION).encrypt(nonce, payload, aad)
         return nonce + sealed, {key: value for key, value in entry.items() if key != "name"}
+
+    def key_matches(self, kid: str, params: dict[str, Any]) -> bool:
+        """Whether the key configured as ``kid`` is the one whose check value ``params`` records."""
+        if kdf.version_of(params, self.name) is None:
+            return params.get("kcv") == self.keyring.check_value(kid)
+        salt, kcv = _salt(params.get("kcs")), params.get("kcv")
+        if salt is None:
+            raise TamperedCheckpointError(
+                "encrypted checkpoint has no valid key check salt (kcs) in its header; it was altered"
+            )
+        # compare as bytes: compare_digest refuses non-ASCII str, and the header is attacker-controlled
+        expected = self.keyring.key_check(kid, salt).encode()
+        return isinstance(kcv, str) and hmac.compare_digest(kcv.encode("utf-8", "replace"), expected)
+
+    def entry_is_current(self, params: dict[str, Any]) -> bool:
+        """True when ``params`` is a layer entry this transform would write now: the active key, derived
+        keys, and the key material configured as the active id (``rekey`` skips those)."""
+        kid = self.keyring.active
+        return (
+            kid is not None and params.get("kid") == kid and kdf.is_current(params)
+            and self.key_matches(kid, params)
+        )
 
     def decode(
         self, payload: bytes, params: dict[str, Any], identity: Identity, *, preceding: list[dict[str, Any]] = ()
@@ -220,8 +241,9 @@ class AesGcmTransform:
         kid = params.get("kid")
         if not isinstance(kid, str):
             raise TamperedCheckpointError("encrypted checkpoint has no valid key id in its header; it was altered")
-        key_check = self.keyring.check_value(kid)  # MissingKeyError names what to configure
-        if params.get("kcv") != key_check:
+        self.keyring.key(kid)  # MissingKeyError names what to configure
+        kdf_version = kdf.version_of(params, self.name)
+        if not self.key_matches(kid, params):
             raise WrongKeyError(
                 f"checkpoint was encrypted with a different key than the {kid!r} configured here "
                 f"(key check value mismatch); configure the original key material for {kid!r} "
@@ -236,7 +258,7 @@ class AesGcmTransform:
 
         aad = associated_data(identity, [*preceding, {"name": self.name, **params}])
         try:
-            return self._cipher(kid).decrypt(payload[:NONCE_SIZE], payload[NONCE_SIZE:], aad)
+            return self._cipher(kid, kdf_version).decrypt(payload[:NONCE_SIZE], payload[NONCE_SIZE:], aad)
         except InvalidTag:
             raise TamperedCheckpointError(
                 f"checkpoint failed authentication under key {kid!r}: its ciphertext, nonce, tag, layer "

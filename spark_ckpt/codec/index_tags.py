@@ -7,8 +7,11 @@ would need a tag for a head that was never written). It cannot stop a rollback t
 that really were written, nor a whole store restored from an older backup: that needs the store's
 own protection (see the README's "Rollback").
 
-The subkey is derived from the encryption key with a label of its own (HMAC-SHA256 as the KDF), so
-a tag never reveals anything usable against the data's encryption.
+The subkey is derived from the encryption key with HKDF-SHA256 and a label of its own (``kdf``), so
+a tag never reveals anything usable against the data's encryption. Tags written before that (subkey =
+HMAC-SHA256 of a label under the key) are still accepted on reading; tags are always written the new
+way, and ``rekey`` re-tags heads that carry an old one. Both have the same form (``kid:mac``), so a
+check tries the current subkey first and the old one second.
 """
 
 from __future__ import annotations
@@ -20,14 +23,15 @@ import orjson
 
 from ..errors import TamperedCheckpointError
 from ..model import CheckpointHeader
+from . import kdf
 from .crypto import Keyring
 
-_SUBKEY_LABEL = b"spark-ckpt executions index tag v1"
+_LEGACY_SUBKEY_LABEL = b"spark-ckpt executions index tag v1"
 _TAG_SIZE = 16
 
 
-def _subkey(keyring: Keyring, kid: str) -> bytes:
-    return hmac.new(keyring.key(kid), _SUBKEY_LABEL, hashlib.sha256).digest()
+def _legacy_subkey(keyring: Keyring, kid: str) -> bytes:
+    return hmac.new(keyring.key(kid), _LEGACY_SUBKEY_LABEL, hashlib.sha256).digest()
 
 
 def _mac(subkey: bytes, header: CheckpointHeader) -> bytes:
@@ -40,16 +44,19 @@ class IndexTagger:
 
     def __init__(self, keyring: Keyring) -> None:
         self.keyring = keyring
-        self._subkeys: dict[str, bytes] = {}
+        self._legacy: dict[str, bytes] = {}
 
     @property
     def enabled(self) -> bool:
         return self.keyring.active is not None
 
     def _subkey(self, kid: str) -> bytes:
-        subkey = self._subkeys.get(kid)
+        return self.keyring.subkey(kid, kdf.INDEX_TAG)
+
+    def _legacy_subkey(self, kid: str) -> bytes:
+        subkey = self._legacy.get(kid)
         if subkey is None:
-            subkey = self._subkeys[kid] = _subkey(self.keyring, kid)
+            subkey = self._legacy[kid] = _legacy_subkey(self.keyring, kid)
         return subkey
 
     def tag(self, header: CheckpointHeader) -> bytes | None:
@@ -57,6 +64,14 @@ class IndexTagger:
         if kid is None:
             return None
         return kid.encode() + b":" + _mac(self._subkey(kid), header)
+
+    def is_current(self, head: CheckpointHeader) -> bool:
+        """True when ``head``'s tag is what ``tag`` writes now (the active key, the current subkey)."""
+        kid = self.keyring.active
+        if kid is None or not head.tag:
+            return False
+        tagged_kid, _, mac = head.tag.partition(b":")
+        return tagged_kid == kid.encode() and hmac.compare_digest(mac, _mac(self._subkey(kid), head))
 
     def check(self, head: CheckpointHeader) -> None:
         """Raise ``TamperedCheckpointError`` unless ``head`` carries a valid tag (no-op without keys)."""
@@ -70,8 +85,11 @@ class IndexTagger:
                 "continue from a checkpoint you choose with continue_from_checkpoint(<id>)"
             )
         kid, _, mac = head.tag.partition(b":")
-        subkey = self._subkey(kid.decode(errors="replace"))
-        if not hmac.compare_digest(mac, _mac(subkey, head)):
+        key_id = kid.decode(errors="replace")
+        if not (
+            hmac.compare_digest(mac, _mac(self._subkey(key_id), head))
+            or hmac.compare_digest(mac, _mac(self._legacy_subkey(key_id), head))  # tagged before kdf
+        ):
             raise TamperedCheckpointError(
                 f"{where} does not authenticate under key {kid.decode(errors='replace')!r}: it was altered "
                 "(an execution's head lowered, or its status changed). Nothing was run; restore the store "

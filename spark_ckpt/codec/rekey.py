@@ -87,10 +87,11 @@ def _rekey_one(backend: Any, codec: Codec, header: Any) -> bool:
 
 def _retag_heads(backend: Any, codec: Codec, execution_ids: set[str]) -> None:
     """Tag each execution's index head under the active key (``index_tags``): a head whose record
-    was already current, or was written before encryption, gets its tag by a replace of the same bytes."""
+    was already current, or was written before encryption or tagged the pre-``kdf`` way, gets its tag
+    by a replace of the same bytes."""
     for execution_id in sorted(execution_ids):
         head = backend.execution_head(execution_id)
-        if head is None or (head.tag or b"").partition(b":")[0] == (codec.keyring.active or "").encode():
+        if head is None or codec.index_tags.is_current(head):
             continue
         try:
             stored = backend.get(head.checkpoint_id)

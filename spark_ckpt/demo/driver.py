@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..errors import ConfigError
+from ..masking import mask_url
 from .workflow import DEMO_INPUT, build_graph, content_of
 
 WORKER_TIMEOUT_S = 120
@@ -97,7 +98,7 @@ def _require_durable(store: str) -> None:
     try:
         if not backend.durable:
             raise ConfigError(
-                f"the demo needs a store that outlives a process, and {store!r} does not "
+                f"the demo needs a store that outlives a process, and {mask_url(store)!r} does not "
                 f"(its data dies with the killed worker); use e.g. sqlite://./demo-checkpoints.db"
             )
     finally:
@@ -111,7 +112,7 @@ def _run_demo(store: str, crash_after: int, out: TextIO, tmp: str) -> bool:
     result_a, result_b = Path(tmp, "result-a.json"), Path(tmp, "result-b.json")
     common = ["--store", store, "--side-file", str(side), "--events-file", str(events)]
 
-    p(f"checkpoint store: {store}")
+    p(f"checkpoint store: {mask_url(store)}")
     p(f"1. worker A runs the workflow; it kills itself (SIGKILL) inside transform pass {crash_after} of {n_items}")
     a = _spawn_worker([*common, "--result-file", str(result_a), "--crash-after", str(crash_after)])
     executions = _read_lines(side)

@@ -32,6 +32,7 @@ from spark_ckpt.errors import (
     ConfigError,
     DuplicateCheckpointError,
 )
+from spark_ckpt.masking import mask_text, userinfo_quoted
 from spark_ckpt.model import CheckpointHeader, Lease, StoredCheckpoint
 
 from .leases import PostgresLeases
@@ -82,7 +83,9 @@ class PostgresBackend(PostgresLeases, PostgresStatements, PooledConnections, Bac
         try:
             psycopg.conninfo.conninfo_to_dict(conninfo)
         except psycopg.Error as exc:
-            raise ConfigError(f"invalid PostgreSQL connection string {self._masked(conninfo)!r}: {exc}") from None
+            raise ConfigError(
+                f"invalid PostgreSQL connection string {self._masked(conninfo)!r}: {mask_text(str(exc), conninfo)}"
+            ) from None
         self._conninfo = conninfo
         self.schema = schema
         self._min_size, self._max_size = pool_min_size, pool_max_size
@@ -120,7 +123,9 @@ class PostgresBackend(PostgresLeases, PostgresStatements, PooledConnections, Bac
     # -- construction ----------------------------------------------------------------------------
     @classmethod
     def from_url(cls, url: str, **options: object) -> "PostgresBackend":
-        parts = urlsplit(url)
+        # libpq ends the user info at the first '@': an unescaped '@' (or '/', '?') in the password
+        # would make the rest of it part of the host name (and of its error messages); encode it instead
+        parts = urlsplit(userinfo_quoted(url))
         if parts.scheme.lower() not in cls.url_schemes:
             raise ConfigError(f"not a PostgreSQL URL: {cls._masked(url)!r} (expected postgresql://...)")
         kept, ours = [], dict(options)

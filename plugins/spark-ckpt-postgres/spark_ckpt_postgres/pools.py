@@ -13,11 +13,11 @@ messages never show the DSN's password (``_masked``).
 from __future__ import annotations
 
 import asyncio
-import re
 import weakref
 from typing import Any, Callable
 
 from spark_ckpt.errors import BackendError
+from spark_ckpt.masking import mask_text, mask_url
 
 
 class PooledConnections:
@@ -38,14 +38,15 @@ class PooledConnections:
 
     @staticmethod
     def _masked(conninfo: str) -> str:
-        """The DSN without its password, for messages."""
-        return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", conninfo)
+        """The DSN without its password or secret parameters, for messages."""
+        return mask_url(conninfo)
 
     # -- running statements with one retry -------------------------------------------------------
     def _unreachable(self, exc: Exception) -> BackendError:
+        # the driver's message may quote parts of the DSN: its secrets are masked there too
         return BackendError(
-            f"PostgreSQL at {self._masked(self._conninfo)} failed: {exc}. Check that the server is "
-            "running and reachable; nothing was half-written (each call is one transaction)"
+            f"PostgreSQL at {self._masked(self._conninfo)} failed: {mask_text(str(exc), self._conninfo)}. Check "
+            "that the server is running and reachable; nothing was half-written (each call is one transaction)"
         )
 
     def _run(self, fn: Callable[[Any, int], Any]) -> Any:

@@ -234,6 +234,42 @@ def test_unreachable_server_is_a_clear_backend_error():
     assert "secret" not in str(info.value)
 
 
+PASSWORD = "s3cr@t!"  # an unescaped '@': libpq alone would read "t!@127.0.0.1" as the host
+
+
+def test_connection_failure_never_shows_the_password(caplog):
+    """A closed port, with a password holding an unescaped '@': neither the error nor a log line shows
+    any of it (the message still names the address)."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    url = f"postgresql://alice:{PASSWORD}@127.0.0.1:1/db?pool_timeout=1&sslpassword={PASSWORD}"
+    for open_it in (lambda: PostgresBackend.from_url(url), lambda: open_backend(url)):
+        with pytest.raises(BackendError, match="127.0.0.1:1/db") as info:
+            open_it()
+        assert PASSWORD not in str(info.value) and "t!@" not in str(info.value)
+    assert PASSWORD not in caplog.text and "t!@" not in caplog.text and "s3cr" not in caplog.text
+
+
+def test_describe_and_repr_never_show_the_password(pg_dsn):
+    """A live backend opened with such a password (the test server trusts any) describes itself masked."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(pg_dsn)
+    url = f"postgresql://{parts.username or 'postgres'}:{PASSWORD}@{parts.hostname}:{parts.port}{parts.path}" \
+          f"?schema=t_{uuid.uuid4().hex[:12]}"
+    try:
+        backend = open_backend(url)
+    except BackendError as exc:
+        assert PASSWORD not in str(exc)
+        pytest.skip(f"the test server checks passwords: {exc}")
+    try:
+        for text in (backend.describe(), repr(backend)):
+            assert PASSWORD not in text and f"{parts.hostname}:{parts.port}" in text and "***" in text
+    finally:
+        backend.close()
+
+
 def test_two_worker_processes_race_and_a_stalled_worker_is_fenced(pg_url, tmp_path):
     """Two real processes recover one execution: exactly one continues it, history does not fork.
     A worker frozen past its lease cannot write after another worker took the execution over."""

@@ -33,6 +33,7 @@ import attrs
 from spark_ckpt.backends import heads
 from spark_ckpt.backends.base import Backend
 from spark_ckpt.errors import CheckpointNotFoundError, ConfigError, DuplicateCheckpointError
+from spark_ckpt.masking import mask_url
 from spark_ckpt.model import CheckpointHeader, Lease, StoredCheckpoint
 
 from .external_index import ExternalIndex
@@ -115,7 +116,7 @@ class S3Backend(S3Leases, ExternalIndex, HeadObjects, S3Objects, KeyLayout, Back
     def from_url(cls, url: str, **options: object) -> "S3Backend":
         parts = urlsplit(url)
         if parts.scheme.lower() != "s3":
-            raise ConfigError(f"not an S3 URL: {url!r} (expected s3://bucket/prefix?endpoint_url=...)")
+            raise ConfigError(f"not an S3 URL: {mask_url(url)!r} (expected s3://bucket/prefix?endpoint_url=...)")
         values: dict[str, Any] = dict(parse_qsl(parts.query))
         values.update(options)
         unknown = set(values) - _OPTIONS
@@ -141,7 +142,7 @@ class S3Backend(S3Leases, ExternalIndex, HeadObjects, S3Objects, KeyLayout, Back
         return cls(parts.hostname or parts.netloc, unquote(parts.path), **kwargs)
 
     def describe(self) -> str:
-        where = f" at {self.endpoint_url}" if self.endpoint_url else ""
+        where = f" at {mask_url(self.endpoint_url)}" if self.endpoint_url else ""
         return f"s3 (s3://{self.bucket}/{self.prefix}{where})"
 
     # -- checkpoints -------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
 from spark_ckpt.errors import BackendError
+from spark_ckpt.masking import mask_text
 from spark_ckpt.model import CheckpointHeader
 
 from .layout import _HEADER_META, _header_from_json
@@ -30,11 +31,12 @@ _CONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict", 
 
 
 class S3Objects:
-    """Mixin of ``S3Backend``: calling S3. Needs the host's ``_s3`` client, ``bucket``,
+    """Mixin of ``S3Backend``: calling S3. Needs the host's ``_s3`` client, ``bucket``, ``endpoint_url``,
     ``_botocore_errors``, ``_executor``, ``_cache_lock`` and the ``_headers``/``_key_of`` caches."""
 
     _s3: Any
     bucket: str
+    endpoint_url: str | None
     _botocore_errors: Any
     _executor: ThreadPoolExecutor
     _cache_lock: threading.Lock
@@ -56,7 +58,11 @@ class S3Objects:
             return BackendError(
                 f"S3 bucket {self.bucket!r} does not exist; create it or add create_bucket=true to the URL"
             )
-        return BackendError(f"S3 {action} on {self.describe()} failed: {exc}; check the endpoint, bucket and credentials (a failed write publishes nothing)")
+        # botocore's message may quote the endpoint URL (and so any credentials written into it)
+        return BackendError(
+            f"S3 {action} on {self.describe()} failed: {mask_text(str(exc), self.endpoint_url)}; check the "
+            "endpoint, bucket and credentials (a failed write publishes nothing)"
+        )
 
     def _call(self, action: str, fn: Any, /, *, none_on: tuple[str, ...] = (), **kwargs: Any) -> Any:
         """``fn(**kwargs)``; ``None`` if S3 answers with an error code in ``none_on`` (no such key, a

@@ -63,6 +63,21 @@ def test_bad_urls_are_config_errors(url, message):
         S3Backend.from_url(url)
 
 
+def test_credentials_in_an_endpoint_url_are_never_shown(monkeypatch):
+    """Credentials written into endpoint_url (or a secret query parameter of it) are masked in
+    describe(), in a bad-URL error and in a connection failure quoting the endpoint."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    password = "s3cr@t!"
+    for endpoint in (f"http://user:{password}@127.0.0.1:1", f"http://127.0.0.1:1/?token={password}"):
+        with pytest.raises(BackendError) as info:
+            S3Backend.from_url(f"s3://bucket/p?endpoint_url={endpoint}&region=us-east-1")
+        assert password not in str(info.value) and "127.0.0.1:1" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        S3Backend.from_url(f"gs://bucket/p?endpoint_url=http://user:{password}@127.0.0.1:1")
+    assert password not in str(info.value)
+
+
 def test_missing_bucket_is_a_clear_error(s3_endpoint):
     """A bucket that does not exist (and create_bucket not set) is reported by name."""
     with pytest.raises(BackendError, match="does not exist"):

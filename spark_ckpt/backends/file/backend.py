@@ -31,6 +31,7 @@ from ...errors import (
     CorruptCheckpointError,
     DuplicateCheckpointError,
 )
+from ...masking import mask_url
 from ...model import CheckpointHeader, Lease, StoredCheckpoint
 from .. import heads
 from ..base import LocalBackend, newest_first
@@ -66,7 +67,7 @@ class FileBackend(HeadFiles, LeaseFiles, AtomicWrites, StoreLayout, LocalBackend
     def from_url(cls, url: str, **options: object) -> FileBackend:
         location = url.split("://", 1)[1] if "://" in url else url
         if not location:
-            raise ConfigError(f"file backend URL {url!r} has no directory; use file://./dir or file:///abs/dir")
+            raise ConfigError(f"file backend URL {mask_url(url)!r} has no directory; use file://./dir or file:///abs/dir")
         unknown = set(options) - {"fsync"}
         if unknown:
             raise ConfigError(f"unknown file backend option(s) {', '.join(sorted(unknown))}; known: fsync")

@@ -30,6 +30,7 @@ from ...errors import (
     ConfigError,
     DuplicateCheckpointError,
 )
+from ...masking import mask_url
 from ...model import (
     UNFINISHED_STATUSES, CheckpointHeader, Lease, StoredCheckpoint, canonical_checkpoint_id, canonical_key,
 )
@@ -94,10 +95,10 @@ class SqliteBackend(LocalBackend):
         location = url.split("://", 1)[1] if "://" in url else url
         location = location.split("?", 1)[0]
         if not location:
-            raise ConfigError(f"sqlite backend URL {url!r} has no path; use sqlite:///abs/path.db or sqlite://rel.db")
+            raise ConfigError(f"sqlite backend URL {mask_url(url)!r} has no path; use sqlite:///abs/path.db or sqlite://rel.db")
         if location == ":memory:" or location.startswith("file:"):
             raise ConfigError(
-                f"sqlite backend URL {url!r} is not a database file path; use memory:// for an in-process store"
+                f"sqlite backend URL {mask_url(url)!r} is not a database file path; use memory:// for an in-process store"
             )
         unknown = set(options) - {"synchronous", "busy_timeout_s"}
         if unknown:
