@@ -185,6 +185,10 @@ class Codec:
             for params in layers if params["name"] != self.encryption.name
         )
 
+    def serialized_is_current(self, serialized: dict[str, Any]) -> bool:
+        """Whether a serializer's layer entry (from ``decode_payload``) is in the format it writes now."""
+        return _entry_is_current(self.layers.get(serialized["name"]), serialized)
+
     def _check_encrypted(self, layers: list[dict[str, Any]]) -> None:
         names = [layer["name"] for layer in layers]
         if self.encryption.name in names[:-1]:

@@ -77,9 +77,15 @@ def _rekey_one(backend: Any, codec: Codec, header: Any) -> bool:
     identity = Identity(header.graph_id, header.execution_id, header.seq)
     # the serialized bytes as they are: no value is rebuilt (or changed) on the way
     serialized, payload = codec.decode_payload(stored.blob, expected=identity)
-    blob = codec.encode_payload(serialized, payload, identity)
+    if codec.serialized_is_current(serialized):
+        blob = codec.encode_payload(serialized, payload, identity)
+        same = codec.decode_payload(blob, expected=identity)[1] == payload
+    else:  # a serializer format written before derived keys (a pickle signed the old way): sign it again
+        data, _ = codec.decode_data(stored.blob, expected=identity)
+        blob = codec.encode_data(data, identity)
+        same = codec.decode_data(blob, expected=identity)[0] == data
     # never swap in bytes we cannot read back to the same content
-    if codec.decode_payload(blob, expected=identity)[1] != payload:
+    if not same:
         raise RekeyError(f"re-encoded checkpoint {header.checkpoint_id} does not read back identically; left as it was")
     backend.replace(attrs.evolve(stored.header, size=len(blob), tag=codec.index_tags.tag(stored.header)), blob)
     return True
