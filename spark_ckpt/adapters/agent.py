@@ -32,6 +32,7 @@ from spark.agents import Agent
 
 from ..backends.leases import claim, worker_identity
 from ..config import CheckpointConfig
+from ..engine.damage import damaged
 from ..errors import (
     CheckpointNotFoundError, ConfigError, CorruptCheckpointError, MissingCheckpointError,
     NothingToRecoverError, SparkCkptError,
@@ -201,7 +202,7 @@ class CheckpointedAgent:
                 state = self._records.resolve_state(record)
                 if state is None:
                     continue
-                apply_snapshot(self.agent, state)
+                apply_snapshot(self.agent, state, f"agent checkpoint {record.checkpoint_id}")
                 self._records.set_head(self._records.state_holder(record), state)
                 return True
         return False
@@ -271,7 +272,7 @@ class CheckpointedAgent:
             ) from None
         state = self._records.resolve_state(record)
         if state is not None:
-            apply_snapshot(self.agent, state)
+            apply_snapshot(self.agent, state, f"agent checkpoint {record.checkpoint_id}")
             self._records.set_head(self._records.state_holder(record), state)
         return self.agent._state.get("last_result")
 
@@ -295,13 +296,14 @@ class CheckpointedAgent:
         stuck = unsafe_in_flight(calls)
         if stuck and not allow_unsafe_rerun:
             raise unsafe_error(stuck[0], f"agent {self.agent_id!r}")
+        with damaged(f"agent checkpoint {start.checkpoint_id}"):  # (before the agent is changed)
+            run_input = input_from_data(start.run_input)
         state = self._records.resolve_state(start)
         if state is not None:
-            apply_snapshot(self.agent, state)
+            apply_snapshot(self.agent, state, f"agent checkpoint {start.checkpoint_id}")
             self._records.set_head(self._records.state_holder(start), state)
         self._records.bytes_since_full = 0
         pre_run = self._records.comparable_snapshot()
-        run_input = input_from_data(start.run_input)
         return await self._execute(
             start, run_input, calls, lease, pre_run, start_is_state=start.has_state,
             next_seq=max(headers[-1].seq, head.seq) + 1, allow_unsafe_rerun=allow_unsafe_rerun,

@@ -27,6 +27,7 @@ import orjson
 from ..codec import Identity, from_data, to_data
 from ..engine import deltas
 from ..engine.chain import DELTA, DeltaChains
+from ..engine.damage import damaged
 from ..engine.durability import DurableWriter
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError
 from ..model import AGENT, COMPLETED, RUNNING, AgentRecord, CheckpointHeader, new_id
@@ -111,7 +112,12 @@ class AgentRecords:
 
     def resolve_state(self, record: AgentRecord) -> dict[str, Any] | None:
         """The agent state a record stands for: its delta links followed back to a full snapshot, by
-        the same delta mechanism that makes a graph record's adapter states whole (``chain``)."""
+        the same delta mechanism that makes a graph record's adapter states whole (``chain``); content of
+        the wrong shape on the way is a ``CorruptCheckpointError`` naming ``record``."""
+        with damaged(f"agent checkpoint {record.checkpoint_id}"):
+            return self._resolve_state(record)
+
+    def _resolve_state(self, record: AgentRecord) -> dict[str, Any] | None:
         state = DeltaChains(_state_entry(record), wanted=["state"])
         current, seen = record, set()
         while state.missing:
