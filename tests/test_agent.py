@@ -156,6 +156,39 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path):
 
 
 @sync
+async def test_restore_takes_the_agent_config_and_the_checkpoint_config_in_either_position(tmp_path):
+    """restore() tells an AgentConfig from a CheckpointConfig by type, so the guide's
+    restore(snapshot, config), keywords and either positional order all give the real model back."""
+    original = wrap(Agent(make_config()), tmp_path)
+    await original.run("task:1")
+    snapshot = original.checkpoint()
+    memory = CheckpointConfig(backend="memory")
+    for restored in (
+        CheckpointedAgent.restore(snapshot, agent_config=make_config(), checkpoint_config=memory),
+        CheckpointedAgent.restore(snapshot, make_config(), memory),
+        CheckpointedAgent.restore(snapshot, memory, make_config()),
+        CheckpointedAgent.restore(snapshot, make_config()),
+    ):
+        assert isinstance(restored.agent.config.model, ScriptedModel)
+        assert restored.checkpoint()["memory"] == snapshot["memory"]
+        assert (await restored.run("task:1")).content == "done(task:1): r0"
+    assert CheckpointedAgent.restore(snapshot, make_config(), memory).config is memory
+
+
+def test_restore_without_the_agent_config_says_what_to_pass():
+    """Given only a CheckpointConfig (the guide's positional form) or nothing, restore() raises a
+    ConfigError naming agent_config: never an AttributeError, never an echo model in its place."""
+    snapshot = CheckpointedAgent(Agent(make_config()), config=CheckpointConfig(backend="memory")).checkpoint()
+    for args in ((CheckpointConfig(backend="memory"),), (), (None, CheckpointConfig(backend="memory"))):
+        with pytest.raises(ConfigError, match="agent_config=AgentConfig"):
+            CheckpointedAgent.restore(snapshot, *args)
+    with pytest.raises(ConfigError, match="agent_config=AgentConfig"):
+        CheckpointedAgent.restore(snapshot, checkpoint_config=CheckpointConfig(backend="memory"))
+    with pytest.raises(ConfigError, match="got a dict"):
+        CheckpointedAgent.restore(snapshot, {"model": "gpt"})
+
+
+@sync
 async def test_restore_latest_refuses_a_damaged_state_and_leaves_the_agent_as_it_was(tmp_path):
     """A stored state of the wrong shape is a CorruptCheckpointError naming the record; the agent's
     memory is not half replaced."""

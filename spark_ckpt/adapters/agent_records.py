@@ -268,28 +268,3 @@ def input_from_data(data: Any) -> Any:
     if isinstance(data, dict):
         return data.get("value")
     return data
-
-
-def config_from_snapshot(checkpoint: dict[str, Any]) -> Any:
-    import logging
-
-    from spark.agents import AgentConfig
-    from spark.models.echo import EchoModel
-
-    cfg = checkpoint.get("config") or {}
-    logging.getLogger("spark_ckpt.agent").warning(
-        "CheckpointedAgent.restore() without an AgentConfig: using EchoModel and no tools; pass the "
-        "original AgentConfig to get the real model and tools back"
-    )
-    return AgentConfig(
-        model=EchoModel(),
-        name=cfg.get("name"),
-        description=cfg.get("description"),
-        system_prompt=cfg.get("system_prompt"),
-        prompt_template=cfg.get("prompt_template"),
-        output_mode=cfg.get("output_mode") or "text",
-        max_steps=cfg.get("max_steps", 100),
-        parallel_tool_execution=bool(cfg.get("parallel_tool_execution")),
-    )
-
-
