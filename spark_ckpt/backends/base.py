@@ -118,6 +118,11 @@ class Backend(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} does not support replace()")
 
+    def scrub(self) -> None:
+        """Leave no copy of deleted or replaced checkpoint bytes where the store keeps old data of its
+        own (SQLite: its write-ahead log). Key rotation and pruning call it once they are done, so
+        plaintext a key rotation replaced is gone from disk. The default has nothing to do."""
+
     # -- leases --------------------------------------------------------------------------------
     @abstractmethod
     def acquire_lease(self, execution_id: str, owner: str, ttl_s: float) -> Lease:

@@ -338,6 +338,16 @@ class SqliteBackend(LocalBackend):
                 f"{self.describe()} to replace"
             )
 
+    def scrub(self) -> None:
+        """Checkpoint the write-ahead log into the database and truncate it: pages a delete or a replace
+        freed are zeroed in the database file (``secure_delete``, see ``connections``), but the log
+        still holds the frames written before. Waits for other processes' readers (busy timeout)."""
+        with self._lock:
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.Error as exc:
+                raise self._failed("checkpoint its write-ahead log", exc) from exc
+
     # -- leases -------------------------------------------------------------------------------------
     def _write_transaction(self, what: str, change: Any) -> Any:
         """``change(conn)`` inside one ``BEGIN IMMEDIATE`` transaction; rolled back if it raises."""
