@@ -87,8 +87,9 @@ class CheckpointConfig:
     serializer: str = "json"
     #: HMAC-SHA256 key (>= 32 bytes, raw or base64/hex) that signs pickles and verifies them before loading
     pickle_signing_key: bytes | str | None = attrs.field(default=None, repr=False)
-    #: a compressed payload that would expand past this many bytes is refused before expanding
-    max_decompressed_size: int = attrs.field(default=512 * 1024 * 1024, validator=_positive)
+    #: a compressed payload that would expand past this many bytes is refused before expanding further
+    #: (64 MiB: ``codec.layers.DEFAULT_MAX_DECOMPRESSED``); raise it for checkpoints larger than that
+    max_decompressed_size: int = attrs.field(default=64 * 1024 * 1024, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.retention_count is not None and int(self.retention_count) != self.retention_count:
