@@ -4,16 +4,19 @@ Two command lines follow these conventions: ``spark-ckpt`` (``spark_ckpt.cli``) 
 ``python -m spark_ckpt.demo`` (``spark_ckpt.demo.command``), which ``spark-ckpt demo`` reuses. Both
 import this module, so neither imports the other.
 
-Invariants: a command returns its exit code; a ``SparkCkptError`` it raises becomes exit code 2 and
-one ``spark-ckpt: error: ...`` line on stderr (no traceback), Ctrl-C exit code 130. argparse reports
-bad options itself (exit code 2). Importing this module imports nothing heavier than argparse.
+Invariants: a command returns its exit code. Every failure is exit code 2 and one
+``spark-ckpt: error: ...`` line on stderr, no traceback: a ``SparkCkptError`` with its message, any
+other exception with its type and message and a pointer to ``--debug``, which prints the traceback
+instead. Bad options are one such line too (``Parser``); Ctrl-C is exit code 130. Importing this
+module imports nothing heavier than argparse.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable, TextIO
+import traceback
+from typing import Any, Callable, NoReturn, TextIO
 
 from .errors import SparkCkptError
 
@@ -39,13 +42,42 @@ positive_int = positive(int, "a whole number")
 positive_float = positive(float, "a number of seconds")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, reporting a bad option as one ``spark-ckpt: error:`` line (exit code 2) like every
+    other failure, instead of the usage text first (subcommands' parsers are of this class too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: error: {one_line(message)} (see `{self.prog} --help`)\n")
+
+
+def add_debug_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, print its traceback instead of the one-line message")
+
+
 def run_command(handler: Callable[[argparse.Namespace, TextIO], int], args: argparse.Namespace, out: TextIO) -> int:
-    """Run one parsed command and turn the errors a user can act on into exit codes."""
+    """Run one parsed command; turn every error into exit code 2 and one line on stderr (the
+    traceback with ``--debug``), Ctrl-C into 130."""
     try:
         return handler(args, out)
-    except SparkCkptError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if getattr(args, "debug", False):
+            traceback.print_exc(file=sys.stderr)
+        elif isinstance(exc, SparkCkptError):
+            print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
+        else:  # a bug, or something nobody anticipated: still one line, and how to see more
+            print(f"{PROG}: error: unexpected {type(exc).__name__}: {one_line(exc)} "
+                  "(run with --debug for the traceback)", file=sys.stderr)
+        return 2
+
+
+def one_line(message: object) -> str:
+    """``message`` as one line: an error line must not be split (a validation error runs to pages)."""
+    try:
+        text = str(message)
+    except Exception:  # a message that cannot be rendered must not become the next error
+        text = f"<{type(message).__name__} message that cannot be shown>"
+    return " ".join(text.split()) or "(no message)"

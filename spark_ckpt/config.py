@@ -137,8 +137,9 @@ class CheckpointConfig:
     #: Spark's own types are allowed). Values of other such types are refused when stored.
     allowed_types: tuple[Any, ...] = attrs.field(
         default=(), converter=lambda v: (v,) if isinstance(v, (str, type)) else tuple(v), validator=_allowed_types)
-    #: a compressed payload that would expand past this many bytes is refused before expanding
-    max_decompressed_size: int = attrs.field(default=512 * 1024 * 1024, validator=_positive)
+    #: a compressed payload that would expand past this many bytes is refused before expanding further
+    #: (64 MiB: ``codec.layers.DEFAULT_MAX_DECOMPRESSED``); raise it for checkpoints larger than that
+    max_decompressed_size: int = attrs.field(default=64 * 1024 * 1024, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.retention_count is not None and int(self.retention_count) != self.retention_count:

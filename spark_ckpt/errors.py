@@ -56,6 +56,11 @@ class UnsupportedFormatError(CodecError):
     """The checkpoint was written by a newer format version or with an unknown codec layer."""
 
 
+class CorruptIndexError(CorruptCheckpointError, BackendError):
+    """A stored index row (a checkpoint's header, an execution's head) holds a value of the wrong type
+    or out of range: the store was changed outside spark-ckpt. The message names the row."""
+
+
 class NotACheckpointError(CorruptCheckpointError):
     """The bytes do not start with the spark-ckpt signature: another tool wrote them."""
 

@@ -156,6 +156,65 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path):
 
 
 @sync
+async def test_restore_takes_the_agent_config_and_the_checkpoint_config_in_either_position(tmp_path):
+    """restore() tells an AgentConfig from a CheckpointConfig by type, so the guide's
+    restore(snapshot, config), keywords and either positional order all give the real model back."""
+    original = wrap(Agent(make_config()), tmp_path)
+    await original.run("task:1")
+    snapshot = original.checkpoint()
+    memory = CheckpointConfig(backend="memory")
+    for restored in (
+        CheckpointedAgent.restore(snapshot, agent_config=make_config(), checkpoint_config=memory),
+        CheckpointedAgent.restore(snapshot, make_config(), memory),
+        CheckpointedAgent.restore(snapshot, memory, make_config()),
+        CheckpointedAgent.restore(snapshot, make_config()),
+    ):
+        assert isinstance(restored.agent.config.model, ScriptedModel)
+        assert restored.checkpoint()["memory"] == snapshot["memory"]
+        assert (await restored.run("task:1")).content == "done(task:1): r0"
+    assert CheckpointedAgent.restore(snapshot, make_config(), memory).config is memory
+
+
+def test_restore_without_the_agent_config_says_what_to_pass():
+    """Given only a CheckpointConfig (the guide's positional form) or nothing, restore() raises a
+    ConfigError naming agent_config: never an AttributeError, never an echo model in its place."""
+    snapshot = CheckpointedAgent(Agent(make_config()), config=CheckpointConfig(backend="memory")).checkpoint()
+    for args in ((CheckpointConfig(backend="memory"),), (), (None, CheckpointConfig(backend="memory"))):
+        with pytest.raises(ConfigError, match="agent_config=AgentConfig"):
+            CheckpointedAgent.restore(snapshot, *args)
+    with pytest.raises(ConfigError, match="agent_config=AgentConfig"):
+        CheckpointedAgent.restore(snapshot, checkpoint_config=CheckpointConfig(backend="memory"))
+    with pytest.raises(ConfigError, match="got a dict"):
+        CheckpointedAgent.restore(snapshot, {"model": "gpt"})
+
+
+@sync
+async def test_restore_latest_refuses_a_damaged_state_and_leaves_the_agent_as_it_was(tmp_path):
+    """A stored state of the wrong shape is a CorruptCheckpointError naming the record; the agent's
+    memory is not half replaced."""
+    import sqlite3
+
+    from spark_ckpt.codec import Codec, Identity
+
+    agent = wrap(Agent(make_config()), tmp_path)
+    await agent.run("task:1")
+    for header in agent.list_checkpoints():  # the full state the newest one is a delta of
+        record, _ = Codec().decode_data(agent.backend.get(header.checkpoint_id).blob)
+        if record.get("state_full"):
+            break
+    record["state_full"]["memory"]["messages"] = [5]
+    blob = Codec().encode_data(record, Identity(header.graph_id, header.execution_id, header.seq))
+    with sqlite3.connect(tmp_path / "agent.db") as conn:
+        conn.execute("UPDATE checkpoints SET blob = ? WHERE checkpoint_id = ?", (blob, header.checkpoint_id))
+    fresh = wrap(Agent(make_config()), tmp_path)
+    fresh.add_message_to_history("kept")
+    newest = agent.list_checkpoints(limit=1)[0].checkpoint_id
+    with pytest.raises(CorruptCheckpointError, match=f"agent checkpoint {newest} is damaged"):
+        fresh.restore_latest()
+    assert fresh.agent.messages == [{"role": "user", "content": "kept"}]
+
+
+@sync
 async def test_restore_latest_continues_a_conversation_in_a_fresh_agent(tmp_path):
     """A new agent object picks up the stored conversation, built from deltas over several runs."""
     first = wrap(Agent(make_config(memory_config=MemoryConfig(window=100))), tmp_path)

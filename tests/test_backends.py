@@ -429,7 +429,7 @@ def test_sqlite_migration_keys_every_checkpoint_by_its_position(tmp_path):
     old = [
         make_header(0, execution_id="e1", checkpoint_id="ck-e1-0"),
         make_header(1, execution_id="e1", checkpoint_id="ck-e1-1"),
-        make_header(-3, execution_id="e1", checkpoint_id="named-before"),
+        make_header(0, execution_id="e3", checkpoint_id="named-before", created_at=1_699_999_997.0),
         make_header(0, execution_id="e2", graph_id="other", checkpoint_id="ck-e2-0"),
     ]
     _store_written_before("m005_checkpoints_keyed_by_position", path, old)
@@ -437,8 +437,8 @@ def test_sqlite_migration_keys_every_checkpoint_by_its_position(tmp_path):
     backend = SqliteBackend(path)
     for h in old:
         assert backend.get(h.checkpoint_id).header == h
-    assert [h.checkpoint_id for h in backend.list(execution_id="e1")] == ["ck-e1-1", "ck-e1-0", "named-before"]
-    assert [h.checkpoint_id for h in backend.executions()] == ["ck-e1-1", "ck-e2-0"]
+    assert [h.checkpoint_id for h in backend.list(execution_id="e1")] == ["ck-e1-1", "ck-e1-0"]
+    assert [h.checkpoint_id for h in backend.executions()] == ["ck-e1-1", "ck-e2-0", "named-before"]
     assert _ids_of(backend.list(graph_id="other")) == {"ck-e2-0"}
     with pytest.raises(DuplicateCheckpointError):
         backend.put(make_header(1, execution_id="e1", checkpoint_id="ck-e1-1"), b"dup")
@@ -476,21 +476,23 @@ def test_sqlite_refuses_a_seq_it_cannot_place(tmp_path):
 
 
 def test_sqlite_extreme_seqs_stay_in_their_execution(tmp_path):
-    """The first and last seq an execution can hold sit at the edges of its rowid range: they are
-    found, listed and counted as that execution's, never as a neighbour's."""
+    """The first and last seq an execution can hold (0 and the top of its rowid range) are found,
+    listed and counted as that execution's, never as a neighbour's; a negative seq is refused."""
     backend = SqliteBackend(tmp_path / "ckpt.db")
     backend.put(make_header(0, execution_id="before"), b"b")
-    lowest, highest = make_header(-(2**31), execution_id="mid"), make_header(2**31 - 1, execution_id="mid")
+    lowest, highest = make_header(0, execution_id="mid"), make_header(2**31 - 1, execution_id="mid")
     backend.put(highest, b"high")
     backend.put(lowest, b"low")
     backend.put(make_header(0, execution_id="after"), b"a")
-    assert {h.seq for h in backend.list(execution_id="mid")} == {-(2**31), 2**31 - 1}
+    with pytest.raises(BackendError, match="not a whole number >= 0"):
+        backend.put(make_header(-(2**31), execution_id="mid"), b"low")
+    assert {h.seq for h in backend.list(execution_id="mid")} == {0, 2**31 - 1}
     assert {h.execution_id: h.seq for h in backend.executions()} == {"before": 0, "mid": 2**31 - 1, "after": 0}
     assert backend.get(lowest.checkpoint_id).blob == b"low"
     assert backend.delete([highest.checkpoint_id]) == 1
     # the executions index keeps the head; the remaining checkpoint is still that execution's
     assert [h.seq for h in backend.executions() if h.execution_id == "mid"] == [2**31 - 1]
-    assert [h.seq for h in backend.list(execution_id="mid")] == [-(2**31)]
+    assert [h.seq for h in backend.list(execution_id="mid")] == [0]
     backend.close()
 
 
@@ -523,8 +525,8 @@ def test_sqlite_refuses_a_derived_id_at_another_position(tmp_path):
         backend.put(make_header(5, execution_id="b", checkpoint_id="ck-c-1"), b"x")
     with pytest.raises(BackendError, match="reserved"):
         backend.start_execution(make_header(0, execution_id="b", checkpoint_id="ck-c-1"), b"x", "w", 30)
-    # a negative seq has no derived id: "ck-b--5" reads as checkpoint 5 of execution "b-"
-    with pytest.raises(BackendError, match="reserved for checkpoint 5 of execution b-"):
+    # a negative seq is refused before its id is looked at ("ck-b--5" would name checkpoint 5 of "b-")
+    with pytest.raises(BackendError, match="seq is -5, not a whole number >= 0"):
         backend.put(make_header(-5, execution_id="b", checkpoint_id="ck-b--5"), b"x")
     assert backend.list() == []
     backend.close()

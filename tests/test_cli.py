@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from spark_ckpt.cli import main
@@ -444,3 +445,95 @@ def test_show_says_when_a_checkpoint_holds_only_changed_state(tmp_path):
     assert "  blob:" not in out  # unchanged since the start record, so not stored again
     code, out = run("--store", url, "show", sorted(graph.list_checkpoints(), key=lambda h: h.seq)[0].checkpoint_id)
     assert "changed since" not in out and "  blob:" in out
+
+
+# -- failures: one line, or the traceback with --debug -------------------------------------------------
+def _one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("spark-ckpt: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_an_unexpected_exception_is_one_line_pointing_at_debug(store, monkeypatch, capsys):
+    """A failure that is not a SparkCkptError (a bug, a crash in a library) still exits 2 with one line
+    naming the exception type and its message (newlines folded), and how to see the traceback."""
+    def broken(args, out):
+        raise ValueError("boom\nsecond line")
+
+    monkeypatch.setattr("spark_ckpt.cli.parser.cmd_list", broken)
+    code, _ = run("--store", store["url"], "list")
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2
+    assert line == "spark-ckpt: error: unexpected ValueError: boom second line (run with --debug for the traceback)"
+
+
+def test_debug_prints_the_traceback_instead(store, monkeypatch, capsys):
+    """--debug prints the traceback of any failure, unexpected or not, in place of the one-line message."""
+    def broken(args, out):
+        raise ValueError("boom")
+
+    monkeypatch.setattr("spark_ckpt.cli.parser.cmd_list", broken)
+    code, _ = run("--debug", "--store", store["url"], "list")
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback (most recent call last)" in err and "ValueError: boom" in err
+    assert "spark-ckpt: error:" not in err
+    code, _ = run("--debug", "--store", store["url"], "show", "ck-missing")
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" in err and "CheckpointNotFoundError" in err
+
+
+def test_a_bad_option_is_one_error_line(store, capsys):
+    """argparse's usage errors follow the same rule: exit 2 and one `spark-ckpt: error:` line."""
+    with pytest.raises(SystemExit) as exc:
+        main(["--store", store["url"], "list", "--limit", "zero"])
+    assert exc.value.code == 2
+    assert "--help" in _one_error_line(capsys.readouterr().err)
+    with pytest.raises(SystemExit):
+        main(["--store", store["url"], "nosuchcommand"])
+    _one_error_line(capsys.readouterr().err)
+
+
+def test_show_prints_odd_stored_values_without_crashing(store):
+    """A checkpoint whose content holds a time out of range, a number too big for JSON's 64 bits and
+    nesting deeper than orjson writes is still shown, as text and as JSON (odd values as marked strings)."""
+    from spark_ckpt.codec.envelope import pack_parts
+
+    data, _ = CheckpointConfig().make_codec().decode_data(_blob(store, "ck-e-old-2"))
+    data.update(timestamp=1e308, superstep=1e300)  # superstep is an int: 1e300 becomes a 997-digit one
+    data["graph_state"]["deep"] = "__deep__"
+    payload = orjson.dumps(data).replace(b'"__deep__"', b"[" * 300 + b"]" * 300)
+    _corrupt(store["path"], "ck-e-old-2",
+             lambda blob: pack_parts([{"name": "json"}], Identity("etl", "e-old", 2), payload))
+    code, out = run("--store", store["url"], "show", "ck-e-old-2")
+    assert code == 0 and "invalid time" in out and "deep: [[[[" in out
+    code, out = run("--store", store["url"], "show", "ck-e-old-2", "--json")
+    assert code == 0
+    shown = json.loads(out)["checkpoint"]
+    assert isinstance(shown["superstep"], str) and shown["superstep"].startswith("1000")
+    assert shown["timestamp"] == 1e308 and "[[[[" in json.dumps(shown["graph_state"]["deep"])
+
+
+def test_damaged_index_rows_are_reported_not_crashed_on(store, capsys):
+    """A header row with values of the wrong type: `list` and `show` exit 2 with one line naming the row,
+    `verify` reports it as corrupt and exits 1; a time out of range still lists."""
+    conn = sqlite3.connect(store["path"])
+    conn.execute("UPDATE checkpoints SET created_at = 1e300 WHERE checkpoint_id = 'ck-e-new-0'")
+    conn.commit()
+    code, out = run("--store", store["url"], "list")
+    assert code == 0 and "invalid time" in out
+    conn.execute("UPDATE checkpoints SET seq = 'one' WHERE checkpoint_id = 'ck-e-new-1'")
+    conn.commit()
+    conn.close()
+    for argv in (["list"], ["list", "--json"], ["show", "ck-e-new-1"]):
+        code, _ = run("--store", store["url"], *argv)
+        line = _one_error_line(capsys.readouterr().err)
+        assert code == 2 and "ck-e-new-1" in line and "seq is 'one'" in line, line
+    code, out = run("--store", store["url"], "verify")
+    assert code == 1 and "CORRUPT" in out and "ck-e-new-1" in out
+
+
+def _blob(store: dict, checkpoint_id: str) -> bytes:
+    conn = sqlite3.connect(store["path"])
+    (blob,) = conn.execute("SELECT blob FROM checkpoints WHERE checkpoint_id = ?", (checkpoint_id,)).fetchone()
+    conn.close()
+    return bytes(blob)

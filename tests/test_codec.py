@@ -375,6 +375,46 @@ def test_gzip_bomb_is_refused_before_expanding():
         Codec(max_decompressed_size=1_000_000).decode_data(declared)
 
 
+def _expanded_peak(codec, blob: bytes) -> int:
+    """Peak bytes allocated while ``codec`` refuses ``blob`` as a decompression bomb."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        with pytest.raises(DecompressionLimitError, match=r"Raise CheckpointConfig\(max_decompressed_size"):
+            codec.decode_data(blob)
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_gzip_bomb_costs_at_most_the_limit_and_a_chunk(no_env_config):
+    """With the default limit (64 MiB), a ~130 KB bomb that would expand to 128 MiB is refused having
+    held at most the limit plus one chunk, never a buffer of the whole expansion; a lower limit lowers
+    the cost with it."""
+    limit = CheckpointConfig().max_decompressed_size
+    assert limit == 64 * 1024 * 1024
+    bomb = zlib.compressobj(9, wbits=31)
+    zeros = b"\0" * (1 << 20)
+    payload = b"".join(bomb.compress(zeros) for _ in range(128)) + bomb.flush()
+    assert len(payload) < 200_000
+    blob = pack(Envelope(layers=[{"name": "json"}, {"name": "gzip"}], identity=IDENT, payload=payload))
+    chunk = 1 << 20
+    assert _expanded_peak(CheckpointConfig(backend="memory").make_codec(), blob) < limit + 3 * chunk
+    small = 4 * chunk
+    assert _expanded_peak(Codec(max_decompressed_size=small), blob) < small + 3 * chunk
+
+
+def test_gzip_expands_a_payload_of_many_chunks_exactly():
+    """Streaming a chunk at a time gives back every byte of a payload larger than one chunk."""
+    data = orjson.dumps({"rows": [f"row {i}" * 20 for i in range(60_000)]})
+    assert len(data) > 3 * (1 << 20)
+    codec = Codec(pipeline=[GzipTransform(threshold=0)])
+    assert codec.decode_data(codec.encode_data(orjson.loads(data), IDENT))[0] == orjson.loads(data)
+
+
 def test_incomplete_gzip_stream_is_corrupt():
     """A gzip stream cut short (then resealed) is refused rather than decoded partially."""
     data = orjson.dumps(list(range(5000)))
@@ -398,6 +438,9 @@ def test_zstd_round_trip_and_bomb_limit():
     blob = pack(Envelope(layers=[{"name": "json"}, {"name": "zstd"}], identity=IDENT, payload=bomb))
     with pytest.raises(DecompressionLimitError):
         Codec(max_decompressed_size=1_000_000).decode_data(blob)
+    big = zstandard.ZstdCompressor().compress(b"\0" * 128 * (1 << 20))
+    blob = pack(Envelope(layers=[{"name": "json"}, {"name": "zstd", "size": 10}], identity=IDENT, payload=big))
+    assert _expanded_peak(Codec(max_decompressed_size=4 << 20), blob) < 7 << 20
 
 
 @pytest.mark.skipif(zstandard_available(), reason="checks the message shown when zstandard is missing")

@@ -191,3 +191,52 @@ def test_sentinel_never_reaches_raw_storage(tmp_path, scheme):
     backend.close()
     assert SENTINEL.encode() not in _raw_storage(root)  # and after the WAL is folded in
     assert os.listdir(root)
+
+
+MARKER = "PLAINTEXT-MARKER-5e1d"
+
+
+@pytest.mark.parametrize("how", ["cli", "library"])
+def test_rekey_leaves_no_plaintext_in_the_sqlite_files(how, tmp_path, monkeypatch, no_env_config):
+    """After `spark-ckpt rekey` (or rekey_backend on a store kept open) no byte of the plaintext
+    checkpoints is left in the database file, in its free pages, or in its write-ahead log. SQLite
+    starts with secure_delete off unless built with SQLITE_SECURE_DELETE (Debian's is; python.org's and
+    macOS's are not): every connection here starts with it off, so the backend must turn it on."""
+    import io
+    from contextlib import closing
+    import sqlite3
+
+    from spark_ckpt.cli import main
+
+    connect = sqlite3.connect
+
+    def connect_without_secure_delete(*args, **kwargs):
+        conn = connect(*args, **kwargs)
+        conn.execute("PRAGMA secure_delete=OFF")
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", connect_without_secure_delete)
+    path = tmp_path / "plain.db"
+    url = f"sqlite:///{path}"
+    backend = open_backend(url)
+    for seq in range(12):  # small rows in shared pages, large ones in overflow pages
+        store(backend, Codec(), record("g", "e1", seq, secret=MARKER + "x" * (seq * 1500)))
+    raw = lambda: b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal")) if p.exists())  # noqa: E731
+    with closing(sqlite3.connect(path)) as conn:  # the plaintext is in the database file, as in any older store
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert MARKER.encode() in path.read_bytes()
+
+    if how == "cli":
+        backend.close()
+        monkeypatch.setenv("REKEY_TEST_KEYS", f"k2:{K2}")
+        code = main(["--store", url, "--keys-env", "REKEY_TEST_KEYS", "--allow-plaintext", "rekey"], out=io.StringIO())
+        assert code == 0
+        with closing(sqlite3.connect(path)) as conn:  # whatever the log still held goes into the file
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    else:
+        assert rekey_backend(backend, Codec(keyring=keyring(["k2"], "k2"), allow_plaintext=True)) == 12
+    assert MARKER.encode() not in raw()
+    reader = open_backend(url)
+    assert all(rec.graph_state["secret"].startswith(MARKER) for rec in read_all(reader, Codec(keyring=keyring(["k2"]))).values())
+    reader.close()
+    backend.close()

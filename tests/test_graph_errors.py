@@ -144,6 +144,26 @@ def test_non_encodable_state_names_the_key_path(tmp_path) -> None:
     assert g.get_last_checkpoint().status == "failed"
 
 
+def test_an_encode_error_is_reported_once(tmp_path, caplog) -> None:
+    """The EncodeError raised at a superstep boundary reaches the caller with its traceback; nothing logs
+    that traceback a second time (Spark logged every exception its lifecycle hook raised, then re-raised it)."""
+    from spark.graphs import Graph
+    from spark.nodes import Node
+
+    class Stamp(Node):
+        async def process(self, context):
+            await context.graph_state.set("at", threading.Lock())
+            return {"ok": True}
+
+    first = graphs.Step(id="first")
+    first >> Stamp(id="stamp")
+    g = checkpointed(Graph(start=first), config=CheckpointConfig(backend="memory"), graph_id="encode-once")
+    with caplog.at_level("DEBUG"), pytest.raises(EncodeError):
+        asyncio.run(g.run({}))
+    logged = [r for r in caplog.records if r.exc_info and isinstance(r.exc_info[1], EncodeError)]
+    assert logged == [], [r.getMessage() for r in logged]
+
+
 def test_checkpoint_id_that_does_not_exist(graph) -> None:
     with pytest.raises(CheckpointNotFoundError, match="ck-missing"):
         graph.restore_from_checkpoint("ck-missing")

@@ -32,6 +32,7 @@ from spark.agents import Agent
 
 from ..backends.leases import claim, worker_identity
 from ..config import CheckpointConfig
+from ..engine.damage import damaged
 from ..errors import (
     CheckpointNotFoundError, ConfigError, CorruptCheckpointError, MissingCheckpointError,
     NothingToRecoverError, SparkCkptError,
@@ -43,7 +44,7 @@ from .agent_calls import (
     unsafe_in_flight,
 )
 from .agent_records import (
-    AgentRecords, config_from_snapshot, evolve, input_data, input_from_data, with_timestamp,
+    AgentRecords, evolve, input_data, input_from_data, with_timestamp,
 )
 from .agent_node import AgentNodeStateAdapter  # (importing it registers it for graphs)
 from .agent_snapshot import read_snapshot_file, write_snapshot_file
@@ -130,32 +131,47 @@ class CheckpointedAgent:
         write_snapshot_file(path, self.checkpoint())
 
     @classmethod
-    def load_checkpoint(cls, path: str | os.PathLike[str], config: Any = None, **kwargs: Any) -> "CheckpointedAgent":
-        """Build a fresh agent from a file written by ``save_checkpoint``."""
-        return cls.restore(read_snapshot_file(path), config, **kwargs)
+    def load_checkpoint(
+        cls, path: str | os.PathLike[str], agent_config: Any = None, checkpoint_config: Any = None, **kwargs: Any
+    ) -> "CheckpointedAgent":
+        """Build a fresh agent from a file written by ``save_checkpoint`` (arguments as ``restore``)."""
+        return cls.restore(read_snapshot_file(path), agent_config, checkpoint_config, **kwargs)
 
     @classmethod
     def restore(
         cls,
         checkpoint: dict[str, Any],
-        config: Any = None,
+        agent_config: Any = None,
+        checkpoint_config: Any = None,
         *,
         agent_class: type | None = None,
-        checkpoint_config: CheckpointConfig | None = None,
         agent_id: str | None = None,
+        config: Any = None,
         **kwargs: Any,
     ) -> "CheckpointedAgent":
-        """A fresh agent (built from a deep copy of ``config``, an ``AgentConfig``) holding ``checkpoint``'s
-        state: same memory (the window is not re-applied), tool traces, strategy state and cost calls."""
+        """A fresh agent (built from a deep copy of ``agent_config``) holding ``checkpoint``'s state: same
+        memory (the window is not re-applied), tool traces, strategy state and cost calls.
+
+        ``agent_config`` is the ``AgentConfig`` the agent was built with: its model and tools are code, not
+        data, so no snapshot brings them back and none is made up. ``checkpoint_config`` is the
+        ``CheckpointConfig`` the restored agent stores under (default: the defaults). Each is told by
+        its type, so either order works (the guide's ``restore(snapshot, config)`` too); ``config=`` is
+        the older name of the first. Without an ``AgentConfig``: ``ConfigError`` saying what to pass.
+        """
+        agent_config, checkpoint_config = _restore_configs(agent_config, checkpoint_config, config)
         check_snapshot(checkpoint)
-        if config is None:
-            config = config_from_snapshot(checkpoint)
-        agent = (agent_class or Agent)(config=fresh_config(config))
+        stored_id = checkpoint.get("agent_id")
+        if stored_id is not None and not isinstance(stored_id, str):
+            raise CorruptCheckpointError(
+                f"agent checkpoint is damaged: its agent_id is a {type(stored_id).__name__}, not a string; "
+                "pass agent_id= to restore() or use an earlier checkpoint"
+            )
+        agent = (agent_class or Agent)(config=fresh_config(agent_config))
         apply_snapshot(agent, checkpoint)
         return cls(
             agent,
             config=checkpoint_config,
-            agent_id=agent_id or checkpoint.get("agent_id"),
+            agent_id=agent_id or stored_id,
             **kwargs,
         )
 
@@ -201,7 +217,7 @@ class CheckpointedAgent:
                 state = self._records.resolve_state(record)
                 if state is None:
                     continue
-                apply_snapshot(self.agent, state)
+                apply_snapshot(self.agent, state, f"agent checkpoint {record.checkpoint_id}")
                 self._records.set_head(self._records.state_holder(record), state)
                 return True
         return False
@@ -271,7 +287,7 @@ class CheckpointedAgent:
             ) from None
         state = self._records.resolve_state(record)
         if state is not None:
-            apply_snapshot(self.agent, state)
+            apply_snapshot(self.agent, state, f"agent checkpoint {record.checkpoint_id}")
             self._records.set_head(self._records.state_holder(record), state)
         return self.agent._state.get("last_result")
 
@@ -295,13 +311,14 @@ class CheckpointedAgent:
         stuck = unsafe_in_flight(calls)
         if stuck and not allow_unsafe_rerun:
             raise unsafe_error(stuck[0], f"agent {self.agent_id!r}")
+        with damaged(f"agent checkpoint {start.checkpoint_id}"):  # (before the agent is changed)
+            run_input = input_from_data(start.run_input)
         state = self._records.resolve_state(start)
         if state is not None:
-            apply_snapshot(self.agent, state)
+            apply_snapshot(self.agent, state, f"agent checkpoint {start.checkpoint_id}")
             self._records.set_head(self._records.state_holder(start), state)
         self._records.bytes_since_full = 0
         pre_run = self._records.comparable_snapshot()
-        run_input = input_from_data(start.run_input)
         return await self._execute(
             start, run_input, calls, lease, pre_run, start_is_state=start.has_state,
             next_seq=max(headers[-1].seq, head.seq) + 1, allow_unsafe_rerun=allow_unsafe_rerun,
@@ -407,3 +424,33 @@ class CheckpointedAgent:
                 await self.backend.arelease_lease(lease)
             except SparkCkptError:
                 pass
+
+
+def _restore_configs(*given: Any) -> tuple[Any, CheckpointConfig | None]:
+    """``(agent config, checkpoint config)`` from what ``restore`` was given, told apart by type."""
+    from spark.agents import AgentConfig
+
+    agent_config = checkpoint_config = None
+    for value in given:
+        if value is None:
+            continue
+        if isinstance(value, CheckpointConfig):
+            if checkpoint_config is not None:
+                raise ConfigError("restore() was given two CheckpointConfigs; pass one, as checkpoint_config=")
+            checkpoint_config = value
+        elif isinstance(value, AgentConfig):
+            if agent_config is not None:
+                raise ConfigError("restore() was given two AgentConfigs; pass one, as agent_config=")
+            agent_config = value
+        else:
+            raise ConfigError(
+                f"restore() takes an AgentConfig and a CheckpointConfig, got a {type(value).__name__}; call "
+                "restore(snapshot, agent_config=AgentConfig(...), checkpoint_config=CheckpointConfig(...))"
+            )
+    if agent_config is None:
+        raise ConfigError(
+            "CheckpointedAgent.restore() needs the AgentConfig the agent was built with: its model and tools "
+            "are code, not data, so no snapshot can bring them back. Call restore(snapshot, "
+            "agent_config=AgentConfig(model=..., tools=[...]), checkpoint_config=CheckpointConfig(...))"
+        )
+    return agent_config, checkpoint_config

@@ -27,6 +27,7 @@ from ..codec import Identity, from_data, to_data
 from ..codec.convert import dumps_data
 from ..engine import deltas
 from ..engine.chain import DELTA, DeltaChains
+from ..engine.damage import damaged
 from ..engine.durability import DurableWriter
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError
 from ..model import AGENT, COMPLETED, RUNNING, AgentRecord, CheckpointHeader, new_id
@@ -111,7 +112,12 @@ class AgentRecords:
 
     def resolve_state(self, record: AgentRecord) -> dict[str, Any] | None:
         """The agent state a record stands for: its delta links followed back to a full snapshot, by
-        the same delta mechanism that makes a graph record's adapter states whole (``chain``)."""
+        the same delta mechanism that makes a graph record's adapter states whole (``chain``); content of
+        the wrong shape on the way is a ``CorruptCheckpointError`` naming ``record``."""
+        with damaged(f"agent checkpoint {record.checkpoint_id}"):
+            return self._resolve_state(record)
+
+    def _resolve_state(self, record: AgentRecord) -> dict[str, Any] | None:
         state = DeltaChains(_state_entry(record), wanted=["state"])
         current, seen = record, set()
         while state.missing:
@@ -262,28 +268,3 @@ def input_from_data(data: Any) -> Any:
     if isinstance(data, dict):
         return data.get("value")
     return data
-
-
-def config_from_snapshot(checkpoint: dict[str, Any]) -> Any:
-    import logging
-
-    from spark.agents import AgentConfig
-    from spark.models.echo import EchoModel
-
-    cfg = checkpoint.get("config") or {}
-    logging.getLogger("spark_ckpt.agent").warning(
-        "CheckpointedAgent.restore() without an AgentConfig: using EchoModel and no tools; pass the "
-        "original AgentConfig to get the real model and tools back"
-    )
-    return AgentConfig(
-        model=EchoModel(),
-        name=cfg.get("name"),
-        description=cfg.get("description"),
-        system_prompt=cfg.get("system_prompt"),
-        prompt_template=cfg.get("prompt_template"),
-        output_mode=cfg.get("output_mode") or "text",
-        max_steps=cfg.get("max_steps", 100),
-        parallel_tool_execution=bool(cfg.get("parallel_tool_execution")),
-    )
-
-

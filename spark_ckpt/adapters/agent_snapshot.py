@@ -14,6 +14,7 @@ from collections import deque
 from typing import Any
 
 from ..codec.convert import dumps_data, faithful_copy, loads_data
+from ..engine.damage import damaged
 from ..errors import CheckpointNotFoundError, ConfigError, CorruptCheckpointError, SparkCkptError
 from ..model import AGENT_SNAPSHOT_VERSION
 
@@ -202,7 +203,9 @@ def check_snapshot(data: Any) -> dict[str, Any]:
             f"{data.get('kind')!r}); build it with CheckpointedAgent.checkpoint()"
         )
     version = data.get("version")
-    if not isinstance(version, int) or version > AGENT_SNAPSHOT_VERSION:
+    if type(version) is not int:
+        raise CorruptCheckpointError(f"agent checkpoint has no valid version (found {type(version).__name__})")
+    if version > AGENT_SNAPSHOT_VERSION:
         from ..errors import UnsupportedFormatError
 
         raise UnsupportedFormatError(
@@ -215,41 +218,71 @@ def check_snapshot(data: Any) -> dict[str, Any]:
     return data
 
 
-def apply_snapshot(agent: Any, data: dict[str, Any]) -> None:
-    """Put a snapshot's state into ``agent`` (memory as stored: the window is not re-applied)."""
+def apply_snapshot(agent: Any, data: dict[str, Any], what: str = "agent checkpoint") -> None:
+    """Put a snapshot's state into ``agent`` (memory as stored: the window is not re-applied).
+
+    The whole state is rebuilt from ``data`` before the agent is touched, so a snapshot of the wrong
+    shape raises ``CorruptCheckpointError`` naming ``what`` and leaves the agent as it was."""
     check_snapshot(data)
-    memory = data["memory"]
-    messages = copy.deepcopy(memory.get("messages") or [])
-    agent.memory_manager.memory = messages
+    with damaged(what):
+        messages, updates, removed, calls = _planned_state(data)
+        agent.memory_manager.memory = messages
+        state = agent._state
+        state.update(updates)
+        for key in removed:
+            state.pop(key, None)
+        tracker = agent.cost_tracker
+        tracker.reset()
+        for call in calls:
+            tracker.record_call(**call)
+
+
+def _planned_state(data: dict[str, Any]) -> tuple[list[Any], dict[str, Any], list[str], list[dict[str, Any]]]:
+    """``(messages, agent state to set, state keys to drop, cost calls)`` rebuilt from a snapshot, in
+    the order they are applied (custom keys after the known ones, the strategy's last); raises what
+    content of the wrong shape raises."""
+    messages = copy.deepcopy(_of(list, data["memory"].get("messages") or [], "memory.messages"))
+    for message in messages:
+        _of(dict, message, "a message in memory.messages")
     state_data = data["state"]
-    state = agent._state
-    state["tool_traces"] = copy.deepcopy(state_data.get("tool_traces") or [])
-    state["last_result"] = _last_result_from_data(state_data.get("last_result"), messages)
-    state["last_error"] = state_data.get("last_error")
-    state["last_output"] = copy.deepcopy(state_data.get("last_output"))
-    state["process_count"] = int(state_data.get("step_count") or 0)
-    for key, value in (state_data.get("custom") or {}).items():
-        state[key] = copy.deepcopy(value)
+    updates: dict[str, Any] = {
+        "tool_traces": copy.deepcopy(_of(list, state_data.get("tool_traces") or [], "state.tool_traces")),
+        "last_result": _last_result_from_data(state_data.get("last_result"), messages),
+        "last_error": copy.deepcopy(state_data.get("last_error")),
+        "last_output": copy.deepcopy(state_data.get("last_output")),
+        "process_count": int(state_data.get("step_count") or 0),
+    }
+    for key, value in _of(dict, state_data.get("custom") or {}, "state.custom").items():
+        updates[key] = copy.deepcopy(value)
     strategy = data["strategy_state"]
-    state["history"] = copy.deepcopy(strategy.get("history") or [])
+    updates["history"] = copy.deepcopy(_of(list, strategy.get("history") or [], "strategy_state.history"))
+    removed = []
     if strategy.get("strategy_plan") is not None:
-        state["strategy_plan"] = copy.deepcopy(strategy["strategy_plan"])
+        updates["strategy_plan"] = copy.deepcopy(strategy["strategy_plan"])
     else:
-        state.pop("strategy_plan", None)
+        removed.append("strategy_plan")
     if strategy.get("strategy_plan_events"):
-        state["strategy_plan_events"] = copy.deepcopy(strategy["strategy_plan_events"])
+        updates["strategy_plan_events"] = copy.deepcopy(strategy["strategy_plan_events"])
     else:
-        state.pop("strategy_plan_events", None)
-    tracker = agent.cost_tracker
-    tracker.reset()
-    for call in data["cost_tracking"].get("calls") or []:
-        tracker.record_call(
-            model_id=call["model_id"],
-            input_tokens=int(call["input_tokens"]),
-            output_tokens=int(call["output_tokens"]),
-            timestamp=call.get("timestamp"),
-            namespace=call.get("namespace"),
-        )
+        removed.append("strategy_plan_events")
+    calls = []
+    for call in _of(list, data["cost_tracking"].get("calls") or [], "cost_tracking.calls"):
+        timestamp, namespace = call.get("timestamp"), call.get("namespace")
+        calls.append({
+            "model_id": _of(str, call["model_id"], "a cost call's model_id"),
+            "input_tokens": int(call["input_tokens"]),
+            "output_tokens": int(call["output_tokens"]),
+            "timestamp": None if timestamp is None else float(timestamp),
+            "namespace": None if namespace is None else _of(str, namespace, "a cost call's namespace"),
+        })
+    return messages, updates, removed, calls
+
+
+def _of(kind: type, value: Any, what: str) -> Any:
+    """``value`` if it is a ``kind``; else the TypeError that marks the snapshot damaged."""
+    if not isinstance(value, kind):
+        raise TypeError(f"{what} is a {type(value).__name__}, not a {kind.__name__}")
+    return value
 
 
 # -- config isolation -------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from ..backends.leases import release_quietly, worker_identity
 from ..codec import Codec
 from ..config import CheckpointConfig
 from ..engine import records
+from ..engine.damage import damaged
 from ..engine.record_builder import FULL_HISTORY_EVERY, appended_json as _appended_json  # noqa: F401
 from ..engine.recovery import RecoveryPlanner, RecoveryReport  # noqa: F401  (RecoveryReport: re-exported)
 from ..errors import CodecError, ConfigError, NothingToRecoverError, SparkCkptError, UnrecoverableExecutionError
@@ -40,7 +41,9 @@ from ..plugins import Hooks
 from .graph_checkpoints import CheckpointAccess
 from .graph_gates import store_resolutions_made_in_spark
 from .graph_run import GraphRunner
-from .graph_state import dump_run_input, install_context_create_checkpoint, load_message, restore_into_graph, task_type
+from .graph_state import (
+    check_replayable, dump_run_input, install_context_create_checkpoint, load_message, restore_into_graph, task_type,
+)
 from .graph_state import load_run_input as _load_run_input  # noqa: F401  (re-exported)
 from .runtime import VisitContext, current_visit, node_state_adapter_for
 from .structure import node_keys, ordered_nodes, structure_digest
@@ -92,7 +95,7 @@ class CheckpointedGraph(CheckpointAccess):
         self._planner = RecoveryPlanner(
             self.backend, self.codec, graph_id=self.graph_id, structure=self.structure,
             allow_graph_change=self.config.allow_graph_change, owner=self.worker_id,
-            ttl_s=self.config.lease_ttl_s, wanted_extras=self._adapter_keys,
+            ttl_s=self.config.lease_ttl_s, wanted_extras=self._adapter_keys, check_whole=check_replayable,
         )
         self._runner = GraphRunner(self)
         self._wrap_nodes()
@@ -360,11 +363,13 @@ class CheckpointedGraph(CheckpointAccess):
     def _completed_result(self, head: CheckpointHeader) -> Any:
         """A completed execution's stored result (its graph state restored), run nothing again."""
         record = self._planner.completed(head)
+        with damaged(f"checkpoint {record.checkpoint_id}"):
+            result = load_message(record.result) if record.result is not None else None
         restore_into_graph(self.graph, self._nodes_by_key, record)
         self.last_recovery = RecoveryReport(execution_id=head.execution_id, from_checkpoint=record.checkpoint_id,
                                             already_completed=True)
         log.info("execution %s had already completed; returning its stored result", head.execution_id)
-        return load_message(record.result) if record.result is not None else None
+        return result
 
     async def continue_from_checkpoint(self, checkpoint: GraphCheckpoint | str | None = None) -> Any:
         """Continue from the restored checkpoint (``restore_from_checkpoint``) or the given one.
@@ -393,6 +398,11 @@ class CheckpointedGraph(CheckpointAccess):
 
     async def _continue(self, record: GraphCheckpoint, *, same_execution: bool, fell_back: list[str],
                         lease: Lease | None = None, next_seq: int = 0, allow_unsafe_rerun: bool = False) -> Any:
+        try:
+            check_replayable(record)  # a damaged journal is refused before anything runs
+        except BaseException:
+            await release_quietly(self.backend, lease)
+            raise
         skips = {**{k: None for k in record.skip_nodes}, **record.skip_outputs, **self._pending_skips}
         self._pending_skips = {}
         self._restored = None

@@ -51,6 +51,24 @@ if TYPE_CHECKING:
 log = logging.getLogger("spark_ckpt.graph")
 
 
+class _OwnHookErrors(logging.Filter):
+    """Spark logs an exception raised by a lifecycle hook, traceback and all, then re-raises it. An
+    error spark-ckpt raises from its superstep hook on purpose (an ``EncodeError``, a lost lease)
+    reaches the caller anyway, so that log printed its traceback a second time: it is left out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        handler = record.args[1] if isinstance(record.args, tuple) and len(record.args) > 1 else None
+        return not (isinstance(error, SparkCkptError) and isinstance(getattr(handler, "__self__", None), GraphRunner))
+
+
+def quiet_spark_hook_log() -> None:
+    """Install ``_OwnHookErrors`` on Spark's graph logger (once per process)."""
+    spark_log = logging.getLogger("spark.graphs.graph")
+    if not any(isinstance(f, _OwnHookErrors) for f in spark_log.filters):
+        spark_log.addFilter(_OwnHookErrors())
+
+
 @attrs.define
 class Execution:
     """One execution as this process runs it (see the module docstring)."""
@@ -109,6 +127,7 @@ class GraphRunner:
         self.active: Execution | None = None
         #: NodeMessage dumps of the outputs the nodes held when the last run ended
         self._carried: dict[int, tuple[Any, Any]] = {}
+        quiet_spark_hook_log()
 
     def new_execution(
         self, execution_id: str, run_input: Any, *, next_seq: int = 0, lease: Lease | None = None,

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 from ..codec.convert import dumps_data, faithful_copy, find_unencodable
 from ..codec.values import is_plain
 from ..errors import EncodeError
+from ..engine.damage import damaged
 from ..model import GraphCheckpoint
 from .runtime import node_state_adapter_for
 
@@ -207,28 +208,58 @@ def node_entry(
 
 def restore_into_graph(graph: Any, nodes: dict[str, Any], record: GraphCheckpoint, *, pending: bool = True) -> None:
     """Graph state and per-node state from ``record``, with the pending inputs it stored (unless
-    ``pending`` is False: a continuation's replay delivers them again)."""
-    raw = graph.state.get_raw()
-    preserved = {k: v for k, v in raw.items() if k.startswith("__")}
-    raw.clear()
-    raw.update(preserved)
-    raw.update(copy.deepcopy(record.graph_state))
-    for key, snapshot in record.node_states.items():
-        node = nodes.get(key)
-        if node is None:
-            continue
-        state = node._state
-        for k in [k for k in state if k not in NODE_RUNTIME_KEYS]:
-            del state[k]
-        state.update(copy.deepcopy(snapshot.custom))
-        state["process_count"] = snapshot.process_count
-        state["context_snapshot"] = None
-        state["pending_inputs"].clear()
-        if pending:
-            state["pending_inputs"].extend(load_message(m) for m in snapshot.pending_inputs)
-        adapter = node_state_adapter_for(node)
-        if adapter is not None and key in record.node_extras:
-            adapter.restore(node, record.node_extras[key])
+    ``pending`` is False: a continuation's replay delivers them again).
+
+    Everything is rebuilt from the record before the graph is touched, so a damaged record
+    (``CorruptCheckpointError``) leaves the graph as it was; an adapter (agent) node checks its own
+    state before it changes the node."""
+    with damaged(f"checkpoint {record.checkpoint_id}"):
+        graph_state = copy.deepcopy(record.graph_state)
+        restored = []
+        for key, snapshot in record.node_states.items():
+            node = nodes.get(key)
+            if node is not None:
+                inputs = [load_message(m) for m in snapshot.pending_inputs] if pending else []
+                restored.append((node, copy.deepcopy(snapshot.custom), int(snapshot.process_count), inputs,
+                                 record.node_extras.get(key)))
+        raw = graph.state.get_raw()
+        preserved = {k: v for k, v in raw.items() if k.startswith("__")}
+        raw.clear()
+        raw.update(preserved)
+        raw.update(graph_state)
+        for node, custom, process_count, inputs, extras in restored:
+            state = node._state
+            for k in [k for k in state if k not in NODE_RUNTIME_KEYS]:
+                del state[k]
+            state.update(custom)
+            state["process_count"] = process_count
+            state["context_snapshot"] = None
+            state["pending_inputs"].clear()
+            state["pending_inputs"].extend(inputs)
+            adapter = node_state_adapter_for(node)
+            if adapter is not None and extras is not None:
+                adapter.restore(node, extras)
+
+
+def check_replayable(record: GraphCheckpoint) -> None:
+    """Rebuild once every message a continuation of ``record`` (made whole) will rebuild while it
+    replays, so a damaged journal is refused (``CorruptCheckpointError``) before anything runs or is
+    stored, instead of failing inside Spark's run. Costs one message per journaled visit."""
+    with damaged(f"checkpoint {record.checkpoint_id}"):
+        load_run_input(record.run_input)
+        for visit in record.execution_history:
+            load_message(visit.output)
+            for event in visit.events or ():
+                if event.get("message"):
+                    load_message(event["payload"])
+        for output in record.skip_outputs.values():
+            if output is not None:
+                load_message(output)
+        for key, entry in record.inflight.items():  # each continues one visit of its node
+            if not isinstance(entry, dict) or type(entry.get("visit_index")) is not int:
+                raise TypeError(f"the in-flight journal of node {key!r} is not {{visit_index, data}}")
+        if record.result is not None:
+            load_message(record.result)
 
 
 def drop_context_snapshots(nodes: Iterable[Any]) -> None:

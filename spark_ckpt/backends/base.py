@@ -12,7 +12,13 @@ Rules:
   ``DuplicateCheckpointError`` and leaves the first intact. Ids are unique in the store; an id of the
   derived shape ``ck-<execution_id>-<seq>`` (``model.canonical_checkpoint_id``) may be refused
   (``BackendError``) anywhere but at that position, so a store can find such ids by position. A
-  store may also refuse a ``seq`` outside [-2**31, 2**31) (spark-ckpt numbers checkpoints from 0).
+  store may also refuse a ``seq`` past 2**31 - 1 (spark-ckpt numbers checkpoints from 0).
+* The built-in backends check rows both ways (``spark_ckpt.backends.rows``; a plugin backend should
+  too): ``put`` refuses (``BackendError``) a header whose fields have the wrong type or range (ids
+  not strings, a seq below 0 or not an int, a time that is not a finite number, an unknown status or
+  kind, a size below 0), and a header or head read back that fails the same check raises
+  ``CorruptIndexError`` naming it (the store was changed outside spark-ckpt), as do stored bytes
+  that are not bytes.
 * ``list`` returns headers newest first: by ``created_at``, then ``seq``, then ``checkpoint_id``,
   descending (``newest_first``), so every backend orders ties alike.
 * The executions index (``spark_ckpt.backends.heads``): each execution's *head* is the header of
@@ -112,6 +118,11 @@ class Backend(ABC):
         Optional: the default raises ``NotImplementedError`` and rekey reports it.
         """
         raise NotImplementedError(f"{type(self).__name__} does not support replace()")
+
+    def scrub(self) -> None:
+        """Leave no copy of deleted or replaced checkpoint bytes where the store keeps old data of its
+        own (SQLite: its write-ahead log). Key rotation and pruning call it once they are done, so
+        plaintext a key rotation replaced is gone from disk. The default has nothing to do."""
 
     # -- leases --------------------------------------------------------------------------------
     @abstractmethod

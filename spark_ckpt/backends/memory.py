@@ -1,4 +1,7 @@
-"""In-process backend: fast, for tests and development. Data is gone when the process exits."""
+"""In-process backend: fast, for tests and development. Data is gone when the process exits.
+
+What it hands out is checked like any store's rows (``rows``): its dicts are reachable from the
+process, so a caller poking at them must not turn a listing into a TypeError."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from ..errors import CheckpointNotFoundError, DuplicateCheckpointError
 from ..model import CheckpointHeader, Lease, StoredCheckpoint
 from . import heads
 from .base import LocalBackend, newest_first
+from .rows import checked, checked_blob, storable
 from .leases import check_fence, extend_lease, grant_lease
 
 
@@ -39,6 +43,7 @@ class MemoryBackend(LocalBackend):
         return cls._stores.setdefault(location, cls())
 
     def put(self, header: CheckpointHeader, blob: bytes, *, lease: Lease | None = None) -> None:
+        storable(header, self.describe())
         with self._lock:
             check_fence(self._leases.get(header.execution_id), lease, header.execution_id)
             position = (header.execution_id, header.seq)
@@ -53,17 +58,21 @@ class MemoryBackend(LocalBackend):
             self._by_position[position] = header.checkpoint_id
 
     def execution_head(self, execution_id: str) -> CheckpointHeader | None:
-        return self._heads.get(execution_id)
+        head = self._heads.get(execution_id)
+        return checked(head, self.describe(), row="head") if head is not None else None
 
     def get(self, checkpoint_id: str) -> StoredCheckpoint:
         try:
-            return self._items[checkpoint_id]
+            item = self._items[checkpoint_id]
         except KeyError:
             raise CheckpointNotFoundError(f"no checkpoint with id {checkpoint_id!r} in memory backend") from None
+        checked(item.header, self.describe())
+        checked_blob(item.blob, item.header, self.describe())
+        return item
 
     def _sorted(self) -> list[CheckpointHeader]:
         return sorted(
-            (item.header for item in list(self._items.values())),
+            (checked(item.header, self.describe()) for item in list(self._items.values())),
             key=newest_first,
             reverse=True,
         )
@@ -77,8 +86,12 @@ class MemoryBackend(LocalBackend):
         return out[:limit] if limit is not None else out
 
     def executions(self, *, graph_id=None, unfinished_only=False, limit=None) -> list[CheckpointHeader]:
-        stored = {h.execution_id for h in self._sorted() if graph_id is None or h.graph_id == graph_id}
-        out = sorted((attrs.evolve(self._heads[e], tag=None) for e in stored), key=newest_first, reverse=True)
+        stored: dict[str, CheckpointHeader] = {}  # per execution, its highest seq stored
+        for h in self._sorted():
+            if (graph_id is None or h.graph_id == graph_id) and h.seq > getattr(stored.get(h.execution_id), "seq", -1):
+                stored[h.execution_id] = h
+        latest = (heads.newest(self.execution_head(e), h) for e, h in stored.items())
+        out = sorted((attrs.evolve(h, tag=None) for h in latest), key=newest_first, reverse=True)
         if unfinished_only:
             out = [h for h in out if h.unfinished]
         return out[:limit] if limit is not None else out

@@ -16,8 +16,9 @@ from ``--keys-env NAME`` and ``--active-key ID``; ``--allow-plaintext`` also rea
 The store defaults to ``$SPARK_CKPT_STORE``, else ``sqlite://./checkpoints.db``. Spark is only
 imported by ``demo``: the other commands start in well under a second.
 
-Exit codes: 0 success, 1 ``verify`` found unreadable checkpoints (or the demo failed), 2 usage or
-user error (one ``spark-ckpt: error: ...`` line on stderr, no traceback).
+Exit codes: 0 success, 1 ``verify`` found unreadable checkpoints (or the demo failed), 2 any error
+(one ``spark-ckpt: error: ...`` line on stderr, no traceback). ``spark-ckpt --debug COMMAND ...`` prints
+the traceback instead of that line.
 
 Where things are: ``parser`` (the options, and which function runs each command), ``inspection``
 (``list``, ``show``, ``verify``: read only), ``approvals`` (approval requests of waiting executions), ``maintenance`` (``prune``, ``export``, ``rekey``: change

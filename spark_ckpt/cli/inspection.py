@@ -3,7 +3,8 @@
 Invariants: none of them writes to the store (``verify`` reads every record, including the earlier
 ones a changes-only record needs, but repairs nothing), and the store is closed however they end.
 ``verify`` exits 1 when anything is corrupt, incomplete, missing or unreadable here,
-and tells those apart: *corrupt* (fails its integrity or identity check), *unreadable here* (needs a
+and tells those apart: *corrupt* (fails its integrity or identity check, or its index row is
+damaged: a listing stopped at one is reported and ends the check), *unreadable here* (needs a
 key, codec layer or limit this process lacks), *incomplete* (decodes, but an earlier record it is
 built on is gone or damaged), *missing* (the executions index names a newer record than is stored).
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, TextIO
 
-from ..errors import CheckpointNotFoundError, CodecError, GraphMismatchError
+from ..errors import CheckpointNotFoundError, CodecError, CorruptCheckpointError, CorruptIndexError, GraphMismatchError
 from ..masking import mask_url
 from .output import local_time, preview, print_json, table
 from .stores import UNREADABLE_HERE, decode, make_codec, open_store, store_url
@@ -176,6 +177,11 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
                 stored = backend.get(header.checkpoint_id)
             except CheckpointNotFoundError:
                 continue  # deleted while we were verifying (e.g. pruned by a running graph)
+            except CorruptCheckpointError as exc:  # its row or its bytes, as the store holds them
+                checked += 1
+                corrupt += 1
+                print(f"CORRUPT    {_where(header)}: {exc}", file=out)
+                continue
             checked += 1
             try:
                 if header.kind == GRAPH:
@@ -214,6 +220,9 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
             if problem is not None:
                 missing += 1
                 print(f"MISSING    execution {latest.execution_id} (graph {latest.graph_id}): {problem}", file=out)
+    except CorruptIndexError as exc:  # a listing stopped at a damaged row: reported, nothing after it checked
+        corrupt += 1
+        print(f"CORRUPT    {exc}", file=out)
     finally:
         backend.close()
     summary = f"{checked} checked, {corrupt} corrupt"

@@ -42,6 +42,8 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
         # stores that can leave debris behind (the file backend's temp files of killed writers)
         tidy = getattr(backend, "cleanup", None)
         swept = tidy() if tidy is not None and not args.dry_run else 0
+        if doomed and not args.dry_run:
+            backend.scrub()  # no copy of the deleted checkpoints left in the store's own log
     finally:
         backend.close()
     verb = "would delete" if args.dry_run else "deleted"

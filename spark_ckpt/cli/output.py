@@ -2,11 +2,13 @@
 
 Invariants: results go to the ``out`` stream a command is given (tests pass a ``StringIO``); only a
 progress bar writes to stderr, so ``--json`` output and piped tables stay clean. Times are printed
-in the local time zone, to the second, as ISO 8601.
+in the local time zone, to the second, as ISO 8601. Nothing stored can make printing fail: a time
+out of range, a value JSON cannot hold, nesting too deep, each prints as a marked stand-in.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from datetime import datetime
 from typing import Any, Sequence, TextIO
@@ -14,8 +16,15 @@ from typing import Any, Sequence, TextIO
 PREVIEW_WIDTH = 70
 
 
-def local_time(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+#: ``print_json`` writes deeper values as their ``repr`` (orjson stops at 255 levels)
+MAX_JSON_DEPTH = 200
+
+
+def local_time(timestamp: Any) -> str:
+    try:
+        return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+    except (TypeError, ValueError, OverflowError, OSError):  # not a time, or outside what the OS can show
+        return f"(invalid time {_short_repr(timestamp)})"
 
 
 def preview(value: Any, width: int = PREVIEW_WIDTH) -> str:
@@ -24,9 +33,29 @@ def preview(value: Any, width: int = PREVIEW_WIDTH) -> str:
 
     try:
         text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
-    except TypeError:
-        text = repr(value)
+    except TypeError:  # (orjson's errors are TypeErrors: a foreign type, a huge int, nesting too deep)
+        text = _short_repr(value, width)
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _short_repr(value: Any, width: int = 40) -> str:
+    """A bounded ``repr``: reprlib cuts long and deep values, which plain ``repr`` walks in full."""
+    import reprlib
+
+    shortened = reprlib.Repr(maxlevel=4, maxstring=width, maxother=width, maxlong=width)
+    try:
+        return shortened.repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
+
+
+def _text(value: str) -> str:
+    """``value``, with what UTF-8 cannot hold (lone surrogates) escaped."""
+    try:
+        value.encode()
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode()
 
 
 def table(rows: list[Sequence[Any]], headings: Sequence[str], out: TextIO, indent: str = "") -> None:
@@ -37,9 +66,35 @@ def table(rows: list[Sequence[Any]], headings: Sequence[str], out: TextIO, inden
 
 
 def print_json(data: Any, out: TextIO) -> None:
+    """``data`` as indented JSON. What JSON cannot hold (an integer past 64 bits, a float that is not
+    finite, nesting past ``MAX_JSON_DEPTH``, another type) is written as a string of its ``repr``."""
     import orjson
 
-    out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
+    option = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
+    try:
+        text = orjson.dumps(data, option=option).decode()
+    except TypeError:
+        text = orjson.dumps(_plain(data, MAX_JSON_DEPTH), option=option).decode()
+    out.write(text + "\n")
+
+
+def _plain(value: Any, depth: int) -> Any:
+    """``value`` with everything orjson refuses or changes replaced by a string (see ``print_json``)."""
+    if isinstance(value, str):
+        return _text(value)
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else _short_repr(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if depth <= 0:
+        return _short_repr(value)
+    if isinstance(value, dict):
+        return {_text(k) if isinstance(k, str) else _short_repr(k): _plain(v, depth - 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, depth - 1) for v in value]
+    return _short_repr(value)
 
 
 class ProgressBar:

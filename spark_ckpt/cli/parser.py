@@ -13,7 +13,7 @@ import argparse
 import importlib.util
 from typing import TextIO
 
-from ..command_line import PROG, positive_float, positive_int
+from ..command_line import PROG, Parser, add_debug_option, positive_float, positive_int
 from ..demo.command import add_options as add_demo_options
 from .approvals import add_commands as add_approval_commands
 from .inspection import cmd_list, cmd_show, cmd_verify
@@ -36,10 +36,11 @@ def _module_exists(name: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="Inspect, verify and prune spark-ckpt checkpoints; run the crash-recovery demo.",
     )
+    add_debug_option(parser)
     parser.add_argument(
         "--store", metavar="URL", default=None,
         help=f"checkpoint store URL (default: ${STORE_ENV}, else {DEFAULT_STORE}); "

@@ -60,7 +60,11 @@ class JsonSerializer:
         return loads_data(payload)
 
 
-DEFAULT_MAX_DECOMPRESSED = 512 * 1024 * 1024
+#: the default ``CheckpointConfig.max_decompressed_size``: a checkpoint's JSON rarely nears it, and a
+#: decompression bomb (a few hundred KB that would expand to gigabytes) costs at most this much memory
+DEFAULT_MAX_DECOMPRESSED = 64 * 1024 * 1024
+#: decoders expand this much at a time, and stop once the total passes the limit: a bomb never makes
+#: them hold more than the limit plus one chunk
 _CHUNK = 1 << 20
 
 
@@ -78,6 +82,30 @@ def _over_limit(name: str, max_size: int) -> DecompressionLimitError:
         f"{name}-compressed checkpoint expands past the {max_size}-byte limit; refused before expanding "
         "further. Raise CheckpointConfig(max_decompressed_size=...) if it is trusted"
     )
+
+
+class _Expanded:
+    """The chunks a decoder expanded so far, refused (``DecompressionLimitError``) as soon as their
+    total passes ``max_size``: kept as a list, not a growing buffer, so a bomb costs the limit and one
+    chunk, never a buffer grown (and copied) past it. Joined once, at the end."""
+
+    def __init__(self, name: str, max_size: int) -> None:
+        self.name = name
+        self.max_size = max_size
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.max_size:
+            self.chunks.clear()
+            raise _over_limit(self.name, self.max_size)
+        self.chunks.append(chunk)
+
+    def joined(self) -> bytes:
+        out = b"".join(self.chunks)
+        self.chunks.clear()
+        return out
 
 
 class GzipTransform:
@@ -101,19 +129,24 @@ class GzipTransform:
 
     def decode(self, payload: bytes, params: dict[str, Any], identity: Identity) -> bytes:
         _declared_size(self.name, params, self.max_size)
-        # Stream-decompress with a hard cap so a decompression bomb is refused before it expands.
+        # Expanded a chunk at a time: a decompression bomb is refused once it passes the limit.
         decomp = zlib.decompressobj(wbits=31)
+        expanded = _Expanded(self.name, self.max_size)
+        data = payload
         try:
-            out = decomp.decompress(payload, self.max_size + 1)
+            while not decomp.eof:
+                chunk = decomp.decompress(data, _CHUNK)
+                expanded.add(chunk)
+                data = decomp.unconsumed_tail
+                if not chunk and not data:
+                    break  # all input read, no output to come: the stream ends early
         except zlib.error as exc:
             raise CorruptCheckpointError(f"gzip layer is corrupt: {exc}") from None
-        if len(out) > self.max_size or decomp.unconsumed_tail:
-            raise _over_limit(self.name, self.max_size)
         if not decomp.eof or decomp.unused_data:
             raise CorruptCheckpointError(
                 "gzip layer is corrupt: the compressed stream is incomplete or has trailing bytes"
             )
-        return out
+        return expanded.joined()
 
 
 def zstandard_available() -> bool:
@@ -153,24 +186,19 @@ class ZstdTransform:
     def decode(self, payload: bytes, params: dict[str, Any], identity: Identity) -> bytes:
         _declared_size(self.name, params, self.max_size)
         zstd = self._module()
-        # Read at most max_size + 1 bytes through a streaming reader: a bomb stops at the cap.
-        out = bytearray()
+        # Read a chunk at a time through a streaming reader: a bomb stops once it passes the limit.
+        expanded = _Expanded(self.name, self.max_size)
         try:
             reader = zstd.ZstdDecompressor().stream_reader(payload, read_across_frames=False)
             with reader:
-                while len(out) <= self.max_size:
-                    chunk = reader.read(min(_CHUNK, self.max_size + 1 - len(out)))
-                    if not chunk:
-                        break
-                    out += chunk
+                while chunk := reader.read(_CHUNK):
+                    expanded.add(chunk)
         except zstd.ZstdError as exc:
             raise CorruptCheckpointError(f"zstd layer is corrupt: {exc}") from None
-        if len(out) > self.max_size:
-            raise _over_limit(self.name, self.max_size)
         declared = params.get("size")
         # the recorded size also catches a frame cut short, which the stream reader may not flag
-        if not isinstance(declared, int) or declared != len(out):
+        if not isinstance(declared, int) or declared != expanded.size:
             raise CorruptCheckpointError(
-                f"zstd layer is corrupt: expanded to {len(out)} bytes, header says {declared}"
+                f"zstd layer is corrupt: expanded to {expanded.size} bytes, header says {declared}"
             )
-        return bytes(out)
+        return expanded.joined()

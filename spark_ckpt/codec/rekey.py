@@ -56,6 +56,9 @@ def rekey_backend(
         if progress is not None:
             progress(done, total)
     _retag_heads(backend, codec, {h.execution_id for h in headers})
+    scrub = getattr(backend, "scrub", None)  # (a Backend has it; duck-typed stores may not)
+    if scrub is not None:
+        scrub()  # the replaced (plaintext, or old-key) bytes are gone from the store's own copies too
     if failures:
         listed = "; ".join(f"{cid}: {exc}" for cid, exc in failures[:5])
         more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""

@@ -17,7 +17,7 @@ import argparse
 import sys
 from typing import TextIO
 
-from ..command_line import PROG, positive_int, run_command
+from ..command_line import PROG, Parser, add_debug_option, positive_int, run_command
 
 DEMO_STORE = "sqlite://./demo-checkpoints.db"
 
@@ -41,7 +41,8 @@ def run(args: argparse.Namespace, out: TextIO, fallback_store: str | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"{PROG} demo")
+    parser = Parser(prog=f"{PROG} demo")
+    add_debug_option(parser)
     add_options(parser)
     return parser
 

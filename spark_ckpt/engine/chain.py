@@ -13,7 +13,8 @@ Invariants:
 * a record that holds the whole state stands alone (content version 4: the start record, the first
   record after a recovery, every ``FULL_HISTORY_EVERY``-th, the final one), so the walk stops there
   and takes every adapter state it holds;
-* a part that cannot be completed is a ``CorruptCheckpointError`` naming the record.
+* a part that cannot be completed, or content of the wrong shape, is a ``CorruptCheckpointError``
+  naming the record.
 
 No Spark import and no I/O of its own: the caller passes the earlier headers and a loader.
 """
@@ -27,6 +28,7 @@ import attrs
 from ..errors import CorruptCheckpointError
 from ..model import GRAPH, CheckpointHeader, GraphCheckpoint
 from . import deltas
+from .damage import damaged
 
 #: marks a ``node_extras``/``inflight`` entry holding changes (``deltas`` ops), not a whole state
 DELTA = "__spark_ckpt_delta__"
@@ -120,6 +122,13 @@ def make_whole(
     ``wanted_extras``: adapter nodes whose state the result must hold even if ``record`` does not
     mention them (a reader that knows the graph); without it, those of the whole record reached.
     """
+    with damaged(f"checkpoint {record.checkpoint_id}"):  # content of the wrong shape, in it or before it
+        return _make_whole(record, earlier, load, wanted_extras)
+
+
+def _make_whole(
+    record: GraphCheckpoint, earlier: Iterable[CheckpointHeader], load: Loader, wanted_extras: Iterable[str]
+) -> GraphCheckpoint:
     extras = DeltaChains(record.node_extras, wanted_extras)
     inflight = DeltaChains(record.inflight)
     state = _StateChain(record)

@@ -16,6 +16,7 @@ from ..codec import Codec, Identity
 from ..errors import CheckpointNotFoundError, SparkCkptError, UnsupportedFormatError
 from ..model import CONTENT_VERSION, CheckpointHeader, GraphCheckpoint, StoredCheckpoint
 from . import chain
+from .damage import damaged
 
 
 def identity(header: CheckpointHeader) -> Identity:
@@ -25,7 +26,8 @@ def identity(header: CheckpointHeader) -> Identity:
 def decode_record(codec: Codec, blob: bytes, header: CheckpointHeader | None = None) -> GraphCheckpoint:
     """A graph record from its bytes, checked against the position it is stored at (if ``header``) and
     refused when a newer spark-ckpt wrote it."""
-    record = codec.decode(blob, GraphCheckpoint, identity(header) if header is not None else None)
+    with damaged(f"checkpoint {header.checkpoint_id}" if header is not None else "checkpoint"):
+        record = codec.decode(blob, GraphCheckpoint, identity(header) if header is not None else None)
     if record.version > CONTENT_VERSION:
         raise UnsupportedFormatError(
             f"checkpoint {record.checkpoint_id} has content version {record.version}, newer than this "

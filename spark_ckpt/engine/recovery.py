@@ -20,7 +20,7 @@ No Spark import.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import attrs
 
@@ -60,6 +60,7 @@ class RecoveryPlanner:
     def __init__(
         self, backend: Any, codec: Codec, *, graph_id: str, structure: str, allow_graph_change: bool,
         owner: str, ttl_s: float, wanted_extras: Iterable[str] = (),
+        check_whole: Callable[[GraphCheckpoint], None] = lambda record: None,
     ) -> None:
         self.backend = backend
         self.codec = codec
@@ -70,6 +71,9 @@ class RecoveryPlanner:
         self.ttl_s = ttl_s
         #: adapter nodes whose state a record made whole must hold (``chain.make_whole``)
         self.wanted_extras = wanted_extras
+        #: ``CorruptCheckpointError`` unless a record made whole can be continued (the adapter's
+        #: check of what it rebuilds on replay): recovery falls back past one that cannot
+        self.check_whole = check_whole
 
     # -- reading records ------------------------------------------------------------------------------
     def decode(self, blob: bytes, header: CheckpointHeader | None = None) -> GraphCheckpoint:
@@ -186,7 +190,9 @@ class RecoveryPlanner:
                 continue
             self.check(record)
             try:
-                return self.make_whole(record, decoded), fell_back
+                whole = self.make_whole(record, decoded)
+                self.check_whole(whole)
+                return whole, fell_back
             except CorruptCheckpointError as exc:
                 log.warning("checkpoint %s cannot be completed (%s); falling back", header.checkpoint_id, exc)
                 fell_back.append(header.checkpoint_id)

@@ -36,6 +36,7 @@ from ...model import CheckpointHeader, Lease, StoredCheckpoint
 from .. import heads
 from ..base import LocalBackend, newest_first
 from ..leases import check_fence
+from ..rows import storable
 from .head_files import HeadFiles
 from .layout import _LENGTH_BYTES, LAYOUT_VERSION, MAGIC, MARKER, SUFFIX, StoreLayout, _header_dict
 from .lease_files import LeaseFiles
@@ -108,8 +109,7 @@ class FileBackend(HeadFiles, LeaseFiles, AtomicWrites, StoreLayout, LocalBackend
     # -- checkpoints ----------------------------------------------------------------------------------
     def put(self, header: CheckpointHeader, blob: bytes, *, lease: Lease | None = None) -> None:
         h = header
-        if not isinstance(h.seq, int) or h.seq < 0:
-            raise BackendError(f"checkpoint seq must be a non-negative integer, got {h.seq!r}")
+        storable(h, self.describe())
         directory = self._execution_dir(h.graph_id, h.execution_id)
         link = self._id_link(h.checkpoint_id)
         name = f"{h.seq:012d}{SUFFIX}"

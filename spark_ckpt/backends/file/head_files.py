@@ -22,10 +22,11 @@ import os
 import attrs
 import orjson
 
-from ...errors import BackendError
+from ...errors import BackendError, CorruptIndexError
 from ...model import CheckpointHeader
 from .. import heads
 from ..base import newest_first
+from ..rows import checked
 from .layout import _header_dict, escape_name
 
 #: a head file is one page, rewritten in place
@@ -38,6 +39,8 @@ def _head_json(h: CheckpointHeader) -> bytes:
 
 def _head_from_json(data: bytes) -> CheckpointHeader:
     fields = orjson.loads(data)
+    if not isinstance(fields, dict):
+        raise TypeError(f"it holds a JSON {type(fields).__name__}, not an object")
     tag = fields.pop("tag", None)
     return CheckpointHeader(**fields, tag=bytes.fromhex(tag) if tag is not None else None)
 
@@ -73,14 +76,15 @@ class HeadFiles:
         try:
             with open(os.path.join(self._heads, self._head_name(execution_id)), "rb") as f:
                 data = f.read().strip()
-            return _head_from_json(data) if data else None  # (blank: never written through)
+            head = _head_from_json(data) if data else None  # (blank: never written through)
         except FileNotFoundError:
             return None
         except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
-            raise BackendError(
+            raise CorruptIndexError(
                 f"head file of execution {execution_id} in {self.describe()} is damaged ({exc}); the executions "
                 "index cannot be trusted for it: restore the store from a backup"
             ) from exc
+        return checked(head, self.describe(), row="head") if head is not None else None
 
     def _newest_stored(self, directory: str) -> CheckpointHeader | None:
         # Highest seq first; fall back to the next one if it vanished (deleted meanwhile).

@@ -32,6 +32,7 @@ import orjson
 
 from ...errors import BackendError, CorruptCheckpointError
 from ...model import CheckpointHeader, StoredCheckpoint
+from ..rows import checked
 
 MAGIC = b"SCKPTF1\n"
 LAYOUT_VERSION = "1"
@@ -95,7 +96,7 @@ class StoreLayout:
             header = CheckpointHeader(**orjson.loads(meta))
         except (orjson.JSONDecodeError, TypeError) as exc:
             raise CorruptCheckpointError(f"checkpoint file {os.path.realpath(path)!r} has an unreadable header ({exc}); it is damaged") from exc
-        return StoredCheckpoint(header, blob)
+        return StoredCheckpoint(checked(header, f"checkpoint file {os.path.realpath(path)!r}"), blob)
 
     @staticmethod
     def _subdirs(path: str) -> Iterator[str]:

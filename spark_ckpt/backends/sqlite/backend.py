@@ -37,6 +37,7 @@ from ...model import (
 from .. import heads
 from ..base import LocalBackend
 from ..leases import check_fence, extend_lease, grant_lease
+from ..rows import checked, checked_blob, storable
 from . import schema
 from .connections import SYNCHRONOUS_MODES, _closed_connection, _release_connection, share_connection
 from .schema import _CHECKPOINT_HEADER_COLUMNS, _HEADER_COLUMNS, _placeable, _stored_position
@@ -133,13 +134,15 @@ class SqliteBackend(LocalBackend):
     def check_header(self, header: CheckpointHeader) -> None:
         """A derived-shaped id (``ck-<x>-<n>``) is stored only as checkpoint n of execution <x>: that is
         how it is found, and why it needs no index. Anywhere else it could shadow, or be shadowed by, the
-        checkpoint it names, so it is refused (spark-ckpt never writes one elsewhere)."""
+        checkpoint it names, so it is refused (spark-ckpt never writes one elsewhere). So is a header the
+        store would refuse to read back (``rows``)."""
         h = header
-        if not _placeable(h.seq):
+        if type(h.seq) is int and not _placeable(h.seq):
             raise BackendError(
                 f"checkpoint seq {h.seq} of execution {h.execution_id} is outside [-2**31, 2**31), the range "
                 f"{self.describe()} can hold; number checkpoints from 0"
             )
+        storable(h, self.describe())
         if h.seq >= 0 and h.checkpoint_id == canonical_checkpoint_id(h.execution_id, h.seq):
             return  # the derived id of its own position: the common case
         key = canonical_key(h.checkpoint_id)
@@ -187,7 +190,7 @@ class SqliteBackend(LocalBackend):
 
     def _read_head(self, execution_id: str) -> CheckpointHeader | None:
         row = self._conn.execute(_GET_HEAD, (execution_id,)).fetchone()
-        return CheckpointHeader(*row[:8], tag=row[8]) if row else None
+        return checked(CheckpointHeader(*row[:8], tag=row[8]), self.describe(), row="head") if row else None
 
     def execution_head(self, execution_id: str) -> CheckpointHeader | None:
         with self._lock:
@@ -251,15 +254,17 @@ class SqliteBackend(LocalBackend):
                 raise self._failed(f"read checkpoint {checkpoint_id!r}", exc) from exc
         if row is None:
             raise CheckpointNotFoundError(f"no checkpoint with id {checkpoint_id!r} in {self.describe()}")
-        return StoredCheckpoint(_header(row[:8]), bytes(row[8]))
+        header = checked(_header(row[:8]), self.describe())
+        return StoredCheckpoint(header, checked_blob(row[8], header, self.describe()))
 
-    def _query(self, what: str, sql: str, params: list) -> list[CheckpointHeader]:
+    def _query(self, what: str, sql: str, params: list, *, row: str = "checkpoint") -> list[CheckpointHeader]:
         with self._lock:
             try:
                 rows = self._conn.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise self._failed(what, exc) from exc
-        return [_header(row) for row in rows]
+        where = self.describe()
+        return [checked(_header(fields), where, row=row) for fields in rows]
 
     def list(
         self, *, graph_id: str | None = None, execution_id: str | None = None, limit: int | None = None
@@ -286,7 +291,7 @@ class SqliteBackend(LocalBackend):
             params.extend(statuses)
         sql += " ORDER BY head_created_at DESC, head_seq DESC, head_id DESC LIMIT ?"
         params.append(-1 if limit is None else limit)
-        return self._query("list executions", sql, params)
+        return self._query("list executions", sql, params, row="head")
 
     @staticmethod
     def _executions_where(graph_id: str | None, execution_id: str | None) -> tuple[str, list]:
@@ -333,6 +338,16 @@ class SqliteBackend(LocalBackend):
                 f"no checkpoint {h.checkpoint_id!r} (seq {h.seq} of execution {h.execution_id}) in "
                 f"{self.describe()} to replace"
             )
+
+    def scrub(self) -> None:
+        """Checkpoint the write-ahead log into the database and truncate it: pages a delete or a replace
+        freed are zeroed in the database file (``secure_delete``, see ``connections``), but the log
+        still holds the frames written before. Waits for other processes' readers (busy timeout)."""
+        with self._lock:
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.Error as exc:
+                raise self._failed("checkpoint its write-ahead log", exc) from exc
 
     # -- leases -------------------------------------------------------------------------------------
     def _write_transaction(self, what: str, change: Any) -> Any:

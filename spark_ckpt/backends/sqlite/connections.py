@@ -1,7 +1,8 @@
 """Opening a SQLite checkpoint database, and the one connection per file that a process shares.
 
 Opening checks the path (a directory, or a file too small to be a database, is refused and left
-untouched), switches the database to WAL with the chosen ``synchronous`` mode and applies the
+untouched), switches the database to WAL with the chosen ``synchronous`` mode, turns ``secure_delete``
+on (freed content is zeroed, so replaced plaintext does not linger in free pages) and applies the
 pending migrations (``schema.migrate``). A new file switched to WAL by several processes at once
 can answer "database is locked" without waiting on the busy timeout, so opening retries that.
 
@@ -131,6 +132,9 @@ def _connect(path: str, synchronous: str, busy_timeout_s: float) -> sqlite3.Conn
                 "put it on a local filesystem"
             )
         conn.execute(f"PRAGMA synchronous={synchronous}")
+        # deleted and replaced content is overwritten with zeros, not left in free pages: after a key
+        # rotation (or a prune) no plaintext checkpoint stays readable in the file
+        conn.execute("PRAGMA secure_delete=ON")
         migrate(conn)
     except sqlite3.DatabaseError as exc:
         conn.close()
