@@ -14,6 +14,8 @@ from .masking import MASK, is_secret_name, mask_url
 
 STRATEGIES_BUILTIN = ("iteration", "time", "event")
 DURABILITY_MODES = ("sync", "async", "exit")
+#: more allowed types, comma-separated import paths ("myapp.models.*,other.Thing"): for the CLI and workers
+ALLOWED_TYPES_ENV = "SPARK_CKPT_ALLOWED_TYPES"
 
 _BARE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9+._-]*")
 
@@ -134,7 +136,8 @@ class CheckpointConfig:
     )
     #: Enum, dataclass, attrs and pydantic types stored by import path and rebuilt on restore: classes,
     #: "pkg.mod.Class" or "pkg.mod.*" (process-wide, with the plugins' ``spark_ckpt_register_types``;
-    #: Spark's own types are allowed). Values of other such types are refused when stored.
+    #: Spark's own types and those in $SPARK_CKPT_ALLOWED_TYPES are allowed). Values of other such
+    #: types are refused when stored.
     allowed_types: tuple[Any, ...] = attrs.field(
         default=(), converter=lambda v: (v,) if isinstance(v, (str, type)) else tuple(v), validator=_allowed_types)
     #: a compressed payload that would expand past this many bytes is refused before expanding further
@@ -207,7 +210,8 @@ class CheckpointConfig:
         from .codec import Codec, GzipTransform, Keyring, SignedPickleSerializer, ZstdTransform, zstandard_available
         from .codec.values import allow_types
 
-        allow_types(*self.allowed_types, *plugins.allowed_types())
+        from_env = [entry for entry in os.environ.get(ALLOWED_TYPES_ENV, "").split(",") if entry.strip()]
+        allow_types(*self.allowed_types, *plugins.allowed_types(), *from_env)
 
         # "pickle" is reserved: it exists only when a signing key is configured (never unpickle by surprise)
         layers = {name: layer for name, layer in plugins.serializers().items() if name != "pickle"}

@@ -110,7 +110,7 @@ def test_hostile_tags_are_refused_as_corrupt_and_import_nothing() -> None:
         {TAG: "dataclass", "type": f"{module}:geohash", "v": {}},
         {TAG: "enum", "type": "subprocess:Popen", "v": "ls"},
         {TAG: "nope", "v": 1}, {TAG: "tuple", "v": 5}, {TAG: "float", "v": "1e999x"},
-        {TAG: "datetime", "v": 12}, {TAG: "int", "v": "9" * 10000}, {TAG: "dict", "v": [[1]]},
+        {TAG: "datetime", "v": 12}, {TAG: "int", "v": "g1"}, {TAG: "int", "v": "9" * 300000}, {TAG: "dict", "v": [[1]]},
         {TAG: "bytes", "v": "***"}, {TAG: "dataclass", "type": "value_types:Point", "v": {"x": 1, "zz": 2}},
         {TAG: "enum", "type": "value_types:Color", "v": "purple"},
     ]
@@ -222,6 +222,32 @@ def test_rekey_re_encrypts_values_without_rebuilding_or_comparing_them(tmp_path)
     assert same(encrypted.state.get_raw()["values"], values)
 
 
+def test_the_cli_shows_values_of_types_it_does_not_allow_without_importing_them(tmp_path) -> None:
+    """``spark-ckpt show`` in a process that allows none of the user's types describes them (type path
+    and fields) instead of failing; it never imports their module."""
+    import graphs
+
+    path = tmp_path / "cli.db"
+    graph = checkpointed(graphs.chain(2), config=CheckpointConfig(backend="sqlite", path=str(path)), graph_id="cli")
+    graph.state.get_raw().update({"point": Point(x=(1, 2), y=Color.RED), "when": dt.date(2026, 2, 3)})
+    asyncio.run(graph.run({"n": 1}))
+    last = graph.get_last_checkpoint().checkpoint_id
+    probe = "import sys, runpy; sys.argv = ['spark-ckpt', *sys.argv[1:]]; " \
+            "runpy.run_module('spark_ckpt.cli', run_name='__main__'); "
+    shown = subprocess.run(
+        [sys.executable, "-c", probe + "assert 'value_types' not in sys.modules",
+         "--store", f"sqlite:///{path}", "show", last, "--json"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**os.environ, "SPARK_CKPT_DISABLE_PLUGINS": "1", "PYTHONPATH": str(HERE.parent)},
+    )
+    assert shown.returncode == 0, shown.stderr
+    data = orjson.loads(shown.stdout)
+    state = data["checkpoint"]["graph_state"]
+    assert state["point"]["$type"] == "value_types.Point"
+    assert state["point"]["y"] == {"$type": "value_types.Color", "value": "red"}
+    assert "Traceback" not in shown.stderr
+
+
 def test_agent_state_comes_back_exactly_after_restore_latest(tmp_path) -> None:
     """The user's own agent state keys are kept exactly, not turned into
     JSON look-alikes (a tuple into a list, an Enum into its value, an object into its repr)."""
@@ -244,6 +270,96 @@ def test_agent_state_comes_back_exactly_after_restore_latest(tmp_path) -> None:
     with pytest.raises(EncodeError, match="lock"):
         first.agent._state["lock"] = threading.Lock()
         first.checkpoint()
+
+
+def make_agent(path: Path, tools: list | None = None) -> Any:
+    from agent_workers.scripted import ScriptedModel
+    from spark.agents import Agent, AgentConfig
+
+    config = CheckpointConfig(backend="sqlite", path=str(path))
+    return checkpointed(Agent(AgentConfig(model=ScriptedModel(), name="bot", tools=tools or [])), config=config,
+                        agent_id="bot")
+
+
+def test_agent_state_replaced_by_an_equal_value_of_another_type_is_kept(tmp_path) -> None:
+    """A delta against the stored state must see 1 -> True, 2 -> 2.0, a Decimal's precision, a set becoming a
+    frozenset and a datetime moving to another zone at the same instant: ``==`` says nothing changed."""
+    utc = dt.datetime(2026, 5, 1, 12, tzinfo=dt.timezone.utc)
+    before = {"price": decimal.Decimal("1.0"), "flag": 1, "ids": {1, 2}, "when": utc, "ratio": 2,
+              "order": {"a": 1, "b": 2}}
+    after = {"price": decimal.Decimal("1.00"), "flag": True, "ids": frozenset({1, 2}),
+             "when": utc.astimezone(ZoneInfo("Asia/Tokyo")), "ratio": 2.0, "order": {"b": 2, "a": 1}}
+    first = make_agent(tmp_path / "a.db")
+    first.agent._state.update(before)
+    asyncio.run(first.run("hello"))
+    first.agent._state.update(after)
+    asyncio.run(first.run("again"))
+    second = make_agent(tmp_path / "a.db")
+    assert second.restore_latest()
+    assert same({key: second.agent._state[key] for key in after}, after)
+    assert list(second.agent._state["order"]) == ["b", "a"]
+
+
+def test_a_tool_result_is_the_same_live_and_restored(tmp_path) -> None:
+    from spark.tools import tool
+
+    @tool
+    def step(i: int) -> tuple:
+        """Do one unit of work.
+
+        Args:
+            i: which unit
+        """
+        return (i, "x")
+
+    first = make_agent(tmp_path / "t.db", [step])
+    asyncio.run(first.run("task:1"))
+    live = [trace["output"] for trace in first.agent._state["tool_traces"]]
+    assert live and all(type(output) is tuple for output in live)
+    second = make_agent(tmp_path / "t.db", [step])
+    assert second.restore_latest()
+    assert same([trace["output"] for trace in second.agent._state["tool_traces"]], live)
+
+
+def test_a_task_input_keeps_the_values_in_its_dict_fields() -> None:
+    from spark.graphs.tasks import Task
+    from spark.nodes.types import NodeMessage
+
+    from spark_ckpt.adapters.graph_state import dump_run_input, load_run_input
+
+    task = Task(inputs=NodeMessage(content={"a": (1, 2)}), metadata={"pair": (1, 2)},
+                input_schema={"when": dt.datetime(2026, 1, 1), "range": (1, 5), "price": decimal.Decimal("1.10")},
+                error={"codes": {1, 2}})
+    back = load_run_input(loads_data(dumps_data(dump_run_input(task))))
+    for field in ("input_schema", "error", "metadata"):
+        assert same(getattr(back, field), getattr(task, field)), field
+    assert same(back.inputs.content, task.inputs.content)
+
+
+def test_huge_integers_are_kept_up_to_the_limit_and_refused_beyond() -> None:
+    from spark_ckpt.codec.values import MAX_INT_BITS
+
+    for value in (10**5000, -(10**5000), 2**64, -(2**63) - 1):
+        assert same(loads_data(dumps_data({"n": value}))["n"], value)
+    with pytest.raises(EncodeError, match="bit limit"):
+        dumps_data({"n": 1 << (MAX_INT_BITS + 1)})
+
+
+def test_a_type_reached_through_another_modules_import_is_not_rebuilt() -> None:
+    """``spark.*`` is allowed, but ``spark.nodes.nodes:inspect._ParameterKind`` is the standard library's
+    class, reached through Spark's import of ``inspect``: the path must be the class's own."""
+    import spark.nodes.nodes as spark_nodes
+
+    assert hasattr(spark_nodes, "inspect")
+    tree = {TAG: "enum", "type": "spark.nodes.nodes:inspect._ParameterKind", "v": 0}
+    with pytest.raises(UntrustedTypeError, match="own import path"):
+        loads_data(orjson.dumps({"x": tree}))
+
+
+def test_equal_sets_are_written_the_same_whatever_their_history() -> None:
+    a, b = {-1, -2, None}, {None, -2, -1}
+    assert dumps_data(a) == dumps_data(b)
+    assert dumps_data(loads_data(dumps_data({1, "x", 9}))) == dumps_data({9, "x", 1})
 
 
 def run_worker(mode: str, store: str, values_path: Path, out_path: Path) -> subprocess.CompletedProcess:

@@ -25,6 +25,7 @@ import attrs
 
 from ..codec import Identity, from_data, to_data
 from ..codec.convert import dumps_data
+from ..codec.values import identical
 from ..engine import deltas
 from ..engine.chain import DELTA, DeltaChains
 from ..engine.damage import damaged
@@ -75,7 +76,7 @@ class AgentRecords:
             self.chain_length = 0
         else:
             head_id, head_state = self.head
-            if head_state == snapshot:
+            if identical(head_state, snapshot):
                 return None
             ops = deltas.diff(head_state, snapshot)
             delta_size = len(dumps_data(ops))

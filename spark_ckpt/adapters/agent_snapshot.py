@@ -15,7 +15,7 @@ from typing import Any
 
 from ..codec.convert import dumps_data, faithful_copy, loads_data
 from ..engine.damage import damaged
-from ..errors import CheckpointNotFoundError, ConfigError, CorruptCheckpointError, SparkCkptError
+from ..errors import CheckpointNotFoundError, ConfigError, CorruptCheckpointError, EncodeError, SparkCkptError
 from ..model import AGENT_SNAPSHOT_VERSION
 
 SNAPSHOT_KIND = "spark_ckpt.agent"
@@ -53,6 +53,15 @@ def jsonable(value: Any) -> Any:
     if fields is not None:
         return {k: jsonable(v) for k, v in fields.items()}
     return {"__repr__": type(value).__name__, "text": str(value)}
+
+
+def kept_exactly(value: Any, *, what: str) -> Any:
+    """An exact copy of ``value`` when it can be stored (a tuple stays a tuple, a datetime a datetime),
+    else its ``jsonable`` description; what a live run keeps is then what a replay or restore gets."""
+    try:
+        return faithful_copy(value, what=what)
+    except EncodeError:
+        return jsonable(value)
 
 
 def _pydantic_fields(value: Any) -> dict[str, Any] | None:
@@ -176,7 +185,7 @@ def take_snapshot(agent: Any, agent_id: str | None) -> dict[str, Any]:
             },
         },
         "state": {
-            "tool_traces": jsonable(state.get("tool_traces", [])),
+            "tool_traces": kept_exactly(state.get("tool_traces", []), what="tool traces"),
             "last_result": _last_result_data(state.get("last_result"), messages),
             "last_error": jsonable(state.get("last_error")),
             "last_output": jsonable(state.get("last_output")),

@@ -23,11 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..codec.convert import faithful_copy
-from ..errors import EncodeError, RunStopped
+from ..errors import RunStopped
 from ..events import AgentCallEvent
 from ..model import TOOL_CALL, TOOL_STARTED, AgentCall
-from .agent_snapshot import jsonable
+from .agent_snapshot import jsonable, kept_exactly
 from .agent_unsafe_tools import tool_is_unsafe, unsafe_error
 
 if TYPE_CHECKING:
@@ -76,13 +75,15 @@ async def run_tool_call(binding: AgentBinding, tool_call: dict[str, Any], contex
             return result, block
         session.live_tool_calls += 1
         trace = _find_trace(binding.agent._state["tool_traces"], use_id, name)
+        kept = kept_exactly(result, what="tool result")
+        if trace is not None:  # the live trace holds the result as journaled, exactly as a replay restores it
+            trace["output"] = kept
         entry = AgentCall(
-            kind=TOOL_CALL, tool_result=_kept(result), tool_block=jsonable(block),
-            tool_trace=jsonable(trace), started_at=started, duration_s=time.time() - started, **base,
+            kind=TOOL_CALL, tool_result=kept, tool_block=jsonable(block),
+            tool_trace=kept_exactly(trace, what="tool trace"), started_at=started,
+            duration_s=time.time() - started, **base,
         )
         await session.record(entry)
-        if trace is not None:  # keep the live trace JSON-able, exactly as a replay restores it
-            trace["output"] = entry.tool_result
         result, block = entry.tool_result, entry.tool_block
     try:
         await binding.hooks.post_agent_call(
@@ -91,15 +92,6 @@ async def run_tool_call(binding: AgentBinding, tool_call: dict[str, Any], contex
     except RunStopped as exc:
         raise session.set_fatal(exc)
     return result, block
-
-
-def _kept(result: Any) -> Any:
-    """A tool's result as journaled: an exact copy when it can be stored (a tuple stays a tuple, a
-    datetime a datetime); else its JSON description. The live run gets the same value as a replay."""
-    try:
-        return faithful_copy(result, what="tool result")
-    except EncodeError:
-        return jsonable(result)
 
 
 def attrs_evolve(event: AgentCallEvent, **changes: Any) -> AgentCallEvent:

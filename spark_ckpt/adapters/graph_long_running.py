@@ -42,6 +42,7 @@ from ..codec import to_data
 from ..engine.journal import Journal
 from ..engine.mailbox_ledger import INITIAL, MailboxLedger, Visit
 from ..engine.recovery import RecoveryReport
+from ..codec.values import identical
 from ..errors import UnsupportedFeatureError
 from ..model import COMPLETED, RUNNING, FailureInfo, GraphCheckpoint, Lease, new_id
 from . import graph_state
@@ -413,8 +414,9 @@ _MISSING = object()
 
 
 def _equal(a: Any, b: Any) -> bool:
+    """The same value as stored (``identical``: ``==`` would miss 1 -> True or a Decimal's precision)."""
     try:
-        return bool(a == b)
+        return identical(a, b)
     except Exception:
         return False
 

@@ -144,10 +144,14 @@ def is_task(value: Any) -> bool:
 
 def dump_task(task: Any) -> dict[str, Any]:
     # Spark's own fields through pydantic's JSON mode (enums, budgets, campaigns); what the user put
-    # in ``metadata`` and extra fields as given
-    own = {"inputs", "metadata", *(task.model_extra or {})}
+    # in ``metadata``, the other dict fields (``input_schema``, ``error``) and extra fields as given:
+    # JSON mode would turn a datetime in them into a string, a tuple into a list
+    user_dicts = {name for name in type(task).model_fields if isinstance(getattr(task, name, None), dict)}
+    own = {"inputs", "metadata", *user_dicts, *(task.model_extra or {})}
     data = task.model_dump(mode="json", exclude=own)
     data["inputs"] = dump_message(task.inputs)
+    for name in user_dicts:
+        data[name] = dict(getattr(task, name))
     data["metadata"] = dict(task.metadata or {})
     extra = dict(task.model_extra or {})
     if extra:

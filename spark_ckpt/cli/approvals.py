@@ -13,13 +13,14 @@ from typing import Any, TextIO
 
 from ..masking import mask_url
 from .output import local_time, print_json, table
-from .stores import make_codec, open_store, store_url
+from .stores import make_codec, open_store, read_only, store_url
 
 
 def _when(timestamp: Any) -> str:
     return local_time(timestamp) if isinstance(timestamp, (int, float)) else "-"
 
 
+@read_only
 def cmd_approvals_list(args: argparse.Namespace, out: TextIO) -> int:
     from .. import approvals
 

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from ..errors import CheckpointNotFoundError, CodecError, CorruptCheckpointError, CorruptIndexError, GraphMismatchError
 from ..masking import mask_url
 from .output import local_time, preview, print_json, table
-from .stores import UNREADABLE_HERE, decode, make_codec, open_store, store_url
+from .stores import UNREADABLE_HERE, decode, make_codec, open_store, read_only, store_url
 
 
 def _header_data(h: Any) -> dict[str, Any]:
@@ -28,6 +28,7 @@ def _header_data(h: Any) -> dict[str, Any]:
 
 
 # -- list ------------------------------------------------------------------------------------------
+@read_only
 def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     url = store_url(args)
     backend = open_store(url)
@@ -63,6 +64,7 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
 
 
 # -- show ------------------------------------------------------------------------------------------
+@read_only
 def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
     from ..codec import to_data
     from ..model import GraphCheckpoint
@@ -157,6 +159,7 @@ def _show_other(header: Any, data: Any, out: TextIO) -> None:
 
 
 # -- verify ----------------------------------------------------------------------------------------
+@read_only
 def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     """Every checkpoint decodes and belongs where it is stored, every graph checkpoint can be made
     whole from the ones before it, and no execution misses checkpoints its index head says exist."""

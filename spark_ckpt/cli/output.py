@@ -31,8 +31,11 @@ def preview(value: Any, width: int = PREVIEW_WIDTH) -> str:
     """One-line JSON-ish rendering of ``value``, cut to ``width`` characters."""
     import orjson
 
-    try:
-        text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    from ..codec.values import is_plain
+
+    try:  # (orjson would write NaN as null and a tuple as a list: those are shown as what they are)
+        shown = value if is_plain(value) else _plain(value, MAX_JSON_DEPTH)
+        text = orjson.dumps(shown, option=orjson.OPT_NON_STR_KEYS).decode()
     except TypeError:  # (orjson's errors are TypeErrors: a foreign type, a huge int, nesting too deep)
         text = _short_repr(value, width)
     return text if len(text) <= width else text[: width - 3] + "..."
@@ -70,8 +73,12 @@ def print_json(data: Any, out: TextIO) -> None:
     finite, nesting past ``MAX_JSON_DEPTH``, another type) is written as a string of its ``repr``."""
     import orjson
 
+    from ..codec.values import is_plain
+
     option = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
     try:
+        if not is_plain(data):  # orjson would write NaN as null and a tuple as a list
+            raise TypeError("not plain JSON")
         text = orjson.dumps(data, option=option).decode()
     except TypeError:
         text = orjson.dumps(_plain(data, MAX_JSON_DEPTH), option=option).decode()
@@ -92,9 +99,9 @@ def _plain(value: Any, depth: int) -> Any:
         return _short_repr(value)
     if isinstance(value, dict):
         return {_text(k) if isinstance(k, str) else _short_repr(k): _plain(v, depth - 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if type(value) is list:
         return [_plain(v, depth - 1) for v in value]
-    return _short_repr(value)
+    return _short_repr(value)  # (a tuple, a set, a datetime ... as its repr: what it is, not a look-alike)
 
 
 class ProgressBar:

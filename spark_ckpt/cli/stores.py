@@ -93,3 +93,18 @@ def decode(codec: Any, stored: Any) -> Any:
         return codec.decode(stored.blob, GraphCheckpoint, expected=expected)
     data, _ = codec.decode_data(stored.blob, expected=expected)
     return data
+
+
+def read_only(command: Any) -> Any:
+    """A command that only shows records: a value of a type this process does not allow (the user's
+    dataclasses, enums ...) is shown as ``{"$type": ..., fields}`` instead of failing the command."""
+    import functools
+
+    from ..codec.values import describing_types
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with describing_types():
+            return command(*args, **kwargs)
+
+    return run

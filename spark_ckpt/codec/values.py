@@ -23,6 +23,8 @@ in its bytes) and costs one check on write.
 from __future__ import annotations
 
 import base64
+import contextlib
+import contextvars
 import dataclasses
 import datetime as dt
 import decimal
@@ -30,7 +32,7 @@ import enum
 import importlib
 import sys
 import uuid
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import orjson
 
@@ -41,6 +43,8 @@ TAG = "$sc"
 TAG_BYTES = b'"$sc"'
 #: deeper values are refused (orjson itself stops at 255 levels, and the tags add levels)
 MAX_DEPTH = 200
+#: larger integers are refused (written as hex, read back with the same bound)
+MAX_INT_BITS = 1 << 20
 
 _Fragment = orjson.Fragment
 _NoneType = type(None)
@@ -164,7 +168,11 @@ class _Tagger:
         if kind is bool or value is None or kind is _Fragment:
             return value
         if kind is int:
-            return value if -(2**63) <= value < 2**64 else _tag("int", str(value))
+            if -(2**63) <= value < 2**64:
+                return value
+            if value.bit_length() > MAX_INT_BITS:
+                raise self.refuse(value, f"is an integer of {value.bit_length()} bits, over the {MAX_INT_BITS}-bit limit")
+            return _tag("int", format(value, "x"))  # hex: no digit limit, unlike str()
         if kind is float:
             return value if value - value == 0.0 else _tag("float", repr(value))
         if depth >= MAX_DEPTH:
@@ -179,8 +187,8 @@ class _Tagger:
         if kind is tuple:
             return _tag("tuple", [self.child(f"[{i}]", item, depth) for i, item in enumerate(value)])
         if kind is set or kind is frozenset:
-            items = _stable_order(value)
-            return _tag(kind.__name__, [self.child(f"[{i}]", item, depth) for i, item in enumerate(items)])
+            items = [self.child(f"[{i}]", item, depth) for i, item in enumerate(value)]
+            return _tag(kind.__name__, _stable_order(items))
         encode = _SCALARS.get(kind)
         if encode is not None:
             return encode(self, value)
@@ -240,12 +248,10 @@ def _utf8(text: str) -> bool:
     return True
 
 
-def _stable_order(items: Any) -> list[Any]:
-    """Set items sorted when they can be (the same set is then always written the same way)."""
-    try:
-        return sorted(items)
-    except TypeError:
-        return list(items)
+def _stable_order(trees: list[Any]) -> list[Any]:
+    """A set's items (as trees) in the order of their JSON: an equal set is always written the same
+    way, whatever order its items were added in."""
+    return sorted(trees, key=lambda tree: orjson.dumps(tree, option=orjson.OPT_SORT_KEYS))
 
 
 def _timedelta(value: dt.timedelta) -> list[int]:
@@ -332,7 +338,62 @@ def _fields_of(kind: str, value: Any) -> tuple[dict[str, Any], Any]:
     return fields, None
 
 
+# -- comparing -------------------------------------------------------------------------------------------------
+def identical(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` are the same value as stored: equal, of the same types all the way down,
+    dict keys in the same order. ``==`` is not enough to find what changed: ``1 == True == 1.0``,
+    ``Decimal("1.0") == Decimal("1.00")``, ``{1} == frozenset({1})``, and NaN is not even equal to itself."""
+    if a is b:
+        return True
+    kind = type(a)
+    if kind is not type(b):
+        return False
+    if kind is float:
+        return (a != a and b != b) or (a == b and str(a) == str(b))  # (NaN; -0.0 is not 0.0)
+    if kind is str or kind is int or kind is bool or kind is bytes:
+        return a == b
+    if kind is dict:
+        return len(a) == len(b) and all(
+            identical(ka, kb) and identical(va, vb) for (ka, va), (kb, vb) in zip(a.items(), b.items())
+        )
+    if kind is list or kind is tuple:
+        return len(a) == len(b) and all(identical(x, y) for x, y in zip(a, b))
+    if kind in _SCALARS or kind is set or kind is frozenset:
+        try:  # their stored form says it all (a datetime's zone and fold, a Decimal's exponent)
+            return to_tree(a) == to_tree(b)
+        except EncodeError:
+            return a == b
+    class_kind = _kind_of_class(kind)
+    if class_kind in ("dataclass", "attrs", "pydantic"):
+        fields_a, extra_a = _fields_of(class_kind, a)
+        fields_b, extra_b = _fields_of(class_kind, b)
+        return identical(fields_a, fields_b) and (
+            extra_a is extra_b or (type(extra_a) is dict and type(extra_b) is dict and identical(extra_a, extra_b))
+        )
+    return a == b
+
+
 # -- reading ---------------------------------------------------------------------------------------------------
+#: while set (``describing_types``), a value of a type that is not allowed here (or not importable) is
+#: read as a description, ``{"$type": "pkg.mod.Class", ...fields}``, instead of refusing the record
+_describing = contextvars.ContextVar("spark_ckpt_describing_types", default=False)
+
+
+@contextlib.contextmanager
+def describing_types() -> Iterator[None]:
+    """Read records for showing them (the CLI's ``list``/``show``/``verify``): a value of a type this
+    process does not allow is described, not rebuilt. Never for records that are written back."""
+    token = _describing.set(True)
+    try:
+        yield
+    finally:
+        _describing.reset(token)
+
+
+def _described(path: str, fields: dict[str, Any]) -> dict[str, Any]:
+    return {"$type": path.replace(":", "."), **fields}
+
+
 def from_tree(tree: Any) -> Any:
     """The values a tree written by ``to_tree`` holds (a tree without tags is returned as it is)."""
     return _rebuild(tree, 0)
@@ -428,21 +489,39 @@ def resolve_type(path: Any, kind: str) -> type:
         ) from None
     if not isinstance(obj, type) or _kind_of_class(obj) != kind:
         raise CorruptCheckpointError(f"checkpoint says {path.replace(':', '.')} is a {kind}, but it is not one here")
+    if type_path(obj) != path:  # reached through another module's import: not the class the path allows
+        raise UntrustedTypeError(
+            f"checkpoint names {path.replace(':', '.')}, which is {type_path(obj).replace(':', '.')}; only "
+            "a class under its own import path is rebuilt"
+        )
     return obj
 
 
+def _resolve_or_describe(tree: dict[str, Any], kind: str) -> type | None:
+    """The class a tagged value names; None when it is only to be described (``describing_types``)."""
+    try:
+        return resolve_type(tree["type"], kind)
+    except (UntrustedTypeError, CorruptCheckpointError):
+        if _describing.get() and isinstance(tree["type"], str):
+            return None
+        raise
+
+
 def _load_enum(tree: dict[str, Any], depth: int) -> Any:
-    cls = resolve_type(tree["type"], "enum")
-    return cls(_rebuild(tree["v"], depth))
+    cls = _resolve_or_describe(tree, "enum")
+    value = _rebuild(tree["v"], depth)
+    return _described(tree["type"], {"value": value}) if cls is None else cls(value)
 
 
 def _load_object(kind: str) -> Callable[[dict[str, Any], int], Any]:
     def load(tree: dict[str, Any], depth: int) -> Any:
-        cls = resolve_type(tree["type"], kind)
+        cls = _resolve_or_describe(tree, kind)
         stored = tree["v"]
         if type(stored) is not dict:
             raise TypeError("fields are not a dict")
         fields = {name: _rebuild(item, depth + 1) for name, item in stored.items()}
+        if cls is None:
+            return _described(tree["type"], fields)
         if kind == "pydantic":
             names = set(cls.model_fields)
             if names != fields.keys():
@@ -477,9 +556,9 @@ def _load_str(tree: dict[str, Any], depth: int) -> str:
 
 def _load_int(tree: dict[str, Any], depth: int) -> int:
     text = tree["v"]
-    if type(text) is not str or len(text) > 5000:
+    if type(text) is not str or len(text) > MAX_INT_BITS // 4 + 2:
         raise ValueError("malformed big integer")
-    return int(text)
+    return int(text, 16)
 
 
 _TAGS: dict[str, Callable[[dict[str, Any], int], Any]] = {

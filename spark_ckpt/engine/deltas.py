@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from ..codec.values import identical
 from ..errors import CorruptCheckpointError
 
 # A list that changed in any other way than "drop from the front, append at the end" is stored whole.
@@ -35,17 +36,28 @@ def _diff_dict(old: dict[str, Any], new: dict[str, Any], path: list[str], ops: l
             ops.append(["set", sub, value])
             continue
         before = old[key]
-        if before == value:
+        if identical(before, value):  # (not ==: 1 == True == 1.0, and NaN != NaN)
             continue
-        if isinstance(before, dict) and isinstance(value, dict):
+        if type(before) is dict and type(value) is dict and _order_kept(before, value):
             _diff_dict(before, value, sub, ops)
-        elif isinstance(before, list) and isinstance(value, list):
+        elif type(before) is list and type(value) is list:
             ops.append(_diff_list(before, value, sub))
         else:
             ops.append(["set", sub, value])
     for key in old:
         if key not in new:
             ops.append(["del", [*path, key]])
+
+
+def _order_kept(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether ``new``'s key order is what applying its changes to ``old`` gives: the keys both hold
+    in the same order, and the keys only ``new`` holds after them (a "set" adds a key at the end)."""
+    common = [key for key in new if key in old]
+    return common == [key for key in old if key in new] and list(new)[: len(common)] == common
+
+
+def _same_items(a: list[Any], b: list[Any]) -> bool:
+    return len(a) == len(b) and all(identical(x, y) for x, y in zip(a, b))
 
 
 def _diff_list(old: list[Any], new: list[Any], path: list[str]) -> list[Any]:
@@ -58,17 +70,17 @@ def _diff_list(old: list[Any], new: list[Any], path: list[str]) -> list[Any]:
 
 def _front_drop(old: list[Any], new: list[Any]) -> int | None:
     """Smallest ``d`` with ``new`` starting with ``old[d:]``, or None."""
-    if new[: len(old)] == old:
+    if _same_items(new[: len(old)], old):
         return 0
     if not new:
         return len(old)
     first = new[0]
     tried = 0
     for drop in range(1, len(old) + 1):
-        if drop < len(old) and old[drop] != first:
+        if drop < len(old) and not identical(old[drop], first):
             continue
         kept = len(old) - drop
-        if new[:kept] == old[drop:]:
+        if _same_items(new[:kept], old[drop:]):
             return drop
         tried += 1
         if tried >= _MAX_DROP_CANDIDATES:
