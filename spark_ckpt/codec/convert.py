@@ -19,7 +19,9 @@ from .values import TAG_BYTES, from_tree, is_plain, to_tree
 
 T = TypeVar("T")
 
-converter = make_converter()
+# not detailed: a damaged record with a 20,000-item list would otherwise collect 20,000 errors (seconds)
+# before it is refused; the first error says enough
+converter = make_converter(detailed_validation=False)
 
 
 def _user_value(cls: Any) -> bool:
@@ -92,7 +94,7 @@ def from_data(data: Any, cls: type[T]) -> T:
     """JSON-able data -> attrs record; a shape mismatch is reported as a corrupt checkpoint."""
     try:
         return converter.structure(data, cls)
-    except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
+    except (cattrs.BaseValidationError, TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
         raise CorruptCheckpointError(
             f"checkpoint content does not match the {cls.__name__} layout: {exc!r}"
         ) from None
