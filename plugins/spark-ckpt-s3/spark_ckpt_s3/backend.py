@@ -39,7 +39,7 @@ from spark_ckpt.model import CheckpointHeader, Lease, StoredCheckpoint
 
 from .external_index import ExternalIndex
 from .head_objects import HeadObjects
-from .layout import _ATTEMPT_META, _HEADER_META, KeyLayout, _header_json, _q
+from .layout import _ATTEMPT_META, _HEADER_META, KeyLayout, _damaged, _header_json, _q
 from .leases import S3Leases
 from .objects import S3Objects
 
@@ -235,6 +235,8 @@ class S3Backend(S3Leases, ExternalIndex, HeadObjects, S3Objects, KeyLayout, Back
         pointer_key = self._key("ids", _q(checkpoint_id))
         pointer = self._get_object(pointer_key)
         key = self._pointer(pointer, pointer_key) if pointer is not None else None
+        if key is not None and not key.startswith(self._key("ckpt") + "/"):
+            raise _damaged(f"the pointer {self._where(pointer_key)}", f"it leads to {key[:80]!r}, outside this store")
         item = self._get_object(key) if key else None
         header = self._stored_header(item, key) if item is not None else None
         # (a pointer whose checkpoint never appeared, or went, is invisible)
