@@ -22,12 +22,12 @@ import weakref
 from typing import Any, Callable, Iterable, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import attrs
-
 from spark_ckpt.backends import heads
 from spark_ckpt.backends.base import Backend
 from spark_ckpt.backends.leases import check_fence
+from spark_ckpt.backends.rows import storable
 from spark_ckpt.errors import (
+    BackendError,
     CheckpointNotFoundError,
     ConfigError,
     DuplicateCheckpointError,
@@ -39,7 +39,10 @@ from .leases import PostgresLeases
 from .pools import PooledConnections
 from .schema import _SCHEMA_NAME, migrate
 from .schema import MIGRATIONS as MIGRATIONS  # (read from here by tests and tools)
-from .statements import PostgresStatements, _header
+from .statements import PostgresStatements, _checked, _checked_blob, _header
+
+#: the range of a ``bigint`` column (seq, size)
+_BIGINT = range(-(2**63), 2**63)
 
 _OPTION_TYPES: dict[str, Callable[[str], Any]] = {
     "schema": str,
@@ -147,6 +150,10 @@ class PostgresBackend(PostgresLeases, PostgresStatements, PooledConnections, Bac
     def describe(self) -> str:
         return f"postgres ({self._masked(self._conninfo)}, schema {self.schema})"
 
+    def _where(self, table: str) -> str:
+        """``table`` of this store, for messages about one of its rows."""
+        return f"table {table.rsplit('.', 1)[-1]} of {self.describe()}"
+
     def schema_version(self) -> int:
         """The newest migration applied to this schema."""
         return self._run(
@@ -154,6 +161,17 @@ class PostgresBackend(PostgresLeases, PostgresStatements, PooledConnections, Bac
         )
 
     # -- checkpoints -----------------------------------------------------------------------------
+    def check_header(self, header: CheckpointHeader) -> None:
+        """A header this store would refuse to read back is refused (``rows.storable``), and so is a seq
+        or size a ``bigint`` column cannot hold; nothing is written."""
+        storable(header, self.describe())
+        for name in ("seq", "size"):
+            if getattr(header, name) not in _BIGINT:
+                raise BackendError(
+                    f"checkpoint {header.checkpoint_id!r} was not stored in {self.describe()}: its {name} "
+                    f"{getattr(header, name)} is outside the range of a bigint; nothing was written"
+                )
+
     @staticmethod
     def _put_params(header: CheckpointHeader, blob: bytes, lease: Lease | None) -> dict[str, Any]:
         params = {
@@ -175,23 +193,23 @@ class PostgresBackend(PostgresLeases, PostgresStatements, PooledConnections, Bac
             f"{header.checkpoint_id}) already exists in PostgreSQL; it was not overwritten"
         )
 
-    @classmethod
     def _refused(
-        cls, header: CheckpointHeader, blob: bytes, lease: Lease | None, row: Sequence[Any], existing: Sequence[Any] | None,
+        self, header: CheckpointHeader, blob: bytes, lease: Lease | None, row: Sequence[Any], existing: Sequence[Any] | None,
     ) -> None:
         """After a put that stored nothing (``row`` is its answer): return if ``existing`` is our own
         earlier attempt (retries only pass it), else raise what refused it: a superseded lease, the
         head's rules, or a duplicate."""
         if existing is not None:
             try:
-                return cls._conflict(header, blob, existing, retried=True)
+                return self._conflict(header, blob, existing, retried=True)
             except DuplicateCheckpointError:
                 pass  # someone else's row: say why ours was refused
         if lease is not None:
             current = Lease(header.execution_id, row[1], int(row[2]), float(row[3])) if row[2] is not None else None
             check_fence(current, lease, header.execution_id)
-            heads.advance(_header(row[4:]) if row[4] is not None else None, header, leased=True)
-        cls._conflict(header, blob, None, retried=False)
+            head = _checked(row[4:12], self._where(self._t_exec), head=True) if row[4] is not None else None
+            heads.advance(head, header, leased=True)
+        self._conflict(header, blob, None, retried=False)
 
     def _put(self, conn: Any, header: CheckpointHeader, blob: bytes, lease: Lease | None, attempt: int) -> None:
         """Store one checkpoint (in the caller's transaction, if any) and advance its head."""
@@ -215,18 +233,21 @@ class PostgresBackend(PostgresLeases, PostgresStatements, PooledConnections, Bac
         self._refused(header, blob, lease, row, existing)
 
     def put(self, header: CheckpointHeader, blob: bytes, *, lease: Lease | None = None) -> None:
+        self.check_header(header)
         # one statement in autocommit: its own transaction
         self._run(lambda conn, attempt: self._put(conn, header, blob, lease, attempt))
 
     async def aput(self, header: CheckpointHeader, blob: bytes, *, lease: Lease | None = None) -> None:
+        self.check_header(header)
         await self._arun(lambda conn, attempt: self._aput(conn, header, blob, lease, attempt))
 
-    @staticmethod
-    def _head(row: Sequence[Any] | None) -> CheckpointHeader | None:
-        if row is None:
-            return None
-        tag = row[8]
-        return attrs.evolve(_header(row), tag=bytes(tag)) if tag is not None else _header(row)
+    def _head(self, row: Sequence[Any] | None) -> CheckpointHeader | None:
+        return _checked(row, self._where(self._t_exec), head=True) if row is not None else None
+
+    def _headers(self, rows: Sequence[Sequence[Any]], table: str) -> list[CheckpointHeader]:
+        """Rows of ``table`` (the checkpoints, or the executions index) as checked headers."""
+        where, head = self._where(table), table == self._t_exec
+        return [_checked(row, where, head=head) for row in rows]
 
     def execution_head(self, execution_id: str) -> CheckpointHeader | None:
         return self._head(self._run(lambda conn, _: conn.execute(self._head_sql(), [execution_id]).fetchone()))
@@ -242,7 +263,9 @@ class PostgresBackend(PostgresLeases, PostgresStatements, PooledConnections, Bac
             raise CheckpointNotFoundError(
                 f"no checkpoint with id {checkpoint_id!r} in PostgreSQL schema {self.schema!r}"
             )
-        return StoredCheckpoint(_header(row), bytes(row[8]))
+        where = self._where(self._t_ckpt)
+        header = _checked(row, where)
+        return StoredCheckpoint(header, _checked_blob(row[8], header, where))
 
     def get(self, checkpoint_id: str) -> StoredCheckpoint:
         row = self._run(lambda conn, _: conn.execute(self._get_sql(), [checkpoint_id]).fetchone())
@@ -256,7 +279,7 @@ class PostgresBackend(PostgresLeases, PostgresStatements, PooledConnections, Bac
 
     def list(self, *, graph_id=None, execution_id=None, limit=None) -> list[CheckpointHeader]:
         query, params = self._list_query(graph_id, execution_id, limit)
-        return [_header(r) for r in self._run(lambda conn, _: conn.execute(query, params).fetchall())]
+        return self._headers(self._run(lambda conn, _: conn.execute(query, params).fetchall()), self._t_ckpt)
 
     async def alist(self, *, graph_id=None, execution_id=None, limit=None) -> list[CheckpointHeader]:
         query, params = self._list_query(graph_id, execution_id, limit)
@@ -264,11 +287,11 @@ class PostgresBackend(PostgresLeases, PostgresStatements, PooledConnections, Bac
         async def work(conn: Any, _: int) -> Any:
             return await (await conn.execute(query, params)).fetchall()
 
-        return [_header(r) for r in await self._arun(work)]
+        return self._headers(await self._arun(work), self._t_ckpt)
 
     def executions(self, *, graph_id=None, unfinished_only=False, limit=None) -> list[CheckpointHeader]:
         query, params = self._executions_query(graph_id, unfinished_only, limit)
-        return [_header(r) for r in self._run(lambda conn, _: conn.execute(query, params).fetchall())]
+        return self._headers(self._run(lambda conn, _: conn.execute(query, params).fetchall()), self._t_exec)
 
     async def aexecutions(self, *, graph_id=None, unfinished_only=False, limit=None) -> list[CheckpointHeader]:
         query, params = self._executions_query(graph_id, unfinished_only, limit)
@@ -276,7 +299,7 @@ class PostgresBackend(PostgresLeases, PostgresStatements, PooledConnections, Bac
         async def work(conn: Any, _: int) -> Any:
             return await (await conn.execute(query, params)).fetchall()
 
-        return [_header(r) for r in await self._arun(work)]
+        return self._headers(await self._arun(work), self._t_exec)
 
     def delete(self, checkpoint_ids: Iterable[str]) -> int:
         ids = list(dict.fromkeys(checkpoint_ids))

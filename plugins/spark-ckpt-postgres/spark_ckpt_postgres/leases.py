@@ -58,6 +58,8 @@ class PostgresLeases:
 
     def start_execution(self, header: CheckpointHeader, blob: bytes, owner: str, ttl_s: float) -> Lease:
         """Lease and first checkpoint in one transaction: one round trip and commit instead of two."""
+        self.check_header(header)  # before anything is written, the lease included
+
         def work(conn: Any, attempt: int) -> Lease:
             with conn.transaction():
                 lease = self._take_lease(conn, header.execution_id, owner, ttl_s)
@@ -67,6 +69,8 @@ class PostgresLeases:
         return self._run(work)
 
     async def astart_execution(self, header: CheckpointHeader, blob: bytes, owner: str, ttl_s: float) -> Lease:
+        self.check_header(header)
+
         async def work(conn: Any, attempt: int) -> Lease:
             async with conn.transaction():
                 lease = await self._atake_lease(conn, header.execution_id, owner, ttl_s)

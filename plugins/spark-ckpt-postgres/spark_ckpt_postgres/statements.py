@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from spark_ckpt.backends.rows import checked, checked_blob
 from spark_ckpt.errors import ConfigError
 from spark_ckpt.model import COMPLETED, UNFINISHED_STATUSES, CheckpointHeader
 
@@ -28,10 +29,27 @@ _NOW = "extract(epoch from clock_timestamp())::float8"
 
 
 def _header(row: Sequence[Any]) -> CheckpointHeader:
+    """The header in the first eight columns of ``row``, as stored (unchecked: see ``_checked``)."""
     return CheckpointHeader(
-        checkpoint_id=row[0], graph_id=row[1], execution_id=row[2], seq=int(row[3]),
-        created_at=float(row[4]), status=row[5], kind=row[6], size=int(row[7]),
+        checkpoint_id=row[0], graph_id=row[1], execution_id=row[2], seq=row[3],
+        created_at=row[4], status=row[5], kind=row[6], size=row[7],
     )
+
+
+def _checked(row: Sequence[Any], where: str, *, head: bool = False) -> CheckpointHeader:
+    """The header of ``row`` read back from ``where``, refused (``CorruptIndexError``) unless every
+    field has its type and range; with ``head``, a row of the executions index (its tag in column 8,
+    when selected)."""
+    header = _header(row)
+    if head and len(row) > 8 and row[8] is not None:
+        tag = row[8]
+        header = CheckpointHeader(*row[:8], tag=bytes(tag) if isinstance(tag, (bytearray, memoryview)) else tag)
+    return checked(header, where, row="head" if head else "checkpoint")
+
+
+def _checked_blob(value: Any, header: CheckpointHeader, where: str) -> bytes:
+    """The ``bytea`` column of ``header``'s row, refused unless it holds bytes."""
+    return checked_blob(bytes(value) if isinstance(value, (bytearray, memoryview)) else value, header, where)
 
 
 def _where(graph_id: str | None, execution_id: str | None) -> tuple[str, list[Any]]:

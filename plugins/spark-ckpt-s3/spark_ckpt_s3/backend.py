@@ -32,17 +32,19 @@ import attrs
 
 from spark_ckpt.backends import heads
 from spark_ckpt.backends.base import Backend
-from spark_ckpt.errors import CheckpointNotFoundError, ConfigError, DuplicateCheckpointError
+from spark_ckpt.backends.rows import checked_blob, storable
+from spark_ckpt.errors import BackendError, CheckpointNotFoundError, ConfigError, DuplicateCheckpointError
 from spark_ckpt.masking import mask_url
 from spark_ckpt.model import CheckpointHeader, Lease, StoredCheckpoint
 
 from .external_index import ExternalIndex
 from .head_objects import HeadObjects
-from .layout import _ATTEMPT_META, _HEADER_META, KeyLayout, _header_from_json, _header_json, _q
+from .layout import _ATTEMPT_META, _HEADER_META, KeyLayout, _damaged, _header_json, _q
 from .leases import S3Leases
 from .objects import S3Objects
 
 _TRUE = {"1", "true", "yes", "on"}
+_SEQ_LIMIT = 10**20  # (a key holds the seq in 20 digits)
 _OPTIONS = {"endpoint_url", "region", "addressing_style", "create_bucket", "max_workers", "index"}
 
 
@@ -146,9 +148,20 @@ class S3Backend(S3Leases, ExternalIndex, HeadObjects, S3Objects, KeyLayout, Back
         return f"s3 (s3://{self.bucket}/{self.prefix}{where})"
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def put(self, header: CheckpointHeader, blob: bytes, *, lease: Lease | None = None) -> None:
+    def check_header(self, header: CheckpointHeader) -> None:
+        """A header this store would refuse to read back (``rows.storable``) is refused, as is a seq
+        past the 20 digits of its key; so is one the index refuses."""
+        storable(header, self.describe())
+        if header.seq >= _SEQ_LIMIT:
+            raise BackendError(
+                f"checkpoint {header.checkpoint_id!r} was not stored in {self.describe()}: its seq {header.seq} "
+                "does not fit the 20 digits of its key; nothing was written"
+            )
         if self._index is not None:
-            self._index.check_header(header)  # before anything is written to S3
+            self._index.check_header(header)
+
+    def put(self, header: CheckpointHeader, blob: bytes, *, lease: Lease | None = None) -> None:
+        self.check_header(header)  # before anything is written to S3
         key = self._ckpt_key(header.graph_id, header.execution_id, header.seq)
         # under a lease, the lease and the head are read while the pointer is written (one round trip)
         reads = self._read_for_leased_put(header.execution_id) if lease is not None else None
@@ -157,7 +170,7 @@ class S3Backend(S3Leases, ExternalIndex, HeadObjects, S3Objects, KeyLayout, Back
         created_pointer = self._put_new(pointer, key.encode())
         if not created_pointer:
             existing = self._get_object(pointer)
-            if existing is not None and existing["Body"].decode() != key:
+            if existing is not None and self._pointer(existing, pointer) != key:
                 raise DuplicateCheckpointError(
                     f"checkpoint id {header.checkpoint_id} is already used by another checkpoint in "
                     f"{self.describe()}; it was not overwritten"
@@ -216,14 +229,20 @@ class S3Backend(S3Leases, ExternalIndex, HeadObjects, S3Objects, KeyLayout, Back
         if known is not None:
             item = self._get_object(known)
             if item is not None:
-                header = _header_from_json(item["Metadata"][_HEADER_META])
+                header = self._stored_header(item, known)
                 if header.checkpoint_id == checkpoint_id:
-                    return StoredCheckpoint(header, item["Body"])
-        pointer = self._get_object(self._key("ids", _q(checkpoint_id)))
-        item = self._get_object(pointer["Body"].decode()) if pointer is not None else None
-        if item is None:
+                    return StoredCheckpoint(header, checked_blob(item["Body"], header, self._where(known)))
+        pointer_key = self._key("ids", _q(checkpoint_id))
+        pointer = self._get_object(pointer_key)
+        key = self._pointer(pointer, pointer_key) if pointer is not None else None
+        if key is not None and not key.startswith(self._key("ckpt") + "/"):
+            raise _damaged(f"the pointer {self._where(pointer_key)}", f"it leads to {key[:80]!r}, outside this store")
+        item = self._get_object(key) if key else None
+        header = self._stored_header(item, key) if item is not None else None
+        # (a pointer whose checkpoint never appeared, or went, is invisible)
+        if header is None or header.checkpoint_id != checkpoint_id:
             raise CheckpointNotFoundError(f"no checkpoint with id {checkpoint_id!r} in {self.describe()}")
-        return StoredCheckpoint(_header_from_json(item["Metadata"][_HEADER_META]), item["Body"])
+        return StoredCheckpoint(header, checked_blob(item["Body"], header, self._where(key)))
 
     def list(self, *, graph_id=None, execution_id=None, limit=None) -> list[CheckpointHeader]:
         if self._index is not None:
@@ -262,7 +281,7 @@ class S3Backend(S3Leases, ExternalIndex, HeadObjects, S3Objects, KeyLayout, Back
             pointer = self._get_object(pointer_key)
             if pointer is None:
                 continue
-            key = pointer["Body"].decode()
+            key = self._pointer(pointer, pointer_key)
             if self._head(key) is not None:
                 count += 1
                 self._call("delete", self._s3.delete_object, Bucket=self.bucket, Key=key)
@@ -279,7 +298,7 @@ class S3Backend(S3Leases, ExternalIndex, HeadObjects, S3Objects, KeyLayout, Back
         """Swap an existing checkpoint's bytes (key rotation): one PUT conditional on its ETag."""
         key = self._ckpt_key(header.graph_id, header.execution_id, header.seq)
         head = self._head(key)
-        if head is None or _header_from_json(head["Metadata"][_HEADER_META]).checkpoint_id != header.checkpoint_id:
+        if head is None or self._stored_header(head, key).checkpoint_id != header.checkpoint_id:
             raise CheckpointNotFoundError(f"no checkpoint with id {header.checkpoint_id!r} in {self.describe()} to replace")
         try:
             self._s3.put_object(

@@ -34,7 +34,7 @@ from spark_ckpt.backends.leases import check_fence
 from spark_ckpt.errors import BackendError
 from spark_ckpt.model import CheckpointHeader, Lease
 
-from .layout import _head_from_json, _head_json
+from .layout import _damaged, _head_from_json, _head_json, _short
 from .objects import _CONDITION_FAILED, _CONDITIONAL_ATTEMPTS
 
 
@@ -90,10 +90,13 @@ class HeadObjects:
 
     def _read_head(self, execution_id: str) -> tuple[CheckpointHeader | None, str | None]:
         """The head object and its ETag; (None, None) if the execution has none."""
-        found = self._get_object(self._head_key(execution_id))
+        key = self._head_key(execution_id)
+        found = self._get_object(key)
         if found is None:
             return None, None
-        head = _head_from_json(found["Body"])
+        head = _head_from_json(found["Body"], self._where(key))
+        if head.execution_id != execution_id:
+            raise _damaged(f"the head object {self._where(key)}", f"it names execution {_short(head.execution_id)}")
         self._remember_head(execution_id, found["ETag"], head)
         return head, found["ETag"]
 

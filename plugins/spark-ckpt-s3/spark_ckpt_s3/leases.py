@@ -12,10 +12,11 @@ owner's token still grows).
 from __future__ import annotations
 
 import json
+import math
 import time
 
 from spark_ckpt.backends.leases import extend_lease, grant_lease
-from spark_ckpt.errors import LeaseError
+from spark_ckpt.errors import BackendError, LeaseError
 from spark_ckpt.model import Lease
 
 from .objects import _CONDITION_FAILED, _CONDITIONAL_ATTEMPTS
@@ -28,8 +29,21 @@ class S3Leases:
         found = self._get_object(self._lease_key(execution_id))
         if found is None:
             return None, None
-        data = json.loads(found["Body"])
-        return Lease(execution_id, data["owner"], int(data["token"]), float(data["expires_at"])), found["ETag"]
+        owner = token = expires_at = None
+        try:
+            data = json.loads(found["Body"])
+            owner, token = data["owner"], data["token"]
+            expires_at = float(data["expires_at"]) if type(data["expires_at"]) in (int, float) else None
+        except (ValueError, RecursionError, TypeError, KeyError, OverflowError):  # (not JSON, not an object, ...)
+            pass
+        if (type(owner) is not str or type(token) is not int or token < 0
+                or expires_at is None or not math.isfinite(expires_at)):
+            raise BackendError(
+                f"the lease object {self._where(self._lease_key(execution_id))} is damaged (not a JSON object of "
+                "owner, token and expires_at): the store was changed outside spark-ckpt. Delete it to let a "
+                "worker take the execution over"
+            )
+        return Lease(execution_id, owner, token, expires_at), found["ETag"]
 
     def _write_lease(self, lease: Lease, etag: str | None) -> bool:
         body = json.dumps({"owner": lease.owner, "token": lease.token, "expires_at": lease.expires_at}).encode()

@@ -22,7 +22,6 @@ from spark_ckpt.errors import BackendError
 from spark_ckpt.masking import mask_text
 from spark_ckpt.model import CheckpointHeader
 
-from .layout import _HEADER_META, _header_from_json
 
 #: a conditional write lost to another writer is read and tried again this many times
 _CONDITIONAL_ATTEMPTS = 5
@@ -32,7 +31,8 @@ _CONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict", 
 
 class S3Objects:
     """Mixin of ``S3Backend``: calling S3. Needs the host's ``_s3`` client, ``bucket``, ``endpoint_url``,
-    ``_botocore_errors``, ``_executor``, ``_cache_lock`` and the ``_headers``/``_key_of`` caches."""
+    ``_botocore_errors``, ``_executor``, ``_cache_lock``, the ``_headers``/``_key_of`` caches and
+    ``_stored_header``."""
 
     _s3: Any
     bucket: str
@@ -121,7 +121,8 @@ class S3Objects:
             raise self._failed(f"listing of {prefix}", exc) from exc
 
     def _headers_of(self, objects: list[dict[str, Any]]) -> list[CheckpointHeader]:
-        """Headers for listed objects: cached by (key, ETag), the rest read in parallel."""
+        """Headers for listed objects: cached by (key, ETag), the rest read in parallel; a damaged one
+        raises ``CorruptIndexError`` naming its object (and is not cached)."""
         out: dict[str, CheckpointHeader] = {}
         missing = []
         with self._cache_lock:
@@ -138,7 +139,7 @@ class S3Objects:
         for key, head in self._executor.map(load, missing):
             if head is None:  # deleted between the listing and now
                 continue
-            header = _header_from_json(head["Metadata"][_HEADER_META])
+            header = self._stored_header(head, key)
             out[key] = header
             with self._cache_lock:
                 self._headers[key] = (head["ETag"], header)
