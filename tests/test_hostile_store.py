@@ -593,3 +593,12 @@ def test_a_users_own_exceptions_still_propagate_as_they_are(tmp_path) -> None:
     finally:
         FAIL_ONCE.discard("boom")
     assert asyncio.run(checkpointed(build_fussy(), config=config, graph_id="fussy").recover_and_continue()).content == {"ok": True}
+
+
+def test_a_created_at_too_large_for_a_float_is_reported_not_raised() -> None:
+    from spark_ckpt.backends.rows import checked
+    from spark_ckpt.errors import CorruptIndexError
+    from spark_ckpt.model import CheckpointHeader
+
+    with pytest.raises(CorruptIndexError, match="not a finite time"):
+        checked(CheckpointHeader("c", "g", "e", 1, 10**400), "a store")

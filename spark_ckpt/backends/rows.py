@@ -30,7 +30,7 @@ def problem(header: CheckpointHeader) -> str | None:
             return f"{name} is {_shown(value)}, not a string"
     if type(h.seq) is not int or h.seq < 0:
         return f"seq is {_shown(h.seq)}, not a whole number >= 0"
-    if type(h.created_at) not in _NUMBERS or not math.isfinite(h.created_at):
+    if type(h.created_at) not in _NUMBERS or not _finite(h.created_at):
         return f"created_at is {_shown(h.created_at)}, not a finite time"
     if type(h.status) is not str or h.status not in STATUSES:
         return f"status is {_shown(h.status)}, not one of {', '.join(sorted(STATUSES))}"
@@ -41,6 +41,13 @@ def problem(header: CheckpointHeader) -> str | None:
     if h.tag is not None and type(h.tag) is not bytes:
         return f"tag is {_shown(h.tag)}, not bytes"
     return None
+
+
+def _finite(number: int | float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def checked(header: CheckpointHeader, store: str, *, row: str = "checkpoint") -> CheckpointHeader:
