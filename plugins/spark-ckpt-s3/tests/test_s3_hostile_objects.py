@@ -13,53 +13,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import os
 import random
-import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import attrs
 import boto3
 import pytest
-from spark.graphs import Graph
-from spark.nodes import Node
 
 from spark_ckpt import CheckpointConfig, checkpointed
-from spark_ckpt.cli import main
 from spark_ckpt.config import open_backend
-from spark_ckpt.errors import CorruptCheckpointError, CorruptIndexError, SparkCkptError
+from spark_ckpt.errors import CorruptCheckpointError, CorruptIndexError
+from spark_ckpt.testing.hostile_stores import FAIL_ONCE, Escapes, build, exercise
 
 SEED = 20_240_613
 CASES = int(os.environ.get("HX_S3_ROWS", 30))  # ~1.5 s each (a copy of the store, three CLI commands)
 BUCKET = "spark-ckpt-tests"
 HEADER_META = "spark-ckpt-header"
-FAIL_ONCE: set[str] = set()
-
-
-class Mark(Node):
-    """Writes its own keys; never reads state or input (so a damaged object cannot make it raise)."""
-
-    async def process(self, context):
-        self.visits = getattr(self, "visits", 0) + 1
-        await context.graph_state.set(f"{self.id}_seen", self.visits)
-        if self.id in FAIL_ONCE:
-            FAIL_ONCE.discard(self.id)
-            raise RuntimeError(f"injected failure in {self.id}")
-        return {"node": self.id, "done": self.visits >= 2}
-
-
-def build() -> Graph:
-    """a -> b (two passes) -> c -> d."""
-    a, b, c, d = Mark(id="a"), Mark(id="b"), Mark(id="c"), Mark(id="d")
-    a >> b
-    b.on(done=False) >> b
-    b.on(done=True) >> c
-    c >> d
-    return Graph(start=a)
 
 
 @attrs.define
@@ -235,64 +208,6 @@ def damage(s3: Any, prefix: str, rng: random.Random, ids: list[str]) -> Change:
     return Change(key, what, out_of_range)
 
 
-# -- what must only raise SparkCkptError -----------------------------------------------------------------
-class Escapes:
-    """Exceptions other than SparkCkptError that reached a caller (and whether a CorruptIndexError did)."""
-
-    def __init__(self) -> None:
-        self.found: list[str] = []
-        self.corrupt_index = False
-
-    def call(self, what: str, case: str, fn: Callable[[], Any]) -> Any:
-        try:
-            return fn()
-        except CorruptIndexError:
-            self.corrupt_index = True
-        except SparkCkptError:
-            pass
-        except Exception:
-            self.found.append(f"{case} / {what}:\n{traceback.format_exc(limit=-6)}")
-        return None
-
-    def cli(self, case: str, argv: list[str]) -> int | None:
-        err = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(err):
-                code = main(argv, out=io.StringIO())
-        except BaseException:
-            self.found.append(f"{case} / cli {argv[2:]}:\n{traceback.format_exc(limit=-6)}")
-            return None
-        text = err.getvalue()
-        errors = [line for line in text.splitlines() if line.startswith("spark-ckpt: error:")]
-        if (code not in (0, 1, 2) or "Traceback" in text or len(errors) > 1 or (code == 2 and not errors)
-                or "error: unexpected" in text):
-            self.found.append(f"{case} / cli {argv[2:]}: exit {code}, stderr {text[:500]!r}")
-        return code
-
-
-def exercise(pristine: Pristine, url: str, case: str, escapes: Escapes) -> dict[str, int | None]:
-    """Every reading API on the store at ``url``; the exit codes of the CLI commands."""
-    backend = escapes.call("open_backend", case, lambda: open_backend(url))
-    if backend is not None:
-        escapes.call("list", case, backend.list)
-        escapes.call("list(graph)", case, lambda: backend.list(graph_id="hostile", limit=3))
-        escapes.call("executions", case, backend.executions)
-        escapes.call("executions(unfinished)", case, lambda: backend.executions(unfinished_only=True))
-        for execution_id in pristine.executions:
-            escapes.call(f"execution_head({execution_id})", case, lambda: backend.execution_head(execution_id))
-            escapes.call(f"list({execution_id})", case, lambda: backend.list(execution_id=execution_id))
-        for checkpoint_id in pristine.ids:
-            escapes.call(f"get({checkpoint_id})", case, lambda: backend.get(checkpoint_id))
-        backend.close()
-    config = CheckpointConfig(backend=url)
-    graph = escapes.call("checkpointed", case, lambda: checkpointed(build(), config=config, graph_id="hostile"))
-    if graph is not None:
-        escapes.call("list_checkpoints", case, graph.list_checkpoints)
-        escapes.call("get_last_checkpoint", case, graph.get_last_checkpoint)
-        escapes.call("recover_and_continue", case, lambda: asyncio.run(graph.recover_and_continue()))
-        graph.close()
-    return {" ".join(argv): escapes.cli(case, ["--store", url, *argv])
-            for argv in (["list"], ["list", "--executions"], ["verify"])}
 
 
 @pytest.fixture
