@@ -21,7 +21,9 @@ import attrs
 #:    skips keep their outputs (``skip_outputs``); a record with the whole state stands alone.
 #: 5: a visit keeps the events it published on the graph's event bus (``Visit.events``), re-published
 #:    when it replays; a run input may be a Spark Task (``{"kind": "task"}``).
-CONTENT_VERSION = 5
+#: 6: a value JSON cannot hold is stored tagged (``codec.values``: a tuple, a datetime, an allowed
+#:    dataclass ...); an older reader would take the tags for plain dicts, so it must refuse the record.
+CONTENT_VERSION = 6
 
 # Status of an execution as of a given checkpoint. The newest checkpoint of an execution decides.
 RUNNING = "running"
@@ -230,7 +232,8 @@ class GraphCheckpoint:
 
 # --- agents ---------------------------------------------------------------------------------------
 #: Version of the agent snapshot layout (``CheckpointedAgent.checkpoint()``).
-AGENT_SNAPSHOT_VERSION = 1
+#: 2: the agent's own state keys, tool results and traces are kept exactly (tagged where JSON cannot hold them)
+AGENT_SNAPSHOT_VERSION = 2
 
 LLM_CALL = "llm"
 TOOL_CALL = "tool"

@@ -293,7 +293,7 @@ class RecordBuilder:
         data["skip_nodes"], data["skip_outputs"] = list(skip), skip_outputs(skip)
         data.update(changes)
         data.update(checkpoint_id=canonical_checkpoint_id(self.metadata["execution_id"], seq), seq=seq,
-                    timestamp=time.time(), graph_metadata=self.metadata)
+                    timestamp=time.time(), graph_metadata=self.metadata, version=CONTENT_VERSION)
         return data
 
     def fork_start(self, source: GraphCheckpoint, *, seq: int, inflight: dict[str, Any],
