@@ -193,6 +193,7 @@ async def test_restore_latest_refuses_a_damaged_state_and_leaves_the_agent_as_it
     """A stored state of the wrong shape is a CorruptCheckpointError naming the record; the agent's
     memory is not half replaced."""
     import sqlite3
+    from contextlib import closing
 
     from spark_ckpt.codec import Codec, Identity
 
@@ -204,7 +205,7 @@ async def test_restore_latest_refuses_a_damaged_state_and_leaves_the_agent_as_it
             break
     record["state_full"]["memory"]["messages"] = [5]
     blob = Codec().encode_data(record, Identity(header.graph_id, header.execution_id, header.seq))
-    with sqlite3.connect(tmp_path / "agent.db") as conn:
+    with closing(sqlite3.connect(tmp_path / "agent.db")) as conn, conn:  # (the connection's "with" only commits)
         conn.execute("UPDATE checkpoints SET blob = ? WHERE checkpoint_id = ?", (blob, header.checkpoint_id))
     fresh = wrap(Agent(make_config()), tmp_path)
     fresh.add_message_to_history("kept")
