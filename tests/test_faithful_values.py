@@ -336,6 +336,21 @@ def test_a_task_input_keeps_the_values_in_its_dict_fields() -> None:
     assert same(back.inputs.content, task.inputs.content)
 
 
+def test_a_node_output_keeps_its_values_and_only_an_unstorable_raw_becomes_its_repr() -> None:
+    from spark.nodes.types import NodeMessage
+
+    from spark_ckpt.adapters.graph_state import dump_message, load_message
+
+    message = NodeMessage(content={"point": Point(1, (2, 3))}, raw=threading.Lock())
+    data = dump_message(message)
+    assert data["raw"]["__repr__"].startswith("<unlocked _thread.lock")
+    assert same(load_message(loads_data(dumps_data(data))).content, message.content)
+    kept = dump_message(NodeMessage(content="x", raw={"usage": (1, 2)}))
+    assert same(kept["raw"], {"usage": (1, 2)})
+    with pytest.raises(EncodeError, match="content.lock"):
+        dumps_data(dump_message(NodeMessage(content={"lock": threading.Lock()})))
+
+
 def test_huge_integers_are_kept_up_to_the_limit_and_refused_beyond() -> None:
     from spark_ckpt.codec.values import MAX_INT_BITS
 

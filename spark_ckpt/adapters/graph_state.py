@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable, Iterable
 
-from ..codec.convert import dumps_data, faithful_copy, find_unencodable
+from ..codec.convert import dumps_data, faithful_copy
 from ..codec.values import is_plain
 from ..errors import EncodeError
 from ..engine.damage import damaged
@@ -59,17 +59,17 @@ def dump_message(message: Any) -> Any:
     data = dump(mode="python", exclude_defaults=True)
     for key, dumped in data.items():
         # pydantic dumps a model or dataclass in ``content`` to a dict: keep such values exactly (a copy,
-        # as the dump is); a value that cannot be stored stays as it is, and the record refuses it
+        # as the dump is)
         original = getattr(message, key, dumped)
-        if original is not dumped and not is_plain(original):
-            try:
-                data[key] = faithful_copy(original, what=f"node output {key}")
-            except EncodeError:
-                data[key] = original
-    if "raw" in data and find_unencodable(data["raw"]) is not None:
-        # ``raw`` holds a model's unparsed response object: routing never reads it, and it is
-        # usually not plain data. Keep its repr rather than failing the checkpoint.
-        data["raw"] = {"__repr__": repr(data["raw"])[:2000]}
+        if is_plain(original):
+            continue
+        try:
+            data[key] = faithful_copy(original, what=f"node output {key}")
+        except EncodeError:
+            # ``raw`` holds a model's unparsed response object: routing never reads it, and it is usually
+            # not storable; its repr is kept rather than failing the checkpoint. Any other value that
+            # cannot be stored stays as it is, and the record refuses it naming its path.
+            data[key] = {"__repr__": repr(original)[:2000]} if key == "raw" else original
     return data
 
 

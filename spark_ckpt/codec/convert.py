@@ -34,15 +34,6 @@ def _user_value(cls: Any) -> bool:
 converter.register_unstructure_hook_func(_user_value, lambda value: value)
 
 
-def find_unencodable(value: Any) -> tuple[str, Any] | None:
-    """``(key path, message)`` of the first value that cannot be stored faithfully, else None."""
-    try:
-        to_tree(value)
-    except EncodeError as exc:
-        return str(exc), value
-    return None
-
-
 def to_data(obj: Any) -> Any:
     """attrs record (or plain data) -> JSON-able data."""
     return converter.unstructure(obj)
