@@ -44,7 +44,7 @@ import orjson
 
 from ..errors import InvalidKeyError, MissingKeyError, TamperedCheckpointError, WrongKeyError
 from ..keys import (
-    ACTIVE_KEY_ENV, KEY_SIZE, KEYS_ENV, Secret, check_key_id, parse_key, parse_keys, refuse_shared_signing_key,
+    ACTIVE_KEY_ENV, KEY_SIZE, KEYS_ENV, Secret, check_key_id, parse_keys, refuse_shared_signing_key,
 )
 from . import kdf
 from .envelope import ENVELOPE_VERSION, Identity
@@ -60,12 +60,6 @@ _AAD_LABEL = b"spark-ckpt aead v1\x00"
 def new_key() -> str:
     """A fresh random 256-bit key as base64 text (the form ``SPARK_CKPT_KEYS`` takes)."""
     return base64.b64encode(os.urandom(KEY_SIZE)).decode()
-
-
-def key_material(kid: str, value: bytes | bytearray | str | Secret, *, size: int = KEY_SIZE, exact: bool = True,
-                 what: str = "encryption key") -> bytes:
-    """Raw key bytes (``spark_ckpt.keys.parse_key``, naming the key ``what kid``)."""
-    return parse_key(value, name=f"{what} {kid!r}", size=size, exact=exact)
 
 
 def key_check_value(key: bytes) -> str:
