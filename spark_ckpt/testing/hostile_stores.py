@@ -1,8 +1,8 @@
 """A hostile store for backend tests: a small graph whose nodes never read what they are given, and
 the check that a damaged store reaches callers only as ``SparkCkptError``.
 
-Backend test suites (the PostgreSQL and S3 plugins use it) write real checkpoints with ``build()``,
-damage what their store indexes, then call ``exercise(pristine, url, case, escapes)``: every reading
+Backend test suites (the PostgreSQL and S3 plugins use it) write real checkpoints with
+``write_pristine(url)``, damage what their store indexes, then call ``exercise(pristine, url, case, escapes)``: every reading
 API of the backend, a checkpointed graph's reads and recovery, and the CLI's ``list`` and ``verify``.
 ``escapes.found`` lists every exception that was not a ``SparkCkptError`` (and every traceback the CLI
 printed); ``escapes.corrupt_index`` says whether the damage was reported as ``CorruptIndexError``.
@@ -19,8 +19,8 @@ from typing import Any, Callable
 from spark.graphs import Graph
 from spark.nodes import Node
 
-from ..cli import main
 from .. import checkpointed
+from ..cli import main
 from ..config import CheckpointConfig, open_backend
 from ..errors import CorruptIndexError, SparkCkptError
 
@@ -49,6 +49,23 @@ def build() -> Graph:
     c >> d
     return Graph(start=a)
 
+
+def write_pristine(url: str) -> tuple[list[str], list[str]]:
+    """One completed and one failed execution of ``build()`` at ``url``: (checkpoint ids, execution ids)."""
+    import pytest
+
+    config = CheckpointConfig(backend=url)
+    graph = checkpointed(build(), config=config, graph_id="hostile")
+    asyncio.run(graph.run({}))
+    graph.close()
+    FAIL_ONCE.add("c")
+    failing = checkpointed(build(), config=config, graph_id="hostile")
+    with pytest.raises(RuntimeError):
+        asyncio.run(failing.run({}))
+    headers = failing.list_checkpoints()
+    failing.close()
+    assert {h.status for h in headers} >= {"completed", "failed"}
+    return [h.checkpoint_id for h in headers], sorted({h.execution_id for h in headers})
 
 
 # -- what must only raise SparkCkptError -----------------------------------------------------------------

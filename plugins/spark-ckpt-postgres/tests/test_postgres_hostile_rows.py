@@ -10,7 +10,6 @@ what they are given, so nothing a damaged row restores can make *user* code rais
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import os
@@ -22,10 +21,9 @@ import attrs
 import psycopg
 import pytest
 
-from spark_ckpt import CheckpointConfig, checkpointed
 from spark_ckpt.config import open_backend
 from spark_ckpt.errors import CorruptCheckpointError, CorruptIndexError
-from spark_ckpt.testing.hostile_stores import FAIL_ONCE, Escapes, build, exercise
+from spark_ckpt.testing.hostile_stores import Escapes, exercise, write_pristine
 
 SEED = 20_240_612
 CASES = int(os.environ.get("HX_PG_ROWS", 40))
@@ -48,18 +46,7 @@ class Pristine:
 def pristine(pg_dsn):
     """One completed and one failed execution of the graph, in their own schema."""
     schema = f"hx_{uuid.uuid4().hex[:12]}"
-    config = CheckpointConfig(backend=url_of(pg_dsn, schema))
-    graph = checkpointed(build(), config=config, graph_id="hostile")
-    asyncio.run(graph.run({}))
-    graph.close()
-    FAIL_ONCE.add("c")
-    failing = checkpointed(build(), config=config, graph_id="hostile")
-    with pytest.raises(RuntimeError):
-        asyncio.run(failing.run({}))
-    headers = failing.list_checkpoints()
-    failing.close()
-    assert {h.status for h in headers} >= {"completed", "failed"}
-    yield Pristine(pg_dsn, schema, [h.checkpoint_id for h in headers], sorted({h.execution_id for h in headers}))
+    yield Pristine(pg_dsn, schema, *write_pristine(url_of(pg_dsn, schema)))
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 

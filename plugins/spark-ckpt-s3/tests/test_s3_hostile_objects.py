@@ -11,7 +11,6 @@ nothing a damaged object restores can make *user* code raise.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -24,10 +23,9 @@ import attrs
 import boto3
 import pytest
 
-from spark_ckpt import CheckpointConfig, checkpointed
 from spark_ckpt.config import open_backend
 from spark_ckpt.errors import CorruptCheckpointError, CorruptIndexError
-from spark_ckpt.testing.hostile_stores import FAIL_ONCE, Escapes, build, exercise
+from spark_ckpt.testing.hostile_stores import Escapes, exercise, write_pristine
 
 SEED = 20_240_613
 CASES = int(os.environ.get("HX_S3_ROWS", 30))  # ~1.5 s each (a copy of the store, three CLI commands)
@@ -69,18 +67,7 @@ def remove(s3: Any, prefix: str) -> None:
 def pristine(s3_endpoint, s3):
     """One completed and one failed execution of the graph, under their own prefix."""
     prefix = f"hx-{uuid.uuid4().hex[:12]}"
-    config = CheckpointConfig(backend=url_of(s3_endpoint, prefix))
-    graph = checkpointed(build(), config=config, graph_id="hostile")
-    asyncio.run(graph.run({}))
-    graph.close()
-    FAIL_ONCE.add("c")
-    failing = checkpointed(build(), config=config, graph_id="hostile")
-    with pytest.raises(RuntimeError):
-        asyncio.run(failing.run({}))
-    headers = failing.list_checkpoints()
-    failing.close()
-    assert {h.status for h in headers} >= {"completed", "failed"}
-    yield Pristine(s3_endpoint, prefix, [h.checkpoint_id for h in headers], sorted({h.execution_id for h in headers}))
+    yield Pristine(s3_endpoint, prefix, *write_pristine(url_of(s3_endpoint, prefix)))
     remove(s3, prefix)
 
 
