@@ -16,6 +16,7 @@ from .errors import (  # noqa: F401  (re-exported: the whole error hierarchy)
     UnknownBackendError,
     BackendError,
     CheckpointNotFoundError,
+    CheckpointInUseError,
     DuplicateCheckpointError,
     GraphMismatchError,
     CodecError,
@@ -57,7 +58,7 @@ __version__ = "0.1.0"
 __all__ = [
     "checkpointed", "checkpoint_now", "CheckpointConfig", "hookimpl", "open_backend",
     "CheckpointedGraph", "CheckpointedAgent", "not_safe_to_rerun", "allow_types",
-    "SparkCkptError", "ConfigError", "UnknownBackendError", "BackendError", "CheckpointNotFoundError", "DuplicateCheckpointError", "GraphMismatchError", "CodecError", "EncodeError", "UntrustedTypeError", "CorruptCheckpointError", "CorruptIndexError", "UnsupportedFormatError", "NotACheckpointError", "ChecksumMismatchError", "TruncatedCheckpointError", "TamperedCheckpointError", "CheckpointSwappedError", "DecompressionLimitError", "EncryptionKeyError", "MissingKeyError", "WrongKeyError", "PlaintextRefusedError", "PickleRefusedError", "UnsignedPickleError", "PickleSignatureError", "InvalidKeyError", "RekeyError", "NothingToRecoverError", "UnrecoverableExecutionError", "MissingCheckpointError", "RecoveryDivergedError", "LeaseError", "ExecutionCompletedError", "PluginError", "RunStopped", "BudgetExceededError", "UnsafeToRetryError",
+    "SparkCkptError", "ConfigError", "UnknownBackendError", "BackendError", "CheckpointNotFoundError", "CheckpointInUseError", "DuplicateCheckpointError", "GraphMismatchError", "CodecError", "EncodeError", "UntrustedTypeError", "CorruptCheckpointError", "CorruptIndexError", "UnsupportedFormatError", "NotACheckpointError", "ChecksumMismatchError", "TruncatedCheckpointError", "TamperedCheckpointError", "CheckpointSwappedError", "DecompressionLimitError", "EncryptionKeyError", "MissingKeyError", "WrongKeyError", "PlaintextRefusedError", "PickleRefusedError", "UnsignedPickleError", "PickleSignatureError", "InvalidKeyError", "RekeyError", "NothingToRecoverError", "UnrecoverableExecutionError", "MissingCheckpointError", "RecoveryDivergedError", "LeaseError", "ExecutionCompletedError", "PluginError", "RunStopped", "BudgetExceededError", "UnsafeToRetryError",
 ]
 
 
@@ -66,6 +67,9 @@ def checkpointed(target: Any = None, /, *, config: CheckpointConfig | None = Non
 
     Also a decorator for a factory: ``@checkpointed(config=cfg, graph_id="etl")`` over a function
     that returns a graph or agent wraps whatever the factory returns on each call.
+
+    ``backend=`` (a backend object such as ``SQLiteBackend(db_path=...)``, a name or a URL) replaces the
+    config's backend. A backend object stays open when the wrapper is closed: its creator closes it.
     """
     if target is None or (callable(target) and not _is_spark_object(target)):
         def decorate(factory: Any) -> Any:

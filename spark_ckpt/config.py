@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from .backends.base import Backend
 from .errors import ConfigError, UnknownBackendError
 from .keys import KEY_SIZE, Secret, parse_key, parse_keys, refuse_shared_signing_key
 from .masking import MASK, is_secret_name, mask_url
@@ -20,7 +21,9 @@ ALLOWED_TYPES_ENV = "SPARK_CKPT_ALLOWED_TYPES"
 _BARE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9+._-]*")
 
 #: default location per built-in backend when neither ``path`` nor a URL is given
-DEFAULT_PATHS = {"sqlite": "./checkpoints.db", "file": "./checkpoints"}
+DEFAULT_PATHS = {"sqlite": "./checkpoints.db", "file": "./checkpoints", "database": "./checkpoints.db"}
+#: the guide's name of the SQL backends: SQLite at ``path``, or PostgreSQL when ``path`` is its URL
+DATABASE = "database"
 
 
 def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -41,7 +44,20 @@ def _allowed_types(instance: Any, attribute: attrs.Attribute, value: Any) -> Non
     AllowedTypes().extend(value)  # raises ConfigError naming a malformed entry
 
 
+def _backend(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, Backend):
+        return
+    if not isinstance(value, str) or not value:
+        raise ConfigError(
+            f"CheckpointConfig.backend must be a backend name ('memory', 'file', 'sqlite', 'database'), a URL "
+            f"(sqlite:///x.db, postgresql://...) or a backend object (e.g. SQLiteBackend(db_path=...)), got "
+            f"{type(value).__name__ if not isinstance(value, str) else 'an empty string'}"
+        )
+
+
 def _masked_repr(value: Any) -> str:
+    if isinstance(value, Backend):
+        return repr(value)  # (its describe(), masked)
     # a URL (or a path that goes after scheme://) may hold a password: repr(config) never shows it
     if isinstance(value, str) and "://" not in value:
         return repr(mask_url(f"x://{value}")[len("x://"):])
@@ -85,6 +101,12 @@ class CheckpointConfig:
 
     ``backend``: a name ("memory", "file", "sqlite", or a plugin's) used with ``path``, or a URL:
     ``memory://``, ``file://./dir``, ``sqlite:///abs/x.db`` / ``sqlite://rel.db``, ``postgresql://...``.
+    "database" (the guide's name) is SQLite at ``path`` (default ./checkpoints.db), or PostgreSQL when
+    ``path`` is a ``postgresql://`` URL. Or a backend object (``SQLiteBackend(db_path=...,
+    table_name=...)``, ``FileBackend(path=...)``, a plugin's): used as it is, shared by everything given
+    it, and closed by whoever created it, never by a wrapped graph or agent. Its codec choices
+    (``FileBackend(format=..., compression=...)``) apply where this config leaves ``serializer`` /
+    ``compression`` at their defaults.
 
     ``durability``:
       * "sync" (default): a checkpoint is committed before the next superstep starts. A crash loses
@@ -100,7 +122,7 @@ class CheckpointConfig:
     enabled: bool = True
     strategy: str = "iteration"
     interval: float = attrs.field(default=1, validator=_positive)
-    backend: str = attrs.field(default="sqlite", repr=_masked_repr)
+    backend: str | Backend = attrs.field(default="sqlite", repr=_masked_repr, validator=_backend)
     path: str | None = attrs.field(default=None, repr=_masked_repr)
     #: keep the newest N checkpoints per graph (plus all that unfinished executions need); None keeps all
     retention_count: int | None = attrs.field(default=100, validator=_positive)
@@ -145,6 +167,11 @@ class CheckpointConfig:
     max_decompressed_size: int = attrs.field(default=64 * 1024 * 1024, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
+        if isinstance(self.backend, Backend) and (self.path is not None or self.backend_options):
+            raise ConfigError(
+                "CheckpointConfig(backend=<backend object>) takes no path= or backend_options=: the object "
+                f"already says where and how it stores ({self.backend!r}); pass those to its constructor"
+            )
         if self.retention_count is not None and int(self.retention_count) != self.retention_count:
             raise ConfigError(f"CheckpointConfig.retention_count must be an integer, got {self.retention_count!r}")
 
@@ -163,19 +190,34 @@ class CheckpointConfig:
                     values[field] = conv(raw)
                 except ValueError:
                     raise ConfigError(f"{prefix + field.upper()}={raw!r} is not a valid {conv.__name__}") from None
+        if isinstance(overrides.get("backend"), Backend):
+            values.pop("path", None)  # (the object says where it stores)
         values.update(overrides)
         return cls(**values)
 
     # -- building the parts ----------------------------------------------------------------------
     def backend_url(self) -> str:
-        """The backend as one URL, credentials included: show ``mask_url(config.backend_url())``."""
+        """The backend as one URL, credentials included: show ``mask_url(config.backend_url())``.
+        For a backend object, its ``describe()`` (which never holds a password)."""
+        if isinstance(self.backend, Backend):
+            return self.backend.describe()
         if "://" in self.backend:
             return self.backend
+        if self.backend == DATABASE:
+            return database_url(self.path)
         path = self.path or DEFAULT_PATHS.get(self.backend, "")
         return f"{self.backend}://{path}"
 
+    @property
+    def owns_backend(self) -> bool:
+        """Whether what ``open_backend()`` returns is the caller's to close (opened from a name or URL);
+        a backend object given to the config belongs to whoever created it."""
+        return not isinstance(self.backend, Backend)
+
     def open_backend(self):
-        """Instantiate the configured backend (through the plugin registry)."""
+        """Instantiate the configured backend (through the plugin registry), or return the object given."""
+        if isinstance(self.backend, Backend):
+            return self.backend
         return open_backend(self.backend_url(), **self.backend_options)
 
     def make_policy(self):
@@ -206,6 +248,11 @@ class CheckpointConfig:
         return chosen
 
     def make_codec(self):
+        """The codec of this config; with a backend object, its codec choices fill in the settings this
+        config leaves at their defaults (``serializer="json"``, ``compression=None``)."""
+        chosen = self._backend_codec_choices()
+        if chosen:
+            return attrs.evolve(self, **chosen).make_codec()
         from . import plugins
         from .codec import Codec, GzipTransform, Keyring, SignedPickleSerializer, ZstdTransform, zstandard_available
         from .codec.values import allow_types
@@ -262,6 +309,46 @@ class CheckpointConfig:
         )
 
 
+    def _backend_codec_choices(self) -> dict[str, str]:
+        chosen: dict[str, str] = {}
+        if isinstance(self.backend, Backend):
+            serializer, compression = self.backend.serializer_choice, self.backend.compression_choice
+            if serializer is not None and serializer != self.serializer and self.serializer == "json":
+                chosen["serializer"] = serializer
+            if compression is not None and self.compression is None:
+                chosen["compression"] = compression
+        return chosen
+
+
+def with_backend(config: "CheckpointConfig | None", backend: Any = None) -> "CheckpointConfig":
+    """``config`` (default ``CheckpointConfig()``) with ``backend`` (an object, name or URL) in place of its
+    own, when given: what ``checkpointed(..., backend=...)`` does. A name or URL keeps the config's
+    ``path`` and ``backend_options`` only for the same name; an object takes neither."""
+    config = config if config is not None else CheckpointConfig()
+    if not isinstance(config, CheckpointConfig):
+        raise ConfigError(f"config must be a CheckpointConfig, got {type(config).__name__}")
+    if backend is None:
+        return config
+    if isinstance(backend, Backend) or (isinstance(backend, str) and backend != config.backend):
+        return attrs.evolve(config, backend=backend, path=None, backend_options={})
+    return attrs.evolve(config, backend=backend)
+
+
+def database_url(location: str | None) -> str:
+    """The guide's ``backend="database"``: SQLite at ``location`` (a path or ``sqlite://`` URL, default
+    ./checkpoints.db), or PostgreSQL when it is a ``postgresql://`` URL (the plugin spark-ckpt[postgres])."""
+    location = location or DEFAULT_PATHS[DATABASE]
+    if "://" not in location:
+        return f"sqlite://{location}"
+    scheme = location.split("://", 1)[0].lower()
+    if scheme in ("sqlite", "postgresql", "postgres"):
+        return location
+    raise ConfigError(
+        f"backend='database' stores in SQLite (path='./checkpoints.db') or PostgreSQL "
+        f"(path='postgresql://...'), not {mask_url(location)!r}; for other stores name them: backend='{scheme}'"
+    )
+
+
 def split_url(url: str) -> tuple[str, str]:
     """``"sqlite:///x.db"`` -> ``("sqlite", "/x.db")``; ``"sqlite://x.db"`` -> ``("sqlite", "x.db")``."""
     if "://" not in url:
@@ -275,6 +362,8 @@ def open_backend(url_or_name: str, **options: Any):
     from . import plugins
 
     classes = plugins.backends()
+    if url_or_name.split("://", 1)[0] == DATABASE:
+        url_or_name = database_url(url_or_name.split("://", 1)[1] if "://" in url_or_name else None)
     if "://" not in url_or_name:
         if not _BARE_NAME.fullmatch(url_or_name):
             split_url(url_or_name)  # not a name either (a keyword DSN?): "not a backend URL", masked
@@ -287,6 +376,12 @@ def open_backend(url_or_name: str, **options: Any):
     listing = ", ".join(
         f"{name} ({'/'.join(cls.url_schemes) or name}://)" for name, cls in sorted(classes.items())
     )
+    if scheme in ("postgresql", "postgres", "s3"):
+        extra = "postgres" if scheme != "s3" else "s3"
+        raise UnknownBackendError(
+            f"{shown!r} needs the {extra} backend plugin, which is not installed (or plugins are disabled): "
+            f"pip install spark-ckpt[{extra}]. Available here: {listing}"
+        )
     raise UnknownBackendError(
         f"unknown checkpoint backend {scheme!r} in {shown!r}; available: {listing}. "
         "Other backends are separate packages, e.g. pip install spark-ckpt[postgres]"

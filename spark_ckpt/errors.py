@@ -145,6 +145,11 @@ class RecoveryDivergedError(UnrecoverableExecutionError):
     stopped before any live visit. Restore the graph code the run used."""
 
 
+class CheckpointInUseError(SparkCkptError):
+    """``delete_checkpoint`` refused: recovery (an unfinished execution) or a kept record still needs
+    that checkpoint; nothing was deleted. Pass ``force=True`` to delete it anyway."""
+
+
 class LeaseError(SparkCkptError):
     """Another worker owns the execution (or our lease expired and was taken over)."""
 

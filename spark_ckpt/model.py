@@ -38,6 +38,17 @@ GRAPH = "graph"
 AGENT = "agent"
 
 
+class AwaitableValue:
+    """``await value`` gives the value itself: what ``Backend.get_checkpoint()`` returns is used with
+    or without ``await`` (the guide awaits the backend's methods)."""
+
+    __slots__ = ()
+
+    def __await__(self):  # (a generator that finishes at once, with the value)
+        return self
+        yield  # noqa: unreachable  (makes this a generator)
+
+
 def new_id(prefix: str = "") -> str:
     """A random id with a millisecond time prefix, so ids sort roughly by creation time.
 
@@ -159,7 +170,7 @@ class FailureInfo:
 
 
 @attrs.frozen
-class GraphCheckpoint:
+class GraphCheckpoint(AwaitableValue):
     """Everything needed to continue one execution of one graph (the guide's checkpoint shape)."""
 
     checkpoint_id: str
@@ -269,7 +280,7 @@ class AgentCall:
 
 
 @attrs.frozen
-class AgentRecord:
+class AgentRecord(AwaitableValue):
     """One stored record of a checkpointed agent (``CheckpointHeader.kind == "agent"``).
 
     ``graph_id`` in the header is the agent id; one ``run()`` is one execution. Agent state is stored

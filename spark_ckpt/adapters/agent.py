@@ -31,7 +31,7 @@ from typing import Any, Iterable
 from spark.agents import Agent
 
 from ..backends.leases import claim, worker_identity
-from ..config import CheckpointConfig
+from ..config import CheckpointConfig, with_backend
 from ..engine.damage import damaged
 from ..errors import (
     CheckpointNotFoundError, ConfigError, CorruptCheckpointError, MissingCheckpointError,
@@ -73,6 +73,7 @@ class CheckpointedAgent:
         unsafe_tools: Iterable[str] = (),
         keep_call_journal: bool = False,
         hooks: Hooks | None = None,
+        backend: Any = None,
     ) -> None:
         if not isinstance(agent, Agent):
             raise ConfigError(f"CheckpointedAgent wraps a spark.agents.Agent, got {type(agent).__name__}")
@@ -84,7 +85,7 @@ class CheckpointedAgent:
             )
         self.agent = agent
         self.agent_id = str(agent_id)
-        self.config = config or CheckpointConfig()
+        self.config = with_backend(config, backend)  # (``backend``: an object, name or URL replacing config's)
         self.keep_call_journal = keep_call_journal
         self._hooks = hooks or Hooks()
         isolate_hooks(agent)
@@ -102,6 +103,7 @@ class CheckpointedAgent:
     def backend(self) -> Any:
         if self._backend is None:
             self._backend = self.config.open_backend()
+            self._backend.bind_codec(self.codec)  # (its get_checkpoint() decodes as this agent does)
         return self._backend
 
     @property
@@ -117,8 +119,11 @@ class CheckpointedAgent:
         return getattr(agent, name)
 
     def close(self) -> None:
+        """Close the backend opened from the config's name or URL; a backend object given to the config
+        stays open (its creator closes it)."""
         if self._backend is not None:
-            self._backend.close()
+            if self.config.owns_backend:
+                self._backend.close()
             self._backend = None
 
     # -- the guide's API ----------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from typing import Any
 
 from ..backends.leases import release_quietly, worker_identity
 from ..codec import Codec
-from ..config import CheckpointConfig
+from ..config import CheckpointConfig, with_backend
 from ..engine import records
 from ..engine.damage import damaged
 from ..engine.record_builder import FULL_HISTORY_EVERY, appended_json as _appended_json  # noqa: F401
@@ -68,11 +68,10 @@ class CheckpointedGraph(CheckpointAccess):
         graph_version: str | None = None,
         node_ids: dict[Any, str] | None = None,
         worker_id: str | None = None,
+        backend: Any = None,
     ) -> None:
         self.graph = graph
-        self.config = config or CheckpointConfig()
-        if not isinstance(self.config, CheckpointConfig):
-            raise ConfigError(f"config must be a CheckpointConfig, got {type(self.config).__name__}")
+        self.config = with_backend(config, backend)  # (``backend``: an object, name or URL replacing config's)
         self._keys = node_keys(graph, node_ids)
         self._nodes_by_key = {self._keys[id(n)]: n for n in ordered_nodes(graph)}
         self._node_order = {key: position for position, key in enumerate(self._nodes_by_key)}
@@ -83,6 +82,7 @@ class CheckpointedGraph(CheckpointAccess):
         self.worker_id = worker_id or worker_identity()
         self.backend = self.config.open_backend()
         self.codec: Codec = self.config.make_codec()
+        self.backend.bind_codec(self.codec)  # (its get_checkpoint() decodes as this graph does)
         self.policy = self.config.make_policy()
         self.retention_rules = self.config.make_retention_rules()
         self.hooks = Hooks()
@@ -456,7 +456,10 @@ class CheckpointedGraph(CheckpointAccess):
         return records.rebase(self.backend, self.codec, header, self._adapter_keys)
 
     def close(self) -> None:
-        self.backend.close()
+        """Close the backend opened from the config's name or URL; a backend object given to the config
+        stays open (its creator closes it)."""
+        if self.config.owns_backend:
+            self.backend.close()
 
     def __repr__(self) -> str:
         return f"CheckpointedGraph(graph_id={self.graph_id!r}, backend={self.backend.describe()!r})"

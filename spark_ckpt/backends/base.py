@@ -39,14 +39,21 @@ Rules:
 * The sync methods are the core; the ``a*`` twins default to running them in a worker thread.
   Local backends override them to call straight through; remote ones give real async versions.
   No backend-wide lock on the async path.
+
+Every backend also has the guide's methods (``list_checkpoints``, ``get_checkpoint``,
+``delete_checkpoint`` and their ``a*`` twins, from ``checkpoint_api``), built on the contract above,
+and refuses constructor arguments it does not take with a ``ConfigError`` (not a ``TypeError``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 from abc import ABC, abstractmethod
-from typing import ClassVar, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
+from ..errors import ConfigError
 from ..masking import mask_urls
 from ..model import CheckpointHeader, Lease, StoredCheckpoint
 
@@ -56,8 +63,34 @@ def newest_first(header: CheckpointHeader) -> tuple[float, int, str]:
     return header.created_at, header.seq, header.checkpoint_id
 
 
+def _checked_arguments(cls: type, init: Any) -> Any:
+    """``init`` refusing arguments it cannot take with a ``ConfigError`` that lists what it takes."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            signature.bind(self, *args, **kwargs)
+        except TypeError as exc:
+            accepted = ", ".join(
+                p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
+                for p in list(signature.parameters.values())[1:]
+                if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+            )
+            raise ConfigError(f"{cls.__name__}(...): {exc}; it takes: {accepted or 'no arguments'}") from None
+        init(self, *args, **kwargs)
+
+    __init__._checks_arguments = True  # type: ignore[attr-defined]
+    return __init__
+
+
 class Backend(ABC):
-    """Abstract base for checkpoint stores. Subclasses set ``name`` and ``url_schemes``."""
+    """Abstract base for checkpoint stores. Subclasses set ``name`` and ``url_schemes``.
+
+    A backend object can be given to ``CheckpointConfig(backend=...)`` (or ``checkpointed(...,
+    backend=...)``) instead of a name or URL; whoever created it closes it (a wrapped graph or agent
+    closes only the backends it opened itself from a name or URL).
+    """
 
     #: short name used in ``CheckpointConfig(backend=...)``
     name: ClassVar[str] = ""
@@ -65,6 +98,71 @@ class Backend(ABC):
     url_schemes: ClassVar[tuple[str, ...]] = ()
     #: True when data survives the process (used by recovery to refuse a pointless in-memory restore)
     durable: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_checks_arguments", False):
+            cls.__init__ = _checked_arguments(cls, init)  # type: ignore[method-assign]
+
+    # -- codec choices (the guide's ``format=`` / ``compression=`` constructor arguments) ----------------
+    #: serializer / compression this object was built with (``codec_choices``), applied by a config that
+    #: leaves its own at their defaults; None: no choice
+    serializer_choice: str | None = None
+    compression_choice: str | None = None
+
+    def bind_codec(self, codec: Any) -> None:
+        """Decode with ``codec`` in ``get_checkpoint`` (a wrapped graph or agent binds its own when it
+        opens this backend; the last one bound wins)."""
+        self._bound_codec = codec
+
+    # -- the guide's API (sync results are also awaitable; see ``checkpoint_api``) ---------------------
+    def list_checkpoints(
+        self, graph_id: str | None = None, execution_id: str | None = None, limit: int | None = None
+    ) -> Any:
+        """Headers of the stored checkpoints (of ``graph_id`` / ``execution_id``), newest first, at most
+        ``limit``. Also awaitable: ``await backend.list_checkpoints(graph_id=..., limit=10)``."""
+        from .checkpoint_api import listed
+
+        return listed(self.list(**_filters(graph_id, execution_id, limit)))
+
+    def get_checkpoint(self, checkpoint_id: Any) -> Any:
+        """The checkpoint with this id decoded and made whole: a ``GraphCheckpoint`` (with its whole
+        history), or for an agent's record an ``AgentRecord`` whose ``state_full`` is the agent's state
+        at that record. Decoded with the codec of the config this object was last used with (or
+        ``CheckpointConfig().make_codec()``: keys from the environment). Also awaitable.
+        ``CheckpointNotFoundError`` for an unknown id."""
+        from .checkpoint_api import read_checkpoint
+
+        return read_checkpoint(self, checkpoint_id)
+
+    def delete_checkpoint(self, checkpoint_id: Any, *, force: bool = False) -> Any:
+        """Delete one checkpoint; True if it existed (``CheckpointNotFoundError`` if it never did).
+        Refused (``CheckpointInUseError``) while recovery still needs it: any checkpoint of an unfinished
+        execution, or an agent record its newest state is built on; ``force=True`` deletes anyway. A later
+        record of the same finished execution that holds only changes since this one is first made to
+        stand alone. Also awaitable (``await`` gives a bool)."""
+        from .checkpoint_api import delete_one
+
+        return delete_one(self, checkpoint_id, force=force)
+
+    async def alist_checkpoints(
+        self, graph_id: str | None = None, execution_id: str | None = None, limit: int | None = None
+    ) -> list[Any]:
+        """``list_checkpoints`` through the backend's async path."""
+        return await self.alist(**_filters(graph_id, execution_id, limit))
+
+    async def aget_checkpoint(self, checkpoint_id: Any) -> Any:
+        """``get_checkpoint`` through the backend's async path."""
+        from .checkpoint_api import aread_checkpoint
+
+        return await aread_checkpoint(self, checkpoint_id)
+
+    async def adelete_checkpoint(self, checkpoint_id: Any, *, force: bool = False) -> bool:
+        """``delete_checkpoint`` through the backend's async path."""
+        from .checkpoint_api import adelete_one
+
+        return await adelete_one(self, checkpoint_id, force=force)
 
     # -- factory -------------------------------------------------------------------------------
     @classmethod
@@ -200,6 +298,15 @@ class Backend(ABC):
 
     async def astart_execution(self, header: CheckpointHeader, blob: bytes, owner: str, ttl_s: float) -> Lease:
         return await asyncio.to_thread(self.start_execution, header, blob, owner, ttl_s)
+
+
+def _filters(graph_id: Any, execution_id: Any, limit: Any) -> dict[str, Any]:
+    for name, value in (("graph_id", graph_id), ("execution_id", execution_id)):
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"list_checkpoints({name}=...) takes a string, got {type(value).__name__}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ConfigError(f"list_checkpoints(limit=...) takes a non-negative integer or None, got {limit!r}")
+    return {"graph_id": graph_id, "execution_id": execution_id, "limit": limit}
 
 
 class LocalBackend(Backend):

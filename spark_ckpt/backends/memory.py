@@ -29,6 +29,7 @@ class MemoryBackend(LocalBackend):
     _stores: ClassVar[dict[str, MemoryBackend]] = {}
 
     def __init__(self) -> None:
+        """An empty store of this process (``MemoryBackend()``, the guide's development backend)."""
         self._items: dict[str, StoredCheckpoint] = {}
         self._by_position: dict[tuple[str, int], str] = {}
         self._leases: dict[str, Lease] = {}

@@ -35,6 +35,7 @@ from ...masking import mask_url
 from ...model import CheckpointHeader, Lease, StoredCheckpoint
 from .. import heads
 from ..base import LocalBackend, newest_first
+from ..codec_choices import compression_choice, serializer_choice
 from ..leases import check_fence
 from ..rows import storable
 from .head_files import HeadFiles
@@ -53,8 +54,29 @@ class FileBackend(HeadFiles, LeaseFiles, AtomicWrites, StoreLayout, LocalBackend
     url_schemes = ("file",)
     durable = True
 
-    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
-        self.root = os.path.abspath(os.path.expanduser(os.fspath(root)))
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        format: str | None = None,
+        compression: bool | str | None = None,
+        fsync: bool = True,
+    ) -> None:
+        """``path`` (or ``root``): the store's directory. ``format`` ("json" or "pickle") and ``compression``
+        (True = "gzip", "zstd") are the guide's codec choices: a config given this object applies each one
+        it leaves at its default (``spark_ckpt.backends.codec_choices``; "pickle" needs the config's
+        ``pickle_signing_key``)."""
+        if root is not None and path is not None and os.fspath(root) != os.fspath(path):
+            raise ConfigError("FileBackend takes path= or root=, not two different directories")
+        location = path if path is not None else root
+        if location is None:
+            raise ConfigError("FileBackend needs a directory: FileBackend(path='./checkpoints')")
+        if not isinstance(location, (str, os.PathLike)) or not os.fspath(location):
+            raise ConfigError(f"FileBackend path must be a directory path, got {location!r}")
+        self.serializer_choice = serializer_choice(format, "FileBackend")
+        self.compression_choice = compression_choice(compression, "FileBackend")
+        self.root = os.path.abspath(os.path.expanduser(os.fspath(location)))
         self.fsync = bool(fsync)
         self._graphs = os.path.join(self.root, "graphs")
         self._ids = os.path.join(self.root, "ids")
@@ -69,9 +91,11 @@ class FileBackend(HeadFiles, LeaseFiles, AtomicWrites, StoreLayout, LocalBackend
         location = url.split("://", 1)[1] if "://" in url else url
         if not location:
             raise ConfigError(f"file backend URL {mask_url(url)!r} has no directory; use file://./dir or file:///abs/dir")
-        unknown = set(options) - {"fsync"}
+        unknown = set(options) - {"fsync", "format", "compression"}
         if unknown:
-            raise ConfigError(f"unknown file backend option(s) {', '.join(sorted(unknown))}; known: fsync")
+            raise ConfigError(
+                f"unknown file backend option(s) {', '.join(sorted(unknown))}; known: fsync, format, compression"
+            )
         return cls(location, **options)  # type: ignore[arg-type]
 
     def describe(self) -> str:

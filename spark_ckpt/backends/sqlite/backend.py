@@ -1,4 +1,4 @@
-"""``SqliteBackend``: the ``Backend`` contract over one SQLite database file.
+"""``SQLiteBackend`` (also ``SqliteBackend``): the ``Backend`` contract over one SQLite database file.
 
 Every write is one transaction on the process's shared connection (``connections``), taken under
 its lock: a put inserts the checkpoint and advances its execution's head together, so the
@@ -38,61 +38,65 @@ from .. import heads
 from ..base import LocalBackend
 from ..leases import check_fence, extend_lease, grant_lease
 from ..rows import checked, checked_blob, storable
+from ..codec_choices import compression_choice
 from . import schema
 from .connections import SYNCHRONOUS_MODES, _closed_connection, _release_connection, share_connection
-from .schema import _CHECKPOINT_HEADER_COLUMNS, _HEADER_COLUMNS, _placeable, _stored_position
-from .statements import (
-    _ADVANCE_HEAD,
-    _ADVANCE_HEAD_LEASED,
-    _GET_CANONICAL,
-    _GET_HEAD,
-    _GET_LEASE,
-    _GET_NAMED,
-    _GET_NUMBER,
-    _HEAD_COLUMNS,
-    _INSERT,
-    _INSERT_FENCED,
-    _NAMED_ID,
-    _NEW_LEASE,
-    _NEWEST_FIRST,
-    _POSITION,
-    _RECORD_EXECUTION,
-    _ROWS_OF_E,
-    _SET_LEASE,
-    _head_params,
-    _header,
-    _row,
-)
+from .schema import DEFAULT_TABLE_NAME, _placeable, _stored_position, sqlite_tables
+from .statements import _NEWEST_FIRST, _head_params, _header, _row, statements_for
 
 
-class SqliteBackend(LocalBackend):
+class SQLiteBackend(LocalBackend):
     """Checkpoints in one SQLite database file (WAL, ``synchronous=NORMAL`` by default)."""
 
     name = "sqlite"
     url_schemes = ("sqlite",)
     durable = True
 
-    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL", busy_timeout_s: float = 30.0) -> None:
-        self.path = os.fspath(path)
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        db_path: str | os.PathLike[str] | None = None,
+        table_name: str = DEFAULT_TABLE_NAME,
+        synchronous: str = "NORMAL",
+        busy_timeout_s: float = 30.0,
+        compression: bool | str | None = None,
+    ) -> None:
+        """``db_path`` (or ``path``): the database file. ``table_name``: the checkpoints table of this
+        store; other stores in the same file under other names are independent (``schema``). The default
+        keeps the tables every earlier version used. ``compression`` (True = "gzip", "zstd"): how a
+        config given this object compresses checkpoints when it does not say itself (``codec_choices``)."""
+        if path is not None and db_path is not None and os.fspath(path) != os.fspath(db_path):
+            raise ConfigError("SQLiteBackend takes db_path= or path=, not two different files")
+        location = db_path if db_path is not None else path
+        if location is None:
+            raise ConfigError("SQLiteBackend needs the database file: SQLiteBackend(db_path='./checkpoints.db')")
+        if not isinstance(location, (str, os.PathLike)) or not os.fspath(location):
+            raise ConfigError(f"SQLiteBackend db_path must be a file path, got {location!r}")
+        self.path = os.fspath(location)
+        self.tables = sqlite_tables(table_name)
+        self.table_name = self.tables["checkpoints"]
+        self.compression_choice = compression_choice(compression, "SQLiteBackend")
+        self._sql = statements_for(self.tables)
         mode = str(synchronous).upper()
         if mode not in SYNCHRONOUS_MODES:
             raise ConfigError(
                 f"sqlite backend option synchronous={synchronous!r} is invalid; use one of {', '.join(SYNCHRONOUS_MODES)}"
             )
-        if busy_timeout_s < 0:
+        if not isinstance(busy_timeout_s, (int, float)) or busy_timeout_s < 0:
             raise ConfigError(f"sqlite backend option busy_timeout_s must be >= 0, got {busy_timeout_s!r}")
         self.synchronous = mode
-        key, shared = share_connection(self.path, mode, busy_timeout_s)
+        key, shared = share_connection(self.path, mode, busy_timeout_s, self.tables)
         self._conn = shared.conn
         self._lock = shared.lock
-        self._numbers = shared.numbers
+        self._numbers = shared.numbers[self.tables["migrations"]]
         # Gives the connection back when the backend is closed or garbage-collected, so a backend
         # that was never closed explicitly does not leak it (Python 3.13 warns about unclosed ones).
         self._release = weakref.finalize(self, _release_connection, key, shared)
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
-    def from_url(cls, url: str, **options: object) -> SqliteBackend:
+    def from_url(cls, url: str, **options: object) -> SQLiteBackend:
         location = url.split("://", 1)[1] if "://" in url else url
         location = location.split("?", 1)[0]
         if not location:
@@ -101,19 +105,22 @@ class SqliteBackend(LocalBackend):
             raise ConfigError(
                 f"sqlite backend URL {mask_url(url)!r} is not a database file path; use memory:// for an in-process store"
             )
-        unknown = set(options) - {"synchronous", "busy_timeout_s"}
+        unknown = set(options) - {"synchronous", "busy_timeout_s", "table_name", "compression"}
         if unknown:
             raise ConfigError(
-                f"unknown sqlite backend option(s) {', '.join(sorted(unknown))}; known: synchronous, busy_timeout_s"
+                f"unknown sqlite backend option(s) {', '.join(sorted(unknown))}; known: synchronous, "
+                "busy_timeout_s, table_name, compression"
             )
         return cls(os.path.expanduser(location), **options)  # type: ignore[arg-type]
 
     def applied_migrations(self) -> list[str]:
         """Names of the schema migrations applied to this database, oldest first."""
         with self._lock:
-            return schema.applied(self._conn)
+            return schema.applied(self._conn, self.tables)
 
     def describe(self) -> str:
+        if self.table_name != DEFAULT_TABLE_NAME:
+            return f"sqlite://{self.path} (table {self.table_name})"
         return f"sqlite://{self.path}"
 
     def close(self) -> None:
@@ -127,7 +134,7 @@ class SqliteBackend(LocalBackend):
         return BackendError(f"sqlite backend {self.path!r} failed to {what}: {exc}")
 
     def _read_lease(self, execution_id: str) -> Lease | None:
-        row = self._conn.execute(_GET_LEASE, (execution_id,)).fetchone()
+        row = self._conn.execute(self._sql.GET_LEASE, (execution_id,)).fetchone()
         return Lease(*row) if row else None
 
     # -- checkpoints --------------------------------------------------------------------------------
@@ -175,21 +182,21 @@ class SqliteBackend(LocalBackend):
         caller's transaction."""
         try:
             if lease is None:
-                conn.execute(_INSERT, _row(number, h, blob))
-                conn.execute(_ADVANCE_HEAD, _head_params(number, h))  # forward only, never refused
+                conn.execute(self._sql.INSERT, _row(number, h, blob))
+                conn.execute(self._sql.ADVANCE_HEAD, _head_params(number, h))  # forward only, never refused
                 return
-            cursor = conn.execute(_INSERT_FENCED, (*_row(number, h, blob), h.execution_id, lease.token, lease.owner))
+            cursor = conn.execute(self._sql.INSERT_FENCED, (*_row(number, h, blob), h.execution_id, lease.token, lease.owner))
         except sqlite3.IntegrityError as exc:
             raise self._duplicate(h, exc) from None
         if cursor.rowcount != 1:
             check_fence(self._read_lease(h.execution_id), lease, h.execution_id)
             raise LeaseError(f"write to execution {h.execution_id} refused: lease check failed")
-        if conn.execute(_ADVANCE_HEAD_LEASED, _head_params(number, h)).rowcount != 1:
+        if conn.execute(self._sql.ADVANCE_HEAD_LEASED, _head_params(number, h)).rowcount != 1:
             heads.advance(self._read_head(h.execution_id), h, leased=True)  # raises what refused it
             raise BackendError(f"sqlite backend {self.path!r} could not advance the head of execution {h.execution_id}")
 
     def _read_head(self, execution_id: str) -> CheckpointHeader | None:
-        row = self._conn.execute(_GET_HEAD, (execution_id,)).fetchone()
+        row = self._conn.execute(self._sql.GET_HEAD, (execution_id,)).fetchone()
         return checked(CheckpointHeader(*row[:8], tag=row[8]), self.describe(), row="head") if row else None
 
     def execution_head(self, execution_id: str) -> CheckpointHeader | None:
@@ -199,13 +206,12 @@ class SqliteBackend(LocalBackend):
             except sqlite3.Error as exc:
                 raise self._failed(f"read the head of execution {execution_id}", exc) from exc
 
-    @staticmethod
-    def _recorded_number(conn: sqlite3.Connection, h: CheckpointHeader) -> int:
+    def _recorded_number(self, conn: sqlite3.Connection, h: CheckpointHeader) -> int:
         """Insert the execution's row if it has none; its number (no second query when just inserted)."""
-        cursor = conn.execute(_RECORD_EXECUTION, (h.execution_id, h.graph_id))
+        cursor = conn.execute(self._sql.RECORD_EXECUTION, (h.execution_id, h.graph_id))
         if cursor.rowcount == 1:
             return cursor.lastrowid
-        return conn.execute(_GET_NUMBER, (h.execution_id,)).fetchone()[0]
+        return conn.execute(self._sql.GET_NUMBER, (h.execution_id,)).fetchone()[0]
 
     def _remember_number(self, execution_id: str, number: int) -> None:
         """Call only once the ``executions`` row is committed."""
@@ -231,10 +237,10 @@ class SqliteBackend(LocalBackend):
             now = time.time()
             lease = grant_lease(None, h.execution_id, owner, ttl_s, now)
             try:  # a new execution has no lease row yet: insert it without reading first
-                conn.execute(_NEW_LEASE, (lease.execution_id, lease.owner, lease.token, lease.expires_at))
+                conn.execute(self._sql.NEW_LEASE, (lease.execution_id, lease.owner, lease.token, lease.expires_at))
             except sqlite3.IntegrityError:  # it has one (released, or another worker's): the usual rules
                 lease = grant_lease(self._read_lease(h.execution_id), h.execution_id, owner, ttl_s, now)
-                conn.execute(_SET_LEASE, (lease.execution_id, lease.owner, lease.token, lease.expires_at))
+                conn.execute(self._sql.SET_LEASE, (lease.execution_id, lease.owner, lease.token, lease.expires_at))
             number = self._recorded_number(conn, h)
             self._insert_and_advance(conn, number, h, blob, lease)
             return lease, number
@@ -247,9 +253,9 @@ class SqliteBackend(LocalBackend):
         key = _stored_position(checkpoint_id)
         with self._lock:
             try:
-                row = self._conn.execute(_GET_CANONICAL, (*key, checkpoint_id)).fetchone() if key else None
+                row = self._conn.execute(self._sql.GET_CANONICAL, (*key, checkpoint_id)).fetchone() if key else None
                 if row is None:
-                    row = self._conn.execute(_GET_NAMED, (checkpoint_id,)).fetchone()
+                    row = self._conn.execute(self._sql.GET_NAMED, (checkpoint_id,)).fetchone()
             except sqlite3.Error as exc:
                 raise self._failed(f"read checkpoint {checkpoint_id!r}", exc) from exc
         if row is None:
@@ -270,10 +276,10 @@ class SqliteBackend(LocalBackend):
         self, *, graph_id: str | None = None, execution_id: str | None = None, limit: int | None = None
     ) -> list[CheckpointHeader]:
         if graph_id is None and execution_id is None:
-            sql, params = f"SELECT {_HEADER_COLUMNS} FROM checkpoints", []
+            sql, params = self._sql.LIST_ALL, []
         else:  # each execution's rows are one rowid range
             where, params = self._executions_where(graph_id, execution_id)
-            sql = f"SELECT {_CHECKPOINT_HEADER_COLUMNS} FROM executions e JOIN checkpoints c ON {_ROWS_OF_E}{where}"
+            sql = f"{self._sql.LIST_OF_EXECUTIONS}{where}"
         sql += _NEWEST_FIRST
         params.append(-1 if limit is None else limit)
         return self._query("list checkpoints", sql, params)
@@ -283,8 +289,7 @@ class SqliteBackend(LocalBackend):
     ) -> list[CheckpointHeader]:
         # The heads of the executions that still hold a checkpoint (one rowid seek each).
         where, params = self._executions_where(graph_id, None)
-        stored = f"EXISTS (SELECT 1 FROM checkpoints c WHERE {_ROWS_OF_E})"
-        sql = f"SELECT {_HEAD_COLUMNS} FROM executions e{where}{' AND' if where else ' WHERE'} head_seq IS NOT NULL AND {stored}"
+        sql = f"{self._sql.HEADS}{where}{' AND' if where else ' WHERE'} head_seq IS NOT NULL AND {self._sql.STILL_STORED}"
         if unfinished_only:
             statuses = sorted(UNFINISHED_STATUSES)
             sql += f" AND head_status IN ({', '.join('?' * len(statuses))})"
@@ -313,8 +318,8 @@ class SqliteBackend(LocalBackend):
 
         def change(conn: sqlite3.Connection) -> int:
             before = conn.total_changes
-            conn.executemany(f"DELETE FROM checkpoints WHERE {_NAMED_ID}", [(cid,) for cid in ids])
-            conn.executemany(f"DELETE FROM checkpoints WHERE rowid = {_POSITION} AND checkpoint_id = ?", canonical)
+            conn.executemany(self._sql.DELETE_NAMED, [(cid,) for cid in ids])
+            conn.executemany(self._sql.DELETE_CANONICAL, canonical)
             return conn.total_changes - before
 
         return self._write_transaction("delete checkpoints", change)
@@ -324,13 +329,9 @@ class SqliteBackend(LocalBackend):
         h = header
 
         def change(conn: sqlite3.Connection) -> int:
-            cursor = conn.execute(
-                f"UPDATE checkpoints SET blob = ?, size = ? WHERE rowid = {_POSITION} AND checkpoint_id = ?",
-                (blob, h.size, h.execution_id, h.seq, h.checkpoint_id),
-            )
+            cursor = conn.execute(self._sql.REPLACE, (blob, h.size, h.execution_id, h.seq, h.checkpoint_id))
             if h.tag is not None and cursor.rowcount:  # key rotation re-tags the index head
-                conn.execute("UPDATE executions SET head_tag = ? WHERE execution_id = ? AND head_seq = ?",
-                             (h.tag, h.execution_id, h.seq))
+                conn.execute(self._sql.RETAG_HEAD, (h.tag, h.execution_id, h.seq))
             return cursor.rowcount
 
         if self._write_transaction(f"replace checkpoint {h.checkpoint_id!r}", change) == 0:
@@ -374,7 +375,7 @@ class SqliteBackend(LocalBackend):
     def acquire_lease(self, execution_id: str, owner: str, ttl_s: float) -> Lease:
         def change(conn: sqlite3.Connection) -> Lease:
             lease = grant_lease(self._read_lease(execution_id), execution_id, owner, ttl_s, time.time())
-            conn.execute(_SET_LEASE, (lease.execution_id, lease.owner, lease.token, lease.expires_at))
+            conn.execute(self._sql.SET_LEASE, (lease.execution_id, lease.owner, lease.token, lease.expires_at))
             return lease
 
         return self._write_transaction(f"acquire the lease of execution {execution_id}", change)
@@ -382,7 +383,7 @@ class SqliteBackend(LocalBackend):
     def renew_lease(self, lease: Lease, ttl_s: float) -> Lease:
         def change(conn: sqlite3.Connection) -> Lease:
             renewed = extend_lease(self._read_lease(lease.execution_id), lease, ttl_s, time.time())
-            conn.execute(_SET_LEASE, (renewed.execution_id, renewed.owner, renewed.token, renewed.expires_at))
+            conn.execute(self._sql.SET_LEASE, (renewed.execution_id, renewed.owner, renewed.token, renewed.expires_at))
             return renewed
 
         return self._write_transaction(f"renew the lease of execution {lease.execution_id}", change)
@@ -392,6 +393,10 @@ class SqliteBackend(LocalBackend):
             current = self._read_lease(lease.execution_id)
             if current is not None and current.token == lease.token and current.owner == lease.owner:
                 # Keep the token so the next owner's token still grows; just expire the lease.
-                conn.execute(_SET_LEASE, (lease.execution_id, "", lease.token, 0.0))
+                conn.execute(self._sql.SET_LEASE, (lease.execution_id, "", lease.token, 0.0))
 
         self._write_transaction(f"release the lease of execution {lease.execution_id}", change)
+
+
+#: the name earlier versions used
+SqliteBackend = SQLiteBackend

@@ -23,9 +23,10 @@ import os
 import sqlite3
 import threading
 import time
+from typing import Mapping
 
 from ...errors import BackendError
-from .schema import migrate
+from .schema import DEFAULT_TABLES, migrate
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 #: a database file holds at least one page of the smallest page size
@@ -47,9 +48,11 @@ class _SharedConnection:
         self.conn = conn
         self.lock = threading.Lock()
         self.users = 0
-        #: number of each execution recorded in ``executions`` (rows are never removed, so a number
-        #: never changes)
-        self.numbers: dict[str, int] = {}
+        #: per store (its migration set name), the number of each execution recorded in its executions
+        #: table (rows are never removed, so a number never changes)
+        self.numbers: dict[str, dict[str, int]] = {}
+        #: the stores (migration set names) whose tables this connection has migrated
+        self.migrated: set[str] = set()
 
 
 _SHARED: dict[tuple, _SharedConnection] = {}
@@ -75,34 +78,47 @@ def _closed_connection() -> sqlite3.Connection:
 
 
 def share_connection(
-    path: str, synchronous: str, busy_timeout_s: float
+    path: str, synchronous: str, busy_timeout_s: float, tables: Mapping[str, str] = DEFAULT_TABLES
 ) -> tuple[tuple, _SharedConnection]:
     """The shared connection to ``path`` with these settings (opened if this process has none), with
-    one more user; its registry key, for ``_release_connection``."""
+    one more user and the store with these ``tables`` migrated; its registry key, for ``_release_connection``."""
     # (the pid: a connection must never be used in a forked child)
     key = (os.getpid(), os.path.realpath(path), synchronous, busy_timeout_s)
+    store = tables["migrations"]
     with _SHARED_LOCK:
         shared = _SHARED.get(key)
         if shared is None:
-            shared = _SHARED[key] = _SharedConnection(_connect_retrying(path, synchronous, busy_timeout_s))
+            shared = _SHARED[key] = _SharedConnection(_connect_retrying(path, synchronous, busy_timeout_s, tables))
+            shared.migrated.add(store)
         shared.users += 1
+    try:
+        if store not in shared.migrated:  # another store in a file this process has open already
+            with shared.lock:
+                _migrate(shared.conn, path, tables)
+                shared.migrated.add(store)
+    except BaseException:
+        _release_connection(key, shared)
+        raise
+    shared.numbers.setdefault(store, {})
     return key, shared
 
 
-def _connect_retrying(path: str, synchronous: str, busy_timeout_s: float) -> sqlite3.Connection:
+def _connect_retrying(
+    path: str, synchronous: str, busy_timeout_s: float, tables: Mapping[str, str]
+) -> sqlite3.Connection:
     """Open, retrying "database is locked": switching a new file to WAL does not wait on the busy
     timeout, so processes opening one new store at the same moment can collide there."""
     deadline = time.monotonic() + max(busy_timeout_s, 1.0)
     while True:
         try:
-            return _connect(path, synchronous, busy_timeout_s)
+            return _connect(path, synchronous, busy_timeout_s, tables)
         except BackendError as exc:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
 
 
-def _connect(path: str, synchronous: str, busy_timeout_s: float) -> sqlite3.Connection:
+def _connect(path: str, synchronous: str, busy_timeout_s: float, tables: Mapping[str, str]) -> sqlite3.Connection:
     if os.path.isdir(path):
         raise BackendError(f"sqlite backend path {path!r} is a directory; point it at a database file inside it")
     # (its size, not its bytes: this process never opens the file other than through SQLite)
@@ -135,18 +151,27 @@ def _connect(path: str, synchronous: str, busy_timeout_s: float) -> sqlite3.Conn
         # deleted and replaced content is overwritten with zeros, not left in free pages: after a key
         # rotation (or a prune) no plaintext checkpoint stays readable in the file
         conn.execute("PRAGMA secure_delete=ON")
-        migrate(conn)
+        _migrate(conn, path, tables)
     except sqlite3.DatabaseError as exc:
         conn.close()
-        if "not a database" in str(exc) or "malformed" in str(exc):
-            raise BackendError(
-                f"{path!r} is not a usable SQLite database ({exc}); it was left untouched. "
-                "Point the sqlite backend at another file"
-            ) from exc
-        raise BackendError(
-            f"cannot open sqlite checkpoint database {path!r}: {exc}; check the path is writable"
-        ) from exc
+        raise _unusable(path, exc) from exc
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _migrate(conn: sqlite3.Connection, path: str, tables: Mapping[str, str]) -> None:
+    try:
+        migrate(conn, tables)
+    except sqlite3.DatabaseError as exc:
+        raise _unusable(path, exc) from exc
+
+
+def _unusable(path: str, exc: sqlite3.DatabaseError) -> BackendError:
+    if "not a database" in str(exc) or "malformed" in str(exc):
+        return BackendError(
+            f"{path!r} is not a usable SQLite database ({exc}); it was left untouched. "
+            "Point the sqlite backend at another file"
+        )
+    return BackendError(f"cannot open sqlite checkpoint database {path!r}: {exc}; check the path is writable")

@@ -18,6 +18,10 @@ only other ids go into the partial unique index ``checkpoints_by_named_id``.
 The executions index (``spark_ckpt.backends.heads``) lives in ``executions`` too: each row holds its
 execution's head (the header of its highest seq ever stored, with the writer's tag).
 
+Those are the default store's names. ``SqliteBackend(table_name=...)`` keeps another store in the same
+file under tables named after it (``sqlite_tables``: ``<t>``, ``<t>_executions``, ``<t>_leases``, and
+indexes ``<t>_by_named_id``, ...), migrated on its own (migration set ``<t>_migrations``).
+
 Invariants: a released migration is never edited, removed or reordered (a database records by name
 which ran); an execution's ``number`` never changes (its row is never removed), so neither does a
 checkpoint's position; ``_CANONICAL`` is spelled identically in the index and in the queries.
@@ -26,11 +30,23 @@ checkpoint's position; ``_CANONICAL`` is spelled identically in the index and in
 from __future__ import annotations
 
 import sqlite3
+from typing import Mapping
 
 from ...errors import BackendError
 from ...model import canonical_key
+from ..table_names import table_names
 
 MIGRATION_SET = "spark_ckpt"
+#: the checkpoints table of the default store; another ``table_name`` gets tables named after it
+DEFAULT_TABLE_NAME = "checkpoints"
+#: the default store's tables (and the name its migrations are recorded under)
+DEFAULT_TABLES = {"checkpoints": "checkpoints", "executions": "executions", "leases": "leases", "migrations": MIGRATION_SET}
+
+
+def sqlite_tables(table_name: object = DEFAULT_TABLE_NAME) -> dict[str, str]:
+    """The tables of the store called ``table_name`` (``table_names``; ``ConfigError`` for a bad name).
+    Its migrations are recorded as the set ``<table_name>_migrations``."""
+    return table_names(table_name, default=DEFAULT_TABLE_NAME, legacy=DEFAULT_TABLES, backend="sqlite backend")
 
 _HEADER_COLUMNS = "checkpoint_id, graph_id, execution_id, seq, created_at, status, kind, size"
 _CHECKPOINT_HEADER_COLUMNS = ", ".join(f"c.{column}" for column in _HEADER_COLUMNS.split(", "))  # joined with executions
@@ -44,13 +60,13 @@ SEQ_OFFSET = 1 << 31
 _CANONICAL = "(seq >= 0 AND checkpoint_id = 'ck-' || execution_id || '-' || seq)"
 
 
-def _rebuild_checkpoints(db, checkpoint_id_column: str) -> None:
+def _rebuild_checkpoints(db, checkpoint_id_column: str, checkpoints: str = "checkpoints") -> None:
     """Recreate ``checkpoints`` with another definition of its id column (and none of its extra
     indexes), keeping every row: SQLite cannot drop a constraint in place. Migrations call this, so
     it must keep doing exactly this."""
     db.execute(
         f"""
-        CREATE TABLE checkpoints_new (
+        CREATE TABLE {checkpoints}_new (
             {checkpoint_id_column},
             graph_id TEXT NOT NULL,
             execution_id TEXT NOT NULL,
@@ -64,21 +80,22 @@ def _rebuild_checkpoints(db, checkpoint_id_column: str) -> None:
         )
         """
     )
-    db.execute(f"INSERT INTO checkpoints_new ({_HEADER_COLUMNS}, blob) SELECT {_HEADER_COLUMNS}, blob FROM checkpoints")
-    db.execute("DROP TABLE checkpoints")
-    db.execute("ALTER TABLE checkpoints_new RENAME TO checkpoints")
+    db.execute(f"INSERT INTO {checkpoints}_new ({_HEADER_COLUMNS}, blob) SELECT {_HEADER_COLUMNS}, blob FROM {checkpoints}")
+    db.execute(f"DROP TABLE {checkpoints}")
+    db.execute(f"ALTER TABLE {checkpoints}_new RENAME TO {checkpoints}")
 
 
-def _migrations():
+def _migrations(tables: Mapping[str, str] = DEFAULT_TABLES):
     from sqlite_utils import Migrations
 
-    migrations = Migrations(MIGRATION_SET)
+    C, E, L = tables["checkpoints"], tables["executions"], tables["leases"]
+    migrations = Migrations(tables["migrations"])
 
     @migrations(name="m001_checkpoints_and_leases")
     def _initial(db) -> None:
         db.execute(
-            """
-            CREATE TABLE checkpoints (
+            f"""
+            CREATE TABLE {C} (
                 checkpoint_id TEXT PRIMARY KEY,
                 graph_id TEXT NOT NULL,
                 execution_id TEXT NOT NULL,
@@ -92,10 +109,10 @@ def _migrations():
             )
             """
         )
-        db.execute("CREATE INDEX checkpoints_by_graph ON checkpoints (graph_id, created_at, seq)")
+        db.execute(f"CREATE INDEX {C}_by_graph ON {C} (graph_id, created_at, seq)")
         db.execute(
-            """
-            CREATE TABLE leases (
+            f"""
+            CREATE TABLE {L} (
                 execution_id TEXT PRIMARY KEY,
                 owner TEXT NOT NULL,
                 token INTEGER NOT NULL,
@@ -108,17 +125,17 @@ def _migrations():
     def _executions(db) -> None:
         # The per-checkpoint (graph_id, created_at, seq) index and the separate TEXT primary key cost a
         # page write each per put; graph lookups go through a table written once per execution instead.
-        _rebuild_checkpoints(db, "checkpoint_id TEXT NOT NULL UNIQUE")  # drops checkpoints_by_graph too
-        db.execute("CREATE TABLE executions (execution_id TEXT PRIMARY KEY, graph_id TEXT NOT NULL) WITHOUT ROWID")
-        db.execute("CREATE INDEX executions_by_graph ON executions (graph_id)")
-        db.execute("INSERT OR IGNORE INTO executions SELECT execution_id, graph_id FROM checkpoints")
+        _rebuild_checkpoints(db, "checkpoint_id TEXT NOT NULL UNIQUE", C)  # drops its _by_graph index too
+        db.execute(f"CREATE TABLE {E} (execution_id TEXT PRIMARY KEY, graph_id TEXT NOT NULL) WITHOUT ROWID")
+        db.execute(f"CREATE INDEX {E}_by_graph ON {E} (graph_id)")
+        db.execute(f"INSERT OR IGNORE INTO {E} SELECT execution_id, graph_id FROM {C}")
 
     @migrations(name="m003_canonical_ids_unindexed")
     def _canonical_ids(db) -> None:
         # Graph checkpoints' ids derive from (execution_id, seq): only other ids need an index.
-        _rebuild_checkpoints(db, "checkpoint_id TEXT NOT NULL")
+        _rebuild_checkpoints(db, "checkpoint_id TEXT NOT NULL", C)
         db.execute(  # (the first form of derived ids; m004 replaces this index)
-            "CREATE UNIQUE INDEX checkpoints_by_named_id ON checkpoints (checkpoint_id) WHERE NOT "
+            f"CREATE UNIQUE INDEX {C}_by_named_id ON {C} (checkpoint_id) WHERE NOT "
             "(substr(execution_id, 1, 3) = 'ex-' AND seq >= 0 AND checkpoint_id = 'ck-' || substr(execution_id, 4) || '-' || seq)"
         )
 
@@ -126,30 +143,30 @@ def _migrations():
     def _derived_ids(db) -> None:
         # Derived ids became ck-<execution_id>-<seq> for any execution id (no "ex-" prefix games), so
         # a derived-shaped id given anywhere else can be refused on sight instead of checked per put.
-        db.execute("DROP INDEX checkpoints_by_named_id")
-        db.execute(f"CREATE UNIQUE INDEX checkpoints_by_named_id ON checkpoints (checkpoint_id) WHERE NOT {_CANONICAL}")
+        db.execute(f"DROP INDEX {C}_by_named_id")
+        db.execute(f"CREATE UNIQUE INDEX {C}_by_named_id ON {C} (checkpoint_id) WHERE NOT {_CANONICAL}")
 
     @migrations(name="m005_checkpoints_keyed_by_position")
     def _positions(db) -> None:
         # The UNIQUE(execution_id, seq) index cost a page write per put (~8 us); a rowid that is the
         # checkpoint's position (execution number, seq) gives the same order and uniqueness for free.
         db.execute(
-            "CREATE TABLE executions_new (number INTEGER PRIMARY KEY, execution_id TEXT NOT NULL UNIQUE, graph_id TEXT NOT NULL)"
+            f"CREATE TABLE {E}_new (number INTEGER PRIMARY KEY, execution_id TEXT NOT NULL UNIQUE, graph_id TEXT NOT NULL)"
         )
-        db.execute("INSERT INTO executions_new (execution_id, graph_id) SELECT execution_id, graph_id FROM executions")
-        db.execute("DROP TABLE executions")  # (and executions_by_graph)
-        db.execute("ALTER TABLE executions_new RENAME TO executions")
-        db.execute("CREATE INDEX executions_by_graph ON executions (graph_id)")
-        db.execute("INSERT OR IGNORE INTO executions (execution_id, graph_id) SELECT execution_id, graph_id FROM checkpoints")
-        (outside,) = db.execute(f"SELECT count(*) FROM checkpoints WHERE seq < -{SEQ_OFFSET} OR seq >= {SEQ_OFFSET}").fetchone()
+        db.execute(f"INSERT INTO {E}_new (execution_id, graph_id) SELECT execution_id, graph_id FROM {E}")
+        db.execute(f"DROP TABLE {E}")  # (and its _by_graph index)
+        db.execute(f"ALTER TABLE {E}_new RENAME TO {E}")
+        db.execute(f"CREATE INDEX {E}_by_graph ON {E} (graph_id)")
+        db.execute(f"INSERT OR IGNORE INTO {E} (execution_id, graph_id) SELECT execution_id, graph_id FROM {C}")
+        (outside,) = db.execute(f"SELECT count(*) FROM {C} WHERE seq < -{SEQ_OFFSET} OR seq >= {SEQ_OFFSET}").fetchone()
         if outside:
             raise BackendError(
                 f"{outside} stored checkpoint(s) have a seq outside [-2**31, 2**31), which this version of the "
                 "sqlite backend cannot hold; export them with an older spark-ckpt first. Nothing was changed"
             )
         db.execute(
-            """
-            CREATE TABLE checkpoints_new (
+            f"""
+            CREATE TABLE {C}_new (
                 checkpoint_id TEXT NOT NULL,
                 graph_id TEXT NOT NULL,
                 execution_id TEXT NOT NULL,
@@ -163,13 +180,13 @@ def _migrations():
             """
         )
         db.execute(
-            f"INSERT INTO checkpoints_new (rowid, {_HEADER_COLUMNS}, blob) "
+            f"INSERT INTO {C}_new (rowid, {_HEADER_COLUMNS}, blob) "
             f"SELECT e.number * {SEQ_SPAN} + c.seq + {SEQ_OFFSET}, {_CHECKPOINT_HEADER_COLUMNS}, c.blob "
-            "FROM checkpoints c JOIN executions e ON e.execution_id = c.execution_id"
+            f"FROM {C} c JOIN {E} e ON e.execution_id = c.execution_id"
         )
-        db.execute("DROP TABLE checkpoints")
-        db.execute("ALTER TABLE checkpoints_new RENAME TO checkpoints")
-        db.execute(f"CREATE UNIQUE INDEX checkpoints_by_named_id ON checkpoints (checkpoint_id) WHERE NOT {_CANONICAL}")
+        db.execute(f"DROP TABLE {C}")
+        db.execute(f"ALTER TABLE {C}_new RENAME TO {C}")
+        db.execute(f"CREATE UNIQUE INDEX {C}_by_named_id ON {C} (checkpoint_id) WHERE NOT {_CANONICAL}")
 
     @migrations(name="m006_executions_index_heads")
     def _heads(db) -> None:
@@ -177,23 +194,23 @@ def _migrations():
         # checkpoints never lowers. Existing executions start from their newest stored checkpoint.
         for column in ("head_seq INTEGER", "head_id TEXT", "head_created_at REAL", "head_status TEXT",
                        "head_kind TEXT", "head_size INTEGER", "head_tag BLOB"):
-            db.execute(f"ALTER TABLE executions ADD COLUMN {column}")
+            db.execute(f"ALTER TABLE {E} ADD COLUMN {column}")
         db.execute(
-            "UPDATE executions SET (head_seq, head_id, head_created_at, head_status, head_kind, head_size) = "
-            "(SELECT c.seq, c.checkpoint_id, c.created_at, c.status, c.kind, c.size FROM checkpoints c WHERE c.rowid = "
-            f"(SELECT MAX(rowid) FROM checkpoints WHERE rowid BETWEEN executions.number * {SEQ_SPAN} "
-            f"AND executions.number * {SEQ_SPAN} + {SEQ_SPAN - 1}))"
+            f"UPDATE {E} SET (head_seq, head_id, head_created_at, head_status, head_kind, head_size) = "
+            f"(SELECT c.seq, c.checkpoint_id, c.created_at, c.status, c.kind, c.size FROM {C} c WHERE c.rowid = "
+            f"(SELECT MAX(rowid) FROM {C} WHERE rowid BETWEEN {E}.number * {SEQ_SPAN} "
+            f"AND {E}.number * {SEQ_SPAN} + {SEQ_SPAN - 1}))"
         )
 
     return migrations
 
 
-def migrate(conn: sqlite3.Connection) -> None:
-    """Apply the pending migrations, one process at a time."""
+def migrate(conn: sqlite3.Connection, tables: Mapping[str, str] = DEFAULT_TABLES) -> None:
+    """Apply the pending migrations of the store with these tables, one process at a time."""
     from sqlite_utils import Database
 
     db = Database(conn, execute_plugins=False, recursive_triggers=False)
-    migrations = _migrations()
+    migrations = _migrations(tables)
     if not migrations.pending(db):
         return
     # One writer migrates at a time; the others wait here, then find nothing pending.
@@ -206,12 +223,12 @@ def migrate(conn: sqlite3.Connection) -> None:
     conn.execute("COMMIT")
 
 
-def applied(conn: sqlite3.Connection) -> list[str]:
-    """Names of the migrations applied to the database of ``conn``, oldest first."""
+def applied(conn: sqlite3.Connection, tables: Mapping[str, str] = DEFAULT_TABLES) -> list[str]:
+    """Names of the migrations applied to the store with these tables, oldest first."""
     from sqlite_utils import Database
 
     db = Database(conn, execute_plugins=False, recursive_triggers=False)
-    return [m.name for m in _migrations().applied(db)]
+    return [m.name for m in _migrations(tables).applied(db)]
 
 
 def _placeable(seq: int) -> bool:
