@@ -2,6 +2,7 @@
 
 Installed, it registers the ``postgres`` backend (URL schemes ``postgresql://`` and ``postgres://``)
 through the ``spark_ckpt`` entry-point group. psycopg is imported only when a backend is opened.
+As an object: ``PostgreSQLBackend(connection_string="postgresql://...", table_name="graph_checkpoints")``.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from typing import Callable
 
 from spark_ckpt.markers import hookimpl
 
-from .backend import PostgresBackend
+from .backend import PostgreSQLBackend, PostgresBackend
 
-__all__ = ["PostgresBackend"]
+__all__ = ["PostgreSQLBackend", "PostgresBackend"]
 
 
 @hookimpl
 def spark_ckpt_register_backends(register: Callable[[type], None]) -> None:
-    register(PostgresBackend)
+    register(PostgreSQLBackend)

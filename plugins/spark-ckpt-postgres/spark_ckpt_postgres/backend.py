@@ -1,4 +1,4 @@
-"""``PostgresBackend``: checkpoints in PostgreSQL through psycopg 3 connection pools.
+"""``PostgreSQLBackend`` (also ``PostgresBackend``): checkpoints in PostgreSQL through psycopg 3 connection pools.
 
 Its tables and migrations are ``schema``, the statements it runs ``statements``, its pools and
 retries ``pools``, its leases ``leases``; this module holds the backend itself: options, and storing,
@@ -12,7 +12,8 @@ reading, listing and deleting checkpoints.
 
 URL: ``postgresql://user@host:5432/db?schema=spark_ckpt&pool_max_size=8``; every other query
 parameter goes to libpq unchanged. Pool options: ``pool_min_size``, ``pool_max_size``,
-``pool_timeout`` (seconds to wait for a connection, default 10), ``retries`` (default 1).
+``pool_timeout`` (seconds to wait for a connection, default 10), ``retries`` (default 1), ``table_name``
+(several independent stores in one schema).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from spark_ckpt.backends import heads
 from spark_ckpt.backends.base import Backend
+from spark_ckpt.backends.codec_choices import compression_choice
 from spark_ckpt.backends.leases import check_fence
 from spark_ckpt.backends.rows import storable
 from spark_ckpt.errors import (
@@ -37,7 +39,7 @@ from spark_ckpt.model import CheckpointHeader, Lease, StoredCheckpoint
 
 from .leases import PostgresLeases
 from .pools import PooledConnections
-from .schema import _SCHEMA_NAME, migrate
+from .schema import _SCHEMA_NAME, DEFAULT_TABLE_NAME, migrate, postgres_tables
 from .schema import MIGRATIONS as MIGRATIONS  # (read from here by tests and tools)
 from .statements import PostgresStatements, _checked, _checked_blob, _header
 
@@ -50,26 +52,56 @@ _OPTION_TYPES: dict[str, Callable[[str], Any]] = {
     "pool_max_size": int,
     "pool_timeout": float,
     "retries": int,
+    "table_name": str,
 }
 
 
-class PostgresBackend(PostgresLeases, PostgresStatements, PooledConnections, Backend):
-    """Checkpoints in PostgreSQL; see the module docstrings of ``spark_ckpt_postgres`` for the guarantees."""
+class PostgreSQLBackend(PostgresLeases, PostgresStatements, PooledConnections, Backend):
+    """Checkpoints in PostgreSQL; see the module docstrings of ``spark_ckpt_postgres`` for the guarantees.
+
+    ``PostgreSQLBackend(connection_string="postgresql://user@host/db", table_name="graph_checkpoints")``
+    (the guide's form; ``conninfo`` is the same argument): ``table_name`` is the checkpoints table of this
+    store, the others are named after it (``schema.postgres_tables``), so stores under different names in
+    one database (and ``schema``) are independent. ``compression`` (True = "gzip", "zstd") is a codec choice
+    a config given this object applies when it does not set its own (``spark_ckpt.backends.codec_choices``).
+    """
 
     name = "postgres"
     url_schemes = ("postgresql", "postgres")
 
     def __init__(
         self,
-        conninfo: str,
+        conninfo: str | None = None,
         *,
+        connection_string: str | None = None,
+        table_name: str = DEFAULT_TABLE_NAME,
         schema: str = "public",
         pool_min_size: int = 1,
         pool_max_size: int = 8,
         pool_timeout: float = 10.0,
         retries: int = 1,
+        compression: bool | str | None = None,
     ) -> None:
-        if not _SCHEMA_NAME.match(schema):
+        if conninfo is not None and connection_string is not None and conninfo != connection_string:
+            raise ConfigError("PostgreSQLBackend takes connection_string= or conninfo=, not two different ones")
+        conninfo = connection_string if connection_string is not None else conninfo
+        if not isinstance(conninfo, str) or not conninfo:
+            raise ConfigError(
+                "PostgreSQLBackend needs a connection string: "
+                "PostgreSQLBackend(connection_string='postgresql://user@host:5432/db')"
+            )
+        if "://" in conninfo:  # a URL: its own options (?schema=, ?pool_max_size=, ...) are read as from_url does
+            conninfo, url_options = self._split_url(conninfo)
+            schema = url_options.pop("schema", schema)
+            table_name = url_options.pop("table_name", table_name)
+            if url_options:
+                raise ConfigError(
+                    f"give {', '.join(sorted(url_options))} as PostgreSQLBackend arguments, not in the connection string"
+                )
+        self.tables = postgres_tables(table_name)
+        self.table_name = self.tables["checkpoints"]
+        self.compression_choice = compression_choice(compression, "PostgreSQLBackend")
+        if not isinstance(schema, str) or not _SCHEMA_NAME.match(schema):
             raise ConfigError(
                 f"PostgreSQL schema name {schema!r} is not a plain identifier; use letters, digits "
                 "and underscores (e.g. schema=spark_ckpt)"
@@ -95,9 +127,9 @@ class PostgresBackend(PostgresLeases, PostgresStatements, PooledConnections, Bac
         self._timeout = pool_timeout
         self._retries = max(0, retries)
         s = f'"{schema}"'
-        self._t_ckpt = f"{s}.spark_ckpt_checkpoints"
-        self._t_lease = f"{s}.spark_ckpt_leases"
-        self._t_exec = f"{s}.spark_ckpt_executions"
+        self._t_ckpt = f"{s}.{self.tables['checkpoints']}"
+        self._t_lease = f"{s}.{self.tables['leases']}"
+        self._t_exec = f"{s}.{self.tables['executions']}"
         self._pool = ConnectionPool(
             conninfo,
             kwargs={"autocommit": True},
@@ -118,24 +150,29 @@ class PostgresBackend(PostgresLeases, PostgresStatements, PooledConnections, Bac
                 self._pool.open(wait=pool_min_size > 0, timeout=pool_timeout)
             except psycopg.OperationalError as exc:
                 raise self._unreachable(exc) from exc
-            self._run(lambda conn, _: migrate(conn, self.schema))
+            self._run(lambda conn, _: migrate(conn, self.schema, self.tables))
         except BaseException:
             self._pool.close()
             raise
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
-    def from_url(cls, url: str, **options: object) -> "PostgresBackend":
+    def _split_url(cls, url: str) -> tuple[str, dict[str, Any]]:
+        """``url`` as libpq's connection string, and spark-ckpt's own options from its query (typed)."""
         # libpq ends the user info at the first '@': an unescaped '@' (or '/', '?') in the password
         # would make the rest of it part of the host name (and of its error messages); encode it instead
         parts = urlsplit(userinfo_quoted(url))
         if parts.scheme.lower() not in cls.url_schemes:
             raise ConfigError(f"not a PostgreSQL URL: {cls._masked(url)!r} (expected postgresql://...)")
-        kept, ours = [], dict(options)
+        kept, ours = [], {}
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             (ours.__setitem__(key, value) if key in _OPTION_TYPES else kept.append((key, value)))
+        return urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(kept), "")), cls._typed(ours)
+
+    @staticmethod
+    def _typed(options: dict[str, Any]) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
-        for key, value in ours.items():
+        for key, value in options.items():
             if key not in _OPTION_TYPES:
                 raise ConfigError(
                     f"unknown postgres backend option {key!r}; known: {', '.join(sorted(_OPTION_TYPES))}"
@@ -144,11 +181,17 @@ class PostgresBackend(PostgresLeases, PostgresStatements, PooledConnections, Bac
                 kwargs[key] = _OPTION_TYPES[key](value)
             except (TypeError, ValueError):
                 raise ConfigError(f"postgres backend option {key}={value!r} is not a valid value") from None
-        conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(kept), ""))
+        return kwargs
+
+    @classmethod
+    def from_url(cls, url: str, **options: object) -> "PostgreSQLBackend":
+        conninfo, kwargs = cls._split_url(url)
+        kwargs.update(cls._typed(dict(options)))
         return cls(conninfo, **kwargs)
 
     def describe(self) -> str:
-        return f"postgres ({self._masked(self._conninfo)}, schema {self.schema})"
+        table = f", table {self.table_name}" if self.table_name != DEFAULT_TABLE_NAME else ""
+        return f"postgres ({self._masked(self._conninfo)}, schema {self.schema}{table})"
 
     def _where(self, table: str) -> str:
         """``table`` of this store, for messages about one of its rows."""
@@ -157,7 +200,9 @@ class PostgresBackend(PostgresLeases, PostgresStatements, PooledConnections, Bac
     def schema_version(self) -> int:
         """The newest migration applied to this schema."""
         return self._run(
-            lambda conn, _: conn.execute(f'SELECT max(version) FROM "{self.schema}".spark_ckpt_migrations').fetchone()[0]
+            lambda conn, _: conn.execute(
+                f'SELECT max(version) FROM "{self.schema}".{self.tables["migrations"]}'
+            ).fetchone()[0]
         )
 
     # -- checkpoints -----------------------------------------------------------------------------
@@ -339,8 +384,12 @@ class PostgresBackend(PostgresLeases, PostgresStatements, PooledConnections, Bac
                 f"no checkpoint with id {header.checkpoint_id!r} in PostgreSQL schema {self.schema!r} to replace"
             )
 
-    def __enter__(self) -> "PostgresBackend":
+    def __enter__(self) -> "PostgreSQLBackend":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: the name earlier versions used
+PostgresBackend = PostgreSQLBackend

@@ -32,6 +32,7 @@ import attrs
 
 from spark_ckpt.backends import heads
 from spark_ckpt.backends.base import Backend
+from spark_ckpt.backends.codec_choices import compression_choice
 from spark_ckpt.backends.rows import checked_blob, storable
 from spark_ckpt.errors import BackendError, CheckpointNotFoundError, ConfigError, DuplicateCheckpointError
 from spark_ckpt.masking import mask_url
@@ -45,7 +46,16 @@ from .objects import S3Objects
 
 _TRUE = {"1", "true", "yes", "on"}
 _SEQ_LIMIT = 10**20  # (a key holds the seq in 20 digits)
-_OPTIONS = {"endpoint_url", "region", "addressing_style", "create_bucket", "max_workers", "index"}
+_OPTIONS = {"endpoint_url", "region", "addressing_style", "create_bucket", "max_workers", "index", "compression"}
+
+
+def _compression_option(value: Any) -> Any:
+    """The URL's ``compression=true`` / ``gzip`` / ``zstd`` (an argument passes as it is)."""
+    if isinstance(value, str) and value.lower() in _TRUE:
+        return True
+    if isinstance(value, str) and value.lower() in {"", "0", "false", "no", "off"}:
+        return None
+    return value
 
 
 def _newest_first(headers: Iterable[CheckpointHeader]) -> list[CheckpointHeader]:
@@ -54,7 +64,13 @@ def _newest_first(headers: Iterable[CheckpointHeader]) -> list[CheckpointHeader]
 
 
 class S3Backend(S3Leases, ExternalIndex, HeadObjects, S3Objects, KeyLayout, Backend):
-    """Checkpoints in an S3 bucket; see the module docstrings of ``spark_ckpt_s3`` for the layout and guarantees."""
+    """Checkpoints in an S3 bucket; see the module docstrings of ``spark_ckpt_s3`` for the layout and guarantees.
+
+    ``S3Backend(bucket="my-checkpoints", prefix="workflows/", region="us-east-1")`` (the guide's form):
+    ``prefix`` is this store's place in the bucket, so stores under different prefixes are independent.
+    ``compression`` (True = "gzip", "zstd") is a codec choice a config given this object applies when it
+    does not set its own (``spark_ckpt.backends.codec_choices``).
+    """
 
     name = "s3"
     url_schemes = ("s3",)
@@ -71,9 +87,13 @@ class S3Backend(S3Leases, ExternalIndex, HeadObjects, S3Objects, KeyLayout, Back
         max_workers: int = 8,
         client: Any = None,
         index: str | None = None,
+        compression: bool | str | None = None,
     ) -> None:
-        if not bucket:
-            raise ConfigError("S3 backend needs a bucket: s3://bucket/prefix")
+        if not bucket or not isinstance(bucket, str):
+            raise ConfigError("S3 backend needs a bucket: S3Backend(bucket='my-checkpoints') or s3://bucket/prefix")
+        if not isinstance(prefix, str):
+            raise ConfigError(f"S3Backend prefix must be a string (e.g. 'workflows/'), got {type(prefix).__name__}")
+        self.compression_choice = compression_choice(compression, "S3Backend")
         import boto3
         import botocore.config
         import botocore.exceptions
@@ -135,6 +155,7 @@ class S3Backend(S3Leases, ExternalIndex, HeadObjects, S3Objects, KeyLayout, Back
             "addressing_style": values.get("addressing_style"),
             "create_bucket": str(values.get("create_bucket", "")).lower() in _TRUE,
             "index": values.get("index") or None,
+            "compression": _compression_option(values.get("compression")),
         }
         if "max_workers" in values:
             try:
