@@ -46,7 +46,7 @@ class AwaitableValue:
 
     def __await__(self):  # (a generator that finishes at once, with the value)
         return self
-        yield  # noqa: unreachable  (makes this a generator)
+        yield  # (unreachable: makes this a generator)
 
 
 def new_id(prefix: str = "") -> str:

@@ -29,7 +29,7 @@ class CheckpointList(list):
 
     def __await__(self):
         return self
-        yield  # noqa: unreachable  (makes this a generator)
+        yield  # (unreachable: makes this a generator)
 
 
 class Deleted(int):
@@ -46,7 +46,7 @@ class Deleted(int):
 
     def __await__(self):
         return bool(self)
-        yield  # noqa: unreachable  (makes this a generator)
+        yield  # (unreachable: makes this a generator)
 
 
 def listed(headers: list[CheckpointHeader]) -> CheckpointList:
