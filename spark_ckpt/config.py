@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .backends.base import Backend
 from .errors import ConfigError, UnknownBackendError
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
 from .keys import KEY_SIZE, Secret, parse_key, parse_keys, refuse_shared_signing_key
 from .masking import MASK, is_secret_name, mask_url
 
@@ -44,8 +46,17 @@ def _allowed_types(instance: Any, attribute: attrs.Attribute, value: Any) -> Non
     AllowedTypes().extend(value)  # raises ConfigError naming a malformed entry
 
 
+def _is_backend(value: Any) -> bool:
+    """A backend object (``backends.base`` is imported only once one could be one: keeps import fast)."""
+    if isinstance(value, str):
+        return False
+    from .backends.base import Backend
+
+    return isinstance(value, Backend)
+
+
 def _backend(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, Backend):
+    if _is_backend(value):
         return
     if not isinstance(value, str) or not value:
         raise ConfigError(
@@ -56,7 +67,7 @@ def _backend(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
 
 
 def _masked_repr(value: Any) -> str:
-    if isinstance(value, Backend):
+    if _is_backend(value):
         return repr(value)  # (its describe(), masked)
     # a URL (or a path that goes after scheme://) may hold a password: repr(config) never shows it
     if isinstance(value, str) and "://" not in value:
@@ -167,7 +178,7 @@ class CheckpointConfig:
     max_decompressed_size: int = attrs.field(default=64 * 1024 * 1024, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
-        if isinstance(self.backend, Backend) and (self.path is not None or self.backend_options):
+        if _is_backend(self.backend) and (self.path is not None or self.backend_options):
             raise ConfigError(
                 "CheckpointConfig(backend=<backend object>) takes no path= or backend_options=: the object "
                 f"already says where and how it stores ({self.backend!r}); pass those to its constructor"
@@ -190,7 +201,7 @@ class CheckpointConfig:
                     values[field] = conv(raw)
                 except ValueError:
                     raise ConfigError(f"{prefix + field.upper()}={raw!r} is not a valid {conv.__name__}") from None
-        if isinstance(overrides.get("backend"), Backend):
+        if _is_backend(overrides.get("backend")):
             values.pop("path", None)  # (the object says where it stores)
         values.update(overrides)
         return cls(**values)
@@ -199,7 +210,7 @@ class CheckpointConfig:
     def backend_url(self) -> str:
         """The backend as one URL, credentials included: show ``mask_url(config.backend_url())``.
         For a backend object, its ``describe()`` (which never holds a password)."""
-        if isinstance(self.backend, Backend):
+        if _is_backend(self.backend):
             return self.backend.describe()
         if "://" in self.backend:
             return self.backend
@@ -212,11 +223,11 @@ class CheckpointConfig:
     def owns_backend(self) -> bool:
         """Whether what ``open_backend()`` returns is the caller's to close (opened from a name or URL);
         a backend object given to the config belongs to whoever created it."""
-        return not isinstance(self.backend, Backend)
+        return not _is_backend(self.backend)
 
     def open_backend(self):
         """Instantiate the configured backend (through the plugin registry), or return the object given."""
-        if isinstance(self.backend, Backend):
+        if _is_backend(self.backend):
             return self.backend
         return open_backend(self.backend_url(), **self.backend_options)
 
@@ -311,7 +322,7 @@ class CheckpointConfig:
 
     def _backend_codec_choices(self) -> dict[str, str]:
         chosen: dict[str, str] = {}
-        if isinstance(self.backend, Backend):
+        if _is_backend(self.backend):
             serializer, compression = self.backend.serializer_choice, self.backend.compression_choice
             if serializer is not None and serializer != self.serializer and self.serializer == "json":
                 chosen["serializer"] = serializer
@@ -329,7 +340,7 @@ def with_backend(config: "CheckpointConfig | None", backend: Any = None) -> "Che
         raise ConfigError(f"config must be a CheckpointConfig, got {type(config).__name__}")
     if backend is None:
         return config
-    if isinstance(backend, Backend) or (isinstance(backend, str) and backend != config.backend):
+    if _is_backend(backend) or (isinstance(backend, str) and backend != config.backend):
         return attrs.evolve(config, backend=backend, path=None, backend_options={})
     return attrs.evolve(config, backend=backend)
 

@@ -1,9 +1,8 @@
 """The SQL the SQLite backend runs on its hot path, and the rows it binds and reads.
 
 Each statement is built once per store's table set (``Statements``), so the connection's statement
-cache compiles it once. A
-checkpoint is found by its position (``schema``: ``number * SEQ_SPAN + seq + SEQ_OFFSET``), a named
-id through the partial index, which only a query spelling ``_CANONICAL`` exactly as the index does
+cache compiles it once. A checkpoint is found by its position (``schema``: ``number * SEQ_SPAN + seq +
+SEQ_OFFSET``), a named id through the partial index, which only a query spelling ``_CANONICAL`` exactly as the index does
 can use. A put under a lease is one ``INSERT ... SELECT ... WHERE EXISTS (lease)``: the fencing check
 and the write cannot be separated. The head (``executions.head_*``) only moves forward, and under a
 lease never into a completed execution (``spark_ckpt.backends.heads.advance`` in SQL).
