@@ -24,7 +24,7 @@ from spark.nodes import Node
 import graphs
 from spark_ckpt import (
     BackendError, CheckpointConfig, CheckpointInUseError, CheckpointNotFoundError, ConfigError, LeaseError,
-    NothingToRecoverError, UnknownBackendError, checkpointed,
+    NothingToRecoverError, UnknownBackendError, checkpointed, open_backend,
 )
 from spark_ckpt.backends import FileBackend, MemoryBackend, SQLiteBackend, SqliteBackend
 from spark_ckpt.codec.envelope import unpack
@@ -288,6 +288,9 @@ def test_table_names_keep_stores_in_one_file_independent(tmp_path, monkeypatch):
     assert len(first.applied_migrations()) == 6
     reopened = SQLiteBackend(db_path=db, table_name="GRAPH_CHECKPOINTS")  # names compare in lower case
     assert reopened.list_checkpoints() == first.list_checkpoints()
+    by_url = open_backend(f"sqlite://{db}?table_name=other_checkpoints")  # how the CLI's --store names it
+    assert by_url.list_checkpoints() == second.list_checkpoints()
+    by_url.close()
     for backend in (first, second, default, reopened):
         backend.close()
 

@@ -98,7 +98,11 @@ class SQLiteBackend(LocalBackend):
     @classmethod
     def from_url(cls, url: str, **options: object) -> SQLiteBackend:
         location = url.split("://", 1)[1] if "://" in url else url
-        location = location.split("?", 1)[0]
+        location, _, query = location.partition("?")
+        from urllib.parse import parse_qsl
+
+        # ?table_name=... names the store in the file (the CLI's --store reaches it this way)
+        options = {**{k: v for k, v in parse_qsl(query) if k == "table_name"}, **options}
         if not location:
             raise ConfigError(f"sqlite backend URL {mask_url(url)!r} has no path; use sqlite:///abs/path.db or sqlite://rel.db")
         if location == ":memory:" or location.startswith("file:"):
