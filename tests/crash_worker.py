@@ -1,6 +1,8 @@
 """A worker process for crash tests: runs or recovers a test graph, may SIGKILL itself on cue.
 
-    python tests/crash_worker.py run|recover GRAPH STORE_URL GRAPH_ID [INPUT_JSON]
+    python tests/crash_worker.py run|recover|run_with_recovery GRAPH STORE_URL GRAPH_ID [INPUT_JSON]
+
+``run_with_recovery`` uses ``SPARK_CKPT_TEST_STRATEGY`` (default "last").
 
 Crash cues (environment):
   SPARK_CKPT_TEST_CRASH=node:visit          inside that node visit (tests/graphs.py)
@@ -71,6 +73,9 @@ async def main() -> None:
                       campaign=CampaignInfo(campaign_id="c1"), metadata={"owner": "ops"}, correlation_id="corr-9")
     if mode == "run":
         result = await graph.run(inputs)
+    elif mode == "run_with_recovery":
+        strategy = os.environ.get("SPARK_CKPT_TEST_STRATEGY", "last")
+        result = await graph.run_with_recovery(inputs, max_retries=3, strategy=strategy)
     else:
         result = await graph.recover_and_continue()
     report = graph.last_recovery
@@ -83,6 +88,7 @@ async def main() -> None:
         "replayed": [f"{k}:{i}" for k, i in report.replayed] if report else [],
         "live": [f"{k}:{i}" for k, i in report.live] if report else [],
         "fell_back": report.fell_back if report else [],
+        "steps": [[s.step, s.outcome] for s in report.steps] if report else [],
     }, default=str))
 
 

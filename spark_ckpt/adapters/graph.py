@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+from typing import Any, Callable
+
+import attrs
 
 from ..backends.leases import release_quietly, worker_identity
 from ..codec import Codec
@@ -35,7 +37,10 @@ from ..engine import records
 from ..engine.damage import damaged
 from ..engine.record_builder import FULL_HISTORY_EVERY, appended_json as _appended_json  # noqa: F401
 from ..engine.recovery import RecoveryPlanner, RecoveryReport  # noqa: F401  (RecoveryReport: re-exported)
-from ..errors import CodecError, ConfigError, NothingToRecoverError, SparkCkptError, UnrecoverableExecutionError
+from ..codec.values import identical
+from ..errors import (
+    CodecError, ConfigError, NothingToRecoverError, RestoreConflictError, SparkCkptError, UnrecoverableExecutionError,
+)
 from ..model import COMPLETED, CheckpointHeader, GraphCheckpoint, Lease, new_id
 from ..plugins import Hooks
 from .graph_checkpoints import CheckpointAccess
@@ -181,11 +186,36 @@ class CheckpointedGraph(CheckpointAccess):
         """
         if not self.config.enabled:
             return await self.graph.run(inputs)
+        if self._restored is not None:  # after restore_from_checkpoint: continue, or refuse; never twice
+            continued = await self._run_after_restore(inputs)
+            if continued is not None:
+                return continued.result
         if task_type(inputs) in LONG_LIVED_TASK_TYPES:
             return await self._run_long_lived(inputs)
         runner = self._runner
         execution = runner.new_execution(new_id("ex-"), dump_run_input(inputs))
         return await runner.execute(execution, inputs, resumed=False)
+
+    async def run_with_recovery(
+        self, inputs: Any = None, *, max_retries: int = 3, strategy: str = "last",
+        backoff: float | Callable[[int], float] = 0.0, retry_on: type | tuple[type, ...] = (Exception,),
+        offset: int = 1, resume: bool = True,
+    ) -> Any:
+        """``run(inputs)``, and on a failure up to ``max_retries`` recoveries (the guide's "Automatic" and
+        "Progressive" recovery; ``graph_recovery_strategies`` has the rules).
+
+        ``strategy``: "last" recovers the failed execution from its newest checkpoint each time (completed
+        visits are replayed, never run again); "progressive" tries the newest checkpoint, then the one
+        ``offset`` boundaries earlier, then a fresh run from the state the run started with. ``backoff``:
+        seconds before the first retry, doubled for each next one (or a function of the attempt number).
+        ``retry_on``: the exceptions that are retried (others are raised at once). ``resume``: first
+        continue an unfinished execution of this graph run with identical inputs (after a crash).
+        Every step is logged and listed in ``last_recovery.steps``; the last error is raised when the
+        retries are used up."""
+        from .graph_recovery_strategies import run_with_recovery
+
+        return await run_with_recovery(self, inputs, max_retries=max_retries, strategy=strategy, backoff=backoff,
+                                       retry_on=retry_on, offset=offset, resume=resume)
 
     async def run_tasks(
         self, scheduler: Any, *, continue_on_error: bool = False, on_task_completed: Any = None,
@@ -360,9 +390,24 @@ class CheckpointedGraph(CheckpointAccess):
         return await self._continue(record, same_execution=True, fell_back=fell_back, lease=lease,
                                     next_seq=head.seq + 1, allow_unsafe_rerun=allow_unsafe_rerun)
 
-    def _completed_result(self, head: CheckpointHeader) -> Any:
+    def _planner_head_now(self, execution_id: str) -> CheckpointHeader | None:
+        head = self.backend.execution_head(execution_id)
+        if head is not None:
+            self.codec.index_tags.check(head)
+        return head
+
+    def _completed_result(self, head: CheckpointHeader, depth: int = 0) -> Any:
         """A completed execution's stored result (its graph state restored), run nothing again."""
         record = self._planner.completed(head)
+        replaced_by = record.extras.get("superseded_by") if isinstance(record.extras, dict) else None
+        if isinstance(replaced_by, str) and depth < 8:
+            successor = self._planner_head_now(replaced_by)
+            if successor is not None and successor.status == COMPLETED:
+                result = self._completed_result(successor, depth + 1)
+                self.last_recovery.superseded_by = replaced_by
+                log.info("execution %s was replaced by execution %s; returning its result", head.execution_id,
+                         replaced_by)
+                return result
         with damaged(f"checkpoint {record.checkpoint_id}"):
             result = load_message(record.result) if record.result is not None else None
         restore_into_graph(self.graph, self._nodes_by_key, record)
@@ -383,6 +428,19 @@ class CheckpointedGraph(CheckpointAccess):
         record = self._restored or self.get_last_checkpoint()
         if record is None:
             raise NothingToRecoverError(f"graph {self.graph_id!r} has no checkpoint to continue from")
+        if is_restore_point(record):
+            # a restore point holds no run: the run that failed after it is the one to continue
+            later = self._unfinished_after(record)
+            if later is None:
+                raise NothingToRecoverError(
+                    f"checkpoint {record.checkpoint_id} is a restore point taken outside a run, and no run of graph "
+                    f"{self.graph_id!r} started after it is unfinished: there is nothing to continue. Its state is "
+                    "restored; start a run from it with `await graph.run(inputs)`"
+                )
+            log.info("continuing execution %s, the unfinished run that started after restore point %s",
+                     later.execution_id, record.checkpoint_id)
+            self._restored = None
+            return await self.recover_and_continue(execution_id=later.execution_id)
         try:
             head = await self._planner.head(record.execution_id)
         except CodecError:  # an index entry that does not authenticate: never continue in place
@@ -411,6 +469,46 @@ class CheckpointedGraph(CheckpointAccess):
                                                      skips=skips, lease=lease, next_seq=next_seq)
         return await self._runner.resume(record, same_execution=same_execution, fell_back=fell_back, skips=skips,
                                          lease=lease, next_seq=next_seq, allow_unsafe_rerun=allow_unsafe_rerun)
+
+    async def _run_after_restore(self, inputs: Any) -> "Continued | None":
+        """``run(inputs)`` right after ``restore_from_checkpoint``: the restored record's unfinished run
+        with identical inputs is continued (``Continued``), as is the unfinished run with identical
+        inputs that started after a restored restore point; a restored unfinished run given other
+        inputs is refused; otherwise (a completed run's record, a restore point) None: a new run starts
+        on the restored state."""
+        record = self._restored
+        wanted = dump_run_input(inputs)
+        if is_restore_point(record):
+            later = self._unfinished_after(record)
+            if later is not None and identical(self._run_input_of(later.execution_id), wanted):
+                log.info("run() after restoring %s continues execution %s (same inputs; it had not finished)",
+                         record.checkpoint_id, later.execution_id)
+                self._restored = None
+                return Continued(await self.recover_and_continue(execution_id=later.execution_id))
+            self._restored = None
+            return None
+        head = await self._planner.head(record.execution_id)
+        if head is None or head.status == COMPLETED:
+            self._restored = None
+            return None
+        if identical(record.run_input, wanted):
+            log.info("run() after restoring %s continues its execution %s (same inputs; it had not finished)",
+                     record.checkpoint_id, record.execution_id)
+            return Continued(await self.continue_from_checkpoint())
+        raise RestoreConflictError(
+            f"checkpoint {record.checkpoint_id} was restored: it belongs to execution {record.execution_id}, which "
+            "has not finished, and run() was given other inputs than that run. Running them on its state could "
+            "apply work twice. To finish that run: `await graph.continue_from_checkpoint()` (or "
+            "`recover_and_continue()`); to start a different run, call run() without restoring first"
+        )
+
+    def _run_input_of(self, execution_id: str) -> Any:
+        from ..model import canonical_checkpoint_id
+
+        try:
+            return self._decode(self.backend.get(canonical_checkpoint_id(execution_id, 0)).blob).run_input
+        except SparkCkptError:
+            return _UNKNOWN_INPUT
 
     async def _latest_verified(self, execution_id: str, head: CheckpointHeader) -> tuple[GraphCheckpoint, list[str]]:
         return await self._planner.latest_verified(execution_id, head)
@@ -460,6 +558,21 @@ class CheckpointedGraph(CheckpointAccess):
 
     def __repr__(self) -> str:
         return f"CheckpointedGraph(graph_id={self.graph_id!r}, backend={self.backend.describe()!r})"
+
+
+@attrs.frozen
+class Continued:
+    """The result of a run that continued an unfinished execution (it may be None)."""
+
+    result: Any
+
+
+_UNKNOWN_INPUT = object()  # never identical to a run input
+
+
+def is_restore_point(record: GraphCheckpoint) -> bool:
+    """A record ``create_checkpoint()`` took outside a run (a standalone, completed restore point)."""
+    return bool(record.extras.get("manual")) and record.run_input is None and record.status == COMPLETED
 
 
 #: Spark task types whose nodes run as continuous workers (no supersteps)

@@ -125,6 +125,8 @@ class GraphRunner:
         self.visits = NodeVisits(self)
         self.gates = ApprovalGates(self)
         self.active: Execution | None = None
+        #: the execution the last run or continuation of this graph ran (``run_with_recovery`` follows it)
+        self.last_execution_id: str | None = None
         #: NodeMessage dumps of the outputs the nodes held when the last run ended
         self._carried: dict[int, tuple[Any, Any]] = {}
         quiet_spark_hook_log()
@@ -208,6 +210,7 @@ class GraphRunner:
         elif resumed or self.config.durability != "sync":
             await writer.acquire(ex.execution_id)
         self.active = ex
+        self.last_execution_id = ex.execution_id
         if self.hooks.wants_post_checkpoint:
             writer.on_stored = self._post_checkpoint
         return LeaseRenewer(writer)
