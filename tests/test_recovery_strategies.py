@@ -330,3 +330,20 @@ def test_checkpoints_read_like_the_guides_dicts(config) -> None:
 
 def test_the_error_is_one_of_ours() -> None:
     assert issubclass(RestoreConflictError, SparkCkptError)
+
+
+def test_run_after_restoring_an_earlier_checkpoint_of_a_failed_run_replaces_that_run(config) -> None:
+    """Restoring an earlier checkpoint of the failed run and running the same inputs continues from there
+    (a fork); the failed run is closed, so recover_and_continue() cannot finish it a second time."""
+    graph = checkpointed(chain(), config=config, graph_id="earlier-run")
+    FAILURES["s2"] = 1
+    with pytest.raises(RuntimeError):
+        asyncio.run(graph.run({"job": 1}))
+    failed = graph.list_checkpoints()[0].execution_id
+    graph.restore_from_checkpoint(graph.get_checkpoint(offset=2))  # the boundary after s0
+    CALLS.clear()
+    result = asyncio.run(graph.run({"job": 1}))
+    assert CALLS == ["s1", "s2", "s3"] and result.content["count"] == 4
+    with pytest.raises(NothingToRecoverError):
+        asyncio.run(graph.recover_and_continue())
+    assert asyncio.run(graph.recover_and_continue(execution_id=failed)).content == result.content

@@ -494,7 +494,12 @@ class CheckpointedGraph(CheckpointAccess):
         if identical(record.run_input, wanted):
             log.info("run() after restoring %s continues its execution %s (same inputs; it had not finished)",
                      record.checkpoint_id, record.execution_id)
-            return Continued(await self.continue_from_checkpoint())
+            result = await self.continue_from_checkpoint()
+            if head.checkpoint_id != record.checkpoint_id:  # continued as a fork: it replaces that run
+                from .graph_recovery_strategies import mark_superseded
+
+                await mark_superseded(self, record.execution_id, self._runner.last_execution_id)
+            return Continued(result)
         raise RestoreConflictError(
             f"checkpoint {record.checkpoint_id} was restored: it belongs to execution {record.execution_id}, which "
             "has not finished, and run() was given other inputs than that run. Running them on its state could "
