@@ -6,7 +6,11 @@ Any hook implementation may be ``async def``: spark-ckpt awaits what it returns.
 
 Errors: an exception raised by a plugin is logged and swallowed (it never masks the user's own
 exception and never aborts a checkpoint write), except ``spark_ckpt.errors.RunStopped`` and its
-subclasses, which a plugin raises on purpose to stop the run (e.g. a budget limit).
+subclasses, which a plugin raises on purpose to stop the run (e.g. a budget limit). A plugin object
+whose ``spark_ckpt_raises`` attribute is true (a fault injector such as
+``spark_ckpt.testing.chaos.ChaosPlugin``) has every exception it raises reach the run instead: from
+``spark_ckpt_pre_node`` as a failure of that node visit, from ``spark_ckpt_pre_agent_call`` as a
+failure of the agent's run that Spark's agent cannot turn into an error result.
 """
 
 from __future__ import annotations

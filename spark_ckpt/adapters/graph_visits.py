@@ -100,10 +100,10 @@ class NodeVisits:
             started = time.time()
             t0 = time.perf_counter()
             try:
-                if ex.node_hooks:
-                    await runner.hooks.pre_node(NodeEvent(runner.graph_id, ex.execution_id, key, index, ex.superstep,
-                                                          node, inputs))
                 try:
+                    if ex.node_hooks:  # (inside: an error a hook raises into the run fails this visit)
+                        await runner.hooks.pre_node(NodeEvent(runner.graph_id, ex.execution_id, key, index,
+                                                              ex.superstep, node, inputs))
                     output = await original_do(inputs)
                 except BaseException as exc:
                     journal.published.pop((key, index), None)  # its superstep runs again and publishes again
