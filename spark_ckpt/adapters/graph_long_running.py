@@ -23,6 +23,9 @@ messages in their order, then runs Spark's own long-lived loop again. A message 
 committed visit is never processed again; one in flight at the crash is processed again (nothing of
 that visit was committed).
 
+A node not safe to re-run has its visit's start stored when its mailbox hands it a message, before it
+processes it (``graph_unsafe_nodes``): recovery refuses to process that message again unless allowed.
+
 Refused up front (``UnsupportedFeatureError``, nothing run or stored): agent nodes, event and timer
 edges, forks of an execution and ``skip_node``. A graph state value changed in place (not through
 the API) is detected when a visit touching that key commits and fails the run: no record could hold it.
@@ -45,7 +48,7 @@ from ..engine.recovery import RecoveryReport
 from ..codec.values import identical
 from ..errors import UnsupportedFeatureError
 from ..model import COMPLETED, RUNNING, FailureInfo, GraphCheckpoint, Lease, new_id
-from . import graph_state
+from . import graph_state, graph_unsafe_nodes
 from .graph_state import dump_message, dump_run_input, is_bookkeeping, load_message, load_run_input, plain_or_repr
 
 if TYPE_CHECKING:
@@ -315,6 +318,14 @@ class LongRun:
 
         message.ack = ack
 
+    async def unsafe_started(self, key: str, message: Any) -> None:
+        """A node not safe to re-run was handed a message: store that its visit started before it
+        processes it (``graph_unsafe_nodes``)."""
+        visit = _visit.get()
+        async with self.lock:
+            data = graph_unsafe_nodes.marker(key, visit.index, self.ex.superstep, message.payload)
+            await graph_unsafe_nodes.record_started(self.runner, self.ex, data)
+
     def hold(self, visit: Visit, target: str, message: Any, channel: Any) -> None:
         """A message sent during ``visit``: delivered once the visit committed."""
         message_id = self.ledger.sent(visit, target, message_data(message.payload, message.metadata), (channel, message))
@@ -362,6 +373,8 @@ class LongRun:
                         "started_at": visit.started_at, "duration_s": now - visit.started_at,
                         "input_from": visit.message_id,
                     })
+                    if ex.journal.unsafe is not None:
+                        graph_unsafe_nodes.visit_completed(ex, visit.node, visit.index)
                     if ex.report is not None:
                         ex.report.live.append((visit.node, visit.index))
                 dirty = ex.builder.dirty
@@ -501,6 +514,8 @@ class MailboxProxy(HeldChannel):
                 return ChannelMessage(payload=None, is_shutdown=True, metadata={"reason": "graph_shutdown"})
             return message
         run.begin(self.target, message)
+        if self.target in run.owner._unsafe_keys:  # stored before the node processes it
+            await run.unsafe_started(self.target, message)
         return message
 
 
