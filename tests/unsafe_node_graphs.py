@@ -125,4 +125,6 @@ def build(name: str, mark: str | None = None) -> Graph:
 
 def config_for(store: str, mark: str | None = None, **options: Any) -> CheckpointConfig:
     mark = mark or os.environ.get("SPARK_CKPT_TEST_MARK", "class")
-    return CheckpointConfig(backend=store, unsafe_nodes={"charge"} if mark == "config" else (), **options)
+    if mark == "config":
+        options["unsafe_nodes"] = {"charge"}
+    return CheckpointConfig(backend=store, **options)
