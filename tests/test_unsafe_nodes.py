@@ -204,3 +204,68 @@ def test_marking_a_tool_is_unchanged() -> None:
         return "paid"
 
     assert not_safe_to_rerun(pay) is pay and pay() == "paid"
+
+
+# -- other execution modes --------------------------------------------------------------------------------
+def test_long_running_killed_inside_a_marked_node_refuses_then_completes_when_allowed(tmp_path) -> None:
+    store = f"sqlite:///{tmp_path}/ckpt.db"
+    crash("stream", store, tmp_path, SPARK_CKPT_TEST_CRASH="doubler:2")
+    for _ in range(2):
+        out = output(worker("recover", "stream", store, tmp_path))
+        assert out["error"] == "UnsafeToRetryError" and "node 'doubler' visit 2" in out["message"], out
+        assert lines(tmp_path / "calls-recover.txt") == []
+    out = output(worker("recover-allow", "stream", store, tmp_path))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    expected = output(worker("run", "stream", f"sqlite:///{bare}/ckpt.db", bare))
+    assert out["result"] == expected["result"] and out["state"] == expected["state"]
+    assert "doubler:2" in lines(tmp_path / "calls-recover-allow.txt")
+
+
+def test_a_task_batch_stops_at_a_refused_task_and_finishes_when_allowed(tmp_path, monkeypatch, effects_file) -> None:
+    from spark.graphs.tasks import Task, TaskScheduler
+    from spark.nodes.types import NodeMessage
+
+    def scheduler() -> TaskScheduler:
+        tasks = TaskScheduler()
+        for n in (1, 2, 3):
+            tasks.add_task(Task(task_id=f"t{n}", inputs=NodeMessage(content={"amount": n})))
+        return tasks
+
+    monkeypatch.setenv("SPARK_CKPT_TEST_DECLINE", "2")
+    with pytest.raises(RuntimeError, match="declined for 2"):
+        asyncio.run(wrapped(tmp_path).run_tasks(scheduler()))
+    monkeypatch.delenv("SPARK_CKPT_TEST_DECLINE")
+    graph = wrapped(tmp_path)
+    with pytest.raises(UnsafeToRetryError, match=r"node 'charge' visit 0 .*'amount': 2"):
+        asyncio.run(graph.recover_tasks())
+    with pytest.raises(UnsafeToRetryError):  # the batch is still unfinished: refused again
+        asyncio.run(graph.recover_and_continue())
+    assert lines(effects_file) == ["charge:1"]
+    results = asyncio.run(graph.recover_tasks(allow_unsafe_rerun=True))
+    assert sorted(results.completed) == ["t1", "t2", "t3"] and not results.failed
+    assert lines(effects_file) == ["charge:1", "charge:2", "charge:3"]
+
+
+def test_a_marked_node_inside_a_subgraph_marks_the_outer_visit(tmp_path, monkeypatch, effects_file) -> None:
+    from spark.graphs import Graph
+    from spark.graphs.graph import SubgraphNode
+
+    def outer() -> Graph:
+        prepare = unsafe_node_graphs.Prepare(id="order")
+        pay = SubgraphNode(id="pay", graph=unsafe_node_graphs.build("line", "class"))
+        prepare >> pay
+        return Graph(start=prepare)
+
+    def wrap() -> object:
+        return checkpointed(outer(), config=CheckpointConfig(backend=f"sqlite:///{tmp_path}/ckpt.db"), graph_id="shop")
+
+    monkeypatch.setenv("SPARK_CKPT_TEST_DECLINE", "5")
+    with pytest.raises(RuntimeError, match="declined"):
+        asyncio.run(wrap().run({"amount": 5}))
+    monkeypatch.delenv("SPARK_CKPT_TEST_DECLINE")
+    graph = wrap()
+    with pytest.raises(UnsafeToRetryError, match=r"node 'pay' visit 0 \(superstep 1, inside it node 'charge' visit 0"):
+        asyncio.run(graph.recover_and_continue())
+    result = asyncio.run(graph.recover_and_continue(allow_unsafe_rerun=True))
+    assert result.content == {"receipt": "paid 5"} and lines(effects_file) == ["charge:5"]

@@ -3,7 +3,8 @@
 ``Charge`` appends ``charge:<amount>`` to the side-effect file named by ``SPARK_CKPT_TEST_EFFECTS``:
 the payment a re-run would make twice. Every node also appends ``<key>:<visit>`` to the calls file
 (``graphs.record``). ``SPARK_CKPT_TEST_CRASH="<key>:<visit>:before|after"`` SIGKILLs the process inside
-that visit, before or after its side effect; ``SPARK_CKPT_TEST_FAIL="<key>:<visit>"`` raises there.
+that visit, before or after its side effect; ``SPARK_CKPT_TEST_FAIL="<key>:<visit>"`` raises there, as
+``SPARK_CKPT_TEST_DECLINE="<amount>"`` does in the charge of that amount.
 
 ``SPARK_CKPT_TEST_MARK`` says how the charge node is marked: "class" (the default: the decorated
 ``Charge`` class), "method" (``process`` decorated in the class body), "instance", "bound" (the
@@ -73,6 +74,8 @@ class _Charge(Node):
                 await asyncio.sleep(0.01)
         amount = context.inputs.content["amount"]
         cue(self, visit, "before")
+        if os.environ.get("SPARK_CKPT_TEST_DECLINE") == str(amount):
+            raise RuntimeError(f"card declined for {amount}")
         side_effect(f"charge:{amount}")
         cue(self, visit, "after")
         await context.graph_state.set("charged", amount)

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from ..codec import to_data
 from ..engine.journal import Journal
 from ..engine.mailbox_ledger import INITIAL, MailboxLedger, Visit
+from ..engine.unsafe_visits import UnsafeVisits, in_record
 from ..engine.recovery import RecoveryReport
 from ..codec.values import identical
 from ..errors import UnsupportedFeatureError
@@ -125,6 +126,9 @@ class LongRunningDriver:
             counts: dict[str, int] = {}
             for visit in record.execution_history:
                 counts[visit.node_key] = max(counts.get(visit.node_key, 0), visit.index + 1)
+            markers = in_record(record.inflight, record.extras)
+            if markers:  # (a recovery allowed to run them again): carried until they ran and were stored
+                journal.unsafe = UnsafeVisits(markers)
             ex = self.runner.new_execution(record.execution_id, record.run_input, lease=lease, journal=journal,
                                            next_seq=max(next_seq, record.seq + 1))
             ex.writer.resumed_on((await self.owner.backend.aget(record.checkpoint_id)).blob, record.seq)
@@ -395,6 +399,8 @@ class LongRun:
         for entry in data["node_states"].values():
             entry.pop("processing", None)  # read while its own ack runs: not state to restore
         data["extras"].update(self.ledger.record_extras())
+        if ex.journal.unsafe is not None:  # marked visits still running: a recovery must see them
+            ex.journal.unsafe.carry_in_boundary(data)
         await self.runner.store(ex, data, wait=self.sync)
 
     def close(self) -> None:

@@ -28,7 +28,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..engine.record_builder import FULL_HISTORY_EVERY
-from ..engine.unsafe_visits import MARKERS, UnsafeVisits, split
+from ..engine.unsafe_visits import MARKERS, UnsafeVisits, in_record
 from ..errors import ConfigError, SparkCkptError, UnsafeToRetryError
 from ..model import FAILED, GraphCheckpoint
 from .agent_unsafe_tools import UNSAFE_ATTR
@@ -110,7 +110,7 @@ def refuse_unsafe_rerun(owner: CheckpointedGraph, record: GraphCheckpoint, *, al
     """Raise ``UnsafeToRetryError`` when continuing ``record`` (made whole) would run again a visit of a
     node not safe to re-run that started and is not in its journal (unless ``allowed``, or the node has
     a ``skip_node`` request)."""
-    _, markers = split(record.inflight)
+    markers = in_record(record.inflight, record.extras)
     if allowed or not markers:
         return
     journaled = {(visit.node_key, visit.index) for visit in record.execution_history}

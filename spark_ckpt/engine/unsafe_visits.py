@@ -4,8 +4,9 @@ completed by the store.
 Before a live visit of a marked node starts, a marker (its node key, visit index, superstep and input)
 is stored in a record built on the last boundary, under ``inflight[MARKERS]``. Every record built on a
 boundary after it carries the marker again until a stored boundary's journal holds that visit: only
-then would recovery replay it instead of running it again. The newest record of an execution thus
-names every marked visit a recovery would run again (``in_record``).
+then would recovery replay it instead of running it again. A boundary record stored while the visit
+still runs (long-running graphs commit visit by visit) carries it in ``extras[MARKERS]``. The newest
+record of an execution thus names every marked visit a recovery would run again (``in_record``).
 
 Invariants:
 
@@ -54,13 +55,27 @@ class UnsafeVisits:
     def carry(self, data: dict[str, Any]) -> None:
         """Put the markers ``data`` (a record built on a boundary) must carry into its in-flight
         journals; drop those its base already covers."""
-        covered = data.get("history_start", 0)
+        self._drop_covered(data.get("history_start", 0))
+        inflight = data["inflight"] = {k: v for k, v in data["inflight"].items() if k != MARKERS}
+        if MARKERS in (data.get("extras") or {}):  # the base's (a boundary record's), not this one's
+            data["extras"] = {k: v for k, v in data["extras"].items() if k != MARKERS}
+        if self.markers:
+            inflight[MARKERS] = {"visit_index": 0, "visits": self._visits()}
+
+    def carry_in_boundary(self, data: dict[str, Any]) -> None:
+        """Put the markers a boundary record ``data`` does not cover (visits still running while it is
+        stored: long-running graphs) into its ``extras``, which records are only built on."""
+        self._drop_covered(data.get("history_start", 0) + len(data.get("execution_history", ())))
+        if self.markers:
+            data["extras"] = {**data["extras"], MARKERS: self._visits()}
+
+    def _drop_covered(self, covered: int) -> None:
         for visit, (_, end) in list(self.markers.items()):
             if end is not None and end <= covered:
                 del self.markers[visit]
-        inflight = data["inflight"] = {k: v for k, v in data["inflight"].items() if k != MARKERS}
-        if self.markers:
-            inflight[MARKERS] = {"visit_index": 0, "visits": [marker for marker, _ in self.markers.values()]}
+
+    def _visits(self) -> list[dict[str, Any]]:
+        return [marker for marker, _ in self.markers.values()]
 
     def __bool__(self) -> bool:
         return bool(self.markers)
@@ -72,3 +87,9 @@ def split(inflight: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]
         return inflight, []
     rest = {k: v for k, v in inflight.items() if k != MARKERS}
     return rest, list((inflight[MARKERS] or {}).get("visits") or [])
+
+
+def in_record(inflight: dict[str, Any], extras: dict[str, Any]) -> list[dict[str, Any]]:
+    """The markers a record carries: in its in-flight journals (a record built on a boundary) or in
+    its extras (a boundary record stored while marked visits ran)."""
+    return split(inflight)[1] + list((extras or {}).get(MARKERS) or [])
