@@ -41,6 +41,17 @@ def _allowed_types(instance: Any, attribute: attrs.Attribute, value: Any) -> Non
     AllowedTypes().extend(value)  # raises ConfigError naming a malformed entry
 
 
+def _node_keys(value: Any) -> frozenset[str]:
+    keys = [value] if isinstance(value, str) else value
+    try:
+        keys = frozenset(keys)
+    except TypeError:
+        raise ConfigError(f"CheckpointConfig.unsafe_nodes must be a set of node keys, got {value!r}") from None
+    if not all(isinstance(key, str) for key in keys):
+        raise ConfigError(f"CheckpointConfig.unsafe_nodes must hold node keys (str), got {sorted(map(repr, keys))}")
+    return keys
+
+
 def _masked_repr(value: Any) -> str:
     # a URL (or a path that goes after scheme://) may hold a password: repr(config) never shows it
     if isinstance(value, str) and "://" not in value:
@@ -113,6 +124,9 @@ class CheckpointConfig:
     compression_threshold: int = 4096
     #: refuse to recover into a graph whose structure changed since the checkpoint, unless True
     allow_graph_change: bool = False
+    #: keys of graph nodes not safe to re-run, as if marked ``@not_safe_to_rerun`` (checked against the
+    #: graph's node keys when it is wrapped)
+    unsafe_nodes: frozenset[str] = attrs.field(default=frozenset(), converter=_node_keys)
     #: seconds a worker's lease on an execution lasts without renewal
     lease_ttl_s: float = attrs.field(default=60.0, validator=_positive)
     #: extra keyword options passed to the backend factory

@@ -23,10 +23,9 @@ from .config import CheckpointConfig
 from .errors import ConfigError
 from .model import GraphCheckpoint
 
-__all__ = [
-    "Agent", "AgentConfig", "CheckpointConfig", "FileBackend", "Graph", "GraphCheckpoint", "MemoryBackend",
-    "PostgreSQLBackend", "S3Backend", "SQLiteBackend",
-]
+# also, imported on first use: AgentConfig (Spark's), MemoryBackend, FileBackend, SQLiteBackend,
+# PostgreSQLBackend and S3Backend (the plugins')
+__all__ = ["Agent", "CheckpointConfig", "Graph", "GraphCheckpoint"]
 
 
 def _with_backend(config: CheckpointConfig | None, backend: Any) -> CheckpointConfig:

@@ -50,6 +50,7 @@ from .graph_state import (
     check_replayable, dump_run_input, install_context_create_checkpoint, load_message, restore_into_graph, task_type,
 )
 from .graph_state import load_run_input as _load_run_input  # noqa: F401  (re-exported)
+from .graph_unsafe_nodes import marked_keys, refuse_unsafe_rerun
 from .runtime import VisitContext, current_visit, node_state_adapter_for
 from .structure import node_keys, ordered_nodes, structure_digest
 
@@ -85,6 +86,7 @@ class CheckpointedGraph(CheckpointAccess):
         self.structure = structure_digest(graph, self._keys)
         self.graph_id = graph_id or self._default_graph_id(graph)
         self.graph_version = graph_version or self.structure
+        self._unsafe_keys = marked_keys(self)  # nodes not safe to re-run (ConfigError before anything opens)
         self.worker_id = worker_id or worker_identity()
         self.backend = self.config.open_backend()
         self.codec: Codec = self.config.make_codec()
@@ -236,16 +238,20 @@ class CheckpointedGraph(CheckpointAccess):
                                on_task_completed=on_task_completed, on_task_failed=on_task_failed,
                                usage_provider=usage_provider, batch_id=batch_id)
 
-    async def recover_tasks(self, *, batch_id: str | None = None, scheduler: Any = None, **callbacks: Any) -> Any:
+    async def recover_tasks(self, *, batch_id: str | None = None, scheduler: Any = None,
+                            allow_unsafe_rerun: bool = False, **callbacks: Any) -> Any:
         """Finish the newest unfinished task batch (or ``batch_id``) after a crash or a failure; returns
         Spark's ``TaskBatchResult`` with every task of the batch. ``scheduler``: the batch's tasks built
         again (default: rebuilt from the stored tasks); ``callbacks``: ``run_tasks``'s ``on_task_completed``,
-        ``on_task_failed``, ``usage_provider``, ``continue_on_error`` (default: as the batch was run)."""
+        ``on_task_failed``, ``usage_provider``, ``continue_on_error`` (default: as the batch was run).
+        ``allow_unsafe_rerun``: as for ``recover_and_continue``."""
         from .graph_tasks import recover_tasks
 
-        return await recover_tasks(self, batch_id=batch_id, scheduler=scheduler, **callbacks)
+        return await recover_tasks(self, batch_id=batch_id, scheduler=scheduler,
+                                   allow_unsafe_rerun=allow_unsafe_rerun, **callbacks)
 
-    async def _run_task(self, execution_id: str, task: Any) -> tuple[Any, float | None]:
+    async def _run_task(self, execution_id: str, task: Any, allow_unsafe_rerun: bool = False
+                        ) -> tuple[Any, float | None]:
         """One task of a batch: its execution run, continued, or (completed before) its stored result;
         with the run time its records show when it had completed before (else None: measure it)."""
         head = await self._planner.head(execution_id)
@@ -257,7 +263,7 @@ class CheckpointedGraph(CheckpointAccess):
             first = min((h.created_at for h in await self.backend.alist(execution_id=execution_id)),
                         default=head.created_at)
             return self._completed_result(head), max(0.0, head.created_at - first)
-        return await self.recover_and_continue(execution_id=execution_id), None
+        return await self.recover_and_continue(execution_id=execution_id, allow_unsafe_rerun=allow_unsafe_rerun), None
 
     async def _restore_task_end(self, execution_id: str) -> None:
         """The graph and node state a completed task of a batch ended with (the next task starts there)."""
@@ -367,9 +373,10 @@ class CheckpointedGraph(CheckpointAccess):
 
         Refuses, before anything runs: ``MissingCheckpointError`` when checkpoints the executions index
         says were written are gone, ``UnrecoverableExecutionError`` when none verifies,
-        ``RecoveryDivergedError`` when replaying the journal does not reproduce the run. An agent tool
-        marked not safe to re-run that was in flight at the crash raises ``UnsafeToRetryError``;
-        ``allow_unsafe_rerun=True`` runs it again (after you checked its side effect).
+        ``RecoveryDivergedError`` when replaying the journal does not reproduce the run. A visit of a
+        node (or an agent tool) marked not safe to re-run that was in flight at the crash, or failed,
+        raises ``UnsafeToRetryError``; ``allow_unsafe_rerun=True`` runs it again (after you checked its
+        side effect).
         """
         planner = self._planner
         if execution_id is None:
@@ -377,7 +384,7 @@ class CheckpointedGraph(CheckpointAccess):
 
             batch_id, execution_id = await newest_unfinished_work(self)
             if batch_id is not None:
-                return await recover_tasks(self, batch_id=batch_id)
+                return await recover_tasks(self, batch_id=batch_id, allow_unsafe_rerun=allow_unsafe_rerun)
         await store_resolutions_made_in_spark(self, execution_id)
         lease, head = await planner.claim(execution_id, wait)
         if lease is None:
@@ -416,12 +423,15 @@ class CheckpointedGraph(CheckpointAccess):
         log.info("execution %s had already completed; returning its stored result", head.execution_id)
         return result
 
-    async def continue_from_checkpoint(self, checkpoint: GraphCheckpoint | str | None = None) -> Any:
+    async def continue_from_checkpoint(self, checkpoint: GraphCheckpoint | str | None = None, *,
+                                       allow_unsafe_rerun: bool = False) -> Any:
         """Continue from the restored checkpoint (``restore_from_checkpoint``) or the given one.
 
         Continuing the newest checkpoint of an unfinished execution continues that execution; any other
         checkpoint starts a new execution forked from it (its history is never overwritten). Pending
-        ``skip_node`` requests apply to the continuation.
+        ``skip_node`` requests apply to the continuation. A visit of a node not safe to re-run that the
+        checkpoint shows started and not completed raises ``UnsafeToRetryError`` unless
+        ``allow_unsafe_rerun=True``.
         """
         if checkpoint is not None:
             self.restore_from_checkpoint(checkpoint)
@@ -449,19 +459,21 @@ class CheckpointedGraph(CheckpointAccess):
             lease, head = await self._planner.claim(record.execution_id, wait=False)
             if lease is not None and head.checkpoint_id == record.checkpoint_id:
                 return await self._continue(record, same_execution=True, fell_back=[], lease=lease,
-                                            next_seq=head.seq + 1)
+                                            next_seq=head.seq + 1, allow_unsafe_rerun=allow_unsafe_rerun)
             if lease is not None:  # another worker moved the execution on meanwhile: this record is older now
                 await release_quietly(self.backend, lease)
-        return await self._continue(record, same_execution=False, fell_back=[])
+        return await self._continue(record, same_execution=False, fell_back=[], allow_unsafe_rerun=allow_unsafe_rerun)
 
     async def _continue(self, record: GraphCheckpoint, *, same_execution: bool, fell_back: list[str],
                         lease: Lease | None = None, next_seq: int = 0, allow_unsafe_rerun: bool = False) -> Any:
+        skips = {**{k: None for k in record.skip_nodes}, **record.skip_outputs, **self._pending_skips}
         try:
             check_replayable(record)  # a damaged journal is refused before anything runs
+            # so is a visit not safe to re-run that started and did not complete
+            refuse_unsafe_rerun(self, record, allowed=allow_unsafe_rerun, skips=skips)
         except BaseException:
             await release_quietly(self.backend, lease)
             raise
-        skips = {**{k: None for k in record.skip_nodes}, **record.skip_outputs, **self._pending_skips}
         self._pending_skips = {}
         self._restored = None
         if task_type(_load_run_input(record.run_input)) in LONG_LIVED_TASK_TYPES:

@@ -285,7 +285,8 @@ class GraphRunner:
                 wanted = await self._ask_policy(ex, "superstep")
             else:  # the common boundary: asked without building a decision object
                 wanted = self._policy_due(ex.supersteps_since, time.monotonic() - ex.last_checkpoint_at)
-            if wanted:
+            # a visit not safe to re-run that completed is made durable at this boundary, whatever the policy
+            if wanted or (journal.unsafe is not None and journal.unsafe.awaiting(journal.persisted)):
                 await self.checkpoint(ex, status=RUNNING)
         finally:
             ex.superstep = superstep + 1  # the visits that follow belong to the next one
@@ -343,8 +344,11 @@ class GraphRunner:
         the journals in flight go whole unless ``changes`` hold them (as deltas)."""
         writer = ex.writer
         changes.setdefault("inflight", ex.journal.inflight)
-        return ex.builder.on_boundary(writer.base_data(), seq=writer.next_seq, base_seq=writer.last_seq,
+        data = ex.builder.on_boundary(writer.base_data(), seq=writer.next_seq, base_seq=writer.last_seq,
                                       skip=ex.skip, **changes)
+        if ex.journal.unsafe is not None:  # started visits not safe to re-run, not yet in a stored boundary
+            ex.journal.unsafe.carry(data)
+        return data
 
     async def persist_inflight(self, ex: Execution, key: str, index: int, data: Any) -> None:
         """Durably store a running visit's journal (agent calls) on top of the last boundary record."""
