@@ -1,16 +1,14 @@
-"""The guide's "Testing Recovery" tests, ported: its two unit tests with import changes only (the graph
-built by Spark, then wrapped with ``checkpointed()``; the agent is spark-ckpt's ``CheckpointedAgent``),
-and its chaos test on ``run_with_chaos`` (recovery from the journal, not restore-and-rerun)."""
+"""The guide's "Chaos Testing" on ``spark_ckpt.testing.chaos.run_with_chaos``: recovery from the journal,
+not restore-and-rerun. (Its two unit tests, and its ChaosTestingGraph class as written, are in
+test_guide_port.py with the rest of the guide.)"""
 
 from __future__ import annotations
 
 import pytest
-from spark.agents import AgentConfig
-from spark.agents import Agent as SparkAgent
 from spark.graphs import Graph as SparkGraph
 from spark.nodes import Node
 
-from spark_ckpt import CheckpointedAgent, checkpointed
+from spark_ckpt import checkpointed
 from spark_ckpt.testing.chaos import run_with_chaos
 
 
@@ -19,97 +17,6 @@ class StatefulNode(Node):
         counter = await context.graph_state.get("counter", 0)
         await context.graph_state.set("counter", counter + 1)
         return {"counter": counter + 1, "data": context.inputs.content.get("data")}
-
-
-@pytest.fixture
-def Graph(ckpt_config):
-    """The guide's ``Graph(...)``: Spark's graph, wrapped with ``checkpointed()`` on a temporary store."""
-    def build(**kwargs):
-        return checkpointed(SparkGraph(**kwargs), config=ckpt_config, graph_id="guide-graph")
-
-    return build
-
-
-@pytest.fixture
-def stateful_node():
-    return StatefulNode(id="stateful")
-
-
-@pytest.fixture
-def Agent(ckpt_config):
-    """The guide's ``Agent``: ``Agent(config=...)`` and ``Agent.restore(checkpoint, config)``."""
-    class Agent:
-        def __new__(cls, config):
-            return checkpointed(SparkAgent(config=config), config=ckpt_config, agent_id="guide-agent")
-
-        restore = staticmethod(CheckpointedAgent.restore)
-
-    return Agent
-
-
-@pytest.fixture
-def config(scripted_model):
-    return AgentConfig(model=scripted_model(["Response"]), name="guide-agent")
-
-
-# -- "Unit Testing Checkpoints", as the guide writes them ---------------------------------------------
-@pytest.mark.asyncio
-async def test_graph_checkpoint_restore(Graph, stateful_node):
-    """Test graph checkpoint and restore."""
-
-    # Create graph with state
-    graph = Graph(
-        start=stateful_node,
-        enable_graph_state=True,
-        initial_state={'counter': 0}
-    )
-
-    # Run a few iterations
-    for i in range(5):
-        await graph.run({'data': i})
-
-    # Get state
-    counter = graph.get_state_snapshot()['counter']
-    assert counter == 5
-
-    # Create checkpoint
-    checkpoint = graph.create_checkpoint()
-
-    # Continue execution
-    for i in range(5, 10):
-        await graph.run({'data': i})
-
-    assert graph.get_state_snapshot()['counter'] == 10
-
-    # Restore from checkpoint
-    graph.restore_from_checkpoint(checkpoint)
-
-    # State should be back to checkpoint
-    assert graph.get_state_snapshot()['counter'] == 5
-
-
-@pytest.mark.asyncio
-async def test_agent_checkpoint_restore(Agent, config):
-    """Test agent checkpoint and restore."""
-
-    agent = Agent(config=config)
-
-    # Have conversation
-    agent.add_message_to_history({'role': 'user', 'content': 'Test'})
-    assert len(agent.messages) == 1
-
-    # Checkpoint
-    checkpoint = agent.checkpoint()
-
-    # Continue conversation
-    agent.add_message_to_history({'role': 'assistant', 'content': 'Response'})
-    assert len(agent.messages) == 2
-
-    # Restore
-    agent2 = Agent.restore(checkpoint, config)
-
-    # Should have state from checkpoint
-    assert len(agent2.messages) == 1
 
 
 # -- "Chaos Testing" ---------------------------------------------------------------------------------
