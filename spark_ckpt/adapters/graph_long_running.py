@@ -124,7 +124,8 @@ class LongRunningDriver:
                 counts[visit.node_key] = max(counts.get(visit.node_key, 0), visit.index + 1)
             ex = self.runner.new_execution(record.execution_id, record.run_input, lease=lease, journal=journal,
                                            next_seq=max(next_seq, record.seq + 1))
-            ex.writer.resumed_on((await self.owner.backend.aget(record.checkpoint_id)).blob, record.seq)
+            ex.writer.resumed_on((await self.owner.backend.aget(record.checkpoint_id)).blob, record.seq,
+                                    writes=record.extras.get("writes"))
             ex.superstep = record.superstep
             ex.report = RecoveryReport(execution_id=ex.execution_id, from_checkpoint=record.checkpoint_id,
                                        fell_back=fell_back)
