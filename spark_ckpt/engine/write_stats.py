@@ -51,8 +51,9 @@ class WriteStats:
             self.max_s = write_s
 
     def as_data(self) -> dict[str, Any]:
-        return {"records": self.records, "timed": self.timed, "bytes": self.bytes, "seconds": self.seconds,
-                "max_s": self.max_s, "started_at": self.started_at}
+        # times to the microsecond: a full float repr would add ~20 bytes each to every record
+        return {"records": self.records, "timed": self.timed, "bytes": self.bytes, "seconds": round(self.seconds, 6),
+                "max_s": round(self.max_s, 6), "started_at": self.started_at}
 
     @classmethod
     def resuming(cls, data: Any, resumed_size: int) -> WriteStats | None:
