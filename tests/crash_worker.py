@@ -10,6 +10,8 @@ Crash cues (environment):
   SPARK_CKPT_TEST_CRASH_IN_WRITE=seq        in the middle of writing checkpoint ``seq``: for SQLite while
                                             its INSERT executes inside SQLite; for the file backend after
                                             the temp file is written but before it is published
+Strategy (environment): SPARK_CKPT_TEST_STRATEGY names it, SPARK_CKPT_TEST_INTERVAL and
+SPARK_CKPT_TEST_POLICY_OPTIONS (JSON) are its interval and options.
 Prints one JSON line: result content, graph state, and the recovery report.
 """
 
@@ -59,8 +61,12 @@ async def main() -> None:
     mode, graph_name, store, graph_id = sys.argv[1:5]
     inputs = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {"n": 4}
     durability = os.environ.get("SPARK_CKPT_TEST_DURABILITY", "sync")
+    strategy = {"strategy": os.environ.get("SPARK_CKPT_TEST_STRATEGY", "iteration"),
+                "interval": float(os.environ.get("SPARK_CKPT_TEST_INTERVAL", "1")),
+                "policy_options": json.loads(os.environ.get("SPARK_CKPT_TEST_POLICY_OPTIONS", "{}"))}
     graph = checkpointed(
-        graphs.build(graph_name), config=CheckpointConfig(backend=store, durability=durability), graph_id=graph_id
+        graphs.build(graph_name), config=CheckpointConfig(backend=store, durability=durability, **strategy),
+        graph_id=graph_id,
     )
     arm_crash_after_checkpoint()
     if os.environ.get("SPARK_CKPT_TEST_CRASH_IN_WRITE"):

@@ -131,7 +131,8 @@ class LongRunningDriver:
                 journal.unsafe = UnsafeVisits(markers)
             ex = self.runner.new_execution(record.execution_id, record.run_input, lease=lease, journal=journal,
                                            next_seq=max(next_seq, record.seq + 1))
-            ex.writer.resumed_on((await self.owner.backend.aget(record.checkpoint_id)).blob, record.seq)
+            ex.writer.resumed_on((await self.owner.backend.aget(record.checkpoint_id)).blob, record.seq,
+                                    writes=record.extras.get("writes"))
             ex.superstep = record.superstep
             ex.report = RecoveryReport(execution_id=ex.execution_id, from_checkpoint=record.checkpoint_id,
                                        fell_back=fell_back)

@@ -132,9 +132,14 @@ class NodeVisits:
                     graph_unsafe_nodes.visit_completed(ex, key, index)
                 if ex.report is not None:
                     ex.report.live.append((key, index))
-                if ex.node_hooks:
-                    await runner.hooks.post_node(NodeEvent(runner.graph_id, ex.execution_id, key, index, ex.superstep,
-                                                           node, inputs, output, duration_s=duration))
+                observe = runner.policy_sees_visits
+                if ex.node_hooks or observe is not None:
+                    event = NodeEvent(runner.graph_id, ex.execution_id, key, index, ex.superstep, node, inputs, output,
+                                      duration_s=duration)
+                    if observe is not None:  # the policy sees live visits only (``spark_ckpt.policies``)
+                        observe(event)
+                    if ex.node_hooks:
+                        await runner.hooks.post_node(event)
                 return output
             finally:
                 # Spark nests every previous context snapshot into the next one (cost and recursion grow
