@@ -347,3 +347,14 @@ def test_run_after_restoring_an_earlier_checkpoint_of_a_failed_run_replaces_that
     with pytest.raises(NothingToRecoverError):
         asyncio.run(graph.recover_and_continue())
     assert asyncio.run(graph.recover_and_continue(execution_id=failed)).content == result.content
+
+
+def test_get_checkpoint_by_offset_or_id_and_bad_arguments(config) -> None:
+    graph = checkpointed(chain(2), config=config, graph_id="get")
+    asyncio.run(graph.run({"job": 1}))
+    newest = graph.get_checkpoint(0)
+    assert graph.get_checkpoint(newest.checkpoint_id).checkpoint_id == newest.checkpoint_id
+    assert graph.get_checkpoint("ck-nope-0", missing_ok=True) is None
+    for bad in (-1, 1.5, None, True):
+        with pytest.raises(ConfigError):
+            graph.get_checkpoint(bad)

@@ -31,10 +31,18 @@ class CheckpointAccess:
         """The newest checkpoint of this graph (any execution), or None."""
         return self.get_checkpoint(offset=0, missing_ok=True)
 
-    def get_checkpoint(self, offset: int = 0, *, missing_ok: bool = False) -> GraphCheckpoint | None:
-        """The checkpoint ``offset`` places before the newest (0 = newest), made whole."""
-        if offset < 0:
-            raise ConfigError(f"offset must be >= 0, got {offset}")
+    def get_checkpoint(self, offset: int | str = 0, *, missing_ok: bool = False) -> GraphCheckpoint | None:
+        """The checkpoint ``offset`` places before the newest (0 = newest), made whole; or, given a
+        checkpoint id, that checkpoint."""
+        if isinstance(offset, str):
+            try:
+                return self._load(offset)
+            except CheckpointNotFoundError:
+                if missing_ok:
+                    return None
+                raise
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise ConfigError(f"get_checkpoint() takes an offset (an int >= 0) or a checkpoint id, got {offset!r}")
         headers = self.backend.list(graph_id=self.graph_id, limit=offset + 1)
         if len(headers) <= offset:
             if missing_ok:
