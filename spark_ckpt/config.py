@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 from .keys import KEY_SIZE, Secret, parse_key, parse_keys, refuse_shared_signing_key
 from .masking import MASK, is_secret_name, mask_url
 
-STRATEGIES_BUILTIN = ("iteration", "time", "event")
+STRATEGIES_BUILTIN = ("iteration", "time", "event", "adaptive", "cost_aware", "after_nodes")
 DURABILITY_MODES = ("sync", "async", "exit")
 #: more allowed types, comma-separated import paths ("myapp.models.*,other.Thing"): for the CLI and workers
 ALLOWED_TYPES_ENV = "SPARK_CKPT_ALLOWED_TYPES"
@@ -38,6 +38,12 @@ def _durability(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise ConfigError(
             f"CheckpointConfig.durability must be one of {', '.join(DURABILITY_MODES)}, got {value!r}"
         )
+
+
+def _policy_options(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    # what each option means is the strategy's to check (when the policy is made); its shape is checked here
+    if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+        raise ConfigError(f"CheckpointConfig.policy_options must be a dict with str keys, got {value!r}")
 
 
 def _allowed_types(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -64,6 +70,17 @@ def _backend(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
             f"(sqlite:///x.db, postgresql://...) or a backend object (e.g. SQLiteBackend(db_path=...)), got "
             f"{type(value).__name__ if not isinstance(value, str) else 'an empty string'}"
         )
+
+
+def _node_keys(value: Any) -> frozenset[str]:
+    keys = [value] if isinstance(value, str) else value
+    try:
+        keys = frozenset(keys)
+    except TypeError:
+        raise ConfigError(f"CheckpointConfig.unsafe_nodes must be a set of node keys, got {value!r}") from None
+    if not all(isinstance(key, str) for key in keys):
+        raise ConfigError(f"CheckpointConfig.unsafe_nodes must hold node keys (str), got {sorted(map(repr, keys))}")
+    return keys
 
 
 def _masked_repr(value: Any) -> str:
@@ -108,7 +125,10 @@ class CheckpointConfig:
     """How a wrapped graph or agent is checkpointed.
 
     ``strategy``: "iteration" (every ``interval`` supersteps), "time" (every ``interval`` seconds,
-    checked at superstep boundaries), "event" (only on ``checkpoint_now()``), or a plugin's name.
+    checked at superstep boundaries), "event" (only on ``checkpoint_now()``), "adaptive" (time,
+    ``interval`` operations adapted to expensive/cheap work, milestones), "cost_aware" (redo cost x
+    failure probability vs the measured checkpoint cost), "after_nodes" (after chosen nodes ran), or
+    a plugin's name. ``policy_options`` holds the strategy's own options (``spark_ckpt.policies``).
 
     ``backend``: a name ("memory", "file", "sqlite", or a plugin's) used with ``path``, or a URL:
     ``memory://``, ``file://./dir``, ``sqlite:///abs/x.db`` / ``sqlite://rel.db``, ``postgresql://...``.
@@ -146,6 +166,9 @@ class CheckpointConfig:
     compression_threshold: int = 4096
     #: refuse to recover into a graph whose structure changed since the checkpoint, unless True
     allow_graph_change: bool = False
+    #: keys of graph nodes not safe to re-run, as if marked ``@not_safe_to_rerun`` (checked against the
+    #: graph's node keys when it is wrapped)
+    unsafe_nodes: frozenset[str] = attrs.field(default=frozenset(), converter=_node_keys)
     #: seconds a worker's lease on an execution lasts without renewal
     lease_ttl_s: float = attrs.field(default=60.0, validator=_positive)
     #: extra keyword options passed to the backend factory
@@ -176,6 +199,9 @@ class CheckpointConfig:
     #: a compressed payload that would expand past this many bytes is refused before expanding further
     #: (64 MiB: ``codec.layers.DEFAULT_MAX_DECOMPRESSED``); raise it for checkpoints larger than that
     max_decompressed_size: int = attrs.field(default=64 * 1024 * 1024, validator=_positive)
+    #: the strategy's own options, e.g. ``{"max_seconds": 60, "expensive": ["train"]}`` for "adaptive";
+    #: a built-in strategy refuses options it does not take
+    policy_options: dict[str, Any] = attrs.field(factory=dict, validator=_policy_options)
 
     def __attrs_post_init__(self) -> None:
         if _is_backend(self.backend) and (self.path is not None or self.backend_options):

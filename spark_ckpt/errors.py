@@ -175,6 +175,11 @@ class UnsafeToRetryError(SparkCkptError):
     """A tool marked not safe to re-run was in flight at a crash; it is reported, not repeated."""
 
 
+class RestoreConflictError(SparkCkptError):
+    """``run()`` after ``restore_from_checkpoint`` of an unfinished run, with other inputs than that run:
+    refused, since continuing on its state could apply work twice. Nothing ran."""
+
+
 class ApprovalError(SparkCkptError, LookupError):
     """An approval cannot be resolved as asked: the id is unknown, it was already resolved, or its
     execution is not waiting for it. Nothing stored was changed."""

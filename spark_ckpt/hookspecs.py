@@ -6,7 +6,11 @@ Any hook implementation may be ``async def``: spark-ckpt awaits what it returns.
 
 Errors: an exception raised by a plugin is logged and swallowed (it never masks the user's own
 exception and never aborts a checkpoint write), except ``spark_ckpt.errors.RunStopped`` and its
-subclasses, which a plugin raises on purpose to stop the run (e.g. a budget limit).
+subclasses, which a plugin raises on purpose to stop the run (e.g. a budget limit). A plugin object
+whose ``spark_ckpt_raises`` attribute is true (a fault injector such as
+``spark_ckpt.testing.chaos.ChaosPlugin``) has every exception it raises reach the run instead: from
+``spark_ckpt_pre_node`` as a failure of that node visit, from ``spark_ckpt_pre_agent_call`` as a
+failure of the agent's run that Spark's agent cannot turn into an error result.
 """
 
 from __future__ import annotations
@@ -40,7 +44,10 @@ def spark_ckpt_register_policies(register: Callable[[str, Callable[..., Any]], N
     """Register checkpoint strategies: ``register(name, factory)``; ``factory(config)`` returns an
     object with ``should_checkpoint(decision) -> bool``. Selected by ``CheckpointConfig(strategy=name)``.
     The object may also offer ``due(supersteps_since_last, seconds_since_last) -> bool``, its answer at a
-    superstep boundary, asked there instead when no ``spark_ckpt_should_checkpoint`` hook is registered.
+    superstep boundary, asked there instead when no ``spark_ckpt_should_checkpoint`` hook is registered,
+    and ``bind(nodes)``, ``observe_visit(event)``, ``observe_checkpoint(event)``, ``reset()`` to see the
+    graph, its live visits, the measured checkpoint writes and each checkpoint taken (see
+    ``spark_ckpt.policies``). The built-in strategies are registered through this same hook.
     """
 
 
@@ -84,7 +91,8 @@ def spark_ckpt_should_checkpoint(decision) -> bool | None:  # decision: Checkpoi
 
 @hookspec
 def spark_ckpt_post_checkpoint(event) -> None:  # event: spark_ckpt.events.CheckpointSaved
-    """A checkpoint was committed to the backend."""
+    """A checkpoint was committed to the backend; ``event.duration_s`` is how long its write (encode and
+    put) took, ``event.size`` its bytes."""
 
 
 # -- agents --------------------------------------------------------------------------------------

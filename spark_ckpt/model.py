@@ -13,6 +13,8 @@ from typing import Any
 
 import attrs
 
+from .guide_views import GRAPH_CHECKPOINT_FIELDS, HEADER_FIELDS, DictView
+
 #: Version of the checkpoint *content* layout (``GraphCheckpoint``). The codec envelope has its own.
 #: 2: a checkpoint may hold only the graph and node state that changed (``partial_state``).
 #: 3: such a checkpoint leaves ``run_input`` to the whole one it builds on (it never changes).
@@ -76,8 +78,12 @@ def canonical_key(checkpoint_id: str) -> tuple[str, int] | None:
 
 
 @attrs.frozen
-class CheckpointHeader:
-    """What a backend may index in the clear: ids, order, time, size, status. Nothing sensitive."""
+class CheckpointHeader(DictView):
+    """What a backend may index in the clear: ids, order, time, size, status. Nothing sensitive.
+
+    Also reads as a dict (``header["timestamp"]``: ISO text; see ``guide_views``)."""
+
+    _view_fields = HEADER_FIELDS
 
     checkpoint_id: str
     graph_id: str
@@ -170,8 +176,13 @@ class FailureInfo:
 
 
 @attrs.frozen
-class GraphCheckpoint(AwaitableValue):
-    """Everything needed to continue one execution of one graph (the guide's checkpoint shape)."""
+class GraphCheckpoint(DictView, AwaitableValue):
+    """Everything needed to continue one execution of one graph (the guide's checkpoint shape).
+
+    Also reads as the guide's dict: ``checkpoint["graph_state"]``, ``checkpoint.get("current_node")``,
+    ``checkpoint.to_dict()`` (``guide_views``: ``version`` "6.0", ISO ``timestamp``, and more)."""
+
+    _view_fields = GRAPH_CHECKPOINT_FIELDS
 
     checkpoint_id: str
     seq: int

@@ -169,7 +169,8 @@ class Hooks:
 
     async def _fire(self, name: str, *, first_result: bool = False, **kwargs: Any) -> list[Any]:
         """Call each implementation (newest first), awaiting async ones; a plugin's exception is logged
-        and skipped, except ``RunStopped``. ``first_result``: stop at the first non-None answer."""
+        and skipped, except ``RunStopped`` and the exceptions of a plugin that sets ``spark_ckpt_raises``
+        (a fault injector). ``first_result``: stop at the first non-None answer."""
         caller = getattr(self.pm.hook, name)
         results: list[Any] = []
         # Call implementations one by one so one failing plugin cannot stop the others.
@@ -182,6 +183,8 @@ class Hooks:
             except RunStopped:
                 raise
             except Exception:
+                if getattr(impl.plugin, "spark_ckpt_raises", False):
+                    raise  # injected on purpose (spark_ckpt.testing.chaos): it must reach the run
                 log.exception("spark-ckpt plugin %r failed in %s; ignored", impl.plugin_name, name)
                 continue
             if first_result:

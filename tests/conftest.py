@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+# the public fixtures (temporary stores, scripted models, chaos), as a user's conftest.py enables them
+pytest_plugins = ["spark_ckpt.testing.fixtures"]
+
 
 @pytest.fixture
 def no_env_config(monkeypatch: pytest.MonkeyPatch) -> None:

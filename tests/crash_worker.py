@@ -1,6 +1,8 @@
 """A worker process for crash tests: runs or recovers a test graph, may SIGKILL itself on cue.
 
-    python tests/crash_worker.py run|recover GRAPH STORE_URL GRAPH_ID [INPUT_JSON]
+    python tests/crash_worker.py run|recover|run_with_recovery GRAPH STORE_URL GRAPH_ID [INPUT_JSON]
+
+``run_with_recovery`` uses ``SPARK_CKPT_TEST_STRATEGY`` (default "last").
 
 Crash cues (environment):
   SPARK_CKPT_TEST_CRASH=node:visit          inside that node visit (tests/graphs.py)
@@ -8,6 +10,8 @@ Crash cues (environment):
   SPARK_CKPT_TEST_CRASH_IN_WRITE=seq        in the middle of writing checkpoint ``seq``: for SQLite while
                                             its INSERT executes inside SQLite; for the file backend after
                                             the temp file is written but before it is published
+Strategy (environment): SPARK_CKPT_TEST_STRATEGY names it, SPARK_CKPT_TEST_INTERVAL and
+SPARK_CKPT_TEST_POLICY_OPTIONS (JSON) are its interval and options.
 Prints one JSON line: result content, graph state, and the recovery report.
 """
 
@@ -57,8 +61,12 @@ async def main() -> None:
     mode, graph_name, store, graph_id = sys.argv[1:5]
     inputs = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {"n": 4}
     durability = os.environ.get("SPARK_CKPT_TEST_DURABILITY", "sync")
+    strategy = {"strategy": os.environ.get("SPARK_CKPT_TEST_STRATEGY", "iteration"),
+                "interval": float(os.environ.get("SPARK_CKPT_TEST_INTERVAL", "1")),
+                "policy_options": json.loads(os.environ.get("SPARK_CKPT_TEST_POLICY_OPTIONS", "{}"))}
     graph = checkpointed(
-        graphs.build(graph_name), config=CheckpointConfig(backend=store, durability=durability), graph_id=graph_id
+        graphs.build(graph_name), config=CheckpointConfig(backend=store, durability=durability, **strategy),
+        graph_id=graph_id,
     )
     arm_crash_after_checkpoint()
     if os.environ.get("SPARK_CKPT_TEST_CRASH_IN_WRITE"):
@@ -71,6 +79,9 @@ async def main() -> None:
                       campaign=CampaignInfo(campaign_id="c1"), metadata={"owner": "ops"}, correlation_id="corr-9")
     if mode == "run":
         result = await graph.run(inputs)
+    elif mode == "run_with_recovery":
+        strategy = os.environ.get("SPARK_CKPT_TEST_STRATEGY", "last")
+        result = await graph.run_with_recovery(inputs, max_retries=3, strategy=strategy)
     else:
         result = await graph.recover_and_continue()
     report = graph.last_recovery
@@ -83,6 +94,7 @@ async def main() -> None:
         "replayed": [f"{k}:{i}" for k, i in report.replayed] if report else [],
         "live": [f"{k}:{i}" for k, i in report.live] if report else [],
         "fell_back": report.fell_back if report else [],
+        "steps": [[s.step, s.outcome] for s in report.steps] if report else [],
     }, default=str))
 
 

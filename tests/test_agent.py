@@ -73,7 +73,7 @@ async def test_checkpoint_is_plain_json_with_every_section(tmp_path):
     assert ckpt["agent_id"] == "bot"
     assert ckpt["config"]["system_prompt"] == "be brief"
     assert ckpt["config"]["tools"] == ["charge", "step"]
-    assert ckpt["memory"]["memory_policy"]["window"] == 10
+    assert ckpt["memory"]["memory_settings"]["window"] == 10
     assert [m["role"] for m in ckpt["memory"]["messages"]] == ["user", "assistant"]
     assert [t["output"] for t in ckpt["state"]["tool_traces"]] == ["r0", "r1"]
     assert ckpt["state"]["step_count"] == 1
@@ -83,6 +83,31 @@ async def test_checkpoint_is_plain_json_with_every_section(tmp_path):
     plan = ckpt["strategy_state"]["strategy_plan"]
     assert [s["status"] for s in plan["steps"]] == ["completed", "completed", "in_progress"]
     assert [e["event"] for e in ckpt["strategy_state"]["strategy_plan_events"]] == ["completed:step-1", "completed:step-2"]
+
+
+@sync
+async def test_checkpoint_has_the_guides_names_and_types_and_older_shapes_restore(tmp_path):
+    """The guide's "Agent Checkpoint Contents": version text, ISO timestamp, memory_policy by name, each
+    cost call's model, react_history; spark-ckpt's values beside them. Both shapes restore alike."""
+    from spark_ckpt.guide_views import agent_stored_form
+
+    config = make_config()
+    agent = wrap(Agent(config), tmp_path)
+    await agent.run("task:1")
+    ckpt = agent.checkpoint()
+    assert ckpt["version"] == "2.0" and ckpt["format_version"] == 2
+    assert ckpt["timestamp"].endswith("Z") and isinstance(ckpt["created_at"], float)
+    policy = ckpt["memory"]["memory_policy"]
+    assert isinstance(policy, str) and ckpt["memory"]["memory_settings"]["policy"] == policy
+    assert [c["model"] for c in ckpt["cost_tracking"]["calls"]] == [c["model_id"] for c in ckpt["cost_tracking"]["calls"]]
+    assert ckpt["strategy_state"]["react_history"] == ckpt["strategy_state"]["history"]
+    stored = agent_stored_form(ckpt)  # the shape spark-ckpt stores, and older releases returned
+    assert stored["version"] == 2 and isinstance(stored["timestamp"], float)
+    assert isinstance(stored["memory"]["memory_policy"], dict) and "react_history" not in stored["strategy_state"]
+    for shape in (ckpt, stored):
+        restored = CheckpointedAgent.restore(shape, config, CheckpointConfig(backend="memory"))
+        assert restored.checkpoint()["memory"] == ckpt["memory"]
+        assert restored.checkpoint()["cost_tracking"] == ckpt["cost_tracking"]
 
 
 @sync

@@ -39,6 +39,7 @@ from ..errors import (
 )
 from ..model import AGENT, COMPLETED, FAILED, RUNNING, AgentCall, AgentRecord, CheckpointHeader, new_id
 from ..plugins import Hooks
+from ..guide_views import agent_guide_view, agent_stored_form
 from .agent_calls import (
     AgentBinding, CallSession, bind, not_safe_to_rerun, unsafe_error,
     unsafe_in_flight,
@@ -128,8 +129,9 @@ class CheckpointedAgent:
 
     # -- the guide's API ----------------------------------------------------------------------------
     def checkpoint(self) -> dict[str, Any]:
-        """The agent's full state as a plain JSON-serializable dict (nothing is stored)."""
-        return take_snapshot(self.agent, self.agent_id)
+        """The agent's full state as a plain dict in the guide's shape (``guide_views.agent_guide_view``:
+        ``version`` "2.0", ISO ``timestamp``, ``memory.memory_policy`` "full", ...); nothing is stored."""
+        return agent_guide_view(take_snapshot(self.agent, self.agent_id))
 
     def save_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Write ``checkpoint()`` to a JSON file (atomically: a crash leaves the old file or the new one)."""
@@ -164,7 +166,7 @@ class CheckpointedAgent:
         the older name of the first. Without an ``AgentConfig``: ``ConfigError`` saying what to pass.
         """
         agent_config, checkpoint_config = _restore_configs(agent_config, checkpoint_config, config)
-        check_snapshot(checkpoint)
+        checkpoint = check_snapshot(agent_stored_form(checkpoint))
         stored_id = checkpoint.get("agent_id")
         if stored_id is not None and not isinstance(stored_id, str):
             raise CorruptCheckpointError(

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import orjson
 from spark.models.base import Model
 
-from ..errors import GraphMismatchError, RunStopped
+from ..errors import GraphMismatchError
 from ..events import AgentCallEvent
 from ..model import LLM_CALL, AgentCall
 from .agent_snapshot import jsonable
@@ -158,7 +158,7 @@ async def _fire_llm(
             await binding.hooks.pre_agent_call(event)
         else:
             await binding.hooks.post_agent_call(event)
-    except RunStopped as exc:
+    except Exception as exc:  # only RunStopped and a fault injector's errors escape the hooks
         raise session.set_fatal(exc)
 
 

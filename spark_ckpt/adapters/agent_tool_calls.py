@@ -13,7 +13,8 @@ with its result and can still await a durable write) with the binding's ``tool_c
 
 Invariants: a result is journaled as an exact copy (or, if it cannot be stored, its JSON description),
 and the live run gets that copy (its trace's output too), so a live run and its replay leave the same state; an unknown tool (no block) ran
-nothing, and its result is not journaled; a ``RunStopped`` from a hook makes the session fatal.
+nothing, and its result is not journaled; an error that escapes a hook (``RunStopped``, a fault
+injector's) makes the session fatal.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..errors import RunStopped
 from ..events import AgentCallEvent
 from ..model import TOOL_CALL, TOOL_STARTED, AgentCall
 from .agent_snapshot import jsonable, kept_exactly
@@ -53,7 +53,7 @@ async def run_tool_call(binding: AgentBinding, tool_call: dict[str, Any], contex
     replay = session.tool_replay.get(key)
     try:
         await binding.hooks.pre_agent_call(attrs_evolve(event, replayed=replay is not None))
-    except RunStopped as exc:
+    except Exception as exc:  # only RunStopped and a fault injector's errors escape the hooks
         raise session.set_fatal(exc)
     if replay is not None:
         session.replayed += 1
@@ -89,7 +89,7 @@ async def run_tool_call(binding: AgentBinding, tool_call: dict[str, Any], contex
         await binding.hooks.post_agent_call(
             attrs_evolve(event, response=block, replayed=replay is not None)
         )
-    except RunStopped as exc:
+    except Exception as exc:  # only RunStopped and a fault injector's errors escape the hooks
         raise session.set_fatal(exc)
     return result, block
 

@@ -1,4 +1,5 @@
 """Tools marked not safe to re-run: the marker, how a marked tool is recognised, and the refusal.
+(The same marker marks graph nodes: ``graph_unsafe_nodes``.)
 
 A tool with a side effect that must not happen twice (a payment, an e-mail) is marked with
 ``@not_safe_to_rerun`` (or named in ``unsafe_tools``). Before such a tool runs, the call journal
@@ -12,6 +13,7 @@ above or below ``@tool``; marking changes nothing else about the tool. No Spark 
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from ..errors import UnsafeToRetryError
@@ -21,11 +23,18 @@ UNSAFE_ATTR = "_spark_ckpt_not_safe_to_rerun"
 
 
 def not_safe_to_rerun(tool: Any) -> Any:
-    """Mark a tool (``@tool`` object or plain function) as not safe to run twice.
+    """Mark a tool (``@tool`` object or plain function), or a graph node, as not safe to run twice.
 
     If such a tool was running when the process died, recovery raises ``UnsafeToRetryError`` naming it
     instead of calling it again. Usable as a decorator above ``@tool``.
+
+    A graph node is marked through its class (``@not_safe_to_rerun`` above ``class Charge(Node)``), an
+    instance (``not_safe_to_rerun(node)``) or its ``process`` method (as a decorator in the class body,
+    or ``not_safe_to_rerun(node.process)``, which marks that instance); see ``graph_unsafe_nodes``.
     """
+    if inspect.ismethod(tool) and tool.__name__ == "process":  # a node's bound process(): that node
+        setattr(tool.__self__, UNSAFE_ATTR, True)
+        return tool
     setattr(tool, UNSAFE_ATTR, True)
     return tool
 

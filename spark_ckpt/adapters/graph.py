@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+from typing import Any, Callable
+
+import attrs
 
 from ..backends.leases import release_quietly, worker_identity
 from ..codec import Codec
@@ -35,7 +37,10 @@ from ..engine import records
 from ..engine.damage import damaged
 from ..engine.record_builder import FULL_HISTORY_EVERY, appended_json as _appended_json  # noqa: F401
 from ..engine.recovery import RecoveryPlanner, RecoveryReport  # noqa: F401  (RecoveryReport: re-exported)
-from ..errors import CodecError, ConfigError, NothingToRecoverError, SparkCkptError, UnrecoverableExecutionError
+from ..codec.values import identical
+from ..errors import (
+    CodecError, ConfigError, NothingToRecoverError, RestoreConflictError, SparkCkptError, UnrecoverableExecutionError,
+)
 from ..model import COMPLETED, CheckpointHeader, GraphCheckpoint, Lease, new_id
 from ..plugins import Hooks
 from .graph_checkpoints import CheckpointAccess
@@ -45,6 +50,7 @@ from .graph_state import (
     check_replayable, dump_run_input, install_context_create_checkpoint, load_message, restore_into_graph, task_type,
 )
 from .graph_state import load_run_input as _load_run_input  # noqa: F401  (re-exported)
+from .graph_unsafe_nodes import marked_keys, refuse_unsafe_rerun
 from .runtime import VisitContext, current_visit, node_state_adapter_for
 from .structure import node_keys, ordered_nodes, structure_digest
 
@@ -79,6 +85,7 @@ class CheckpointedGraph(CheckpointAccess):
         self.structure = structure_digest(graph, self._keys)
         self.graph_id = graph_id or self._default_graph_id(graph)
         self.graph_version = graph_version or self.structure
+        self._unsafe_keys = marked_keys(self)  # nodes not safe to re-run (ConfigError before anything opens)
         self.worker_id = worker_id or worker_identity()
         self.backend = self.config.open_backend()
         self.codec: Codec = self.config.make_codec()
@@ -181,11 +188,36 @@ class CheckpointedGraph(CheckpointAccess):
         """
         if not self.config.enabled:
             return await self.graph.run(inputs)
+        if self._restored is not None:  # after restore_from_checkpoint: continue, or refuse; never twice
+            continued = await self._run_after_restore(inputs)
+            if continued is not None:
+                return continued.result
         if task_type(inputs) in LONG_LIVED_TASK_TYPES:
             return await self._run_long_lived(inputs)
         runner = self._runner
         execution = runner.new_execution(new_id("ex-"), dump_run_input(inputs))
         return await runner.execute(execution, inputs, resumed=False)
+
+    async def run_with_recovery(
+        self, inputs: Any = None, *, max_retries: int = 3, strategy: str = "last",
+        backoff: float | Callable[[int], float] = 0.0, retry_on: type | tuple[type, ...] = (Exception,),
+        offset: int = 1, resume: bool = True,
+    ) -> Any:
+        """``run(inputs)``, and on a failure up to ``max_retries`` recoveries (the guide's "Automatic" and
+        "Progressive" recovery; ``graph_recovery_strategies`` has the rules).
+
+        ``strategy``: "last" recovers the failed execution from its newest checkpoint each time (completed
+        visits are replayed, never run again); "progressive" tries the newest checkpoint, then the one
+        ``offset`` boundaries earlier, then a fresh run from the state the run started with. ``backoff``:
+        seconds before the first retry, doubled for each next one (or a function of the attempt number).
+        ``retry_on``: the exceptions that are retried (others are raised at once). ``resume``: first
+        continue an unfinished execution of this graph run with identical inputs (after a crash).
+        Every step is logged and listed in ``last_recovery.steps``; the last error is raised when the
+        retries are used up."""
+        from .graph_recovery_strategies import run_with_recovery
+
+        return await run_with_recovery(self, inputs, max_retries=max_retries, strategy=strategy, backoff=backoff,
+                                       retry_on=retry_on, offset=offset, resume=resume)
 
     async def run_tasks(
         self, scheduler: Any, *, continue_on_error: bool = False, on_task_completed: Any = None,
@@ -206,16 +238,20 @@ class CheckpointedGraph(CheckpointAccess):
                                on_task_completed=on_task_completed, on_task_failed=on_task_failed,
                                usage_provider=usage_provider, batch_id=batch_id)
 
-    async def recover_tasks(self, *, batch_id: str | None = None, scheduler: Any = None, **callbacks: Any) -> Any:
+    async def recover_tasks(self, *, batch_id: str | None = None, scheduler: Any = None,
+                            allow_unsafe_rerun: bool = False, **callbacks: Any) -> Any:
         """Finish the newest unfinished task batch (or ``batch_id``) after a crash or a failure; returns
         Spark's ``TaskBatchResult`` with every task of the batch. ``scheduler``: the batch's tasks built
         again (default: rebuilt from the stored tasks); ``callbacks``: ``run_tasks``'s ``on_task_completed``,
-        ``on_task_failed``, ``usage_provider``, ``continue_on_error`` (default: as the batch was run)."""
+        ``on_task_failed``, ``usage_provider``, ``continue_on_error`` (default: as the batch was run).
+        ``allow_unsafe_rerun``: as for ``recover_and_continue``."""
         from .graph_tasks import recover_tasks
 
-        return await recover_tasks(self, batch_id=batch_id, scheduler=scheduler, **callbacks)
+        return await recover_tasks(self, batch_id=batch_id, scheduler=scheduler,
+                                   allow_unsafe_rerun=allow_unsafe_rerun, **callbacks)
 
-    async def _run_task(self, execution_id: str, task: Any) -> tuple[Any, float | None]:
+    async def _run_task(self, execution_id: str, task: Any, allow_unsafe_rerun: bool = False
+                        ) -> tuple[Any, float | None]:
         """One task of a batch: its execution run, continued, or (completed before) its stored result;
         with the run time its records show when it had completed before (else None: measure it)."""
         head = await self._planner.head(execution_id)
@@ -227,7 +263,7 @@ class CheckpointedGraph(CheckpointAccess):
             first = min((h.created_at for h in await self.backend.alist(execution_id=execution_id)),
                         default=head.created_at)
             return self._completed_result(head), max(0.0, head.created_at - first)
-        return await self.recover_and_continue(execution_id=execution_id), None
+        return await self.recover_and_continue(execution_id=execution_id, allow_unsafe_rerun=allow_unsafe_rerun), None
 
     async def _restore_task_end(self, execution_id: str) -> None:
         """The graph and node state a completed task of a batch ended with (the next task starts there)."""
@@ -337,9 +373,10 @@ class CheckpointedGraph(CheckpointAccess):
 
         Refuses, before anything runs: ``MissingCheckpointError`` when checkpoints the executions index
         says were written are gone, ``UnrecoverableExecutionError`` when none verifies,
-        ``RecoveryDivergedError`` when replaying the journal does not reproduce the run. An agent tool
-        marked not safe to re-run that was in flight at the crash raises ``UnsafeToRetryError``;
-        ``allow_unsafe_rerun=True`` runs it again (after you checked its side effect).
+        ``RecoveryDivergedError`` when replaying the journal does not reproduce the run. A visit of a
+        node (or an agent tool) marked not safe to re-run that was in flight at the crash, or failed,
+        raises ``UnsafeToRetryError``; ``allow_unsafe_rerun=True`` runs it again (after you checked its
+        side effect).
         """
         planner = self._planner
         if execution_id is None:
@@ -347,7 +384,7 @@ class CheckpointedGraph(CheckpointAccess):
 
             batch_id, execution_id = await newest_unfinished_work(self)
             if batch_id is not None:
-                return await recover_tasks(self, batch_id=batch_id)
+                return await recover_tasks(self, batch_id=batch_id, allow_unsafe_rerun=allow_unsafe_rerun)
         await store_resolutions_made_in_spark(self, execution_id)
         lease, head = await planner.claim(execution_id, wait)
         if lease is None:
@@ -360,9 +397,24 @@ class CheckpointedGraph(CheckpointAccess):
         return await self._continue(record, same_execution=True, fell_back=fell_back, lease=lease,
                                     next_seq=head.seq + 1, allow_unsafe_rerun=allow_unsafe_rerun)
 
-    def _completed_result(self, head: CheckpointHeader) -> Any:
+    def _planner_head_now(self, execution_id: str) -> CheckpointHeader | None:
+        head = self.backend.execution_head(execution_id)
+        if head is not None:
+            self.codec.index_tags.check(head)
+        return head
+
+    def _completed_result(self, head: CheckpointHeader, depth: int = 0) -> Any:
         """A completed execution's stored result (its graph state restored), run nothing again."""
         record = self._planner.completed(head)
+        replaced_by = record.extras.get("superseded_by") if isinstance(record.extras, dict) else None
+        if isinstance(replaced_by, str) and depth < 8:
+            successor = self._planner_head_now(replaced_by)
+            if successor is not None and successor.status == COMPLETED:
+                result = self._completed_result(successor, depth + 1)
+                self.last_recovery.superseded_by = replaced_by
+                log.info("execution %s was replaced by execution %s; returning its result", head.execution_id,
+                         replaced_by)
+                return result
         with damaged(f"checkpoint {record.checkpoint_id}"):
             result = load_message(record.result) if record.result is not None else None
         restore_into_graph(self.graph, self._nodes_by_key, record)
@@ -371,18 +423,34 @@ class CheckpointedGraph(CheckpointAccess):
         log.info("execution %s had already completed; returning its stored result", head.execution_id)
         return result
 
-    async def continue_from_checkpoint(self, checkpoint: GraphCheckpoint | str | None = None) -> Any:
+    async def continue_from_checkpoint(self, checkpoint: GraphCheckpoint | str | None = None, *,
+                                       allow_unsafe_rerun: bool = False) -> Any:
         """Continue from the restored checkpoint (``restore_from_checkpoint``) or the given one.
 
         Continuing the newest checkpoint of an unfinished execution continues that execution; any other
         checkpoint starts a new execution forked from it (its history is never overwritten). Pending
-        ``skip_node`` requests apply to the continuation.
+        ``skip_node`` requests apply to the continuation. A visit of a node not safe to re-run that the
+        checkpoint shows started and not completed raises ``UnsafeToRetryError`` unless
+        ``allow_unsafe_rerun=True``.
         """
         if checkpoint is not None:
             self.restore_from_checkpoint(checkpoint)
         record = self._restored or self.get_last_checkpoint()
         if record is None:
             raise NothingToRecoverError(f"graph {self.graph_id!r} has no checkpoint to continue from")
+        if is_restore_point(record):
+            # a restore point holds no run: the run that failed after it is the one to continue
+            later = self._unfinished_after(record)
+            if later is None:
+                raise NothingToRecoverError(
+                    f"checkpoint {record.checkpoint_id} is a restore point taken outside a run, and no run of graph "
+                    f"{self.graph_id!r} started after it is unfinished: there is nothing to continue. Its state is "
+                    "restored; start a run from it with `await graph.run(inputs)`"
+                )
+            log.info("continuing execution %s, the unfinished run that started after restore point %s",
+                     later.execution_id, record.checkpoint_id)
+            self._restored = None
+            return await self.recover_and_continue(execution_id=later.execution_id)
         try:
             head = await self._planner.head(record.execution_id)
         except CodecError:  # an index entry that does not authenticate: never continue in place
@@ -391,19 +459,21 @@ class CheckpointedGraph(CheckpointAccess):
             lease, head = await self._planner.claim(record.execution_id, wait=False)
             if lease is not None and head.checkpoint_id == record.checkpoint_id:
                 return await self._continue(record, same_execution=True, fell_back=[], lease=lease,
-                                            next_seq=head.seq + 1)
+                                            next_seq=head.seq + 1, allow_unsafe_rerun=allow_unsafe_rerun)
             if lease is not None:  # another worker moved the execution on meanwhile: this record is older now
                 await release_quietly(self.backend, lease)
-        return await self._continue(record, same_execution=False, fell_back=[])
+        return await self._continue(record, same_execution=False, fell_back=[], allow_unsafe_rerun=allow_unsafe_rerun)
 
     async def _continue(self, record: GraphCheckpoint, *, same_execution: bool, fell_back: list[str],
                         lease: Lease | None = None, next_seq: int = 0, allow_unsafe_rerun: bool = False) -> Any:
+        skips = {**{k: None for k in record.skip_nodes}, **record.skip_outputs, **self._pending_skips}
         try:
             check_replayable(record)  # a damaged journal is refused before anything runs
+            # so is a visit not safe to re-run that started and did not complete
+            refuse_unsafe_rerun(self, record, allowed=allow_unsafe_rerun, skips=skips)
         except BaseException:
             await release_quietly(self.backend, lease)
             raise
-        skips = {**{k: None for k in record.skip_nodes}, **record.skip_outputs, **self._pending_skips}
         self._pending_skips = {}
         self._restored = None
         if task_type(_load_run_input(record.run_input)) in LONG_LIVED_TASK_TYPES:
@@ -411,6 +481,51 @@ class CheckpointedGraph(CheckpointAccess):
                                                      skips=skips, lease=lease, next_seq=next_seq)
         return await self._runner.resume(record, same_execution=same_execution, fell_back=fell_back, skips=skips,
                                          lease=lease, next_seq=next_seq, allow_unsafe_rerun=allow_unsafe_rerun)
+
+    async def _run_after_restore(self, inputs: Any) -> "Continued | None":
+        """``run(inputs)`` right after ``restore_from_checkpoint``: the restored record's unfinished run
+        with identical inputs is continued (``Continued``), as is the unfinished run with identical
+        inputs that started after a restored restore point; a restored unfinished run given other
+        inputs is refused; otherwise (a completed run's record, a restore point) None: a new run starts
+        on the restored state."""
+        record = self._restored
+        wanted = dump_run_input(inputs)
+        if is_restore_point(record):
+            later = self._unfinished_after(record)
+            if later is not None and identical(self._run_input_of(later.execution_id), wanted):
+                log.info("run() after restoring %s continues execution %s (same inputs; it had not finished)",
+                         record.checkpoint_id, later.execution_id)
+                self._restored = None
+                return Continued(await self.recover_and_continue(execution_id=later.execution_id))
+            self._restored = None
+            return None
+        head = await self._planner.head(record.execution_id)
+        if head is None or head.status == COMPLETED:
+            self._restored = None
+            return None
+        if identical(record.run_input, wanted):
+            log.info("run() after restoring %s continues its execution %s (same inputs; it had not finished)",
+                     record.checkpoint_id, record.execution_id)
+            result = await self.continue_from_checkpoint()
+            if head.checkpoint_id != record.checkpoint_id:  # continued as a fork: it replaces that run
+                from .graph_recovery_strategies import mark_superseded
+
+                await mark_superseded(self, record.execution_id, self._runner.last_execution_id)
+            return Continued(result)
+        raise RestoreConflictError(
+            f"checkpoint {record.checkpoint_id} was restored: it belongs to execution {record.execution_id}, which "
+            "has not finished, and run() was given other inputs than that run. Running them on its state could "
+            "apply work twice. To finish that run: `await graph.continue_from_checkpoint()` (or "
+            "`recover_and_continue()`); to start a different run, call run() without restoring first"
+        )
+
+    def _run_input_of(self, execution_id: str) -> Any:
+        from ..model import canonical_checkpoint_id
+
+        try:
+            return self._decode(self.backend.get(canonical_checkpoint_id(execution_id, 0)).blob).run_input
+        except SparkCkptError:
+            return _UNKNOWN_INPUT
 
     async def _latest_verified(self, execution_id: str, head: CheckpointHeader) -> tuple[GraphCheckpoint, list[str]]:
         return await self._planner.latest_verified(execution_id, head)
@@ -463,6 +578,21 @@ class CheckpointedGraph(CheckpointAccess):
 
     def __repr__(self) -> str:
         return f"CheckpointedGraph(graph_id={self.graph_id!r}, backend={self.backend.describe()!r})"
+
+
+@attrs.frozen
+class Continued:
+    """The result of a run that continued an unfinished execution (it may be None)."""
+
+    result: Any
+
+
+_UNKNOWN_INPUT = object()  # never identical to a run input
+
+
+def is_restore_point(record: GraphCheckpoint) -> bool:
+    """A record ``create_checkpoint()`` took outside a run (a standalone, completed restore point)."""
+    return bool(record.extras.get("manual")) and record.run_input is None and record.status == COMPLETED
 
 
 #: Spark task types whose nodes run as continuous workers (no supersteps)

@@ -31,10 +31,18 @@ class CheckpointAccess:
         """The newest checkpoint of this graph (any execution), or None."""
         return self.get_checkpoint(offset=0, missing_ok=True)
 
-    def get_checkpoint(self, offset: int = 0, *, missing_ok: bool = False) -> GraphCheckpoint | None:
-        """The checkpoint ``offset`` places before the newest (0 = newest), made whole."""
-        if offset < 0:
-            raise ConfigError(f"offset must be >= 0, got {offset}")
+    def get_checkpoint(self, offset: int | str = 0, *, missing_ok: bool = False) -> GraphCheckpoint | None:
+        """The checkpoint ``offset`` places before the newest (0 = newest), made whole; or, given a
+        checkpoint id, that checkpoint."""
+        if isinstance(offset, str):
+            try:
+                return self._load(offset)
+            except CheckpointNotFoundError:
+                if missing_ok:
+                    return None
+                raise
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise ConfigError(f"get_checkpoint() takes an offset (an int >= 0) or a checkpoint id, got {offset!r}")
         headers = self.backend.list(graph_id=self.graph_id, limit=offset + 1)
         if len(headers) <= offset:
             if missing_ok:
@@ -114,19 +122,42 @@ class CheckpointAccess:
         raise ConfigError(f"expected a GraphCheckpoint or a checkpoint id, got {type(checkpoint).__name__}")
 
     def get_current_node(self) -> str | None:
-        """Key of the node that failed (or runs next) in the restored checkpoint."""
+        """Key of the node that failed (or runs next) in the restored checkpoint. For a restore point
+        (``create_checkpoint()`` outside a run): that of the unfinished run that started after it, the
+        one ``continue_from_checkpoint()`` continues."""
         record = self._restored or self.get_last_checkpoint()
         if record is None:
             return None
+        from .graph import is_restore_point
+
+        if is_restore_point(record):
+            later = self._unfinished_after(record)
+            if later is None:
+                return None
+            record = self._load(later.checkpoint_id)
         if record.failure is not None and record.failure.node_key:
             return record.failure.node_key
         return record.current_node
+
+    def _unfinished_after(self, restore_point: GraphCheckpoint) -> CheckpointHeader | None:
+        """The newest unfinished execution of this graph that started after ``restore_point`` was taken."""
+        for head in self.backend.executions(graph_id=self.graph_id, unfinished_only=True):
+            started = min((h.created_at for h in self.backend.list(execution_id=head.execution_id)),
+                          default=head.created_at)
+            if started >= restore_point.timestamp:
+                return head
+        return None
 
     def skip_node(self, node: Any, output: Any = None) -> None:
         """On the next continuation (``continue_from_checkpoint`` or ``recover_and_continue``), do not
         run ``node``'s next visit: pass its input through as its output (or use ``output``), so its
         successors still run. The request is stored with the continuation, so a crash keeps it; one
         the continuation never reaches is listed in ``last_recovery.unused_skips``."""
+        if node is None:
+            raise ConfigError(
+                "skip_node(None): there is no node to skip (get_current_node() is None when the restored "
+                f"checkpoint has no failed or next node); nodes: {', '.join(self.node_keys)}"
+            )
         key = self.node_key(node)
         if output is None:
             self._pending_skips[key] = None

@@ -23,6 +23,9 @@ messages in their order, then runs Spark's own long-lived loop again. A message 
 committed visit is never processed again; one in flight at the crash is processed again (nothing of
 that visit was committed).
 
+A node not safe to re-run has its visit's start stored when its mailbox hands it a message, before it
+processes it (``graph_unsafe_nodes``): recovery refuses to process that message again unless allowed.
+
 Refused up front (``UnsupportedFeatureError``, nothing run or stored): agent nodes, event and timer
 edges, forks of an execution and ``skip_node``. A graph state value changed in place (not through
 the API) is detected when a visit touching that key commits and fails the run: no record could hold it.
@@ -41,11 +44,12 @@ from typing import TYPE_CHECKING, Any
 from ..codec import to_data
 from ..engine.journal import Journal
 from ..engine.mailbox_ledger import INITIAL, MailboxLedger, Visit
+from ..engine.unsafe_visits import UnsafeVisits, in_record
 from ..engine.recovery import RecoveryReport
 from ..codec.values import identical
 from ..errors import UnsupportedFeatureError
 from ..model import COMPLETED, RUNNING, FailureInfo, GraphCheckpoint, Lease, new_id
-from . import graph_state
+from . import graph_state, graph_unsafe_nodes
 from .graph_state import dump_message, dump_run_input, is_bookkeeping, load_message, load_run_input, plain_or_repr
 
 if TYPE_CHECKING:
@@ -122,9 +126,13 @@ class LongRunningDriver:
             counts: dict[str, int] = {}
             for visit in record.execution_history:
                 counts[visit.node_key] = max(counts.get(visit.node_key, 0), visit.index + 1)
+            markers = in_record(record.inflight, record.extras)
+            if markers:  # (a recovery allowed to run them again): carried until they ran and were stored
+                journal.unsafe = UnsafeVisits(markers)
             ex = self.runner.new_execution(record.execution_id, record.run_input, lease=lease, journal=journal,
                                            next_seq=max(next_seq, record.seq + 1))
-            ex.writer.resumed_on((await self.owner.backend.aget(record.checkpoint_id)).blob, record.seq)
+            ex.writer.resumed_on((await self.owner.backend.aget(record.checkpoint_id)).blob, record.seq,
+                                    writes=record.extras.get("writes"))
             ex.superstep = record.superstep
             ex.report = RecoveryReport(execution_id=ex.execution_id, from_checkpoint=record.checkpoint_id,
                                        fell_back=fell_back)
@@ -315,6 +323,14 @@ class LongRun:
 
         message.ack = ack
 
+    async def unsafe_started(self, key: str, message: Any) -> None:
+        """A node not safe to re-run was handed a message: store that its visit started before it
+        processes it (``graph_unsafe_nodes``)."""
+        visit = _visit.get()
+        async with self.lock:
+            data = graph_unsafe_nodes.marker(key, visit.index, self.ex.superstep, message.payload)
+            await graph_unsafe_nodes.record_started(self.runner, self.ex, data)
+
     def hold(self, visit: Visit, target: str, message: Any, channel: Any) -> None:
         """A message sent during ``visit``: delivered once the visit committed."""
         message_id = self.ledger.sent(visit, target, message_data(message.payload, message.metadata), (channel, message))
@@ -362,6 +378,8 @@ class LongRun:
                         "started_at": visit.started_at, "duration_s": now - visit.started_at,
                         "input_from": visit.message_id,
                     })
+                    if ex.journal.unsafe is not None:
+                        graph_unsafe_nodes.visit_completed(ex, visit.node, visit.index)
                     if ex.report is not None:
                         ex.report.live.append((visit.node, visit.index))
                 dirty = ex.builder.dirty
@@ -382,6 +400,8 @@ class LongRun:
         for entry in data["node_states"].values():
             entry.pop("processing", None)  # read while its own ack runs: not state to restore
         data["extras"].update(self.ledger.record_extras())
+        if ex.journal.unsafe is not None:  # marked visits still running: a recovery must see them
+            ex.journal.unsafe.carry_in_boundary(data)
         await self.runner.store(ex, data, wait=self.sync)
 
     def close(self) -> None:
@@ -501,6 +521,8 @@ class MailboxProxy(HeldChannel):
                 return ChannelMessage(payload=None, is_shutdown=True, metadata={"reason": "graph_shutdown"})
             return message
         run.begin(self.target, message)
+        if self.target in run.owner._unsafe_keys:  # stored before the node processes it
+            await run.unsafe_started(self.target, message)
         return message
 
 

@@ -112,8 +112,16 @@ class GraphRunner:
         self.backend = owner.backend
         self.codec = owner.codec
         self.hooks = owner.hooks
-        self.policy = owner.policy
-        self._policy_due = getattr(self.policy, "due", None)
+        self.policy = policy = owner.policy
+        self._policy_due = getattr(policy, "due", None)
+        # the optional parts of a policy (``spark_ckpt.policies``), looked up once
+        bind = getattr(policy, "bind", None)
+        if bind is not None:
+            bind(owner._nodes_by_key)
+        self._policy_reset = getattr(policy, "reset", None)
+        self._policy_sees_checkpoints = getattr(policy, "observe_checkpoint", None)
+        #: the policy's ``observe_visit``, given each live visit (``graph_visits``), or None
+        self.policy_sees_visits = getattr(policy, "observe_visit", None)
         self.graph_id = owner.graph_id
         self.keys = owner._keys
         self.nodes = owner._nodes_by_key
@@ -125,6 +133,8 @@ class GraphRunner:
         self.visits = NodeVisits(self)
         self.gates = ApprovalGates(self)
         self.active: Execution | None = None
+        #: the execution the last run or continuation of this graph ran (``run_with_recovery`` follows it)
+        self.last_execution_id: str | None = None
         #: NodeMessage dumps of the outputs the nodes held when the last run ended
         self._carried: dict[int, tuple[Any, Any]] = {}
         quiet_spark_hook_log()
@@ -208,7 +218,10 @@ class GraphRunner:
         elif resumed or self.config.durability != "sync":
             await writer.acquire(ex.execution_id)
         self.active = ex
-        if self.hooks.wants_post_checkpoint:
+        self.last_execution_id = ex.execution_id
+        if self._policy_reset is not None:
+            self._policy_reset()  # counts since the last checkpoint: from the record taken up (or the start)
+        if self.hooks.wants_post_checkpoint or self._policy_sees_checkpoints is not None:
             writer.on_stored = self._post_checkpoint
         return LeaseRenewer(writer)
 
@@ -282,7 +295,8 @@ class GraphRunner:
                 wanted = await self._ask_policy(ex, "superstep")
             else:  # the common boundary: asked without building a decision object
                 wanted = self._policy_due(ex.supersteps_since, time.monotonic() - ex.last_checkpoint_at)
-            if wanted:
+            # a visit not safe to re-run that completed is made durable at this boundary, whatever the policy
+            if wanted or (journal.unsafe is not None and journal.unsafe.awaiting(journal.persisted)):
                 await self.checkpoint(ex, status=RUNNING)
         finally:
             ex.superstep = superstep + 1  # the visits that follow belong to the next one
@@ -329,6 +343,8 @@ class GraphRunner:
         ex.checkpoint_requested = None
         ex.supersteps_since = 0
         ex.last_checkpoint_at = time.monotonic()
+        if self._policy_reset is not None:
+            self._policy_reset()
         await self.store(ex, data, wait=self.config.durability == "sync")
 
     async def store(self, ex: Execution, data: dict[str, Any], *, wait: bool) -> None:
@@ -340,8 +356,11 @@ class GraphRunner:
         the journals in flight go whole unless ``changes`` hold them (as deltas)."""
         writer = ex.writer
         changes.setdefault("inflight", ex.journal.inflight)
-        return ex.builder.on_boundary(writer.base_data(), seq=writer.next_seq, base_seq=writer.last_seq,
+        data = ex.builder.on_boundary(writer.base_data(), seq=writer.next_seq, base_seq=writer.last_seq,
                                       skip=ex.skip, **changes)
+        if ex.journal.unsafe is not None:  # started visits not safe to re-run, not yet in a stored boundary
+            ex.journal.unsafe.carry(data)
+        return data
 
     async def persist_inflight(self, ex: Execution, key: str, index: int, data: Any) -> None:
         """Durably store a running visit's journal (agent calls) on top of the last boundary record."""
@@ -352,8 +371,11 @@ class GraphRunner:
         whole_every = record_builder.FULL_HISTORY_EVERY
         await self.store(ex, self.on_boundary(ex, inflight=ex.journal.inflight_fields(whole_every)), wait=True)
 
-    async def _post_checkpoint(self, header: Any) -> None:
-        await self.hooks.post_checkpoint(CheckpointSaved(header=header, backend=self.backend.describe()))
+    async def _post_checkpoint(self, header: Any, duration_s: float) -> None:
+        event = CheckpointSaved(header=header, backend=self.backend.describe(), duration_s=duration_s, size=header.size)
+        if self._policy_sees_checkpoints is not None:
+            self._policy_sees_checkpoints(event)
+        await self.hooks.post_checkpoint(event)
 
     def request_checkpoint(self) -> str:
         ex = self.active
@@ -384,7 +406,8 @@ class GraphRunner:
                                         lease=lease, journal=journal)
                 ex.builder.extras_stored = dict(record.node_extras)
                 # in-flight journals and failures stack on the resumed record
-                ex.writer.resumed_on((await self.backend.aget(record.checkpoint_id)).blob, record.seq)
+                ex.writer.resumed_on((await self.backend.aget(record.checkpoint_id)).blob, record.seq,
+                                 writes=record.extras.get("writes"))
             else:
                 ex = self.new_execution(new_id("ex-"), record.run_input, journal=journal, fork_of=record)
             ex.allow_unsafe_rerun = allow_unsafe_rerun

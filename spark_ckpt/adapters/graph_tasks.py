@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..codec import to_data
 from ..engine.store_path import LeaseRenewer, RecordWriter
-from ..errors import ConfigError, LeaseError, NothingToRecoverError, UnrecoverableExecutionError
+from ..errors import ConfigError, LeaseError, NothingToRecoverError, UnrecoverableExecutionError, UnsafeToRetryError
 from ..model import COMPLETED, FAILED, RUNNING, GraphCheckpoint, GraphMetadata, new_id
 from .graph_state import dump_message, dump_task, load_message, load_task
 
@@ -138,6 +138,7 @@ async def run_tasks(
     owner: CheckpointedGraph, scheduler: Any, *, continue_on_error: bool = False,
     on_task_completed: Callable[..., Any] | None = None, on_task_failed: Callable[..., Any] | None = None,
     usage_provider: Callable[..., Any] | None = None, batch_id: str | None = None, resumed: TaskBatch | None = None,
+    allow_unsafe_rerun: bool = False,
 ) -> Any:
     """Spark's ``Graph.run_tasks`` loop, each task its own checkpointed execution (module docstring)."""
     # Spark's own callback caller: sync or async callbacks behave exactly as in bare run_tasks
@@ -187,8 +188,8 @@ async def run_tasks(
             execution_id = task_execution_id(batch.batch_id, task_id)
             start_time = time.perf_counter()
             try:
-                outcome, seconds = await owner._run_task(execution_id, task)
-            except (LeaseError, UnrecoverableExecutionError):
+                outcome, seconds = await owner._run_task(execution_id, task, allow_unsafe_rerun)
+            except (LeaseError, UnrecoverableExecutionError, UnsafeToRetryError):
                 raise  # not the task's failure: the batch stops (it is finished later, from the store)
             except Exception as exc:
                 await failed(task, exc)
@@ -225,7 +226,11 @@ async def run_tasks(
                 raise error
     except BaseException as exc:
         renewer.stop()
-        if not isinstance(exc, LeaseError):  # another worker owns the batch now: its records are not ours
+        # another worker owns the batch now (its records are not ours), or a task's recovery was refused
+        # before it ran anything (the batch stays unfinished: recovered again once allowed)
+        if isinstance(exc, UnsafeToRetryError):
+            await batch.writer.release()
+        elif not isinstance(exc, LeaseError):
             await batch.finish(FAILED)
         raise
     renewer.stop()
@@ -267,7 +272,8 @@ async def newest_unfinished_work(owner: CheckpointedGraph) -> tuple[str | None, 
 
 
 async def recover_tasks(
-    owner: CheckpointedGraph, *, batch_id: str | None = None, scheduler: Any = None, **callbacks: Any,
+    owner: CheckpointedGraph, *, batch_id: str | None = None, scheduler: Any = None, allow_unsafe_rerun: bool = False,
+    **callbacks: Any,
 ) -> Any:
     """Finish a batch after a crash or a failure (module docstring). ``scheduler``: the batch's tasks
     as the caller built them again (default: rebuilt from the stored tasks)."""
@@ -285,5 +291,5 @@ async def recover_tasks(
     options = batch.manifest.get("options", {})
     callbacks.setdefault("continue_on_error", options.get("continue_on_error", False))
     log.info("finishing task batch %s: %d task(s) completed before", batch.batch_id, len(batch.completed))
-    return await run_tasks(owner, scheduler, resumed=batch, **callbacks)
+    return await run_tasks(owner, scheduler, resumed=batch, allow_unsafe_rerun=allow_unsafe_rerun, **callbacks)
 

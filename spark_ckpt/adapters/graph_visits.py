@@ -23,6 +23,7 @@ import attrs
 from ..engine.deliveries import diverged
 from ..events import FailureEvent, NodeEvent
 from ..model import FailureInfo, Visit
+from . import graph_unsafe_nodes
 from .graph_events import republish
 from .graph_state import dump_message, load_message, plain_or_repr
 from .runtime import LazyVisit, VisitContext, _current_visit
@@ -69,6 +70,10 @@ class NodeVisits:
         successors = {keys[id(e.to_node)] for e in getattr(node, "edges", ()) if id(e.to_node) in keys}
         visit_context = self._visit_context
         timed_edges = runner.timed_edges  # or event edges: matched by visit, not by superstep
+        # not safe to re-run: a marker is stored before each live visit (``graph_unsafe_nodes``); a
+        # SubgraphNode's visit is tracked too (its inner marked nodes mark it)
+        unsafe = key in runner.owner._unsafe_keys
+        tracked = unsafe or bool(getattr(node, "_create_runtime_graph", None))
 
         async def do(inputs: Any = None) -> Any:
             ex = runner.active
@@ -100,10 +105,13 @@ class NodeVisits:
             started = time.time()
             t0 = time.perf_counter()
             try:
-                if ex.node_hooks:
-                    await runner.hooks.pre_node(NodeEvent(runner.graph_id, ex.execution_id, key, index, ex.superstep,
-                                                          node, inputs))
                 try:
+                    if ex.node_hooks:  # (inside: an error a hook raises into the run fails this visit)
+                        await runner.hooks.pre_node(NodeEvent(runner.graph_id, ex.execution_id, key, index,
+                                                              ex.superstep, node, inputs))
+                    if unsafe:  # stored before it starts: a crash inside it is then known (graph_unsafe_nodes)
+                        await graph_unsafe_nodes.record_started(
+                            runner, ex, graph_unsafe_nodes.marker(key, index, ex.superstep, inputs))
                     output = await original_do(inputs)
                 except BaseException as exc:
                     journal.published.pop((key, index), None)  # its superstep runs again and publishes again
@@ -120,11 +128,18 @@ class NodeVisits:
                     if events:
                         entry["events"] = events
                 journal.completed(entry)
+                if tracked:
+                    graph_unsafe_nodes.visit_completed(ex, key, index)
                 if ex.report is not None:
                     ex.report.live.append((key, index))
-                if ex.node_hooks:
-                    await runner.hooks.post_node(NodeEvent(runner.graph_id, ex.execution_id, key, index, ex.superstep,
-                                                           node, inputs, output, duration_s=duration))
+                observe = runner.policy_sees_visits
+                if ex.node_hooks or observe is not None:
+                    event = NodeEvent(runner.graph_id, ex.execution_id, key, index, ex.superstep, node, inputs, output,
+                                      duration_s=duration)
+                    if observe is not None:  # the policy sees live visits only (``spark_ckpt.policies``)
+                        observe(event)
+                    if ex.node_hooks:
+                        await runner.hooks.post_node(event)
                 return output
             finally:
                 # Spark nests every previous context snapshot into the next one (cost and recursion grow
@@ -200,6 +215,7 @@ class NodeVisits:
             output = load_message({"content": output})
         node.outputs = output
         ex.journal.replayed(Visit(key, index, ex.superstep, dump_message(output), "skipped", time.time(), 0.0, origin))
+        graph_unsafe_nodes.visit_completed(ex, key, index)  # (a recovered marker of the node, if any)
         if ex.report is not None:
             ex.report.skipped.append((key, index))
         return output

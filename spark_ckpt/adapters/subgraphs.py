@@ -28,6 +28,9 @@ faithful because the outer state was restored from the outer boundary record, an
 * inner records are taken at every inner superstep boundary, whatever the outer policy, so only the
   inner superstep in flight runs again; a failure is recorded by the outer visit, not by the inner run.
 
+A marked node (``@not_safe_to_rerun``) of the inner graph marks the outer SubgraphNode visit before it
+runs (``graph_unsafe_nodes``): recovering that outer visit is refused unless allowed.
+
 Nested subgraphs work the same way one level down: an inner SubgraphNode's records are the inner
 visit's in-flight journal, which travels inside the inner record.
 
@@ -148,6 +151,7 @@ class NestedGraph(CheckpointedGraph):
         config = attrs.evolve(
             outer.config, backend=NESTED_BACKEND, path=None, backend_options={}, strategy="iteration",
             interval=1, durability="sync", retention_count=None, retention_max_age_s=None, retention=(),
+            unsafe_nodes=(),  # the outer graph's node keys; inner nodes are marked with @not_safe_to_rerun
         )
         super().__init__(graph, config, graph_id=f"{outer.graph_id}/{visit.node_key}", node_ids=node_ids,
                          worker_id=outer.worker_id)

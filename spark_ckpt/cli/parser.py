@@ -18,6 +18,7 @@ from ..demo.command import add_options as add_demo_options
 from .approvals import add_commands as add_approval_commands
 from .inspection import cmd_list, cmd_show, cmd_verify
 from .maintenance import cmd_export, cmd_prune, cmd_rekey
+from .overhead import cmd_stats
 from .stores import DEFAULT_STORE, STORE_ENV
 
 
@@ -67,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint_id", metavar="CHECKPOINT_ID")
     p.add_argument("--json", action="store_true", help="print the decoded checkpoint as JSON")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("stats", help="what checkpointing cost each execution: checkpoints, bytes, write times "
+                                     "and overhead (write time / run time)")
+    p.add_argument("--graph", metavar="ID", help="only this graph id")
+    p.add_argument("--execution", metavar="ID", help="only this execution id")
+    p.add_argument("--limit", metavar="N", type=positive_int, help="at most N executions (newest first)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("verify", help="decode every stored checkpoint, check each can be made whole and none is "
                                       "missing; report the bad ones (exit 1 if any)")

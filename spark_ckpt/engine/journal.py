@@ -30,6 +30,7 @@ from ..model import GraphCheckpoint, Visit
 from . import deltas
 from .chain import DELTA
 from .deliveries import Deliveries
+from .unsafe_visits import UnsafeVisits, split
 
 
 class Journal:
@@ -56,6 +57,9 @@ class Journal:
         #: events published by visits still running, by visit key; they go into the visit's entry
         #: when it completes (``Visit.events``)
         self.published: dict[tuple[str, int], list[Any]] = {}
+        #: visits of nodes not safe to re-run that started and are not yet in a stored boundary
+        #: (``unsafe_visits``); None until the first one (or a resumed record holding some)
+        self.unsafe: UnsafeVisits | None = None
 
     @classmethod
     def resuming(cls, record: GraphCheckpoint, *, same_execution: bool) -> "Journal":
@@ -67,9 +71,12 @@ class Journal:
         if record.version >= 4 and journal.resumed_through >= 0:
             journal.frontier = {key: snap.pending_from or [None] * len(snap.pending_inputs)
                                 for key, snap in record.node_states.items()}
-        journal.inflight_recovered = dict(record.inflight)
+        inflight, markers = split(record.inflight)
+        journal.inflight_recovered = dict(inflight)
         # still in flight until those visits complete: a failure record must keep them
-        journal.inflight = dict(record.inflight)
+        journal.inflight = dict(inflight)
+        if markers:  # (a recovery allowed to run them again): carried until they ran and were stored
+            journal.unsafe = UnsafeVisits(markers)
         return journal
 
     # -- visits (the node wrapper counts them in ``counts`` inline: it runs once per visit) -------------

@@ -52,6 +52,11 @@ class RecoveryReport:
     unused_skips: list[str] = attrs.field(factory=list)
     #: nested runs (a subgraph visit's inner run) that ran during this recovery: where each continued from
     subgraphs: list[Any] = attrs.field(factory=list)
+    #: ``run_with_recovery``: its strategy, and every attempt it made (``RecoveryStep``), in order
+    strategy: str | None = None
+    steps: list[Any] = attrs.field(factory=list)
+    #: the execution was closed by another that replaced it (a fork or fresh run of ``run_with_recovery``)
+    superseded_by: str | None = None
 
 
 class RecoveryPlanner:

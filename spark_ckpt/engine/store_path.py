@@ -9,7 +9,9 @@ Invariants:
 * the last boundary record (``last_blob``) is set only once its put succeeded: a record built on it
   (in-flight journals, a failure) never stacks on a record that is not in the store;
 * the lease is only ever extended under its own token (``renew``); once it is gone the writer is
-  ``fenced`` and the execution must stop: no live work starts after that.
+  ``fenced`` and the execution must stop: no live work starts after that;
+* each write is timed (encoding plus put, ``on_stored`` gets the duration) and a graph record carries
+  the execution's write totals as of just before it was encoded (``engine.write_stats``).
 
 No Spark import.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from time import perf_counter
 from typing import Any, Awaitable, Callable
 
 import attrs
@@ -30,11 +33,13 @@ from ..errors import CodecError, LeaseError
 from ..model import GRAPH, RUNNING, CheckpointHeader, Lease
 from ..retention import prune
 from .durability import DurableWriter
+from .write_stats import EXTRAS_KEY, WriteStats
 
 log = logging.getLogger("spark_ckpt.store")
 
-#: ``on_stored(header)``: a record is in the store (fires ``spark_ckpt_post_checkpoint``)
-OnStored = Callable[[CheckpointHeader], Awaitable[None]]
+#: ``on_stored(header, duration_s)``: a record is in the store, its write (encode + put) took
+#: ``duration_s`` seconds (fires ``spark_ckpt_post_checkpoint``)
+OnStored = Callable[[CheckpointHeader, float], Awaitable[None]]
 
 
 class RecordWriter:
@@ -66,10 +71,14 @@ class RecordWriter:
         self.last_seq: int | None = None
         #: under "exit" only the newest record is kept, as each then stands alone
         self.writes = DurableWriter(durability, newest_only=True)
+        #: the execution's write totals, carried in its records (None: not kept, see ``resumed_on``)
+        self.stats: WriteStats | None = WriteStats()
 
-    def resumed_on(self, blob: bytes, seq: int) -> None:
-        """The record this execution resumes from is the base of the records built on a boundary."""
+    def resumed_on(self, blob: bytes, seq: int, writes: Any = None) -> None:
+        """The record this execution resumes from is the base of the records built on a boundary;
+        ``writes``: its ``extras["writes"]``, the totals carried on (none kept without them)."""
         self.last_blob, self.last_status, self.last_seq = blob, RUNNING, seq
+        self.stats = WriteStats.resuming(writes, len(blob))
 
     def base_data(self) -> dict[str, Any]:
         """The last boundary record stored, decoded (records built on a boundary start from it)."""
@@ -99,17 +108,29 @@ class RecordWriter:
     async def store(self, data: dict[str, Any], *, wait: bool) -> CheckpointHeader:
         """Encode now (so later mutation cannot leak in), write according to the durability mode
         (``wait``: stored before this returns)."""
+        started = perf_counter()
+        stats = self.stats
+        if stats is not None:
+            extras = data.get("extras")
+            if type(extras) is dict:  # a graph record
+                if stats.started_at is None:
+                    stats.started_at = data.get("timestamp")
+                extras[EXTRAS_KEY] = stats.as_data()
         header, blob = self.encode(data)
+        encode_s = perf_counter() - started
+        if stats is not None:
+            stats.encoded(encode_s)
         self.next_seq = header.seq + 1
         # in-flight records stack on the boundary record; they never replace it
         boundary = not (data["inflight"] and header.status == RUNNING)
         if wait and self.writes.idle:  # durability "sync": the write is stored before the next superstep
-            await self._put(header, blob, boundary)
+            await self._put(header, blob, boundary, encode_s)
         else:
-            await self.writes.write(lambda: self._put(header, blob, boundary), wait=wait)
+            await self.writes.write(lambda: self._put(header, blob, boundary, encode_s), wait=wait)
         return header
 
-    async def _put(self, header: CheckpointHeader, blob: bytes, boundary: bool) -> None:
+    async def _put(self, header: CheckpointHeader, blob: bytes, boundary: bool, encode_s: float) -> None:
+        started = perf_counter()
         if self.lease is None:  # a fresh execution's start record: takes the lease in the same write
             self.lease = await self.backend.astart_execution(header, blob, self.owner, self.ttl_s)
             self.lease_deadline = time.monotonic() + self.ttl_s / 2
@@ -117,10 +138,13 @@ class RecordWriter:
             self.backend.put(header, blob, lease=self.lease)
         else:
             await self.backend.aput(header, blob, lease=self.lease)
+        put_s = perf_counter() - started
+        if self.stats is not None:
+            self.stats.stored(header.size, encode_s + put_s, put_s)
         if boundary:  # (only once stored: records built on it must never stack on a lost one)
             self.last_blob, self.last_status, self.last_seq = blob, header.status, header.seq
         if self.on_stored is not None:
-            await self.on_stored(header)
+            await self.on_stored(header, encode_s + put_s)
 
     async def flush(self) -> None:
         await self.writes.flush()

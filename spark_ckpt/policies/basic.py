@@ -1,21 +1,16 @@
-"""When to checkpoint: the built-in strategies ("iteration", "time", "event").
-
-A policy answers ``should_checkpoint(decision)``. It may also offer ``due(supersteps_since_last,
-seconds_since_last)``: the same answer for a superstep boundary, which the graph adapter asks instead
-when no ``spark_ckpt_should_checkpoint`` hook is registered (no decision object is built per superstep).
-"""
+"""The plain strategies: "iteration", "time" and "event", and the base every built-in policy shares."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
-from .events import CheckpointDecision
-from .markers import hookimpl
+from ..events import CheckpointDecision
+from .options import read_options
 
 
-class _BoundaryPolicy:
+class BoundaryPolicy:
     """A policy that decides by ``due`` at superstep boundaries; explicit and final checkpoints are
-    always taken."""
+    always taken (``spark_ckpt.policies`` describes the optional methods a policy may add)."""
 
     def should_checkpoint(self, decision: CheckpointDecision) -> bool:
         return decision.reason != "superstep" or self.due(decision.supersteps_since_last, decision.seconds_since_last)
@@ -24,38 +19,33 @@ class _BoundaryPolicy:
         raise NotImplementedError
 
 
-class IterationPolicy(_BoundaryPolicy):
+class IterationPolicy(BoundaryPolicy):
     """Checkpoint every ``interval`` supersteps (1 = after every superstep)."""
 
     def __init__(self, config: Any) -> None:
+        read_options(config, "iteration", {})
         self.every = max(1, int(config.interval))
 
     def due(self, supersteps_since_last: int, seconds_since_last: float) -> bool:
         return supersteps_since_last >= self.every
 
 
-class TimePolicy(_BoundaryPolicy):
+class TimePolicy(BoundaryPolicy):
     """Checkpoint at the first superstep boundary at least ``interval`` seconds after the last one."""
 
     def __init__(self, config: Any) -> None:
+        read_options(config, "time", {})
         self.seconds = float(config.interval)
 
     def due(self, supersteps_since_last: int, seconds_since_last: float) -> bool:
         return seconds_since_last >= self.seconds
 
 
-class EventPolicy(_BoundaryPolicy):
+class EventPolicy(BoundaryPolicy):
     """Checkpoint only when asked (``await checkpoint_now()``), plus the start/final bookkeeping."""
 
     def __init__(self, config: Any) -> None:
-        pass
+        read_options(config, "event", {})
 
     def due(self, supersteps_since_last: int, seconds_since_last: float) -> bool:
         return False
-
-
-@hookimpl
-def spark_ckpt_register_policies(register: Callable[[str, Callable[..., Any]], None]) -> None:
-    register("iteration", IterationPolicy)
-    register("time", TimePolicy)
-    register("event", EventPolicy)

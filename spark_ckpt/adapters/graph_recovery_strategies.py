@@ -1,0 +1,256 @@
+"""The guide's "Recovery Strategies", built in: ``await graph.run_with_recovery(inputs, strategy=...)``.
+
+A failed run is continued from its journal, never started over behind the user's back:
+
+* ``"last"``: each retry is ``recover_and_continue`` of the failed execution, from its newest
+  checkpoint. Completed visits are replayed, never executed again.
+* ``"progressive"``: one step further down a ladder per retry: the newest checkpoint (as "last"), then an
+  earlier one (``offset`` boundaries before the newest; the visits after it run again, the execution is
+  forked from there), then a fresh run from the state the run started with (the execution's first
+  record, forked: nothing of the failed attempts leaks into it).
+
+A fork or fresh run that completes marks the executions it replaced as completed, pointing at it
+(``extras["superseded_by"]``), so no later ``recover_and_continue()`` finishes their work a second time;
+recovering one of them by id returns the result of the run that replaced it.
+
+Called again with the same inputs after a crash (a new process), it first continues the newest
+unfinished execution of this graph that was run with identical inputs (``resume=True``), so a crash and a
+restart never run the work twice either.
+
+Not retried, whatever ``retry_on`` says: ``UnsafeToRetryError`` (a side effect may have happened),
+``RunStopped`` (a plugin stopped the run on purpose), an approval gate (the run waits, it did not fail).
+spark-ckpt's own refusals to recover (``SparkCkptError``) end "last" at once and move "progressive" to
+its next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, Callable
+
+import attrs
+
+from ..codec.values import identical
+from ..errors import ConfigError, NothingToRecoverError, RunStopped, SparkCkptError, UnsafeToRetryError
+from ..model import COMPLETED, FAILED, canonical_checkpoint_id
+from .graph_gates import is_approval_pending
+from .graph_state import dump_run_input
+
+if TYPE_CHECKING:
+    from .graph import CheckpointedGraph
+
+log = logging.getLogger("spark_ckpt.graph")
+
+STRATEGIES = ("last", "progressive")
+#: how many unfinished executions ``resume`` looks through for one with the same inputs
+RESUME_SCAN = 20
+
+
+@attrs.define
+class RecoveryStep:
+    """One attempt of ``run_with_recovery``: what it tried, on which execution, and how it ended."""
+
+    attempt: int  # 0: the first run (or the resumed one); 1..max_retries: the retries
+    step: str  # "run" | "resume" | "last" | "earlier" | "fresh"
+    execution_id: str | None
+    from_checkpoint: str | None = None
+    outcome: str = "failed"  # "completed" | "failed" | "refused"
+    error: str | None = None
+
+
+def _not_retried(exc: BaseException) -> bool:
+    return isinstance(exc, (UnsafeToRetryError, RunStopped)) or is_approval_pending(exc)
+
+
+def _delay(backoff: float | Callable[[int], float], attempt: int) -> float:
+    if callable(backoff):
+        return max(0.0, float(backoff(attempt)))
+    return float(backoff) * 2 ** (attempt - 1)
+
+
+def _check_arguments(strategy: str, max_retries: int, backoff: Any, retry_on: Any, offset: int) -> tuple[type, ...]:
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown recovery strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+    if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
+        raise ConfigError(f"max_retries must be an int >= 0, got {max_retries!r}")
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 1:
+        raise ConfigError(f"offset must be an int >= 1 (boundaries before the newest), got {offset!r}")
+    if not callable(backoff) and (not isinstance(backoff, (int, float)) or isinstance(backoff, bool) or backoff < 0):
+        raise ConfigError(f"backoff must be seconds >= 0 (doubled per retry) or a function of the attempt, got {backoff!r}")
+    kinds = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    if not kinds or not all(isinstance(k, type) and issubclass(k, BaseException) for k in kinds):
+        raise ConfigError(f"retry_on must be an exception class or a tuple of them, got {retry_on!r}")
+    return kinds
+
+
+class RecoveryLoop:
+    """One ``run_with_recovery`` call: the steps taken so far, and the executions a fork replaced."""
+
+    def __init__(self, owner: CheckpointedGraph, inputs: Any, strategy: str, offset: int) -> None:
+        self.owner = owner
+        self.inputs = inputs
+        self.strategy = strategy
+        self.offset = offset
+        self.steps: list[RecoveryStep] = []
+        self.failed_execution: str | None = None
+        #: executions a fork or fresh run replaces once it completes
+        self.replaced: list[str] = []
+        #: the failed execution's records at its first failure, newest first (for "earlier" and "fresh")
+        self.history: list[Any] = []
+
+    async def first(self, resume: bool) -> Any:
+        previous = await self._unfinished_with_same_inputs() if resume else None
+        if previous is not None:
+            self.failed_execution = previous
+            return await self._attempt(0, "resume", previous, None,
+                                       lambda: self.owner.recover_and_continue(execution_id=previous))
+        return await self._attempt(0, "run", None, None, lambda: self.owner.run(self.inputs))
+
+    async def retry(self, attempt: int) -> Any:
+        if self.failed_execution is None:  # nothing was stored: nothing ran, so run it again
+            return await self._attempt(attempt, "fresh", None, None, lambda: self.owner.run(self.inputs))
+        step = "last" if self.strategy == "last" else ("last", "earlier", "fresh")[min(attempt, 3) - 1]
+        if step == "last":
+            execution_id = self.failed_execution
+            return await self._attempt(attempt, "last", execution_id, None,
+                                       lambda: self.owner.recover_and_continue(execution_id=execution_id))
+        checkpoint_id = self._earlier() if step == "earlier" else canonical_checkpoint_id(self.failed_execution, 0)
+        if checkpoint_id is None:
+            checkpoint_id, step = canonical_checkpoint_id(self.failed_execution, 0), "fresh"
+        return await self._attempt(attempt, step, self.failed_execution, checkpoint_id,
+                                   lambda: self.owner.continue_from_checkpoint(checkpoint_id), fork=True)
+
+    def _earlier(self) -> str | None:
+        boundaries = [h for h in self.history if h.status != FAILED and h.seq > 0]
+        return boundaries[self.offset].checkpoint_id if len(boundaries) > self.offset else None
+
+    async def _attempt(self, attempt: int, step: str, execution_id: str | None, checkpoint_id: str | None,
+                       call: Callable[[], Any], *, fork: bool = False) -> Any:
+        record = RecoveryStep(attempt, step, execution_id, checkpoint_id)
+        self.steps.append(record)
+        log.info("run_with_recovery (%s) attempt %d: %s%s%s", self.strategy, attempt, step,
+                 f" of execution {execution_id}" if execution_id else "",
+                 f" from checkpoint {checkpoint_id}" if checkpoint_id else "")
+        try:
+            result = await call()
+        except BaseException as exc:
+            record.outcome = "refused" if isinstance(exc, SparkCkptError) else "failed"
+            record.error = f"{type(exc).__name__}: {exc}"
+            await self._note_failure(step)
+            record.execution_id = record.execution_id or self.failed_execution
+            raise
+        record.outcome = "completed"
+        ran = self.owner._runner.last_execution_id
+        record.execution_id = ran if step in ("run", "fresh", "earlier") or fork else execution_id
+        if fork:
+            await self._supersede(ran)
+        return result
+
+    async def _note_failure(self, step: str) -> None:
+        ran = self.owner._runner.last_execution_id
+        if self.failed_execution is None and step in ("run", "fresh"):
+            head = await self.owner._planner.head(ran) if ran else None
+            if head is not None:
+                self.failed_execution = ran
+        elif ran is not None and ran != self.failed_execution and ran not in self.replaced:
+            self.replaced.append(ran)  # a fork that failed in turn: replaced too once one completes
+        if self.failed_execution is not None and not self.history:
+            self.history = await self.owner.backend.alist(execution_id=self.failed_execution)
+
+    async def _supersede(self, by: str) -> None:
+        for execution_id in [self.failed_execution, *self.replaced]:
+            if execution_id is not None and execution_id != by:
+                await mark_superseded(self.owner, execution_id, by)
+
+    async def _unfinished_with_same_inputs(self) -> str | None:
+        owner = self.owner
+        wanted = dump_run_input(self.inputs)
+        heads = await owner.backend.aexecutions(graph_id=owner.graph_id, unfinished_only=True, limit=RESUME_SCAN)
+        for head in heads:
+            if head.kind != "graph":
+                continue
+            try:
+                start = owner._decode((await owner.backend.aget(canonical_checkpoint_id(head.execution_id, 0))).blob)
+            except SparkCkptError:
+                continue  # its start record is gone or unreadable: not this run's, as far as can be told
+            if identical(start.run_input, wanted):
+                return head.execution_id
+        return None
+
+
+async def run_with_recovery(
+    owner: CheckpointedGraph, inputs: Any, *, max_retries: int, strategy: str, backoff: Any, retry_on: Any,
+    offset: int, resume: bool,
+) -> Any:
+    retryable = _check_arguments(strategy, max_retries, backoff, retry_on, offset)
+    loop = RecoveryLoop(owner, inputs, strategy, offset)
+    attempt = 0
+    try:
+        try:
+            return await loop.first(resume)
+        except BaseException as exc:
+            if _not_retried(exc) or not isinstance(exc, retryable) or max_retries == 0:
+                raise
+            last_error: BaseException = exc
+        while True:
+            attempt += 1
+            refused = isinstance(last_error, SparkCkptError) and loop.steps[-1].step != "run"
+            if refused and strategy == "last":
+                raise last_error
+            log.warning("run_with_recovery: attempt %d of %d after %s: %s", attempt, max_retries,
+                        type(last_error).__name__, last_error)
+            await asyncio.sleep(_delay(backoff, attempt))
+            try:
+                return await loop.retry(attempt)
+            except BaseException as exc:
+                if _not_retried(exc) or not (isinstance(exc, retryable) or isinstance(exc, SparkCkptError)):
+                    raise
+                if attempt >= max_retries:
+                    raise
+                last_error = exc
+    finally:
+        _report(owner, loop)
+
+
+def _report(owner: CheckpointedGraph, loop: RecoveryLoop) -> None:
+    if len(loop.steps) == 1 and loop.steps[0].step == "run":
+        return  # no recovery happened: last_recovery is what the run left
+    report = owner.last_recovery
+    if report is None or report.execution_id not in {s.execution_id for s in loop.steps}:
+        from ..engine.recovery import RecoveryReport
+
+        report = owner.last_recovery = RecoveryReport(execution_id=loop.steps[-1].execution_id or "",
+                                                      from_checkpoint=loop.steps[-1].from_checkpoint)
+    report.strategy = loop.strategy
+    report.steps = list(loop.steps)
+
+
+async def mark_superseded(owner: CheckpointedGraph, execution_id: str, by: str) -> None:
+    """Close ``execution_id`` as completed by the execution ``by`` that replaced it (a fork or a fresh
+    run): a record on its last boundary, status completed, ``extras["superseded_by"]``. A later
+    ``recover_and_continue()`` leaves it alone; recovering it by id returns ``by``'s result."""
+    planner = owner._planner
+    try:
+        lease, head = await planner.claim(execution_id, wait=False)
+    except (SparkCkptError, NothingToRecoverError):
+        log.warning("execution %s was replaced by %s but could not be marked so", execution_id, by, exc_info=True)
+        return
+    if lease is None:
+        return  # completed meanwhile
+    runner = owner._runner
+    try:
+        record, _ = await planner.latest_verified(execution_id, head)
+        ex = runner.new_execution(execution_id, record.run_input, next_seq=head.seq + 1, lease=lease)
+        data = ex.builder.fork_start(record, seq=head.seq + 1, inflight={}, skip={})
+        data.update(status=COMPLETED, extras={"structure": data["extras"]["structure"], "superseded_by": by})
+        await ex.writer.store(data, wait=True)
+        await ex.writer.flush()
+        log.info("execution %s is closed: execution %s replaced it", execution_id, by)
+    except SparkCkptError:
+        log.warning("execution %s was replaced by %s but could not be marked so", execution_id, by, exc_info=True)
+    finally:
+        from ..backends.leases import release_quietly
+
+        await release_quietly(owner.backend, lease)
+
