@@ -2,7 +2,7 @@
 
     python tests/crash_worker.py run|recover|run_with_recovery GRAPH STORE_URL GRAPH_ID [INPUT_JSON]
 
-``run_with_recovery`` uses ``SPARK_CKPT_TEST_STRATEGY`` (default "last").
+``run_with_recovery`` uses ``SPARK_CKPT_TEST_RECOVERY_STRATEGY`` (default "last").
 
 Crash cues (environment):
   SPARK_CKPT_TEST_CRASH=node:visit          inside that node visit (tests/graphs.py)
@@ -80,7 +80,7 @@ async def main() -> None:
     if mode == "run":
         result = await graph.run(inputs)
     elif mode == "run_with_recovery":
-        strategy = os.environ.get("SPARK_CKPT_TEST_STRATEGY", "last")
+        strategy = os.environ.get("SPARK_CKPT_TEST_RECOVERY_STRATEGY", "last")
         result = await graph.run_with_recovery(inputs, max_retries=3, strategy=strategy)
     else:
         result = await graph.recover_and_continue()

@@ -194,9 +194,9 @@ def test_run_with_recovery_after_sigkill_continues_the_crashed_run(tmp_path, str
     crashed execution: what completed is replayed, only the rest runs."""
     store = f"sqlite:///{tmp_path}/rwr.db"
     first = _worker("run_with_recovery", store, tmp_path / "calls-1", SPARK_CKPT_TEST_CRASH=crash_at,
-                    SPARK_CKPT_TEST_STRATEGY=strategy)
+                    SPARK_CKPT_TEST_RECOVERY_STRATEGY=strategy)
     assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
-    second = _worker("run_with_recovery", store, tmp_path / "calls-2", SPARK_CKPT_TEST_STRATEGY=strategy)
+    second = _worker("run_with_recovery", store, tmp_path / "calls-2", SPARK_CKPT_TEST_RECOVERY_STRATEGY=strategy)
     assert second.returncode == 0, second.stderr[-3000:]
     out = json.loads(second.stdout.strip().splitlines()[-1])
     before = (tmp_path / "calls-1").read_text().split()
@@ -358,3 +358,112 @@ def test_get_checkpoint_by_offset_or_id_and_bad_arguments(config) -> None:
     for bad in (-1, 1.5, None, True):
         with pytest.raises(ConfigError):
             graph.get_checkpoint(bad)
+
+
+# -- what run_with_recovery must never do ----------------------------------------------------------------
+def test_a_run_refused_before_it_stored_anything_is_not_recovered_as_some_older_run(config) -> None:
+    """A refusal before the run starts (here RestoreConflictError) is raised as it is: the retry must not
+    recover whatever execution this graph object ran before (and return its result)."""
+    graph = checkpointed(chain(), config=config, graph_id="stale")
+    FAILURES["s1"] = 1
+    with pytest.raises(RuntimeError):
+        asyncio.run(graph.run({"job": "C"}))
+    c_record = graph.get_last_checkpoint()
+    asyncio.run(graph.run({"job": "A"}))
+    graph.restore_from_checkpoint(c_record)
+    with pytest.raises(RestoreConflictError):
+        asyncio.run(graph.run_with_recovery({"job": "B"}))
+
+
+def test_never_forks_an_execution_another_worker_holds(config) -> None:
+    from spark_ckpt.errors import LeaseError
+
+    graph = checkpointed(chain(5), config=config, graph_id="held")
+    FAILURES["s2"] = 1
+    with pytest.raises(RuntimeError):
+        asyncio.run(graph.run({"job": 1}))
+    failed = graph.list_checkpoints()[0].execution_id
+    graph.backend.acquire_lease(failed, "other-worker", 60)  # another live worker is on it
+    CALLS.clear()
+    FAILURES["s2"] = 5
+    with pytest.raises(LeaseError):
+        asyncio.run(graph.run_with_recovery({"job": 1}, strategy="progressive"))
+    assert CALLS == [] and [h.execution_id for h in graph.backend.executions(graph_id="held")] == [failed]
+
+
+class Pay(Step):
+    pass
+
+
+def test_progressive_never_forks_past_a_completed_visit_not_safe_to_rerun(config) -> None:
+    from spark_ckpt import not_safe_to_rerun
+    from spark_ckpt.errors import UnsafeToRetryError
+
+    def build():
+        nodes = [Step(id="s0"), not_safe_to_rerun(Pay(id="pay")), Step(id="s2"), Step(id="s3")]
+        for a, b in zip(nodes, nodes[1:]):
+            a >> b
+        return Graph(start=nodes[0], initial_state={"count": 0})
+
+    graph = checkpointed(build(), config=config, graph_id="unsafe-fork")
+    FAILURES["s3"] = 3  # run and "last" fail; "earlier" would fork from before pay
+    with pytest.raises(UnsafeToRetryError, match="pay"):
+        asyncio.run(graph.run_with_recovery({"job": 1}, strategy="progressive", offset=2))
+    assert CALLS.count("pay") == 1
+    FAILURES["s3"] = 0
+    result = asyncio.run(graph.run_with_recovery({"job": 1}, strategy="progressive", allow_unsafe_rerun=True))
+    assert result.content["count"] == 4 and CALLS.count("pay") == 1  # resumed in place: pay not run again
+
+
+def test_a_crash_between_hand_over_and_fork_start_still_recovers_once(config, monkeypatch) -> None:
+    """progressive hands the failed execution over to its fork before the fork starts: killed right then,
+    the next run_with_recovery follows the hand-over and starts the fork under its id; nothing twice."""
+    from spark_ckpt.adapters import graph as graph_module
+
+    graph = checkpointed(chain(), config=config, graph_id="handover")
+    FAILURES["s2"] = 2
+    real_continue = graph_module.CheckpointedGraph._continue
+
+    async def die_before_the_fork(self, record, **kwargs):
+        if kwargs.get("fork_id"):
+            raise KeyboardInterrupt  # the process stops here
+        return await real_continue(self, record, **kwargs)
+
+    monkeypatch.setattr(graph_module.CheckpointedGraph, "_continue", die_before_the_fork)
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(graph.run_with_recovery({"job": 1}, strategy="progressive"))
+    monkeypatch.setattr(graph_module.CheckpointedGraph, "_continue", real_continue)
+    before = list(CALLS)
+    again = checkpointed(chain(), config=config, graph_id="handover")
+    result = asyncio.run(again.run_with_recovery({"job": 1}, strategy="progressive"))
+    assert result.content["count"] == 4
+    assert CALLS[len(before):] == ["s1", "s2", "s3"]  # the fork from the boundary after s0, once
+    assert all(h.status == "completed" for h in again.backend.executions(graph_id="handover"))
+    with pytest.raises(NothingToRecoverError):
+        asyncio.run(again.recover_and_continue())
+
+
+def test_a_subgraph_runs_under_any_strategy(config) -> None:
+    import attrs
+    import subgraph_graphs
+
+    for strategy, options in [("after_nodes", {"nodes": ["pre"]}), ("adaptive", {"max_seconds": 5}),
+                              ("cost_aware", {"failure_probability": 0.5})]:
+        graph = checkpointed(subgraph_graphs.sub(), config=attrs.evolve(
+            config, strategy=strategy, policy_options=options), graph_id=f"sub-{strategy}")
+        assert asyncio.run(graph.run({"job": 1})) is not None
+
+
+def test_the_guide_manual_sequence_only_follows_runs_started_after_that_restore_point(config) -> None:
+    """A run that failed after the restore point but was not started from it (another graph object,
+    another process) is not the one continue_from_checkpoint() picks up."""
+    graph = checkpointed(chain(), config=config, graph_id="point-link")
+    point = graph.create_checkpoint()
+    other = checkpointed(chain(), config=config, graph_id="point-link")
+    FAILURES["s2"] = 1
+    with pytest.raises(RuntimeError):
+        asyncio.run(other.run({"job": 9}))
+    graph.restore_from_checkpoint(point)
+    assert graph.get_current_node() is None
+    with pytest.raises(NothingToRecoverError):
+        asyncio.run(graph.continue_from_checkpoint())

@@ -50,7 +50,7 @@ from .graph_state import (
     check_replayable, dump_run_input, install_context_create_checkpoint, load_message, restore_into_graph, task_type,
 )
 from .graph_state import load_run_input as _load_run_input  # noqa: F401  (re-exported)
-from .graph_unsafe_nodes import marked_keys, refuse_unsafe_rerun
+from .graph_unsafe_nodes import marked_keys, refuse_unsafe_fork, refuse_unsafe_rerun
 from .runtime import VisitContext, current_visit, node_state_adapter_for
 from .structure import node_keys, ordered_nodes, structure_digest
 
@@ -96,6 +96,8 @@ class CheckpointedGraph(CheckpointAccess):
         self._adapter_keys: set[str] = set()  # nodes whose state an adapter (agent) snapshots
         self._restored: GraphCheckpoint | None = None
         self._pending_skips: dict[str, Any] = {}
+        #: the restore point the next runs start after (``create_checkpoint`` / restoring one)
+        self._restore_point: str | None = None
         self.last_recovery: RecoveryReport | None = None
         #: the batch id of the last ``run_tasks`` / ``recover_tasks``
         self.last_batch: str | None = None
@@ -196,12 +198,13 @@ class CheckpointedGraph(CheckpointAccess):
             return await self._run_long_lived(inputs)
         runner = self._runner
         execution = runner.new_execution(new_id("ex-"), dump_run_input(inputs))
+        execution.restore_point = self._restore_point
         return await runner.execute(execution, inputs, resumed=False)
 
     async def run_with_recovery(
         self, inputs: Any = None, *, max_retries: int = 3, strategy: str = "last",
         backoff: float | Callable[[int], float] = 0.0, retry_on: type | tuple[type, ...] = (Exception,),
-        offset: int = 1, resume: bool = True,
+        offset: int = 1, resume: bool = True, allow_unsafe_rerun: bool = False,
     ) -> Any:
         """``run(inputs)``, and on a failure up to ``max_retries`` recoveries (the guide's "Automatic" and
         "Progressive" recovery; ``graph_recovery_strategies`` has the rules).
@@ -213,11 +216,13 @@ class CheckpointedGraph(CheckpointAccess):
         ``retry_on``: the exceptions that are retried (others are raised at once). ``resume``: first
         continue an unfinished execution of this graph run with identical inputs (after a crash).
         Every step is logged and listed in ``last_recovery.steps``; the last error is raised when the
-        retries are used up."""
+        retries are used up. A node not safe to re-run is never run again (``UnsafeToRetryError``)
+        unless ``allow_unsafe_rerun``; another worker's execution is never run beside it (``LeaseError``)."""
         from .graph_recovery_strategies import run_with_recovery
 
         return await run_with_recovery(self, inputs, max_retries=max_retries, strategy=strategy, backoff=backoff,
-                                       retry_on=retry_on, offset=offset, resume=resume)
+                                       retry_on=retry_on, offset=offset, resume=resume,
+                                       allow_unsafe_rerun=allow_unsafe_rerun)
 
     async def run_tasks(
         self, scheduler: Any, *, continue_on_error: bool = False, on_task_completed: Any = None,
@@ -394,6 +399,11 @@ class CheckpointedGraph(CheckpointAccess):
         except BaseException:
             await release_quietly(self.backend, lease)
             raise
+        if isinstance(record.extras.get("superseded_by"), str):  # handed over to a fork: that is this run now
+            from .graph_recovery_strategies import finish_replacement
+
+            await release_quietly(self.backend, lease)
+            return await finish_replacement(self, record, wait=wait, allow_unsafe_rerun=allow_unsafe_rerun)
         return await self._continue(record, same_execution=True, fell_back=fell_back, lease=lease,
                                     next_seq=head.seq + 1, allow_unsafe_rerun=allow_unsafe_rerun)
 
@@ -465,22 +475,35 @@ class CheckpointedGraph(CheckpointAccess):
         return await self._continue(record, same_execution=False, fell_back=[], allow_unsafe_rerun=allow_unsafe_rerun)
 
     async def _continue(self, record: GraphCheckpoint, *, same_execution: bool, fell_back: list[str],
-                        lease: Lease | None = None, next_seq: int = 0, allow_unsafe_rerun: bool = False) -> Any:
+                        lease: Lease | None = None, next_seq: int = 0, allow_unsafe_rerun: bool = False,
+                        fork_id: str | None = None) -> Any:
         skips = {**{k: None for k in record.skip_nodes}, **record.skip_outputs, **self._pending_skips}
         try:
-            check_replayable(record)  # a damaged journal is refused before anything runs
-            # so is a visit not safe to re-run that started and did not complete
-            refuse_unsafe_rerun(self, record, allowed=allow_unsafe_rerun, skips=skips)
+            self._check_continuable(record, fork=not same_execution, allow_unsafe_rerun=allow_unsafe_rerun,
+                                    skips=skips)
         except BaseException:
             await release_quietly(self.backend, lease)
             raise
         self._pending_skips = {}
         self._restored = None
         if task_type(_load_run_input(record.run_input)) in LONG_LIVED_TASK_TYPES:
+            if fork_id is not None:
+                raise ConfigError("a long-running graph's execution is continued in place, never forked by "
+                                  "run_with_recovery; use strategy='last'")
             return await self._long_running().resume(record, same_execution=same_execution, fell_back=fell_back,
                                                      skips=skips, lease=lease, next_seq=next_seq)
         return await self._runner.resume(record, same_execution=same_execution, fell_back=fell_back, skips=skips,
-                                         lease=lease, next_seq=next_seq, allow_unsafe_rerun=allow_unsafe_rerun)
+                                         lease=lease, next_seq=next_seq, allow_unsafe_rerun=allow_unsafe_rerun,
+                                         fork_id=fork_id)
+
+    def _check_continuable(self, record: GraphCheckpoint, *, fork: bool, allow_unsafe_rerun: bool,
+                           skips: dict[str, Any]) -> None:
+        """What is refused before anything runs: a damaged journal, a visit not safe to re-run that
+        started and did not complete, and (a fork) one its execution completed after ``record``."""
+        check_replayable(record)
+        refuse_unsafe_rerun(self, record, allowed=allow_unsafe_rerun, skips=skips)
+        if fork:
+            refuse_unsafe_fork(self, record, allowed=allow_unsafe_rerun, skips=skips)
 
     async def _run_after_restore(self, inputs: Any) -> "Continued | None":
         """``run(inputs)`` right after ``restore_from_checkpoint``: the restored record's unfinished run
@@ -506,12 +529,12 @@ class CheckpointedGraph(CheckpointAccess):
         if identical(record.run_input, wanted):
             log.info("run() after restoring %s continues its execution %s (same inputs; it had not finished)",
                      record.checkpoint_id, record.execution_id)
-            result = await self.continue_from_checkpoint()
-            if head.checkpoint_id != record.checkpoint_id:  # continued as a fork: it replaces that run
-                from .graph_recovery_strategies import mark_superseded
+            if head.checkpoint_id == record.checkpoint_id:
+                return Continued(await self.continue_from_checkpoint())
+            from .graph_recovery_strategies import fork_replacing  # an earlier checkpoint: a fork replaces that run
 
-                await mark_superseded(self, record.execution_id, self._runner.last_execution_id)
-            return Continued(result)
+            self._restored = None
+            return Continued(await fork_replacing(self, record, [record.execution_id]))
         raise RestoreConflictError(
             f"checkpoint {record.checkpoint_id} was restored: it belongs to execution {record.execution_id}, which "
             "has not finished, and run() was given other inputs than that run. Running them on its state could "

@@ -71,6 +71,7 @@ class CheckpointAccess:
         data["extras"]["manual"] = True
         header, blob = ex.writer.encode(data)
         self.backend.put(header, blob)
+        self._restore_point = header.checkpoint_id  # the runs that follow name it in their start record
         return self._decode(blob, header)
 
     def save_checkpoint(self, path: str | os.PathLike[str], checkpoint: GraphCheckpoint | str | None = None) -> Path:
@@ -112,6 +113,9 @@ class CheckpointAccess:
         self._check_graph(record)
         restore_into_graph(self.graph, self._nodes_by_key, record)
         self._restored = record
+        from .graph import is_restore_point
+
+        self._restore_point = record.checkpoint_id if is_restore_point(record) else None
         return record
 
     def _resolve(self, checkpoint: GraphCheckpoint | str) -> GraphCheckpoint:
@@ -140,11 +144,18 @@ class CheckpointAccess:
         return record.current_node
 
     def _unfinished_after(self, restore_point: GraphCheckpoint) -> CheckpointHeader | None:
-        """The newest unfinished execution of this graph that started after ``restore_point`` was taken."""
+        """The newest unfinished execution of this graph started after ``restore_point`` (its start record
+        names it: runs started after ``create_checkpoint()`` or after restoring that point do)."""
+        from ..model import canonical_checkpoint_id
+
         for head in self.backend.executions(graph_id=self.graph_id, unfinished_only=True):
-            started = min((h.created_at for h in self.backend.list(execution_id=head.execution_id)),
-                          default=head.created_at)
-            if started >= restore_point.timestamp:
+            if head.kind != "graph" or head.created_at < restore_point.timestamp:
+                continue
+            try:
+                start = self._decode(self.backend.get(canonical_checkpoint_id(head.execution_id, 0)).blob)
+            except SparkCkptError:
+                continue  # its start record is gone or unreadable: not known to follow the point
+            if start.extras.get("restore_point") == restore_point.checkpoint_id:
                 return head
         return None
 

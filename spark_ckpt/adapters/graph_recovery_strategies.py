@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import attrs
 
 from ..codec.values import identical
-from ..errors import ConfigError, NothingToRecoverError, RunStopped, SparkCkptError, UnsafeToRetryError
-from ..model import COMPLETED, FAILED, canonical_checkpoint_id
+from ..errors import ConfigError, LeaseError, RunStopped, SparkCkptError, UnsafeToRetryError
+from ..model import COMPLETED, FAILED, RUNNING, canonical_checkpoint_id, new_id
 from .graph_gates import is_approval_pending
 from .graph_state import dump_run_input
 
@@ -87,8 +87,10 @@ def _check_arguments(strategy: str, max_retries: int, backoff: Any, retry_on: An
 class RecoveryLoop:
     """One ``run_with_recovery`` call: the steps taken so far, and the executions a fork replaced."""
 
-    def __init__(self, owner: CheckpointedGraph, inputs: Any, strategy: str, offset: int) -> None:
+    def __init__(self, owner: CheckpointedGraph, inputs: Any, strategy: str, offset: int,
+                 allow_unsafe_rerun: bool = False) -> None:
         self.owner = owner
+        self.allow_unsafe_rerun = allow_unsafe_rerun
         self.inputs = inputs
         self.strategy = strategy
         self.offset = offset
@@ -103,8 +105,8 @@ class RecoveryLoop:
         previous = await self._unfinished_with_same_inputs() if resume else None
         if previous is not None:
             self.failed_execution = previous
-            return await self._attempt(0, "resume", previous, None,
-                                       lambda: self.owner.recover_and_continue(execution_id=previous))
+            return await self._attempt(0, "resume", previous, None, lambda: self.owner.recover_and_continue(
+                execution_id=previous, allow_unsafe_rerun=self.allow_unsafe_rerun))
         return await self._attempt(0, "run", None, None, lambda: self.owner.run(self.inputs))
 
     async def retry(self, attempt: int) -> Any:
@@ -113,13 +115,18 @@ class RecoveryLoop:
         step = "last" if self.strategy == "last" else ("last", "earlier", "fresh")[min(attempt, 3) - 1]
         if step == "last":
             execution_id = self.failed_execution
-            return await self._attempt(attempt, "last", execution_id, None,
-                                       lambda: self.owner.recover_and_continue(execution_id=execution_id))
+            return await self._attempt(attempt, "last", execution_id, None, lambda: self.owner.recover_and_continue(
+                execution_id=execution_id, allow_unsafe_rerun=self.allow_unsafe_rerun))
         checkpoint_id = self._earlier() if step == "earlier" else canonical_checkpoint_id(self.failed_execution, 0)
         if checkpoint_id is None:
             checkpoint_id, step = canonical_checkpoint_id(self.failed_execution, 0), "fresh"
-        return await self._attempt(attempt, step, self.failed_execution, checkpoint_id,
-                                   lambda: self.owner.continue_from_checkpoint(checkpoint_id), fork=True)
+        replaced = [self.failed_execution, *self.replaced]
+
+        async def fork() -> Any:
+            return await fork_replacing(self.owner, self.owner._load(checkpoint_id), replaced,
+                                        allow_unsafe_rerun=self.allow_unsafe_rerun)
+
+        return await self._attempt(attempt, step, self.failed_execution, checkpoint_id, fork, fork=True)
 
     def _earlier(self) -> str | None:
         boundaries = [h for h in self.history if h.status != FAILED and h.seq > 0]
@@ -129,6 +136,7 @@ class RecoveryLoop:
                        call: Callable[[], Any], *, fork: bool = False) -> Any:
         record = RecoveryStep(attempt, step, execution_id, checkpoint_id)
         self.steps.append(record)
+        self.owner._runner.last_execution_id = None  # set again only by an execution this attempt starts
         log.info("run_with_recovery (%s) attempt %d: %s%s%s", self.strategy, attempt, step,
                  f" of execution {execution_id}" if execution_id else "",
                  f" from checkpoint {checkpoint_id}" if checkpoint_id else "")
@@ -142,26 +150,20 @@ class RecoveryLoop:
             raise
         record.outcome = "completed"
         ran = self.owner._runner.last_execution_id
-        record.execution_id = ran if step in ("run", "fresh", "earlier") or fork else execution_id
-        if fork:
-            await self._supersede(ran)
+        if ran is not None:
+            record.execution_id = ran
         return result
 
     async def _note_failure(self, step: str) -> None:
-        ran = self.owner._runner.last_execution_id
+        ran = self.owner._runner.last_execution_id  # None: the attempt failed before an execution started
+        if ran is not None and await self.owner._planner.head(ran) is None:
+            ran = None  # nothing of it was stored
         if self.failed_execution is None and step in ("run", "fresh"):
-            head = await self.owner._planner.head(ran) if ran else None
-            if head is not None:
-                self.failed_execution = ran
+            self.failed_execution = ran
         elif ran is not None and ran != self.failed_execution and ran not in self.replaced:
-            self.replaced.append(ran)  # a fork that failed in turn: replaced too once one completes
+            self.replaced.append(ran)  # a fork that failed in turn: replaced too when the next one starts
         if self.failed_execution is not None and not self.history:
             self.history = await self.owner.backend.alist(execution_id=self.failed_execution)
-
-    async def _supersede(self, by: str) -> None:
-        for execution_id in [self.failed_execution, *self.replaced]:
-            if execution_id is not None and execution_id != by:
-                await mark_superseded(self.owner, execution_id, by)
 
     async def _unfinished_with_same_inputs(self) -> str | None:
         owner = self.owner
@@ -181,10 +183,10 @@ class RecoveryLoop:
 
 async def run_with_recovery(
     owner: CheckpointedGraph, inputs: Any, *, max_retries: int, strategy: str, backoff: Any, retry_on: Any,
-    offset: int, resume: bool,
+    offset: int, resume: bool, allow_unsafe_rerun: bool = False,
 ) -> Any:
     retryable = _check_arguments(strategy, max_retries, backoff, retry_on, offset)
-    loop = RecoveryLoop(owner, inputs, strategy, offset)
+    loop = RecoveryLoop(owner, inputs, strategy, offset, allow_unsafe_rerun)
     attempt = 0
     try:
         try:
@@ -192,9 +194,13 @@ async def run_with_recovery(
         except BaseException as exc:
             if _not_retried(exc) or not isinstance(exc, retryable) or max_retries == 0:
                 raise
+            if loop.failed_execution is None and isinstance(exc, SparkCkptError):
+                raise  # refused before anything was stored (a RestoreConflictError, a lease...): nothing to recover
             last_error: BaseException = exc
         while True:
             attempt += 1
+            if isinstance(last_error, LeaseError):
+                raise last_error  # another worker holds it: never run or fork its work beside it
             refused = isinstance(last_error, SparkCkptError) and loop.steps[-1].step != "run"
             if refused and strategy == "last":
                 raise last_error
@@ -226,31 +232,63 @@ def _report(owner: CheckpointedGraph, loop: RecoveryLoop) -> None:
     report.steps = list(loop.steps)
 
 
-async def mark_superseded(owner: CheckpointedGraph, execution_id: str, by: str) -> None:
-    """Close ``execution_id`` as completed by the execution ``by`` that replaced it (a fork or a fresh
-    run): a record on its last boundary, status completed, ``extras["superseded_by"]``. A later
-    ``recover_and_continue()`` leaves it alone; recovering it by id returns ``by``'s result."""
+async def fork_replacing(owner: CheckpointedGraph, record: Any, replaced: list[str], *,
+                         allow_unsafe_rerun: bool = False) -> Any:
+    """Continue ``record`` as a new execution that replaces the executions ``replaced``.
+
+    In two steps, so a crash anywhere leaves one way on: first each replaced execution gets a record
+    handing it over (still unfinished, ``superseded_by`` the fork's id, ``fork_from`` the record); any
+    recovery of it follows that to the fork (``finish_replacement``), starting the fork itself if it never
+    stored a record. Once the fork completed, each is closed (completed, ``superseded_by``). What would
+    refuse the fork is checked before anything is written."""
+    skips = {**{k: None for k in record.skip_nodes}, **record.skip_outputs, **owner._pending_skips}
+    owner._check_continuable(record, fork=True, allow_unsafe_rerun=allow_unsafe_rerun, skips=skips)
+    fork_id = new_id("ex-")
+    for execution_id in replaced:
+        await mark_superseded(owner, execution_id, fork_id, fork_from=record.checkpoint_id, final=False)
+    result = await owner._continue(record, same_execution=False, fell_back=[], fork_id=fork_id,
+                                   allow_unsafe_rerun=allow_unsafe_rerun)
+    for execution_id in replaced:
+        await mark_superseded(owner, execution_id, fork_id, fork_from=record.checkpoint_id, final=True)
+    return result
+
+
+async def finish_replacement(owner: CheckpointedGraph, handover: Any, *, wait: bool | float,
+                             allow_unsafe_rerun: bool) -> Any:
+    """Recovering an execution handed over to a fork (``fork_replacing``): continue the fork (start it,
+    under its id, if it never stored a record), then close the execution."""
+    fork_id, fork_from = handover.extras["superseded_by"], handover.extras.get("fork_from")
+    log.info("execution %s was handed over to execution %s; continuing that one", handover.execution_id, fork_id)
+    if await owner._planner.head(fork_id) is None and isinstance(fork_from, str):
+        result = await owner._continue(owner._load(fork_from), same_execution=False, fell_back=[], fork_id=fork_id,
+                                       allow_unsafe_rerun=allow_unsafe_rerun)
+    else:
+        result = await owner.recover_and_continue(execution_id=fork_id, wait=wait,
+                                                  allow_unsafe_rerun=allow_unsafe_rerun)
+    await mark_superseded(owner, handover.execution_id, fork_id, fork_from=fork_from, final=True)
+    return result
+
+
+async def mark_superseded(owner: CheckpointedGraph, execution_id: str, by: str, *, fork_from: str | None,
+                          final: bool) -> None:
+    """A record on ``execution_id``'s last boundary naming the execution ``by`` that replaces it
+    (``extras["superseded_by"]``): still unfinished while ``by`` runs (``final=False``, a hand-over),
+    completed once ``by`` completed. Raises ``LeaseError`` when another live worker holds it."""
     planner = owner._planner
-    try:
-        lease, head = await planner.claim(execution_id, wait=False)
-    except (SparkCkptError, NothingToRecoverError):
-        log.warning("execution %s was replaced by %s but could not be marked so", execution_id, by, exc_info=True)
-        return
+    lease, head = await planner.claim(execution_id, wait=False)
     if lease is None:
         return  # completed meanwhile
-    runner = owner._runner
     try:
         record, _ = await planner.latest_verified(execution_id, head)
-        ex = runner.new_execution(execution_id, record.run_input, next_seq=head.seq + 1, lease=lease)
+        ex = owner._runner.new_execution(execution_id, record.run_input, next_seq=head.seq + 1, lease=lease)
         data = ex.builder.fork_start(record, seq=head.seq + 1, inflight={}, skip={})
-        data.update(status=COMPLETED, extras={"structure": data["extras"]["structure"], "superseded_by": by})
+        data.update(status=COMPLETED if final else RUNNING,
+                    extras={"structure": data["extras"]["structure"], "superseded_by": by, "fork_from": fork_from})
         await ex.writer.store(data, wait=True)
         await ex.writer.flush()
-        log.info("execution %s is closed: execution %s replaced it", execution_id, by)
-    except SparkCkptError:
-        log.warning("execution %s was replaced by %s but could not be marked so", execution_id, by, exc_info=True)
+        log.info("execution %s is %s: execution %s replaces it", execution_id,
+                 "closed" if final else "handed over", by)
     finally:
         from ..backends.leases import release_quietly
 
         await release_quietly(owner.backend, lease)
-

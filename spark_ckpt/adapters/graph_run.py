@@ -92,6 +92,9 @@ class Execution:
     report: RecoveryReport | None = None
     failure: FailureInfo | None = None
     allow_unsafe_rerun: bool = False
+    #: the restore point (``create_checkpoint()``) the run was started after, named in its start record,
+    #: so the guide's restore -> continue_from_checkpoint finds this run (``graph_checkpoints``)
+    restore_point: str | None = None
     #: the graph's event bus while it runs, and the visit (a ``LazyVisit``) this execution runs inside
     #: (a subgraph's outer visit), for events published on a shared bus (``graph_events``)
     event_bus: Any = None
@@ -339,6 +342,8 @@ class GraphRunner:
             run_input=ex.run_input, skip=ex.skip, checkpoint_id=ex.checkpoint_requested,
             result=dump_message(result) if result is not None else None,
         )
+        if ex.restore_point is not None and data["seq"] == 0:
+            data["extras"]["restore_point"] = ex.restore_point
         ex.completed = ex.completed or status == COMPLETED
         ex.checkpoint_requested = None
         ex.supersteps_since = 0
@@ -388,10 +393,10 @@ class GraphRunner:
     # -- continuing ---------------------------------------------------------------------------------
     async def resume(
         self, record: GraphCheckpoint, *, same_execution: bool, fell_back: list[str], skips: dict[str, Any],
-        lease: Lease | None = None, next_seq: int = 0, allow_unsafe_rerun: bool = False,
+        lease: Lease | None = None, next_seq: int = 0, allow_unsafe_rerun: bool = False, fork_id: str | None = None,
     ) -> Any:
         """Continue ``record`` (made whole): the same execution under ``lease``, numbered from ``next_seq``
-        (after the newest seq ever written), or a new execution forked from it."""
+        (after the newest seq ever written), or a new execution forked from it (``fork_id``: its id)."""
         try:
             if record.version < 5 and self.owner._event_edges and record.execution_history:
                 raise UnrecoverableExecutionError(
@@ -409,7 +414,7 @@ class GraphRunner:
                 ex.writer.resumed_on((await self.backend.aget(record.checkpoint_id)).blob, record.seq,
                                  writes=record.extras.get("writes"))
             else:
-                ex = self.new_execution(new_id("ex-"), record.run_input, journal=journal, fork_of=record)
+                ex = self.new_execution(fork_id or new_id("ex-"), record.run_input, journal=journal, fork_of=record)
             ex.allow_unsafe_rerun = allow_unsafe_rerun
             ex.skip = skips
             ex.report = RecoveryReport(execution_id=ex.execution_id, from_checkpoint=record.checkpoint_id,

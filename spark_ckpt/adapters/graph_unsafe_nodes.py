@@ -119,6 +119,36 @@ def refuse_unsafe_rerun(owner: CheckpointedGraph, record: GraphCheckpoint, *, al
         raise UnsafeToRetryError(_explain(owner, record, stuck))
 
 
+def refuse_unsafe_fork(owner: CheckpointedGraph, record: GraphCheckpoint, *, allowed: bool,
+                       skips: dict[str, Any]) -> None:
+    """Raise ``UnsafeToRetryError`` when a fork from ``record`` (made whole) would run again a visit of a
+    node not safe to re-run that its execution made (or started) after ``record``: a fork re-runs every
+    visit past the record it starts from."""
+    if allowed or not owner._unsafe_keys:
+        return
+    newest = owner.backend.list(execution_id=record.execution_id, limit=1)
+    if not newest or newest[0].seq <= record.seq:
+        return
+    later = owner._planner.load(newest[0].checkpoint_id)
+    done = {(visit.node_key, visit.index) for visit in record.execution_history}
+    again = [
+        {"node_key": v.node_key, "index": v.index, "superstep": v.superstep, "input": "(as in that run)"}
+        for v in later.execution_history
+        if v.node_key in owner._unsafe_keys and (v.node_key, v.index) not in done and v.node_key not in skips
+    ]
+    journaled = {(v.node_key, v.index) for v in later.execution_history}
+    again += [m for m in in_record(later.inflight, later.extras)
+              if (m["node_key"], m["index"]) not in journaled and m["node_key"] not in skips]
+    if again:
+        raise UnsafeToRetryError(
+            f"continuing checkpoint {record.checkpoint_id} starts a new execution from it, which runs again "
+            "every visit its execution made after it; among them: " + "; ".join(
+                f"node {m['node_key']!r} visit {m['index']}" for m in again)
+            + ", marked not safe to re-run (its side effect happened, or may have). Nothing was run. Continue "
+            "from a later checkpoint, skip_node it, or pass allow_unsafe_rerun=True to run it again"
+        )
+
+
 def _explain(owner: CheckpointedGraph, record: GraphCheckpoint, stuck: list[dict[str, Any]]) -> str:
     failure = record.failure if record.status == FAILED else None
     visits = []

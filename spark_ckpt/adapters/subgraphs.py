@@ -149,7 +149,7 @@ class NestedGraph(CheckpointedGraph):
     def __init__(self, graph: Any, *, outer: CheckpointedGraph, visit: Any, node_ids: dict[Any, str] | None,
                  with_siblings: bool) -> None:
         config = attrs.evolve(
-            outer.config, backend=NESTED_BACKEND, path=None, backend_options={}, strategy="iteration",
+            outer.config, backend=NESTED_BACKEND, path=None, backend_options={}, strategy="iteration", policy_options={},
             interval=1, durability="sync", retention_count=None, retention_max_age_s=None, retention=(),
             unsafe_nodes=(),  # the outer graph's node keys; inner nodes are marked with @not_safe_to_rerun
         )
