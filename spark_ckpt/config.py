@@ -347,13 +347,20 @@ class CheckpointConfig:
 
 
     def _backend_codec_choices(self) -> dict[str, str]:
-        chosen: dict[str, str] = {}
+        # the backend's format / compression: an object's, or given as backend_options with a name or URL
         if _is_backend(self.backend):
             serializer, compression = self.backend.serializer_choice, self.backend.compression_choice
-            if serializer is not None and serializer != self.serializer and self.serializer == "json":
-                chosen["serializer"] = serializer
-            if compression is not None and self.compression is None:
-                chosen["compression"] = compression
+        else:
+            from .backends.codec_choices import compression_choice, serializer_choice
+
+            owner = f"backend_options of {self.backend.split('://')[0]!r}"
+            serializer = serializer_choice(self.backend_options.get("format"), owner)
+            compression = compression_choice(self.backend_options.get("compression"), owner)
+        chosen: dict[str, str] = {}
+        if serializer is not None and serializer != self.serializer and self.serializer == "json":
+            chosen["serializer"] = serializer
+        if compression is not None and self.compression is None:
+            chosen["compression"] = compression
         return chosen
 
 
@@ -384,6 +391,29 @@ def database_url(location: str | None) -> str:
         f"backend='database' stores in SQLite (path='./checkpoints.db') or PostgreSQL "
         f"(path='postgresql://...'), not {mask_url(location)!r}; for other stores name them: backend='{scheme}'"
     )
+
+
+def _refuse_unknown_fields(init: Any) -> Any:
+    """``CheckpointConfig(checkpoint_interval=5)``: a ``ConfigError`` naming the close field, not attrs's TypeError."""
+    import difflib
+    import functools
+
+    @functools.wraps(init)
+    def checked_init(self: CheckpointConfig, *args: Any, **kwargs: Any) -> None:
+        fields = attrs.fields_dict(CheckpointConfig)
+        unknown = [name for name in kwargs if name not in fields]
+        if unknown:
+            hints = [f"{name!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(
+                name.replace("checkpoint_", ""), fields, n=1)) else repr(name) for name in unknown]
+            raise ConfigError(f"CheckpointConfig has no field {', '.join(hints)}; its fields: {', '.join(fields)}")
+        if len(args) > len(fields):
+            raise ConfigError(f"CheckpointConfig takes at most {len(fields)} positional arguments, got {len(args)}")
+        init(self, *args, **kwargs)
+
+    return checked_init
+
+
+CheckpointConfig.__init__ = _refuse_unknown_fields(CheckpointConfig.__init__)  # type: ignore[method-assign]
 
 
 def split_url(url: str) -> tuple[str, str]:

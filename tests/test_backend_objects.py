@@ -475,3 +475,24 @@ def test_bad_query_arguments_are_config_errors(tmp_path):
         asyncio.run(backend.alist_checkpoints(limit="10"))
     with pytest.raises(ConfigError, match="checkpoint id"):
         backend.delete_checkpoint(None)
+
+
+def test_format_and_compression_as_backend_options_of_a_name_apply_too(tmp_path) -> None:
+    """backend_options={"compression": ...} with a name or URL is not silently ignored."""
+    from spark_ckpt.codec import GzipTransform
+
+    config = CheckpointConfig(backend="sqlite", path=str(tmp_path / "o.db"), backend_options={"compression": "gzip"})
+    assert any(isinstance(layer, GzipTransform) for layer in config.make_codec().pipeline)
+    with pytest.raises(ConfigError, match="not a compression"):
+        CheckpointConfig(backend="file", path=str(tmp_path / "f"), backend_options={"compression": "lz9"}).make_codec()
+
+
+@pytest.mark.parametrize("name", ["order", "select", "user", "_hidden"])
+def test_table_names_that_sql_would_misread_are_refused(tmp_path, name) -> None:
+    with pytest.raises(ConfigError, match="table_name"):
+        SQLiteBackend(db_path=str(tmp_path / "k.db"), table_name=name)
+
+
+def test_an_unknown_config_field_is_a_config_error_naming_the_close_one() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'interval'"):
+        CheckpointConfig(checkpoint_interval=5)

@@ -20,7 +20,7 @@ from ..errors import ConfigError
 
 #: the longest table name: the longest derived name ("<t>_executions_by_graph") stays within 63 bytes
 MAX_TABLE_NAME = 40
-_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
+_IDENTIFIER = re.compile(r"[a-z][a-z0-9_]*")
 
 #: role -> suffix added to a table name (SQLite and PostgreSQL use some each); the roles
 #: ``checkpoints_*`` / ``executions_*`` are named after those tables
@@ -67,4 +67,30 @@ def table_names(table_name: object, *, default: str, legacy: Mapping[str, str], 
             f"({'it ends in ' + repr(clash) if clash else 'the default store uses such names'}); choose "
             "another name, e.g. 'graph_checkpoints'"
         )
+    if _is_keyword(name):
+        raise ConfigError(f"{backend} table_name {table_name!r} is an SQL keyword; choose another name, "
+                          "e.g. 'graph_checkpoints'")
     return tables
+
+
+def _is_keyword(name: str) -> bool:
+    """Whether SQL reads ``name`` as a keyword rather than a table name (tables are named unquoted):
+    asked of an in-memory SQLite database, whose keywords cover the ones PostgreSQL reserves."""
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(":memory:")) as probe:
+        try:
+            probe.execute(f"CREATE TABLE {name} (x)")
+        except sqlite3.DatabaseError:
+            return True
+    return name in _POSTGRES_ONLY_RESERVED
+
+
+#: words PostgreSQL reserves that SQLite takes as plain names
+_POSTGRES_ONLY_RESERVED = frozenset({
+    "analyse", "array", "asymmetric", "both", "current_catalog", "current_role", "current_user", "fetch", "grant",
+    "leading", "localtime", "localtimestamp", "offset", "only", "placing", "session_user", "some", "symmetric",
+    "trailing", "user", "variadic", "window", "authorization", "binary", "collation", "concurrently", "freeze",
+    "ilike", "lateral", "overlaps", "similar", "tablesample", "verbose",
+})
