@@ -473,11 +473,8 @@ def resolve_type(path: Any, kind: str) -> type:
             "was not rebuilt: allow it with CheckpointConfig(allowed_types=[...]) or a plugin's "
             "spark_ckpt_register_types hook if you trust this store"
         )
-    module_name, _, qualname = path.partition(":")
     try:
-        obj: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
+        obj = import_by_path(path)
     except (ImportError, AttributeError) as exc:
         raise CorruptCheckpointError(
             f"checkpoint holds a {kind} of type {path.replace(':', '.')}, which cannot be imported here ({exc}); "
@@ -579,3 +576,12 @@ _TAGS: dict[str, Callable[[dict[str, Any], int], Any]] = {
     "pydantic": _load_object("pydantic"),
 }
 
+
+
+def import_by_path(path: str) -> Any:
+    """The object ``"pkg.module:Outer.Inner"`` names (``ImportError`` / ``AttributeError`` if none)."""
+    module_name, _, qualname = path.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj

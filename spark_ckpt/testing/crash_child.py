@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
-import importlib
 import inspect
 import json
 import os
@@ -166,14 +165,12 @@ def factory_path(factory: Any) -> str:
 def load_factory(path: str) -> Any:
     from ..errors import ConfigError
 
-    module_name, _, qualname = path.partition(":")
+    from ..codec.values import import_by_path
+
     try:
-        obj: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
+        return import_by_path(path)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"cannot import the graph factory {path!r} in the child process: {exc}") from exc
-    return obj
 
 
 async def build(job: dict[str, Any], setup: dict[str, Any]) -> Any:
