@@ -7,7 +7,8 @@ import this module, so neither imports the other.
 Invariants: a command returns its exit code. Every failure is exit code 2 and one
 ``spark-ckpt: error: ...`` line on stderr, no traceback: a ``SparkCkptError`` with its message, any
 other exception with its type and message and a pointer to ``--debug``, which prints the traceback
-instead. Bad options are one such line too (``Parser``); Ctrl-C is exit code 130. Importing this
+instead. Bad options are one such line too (``Parser``); Ctrl-C is exit code 130; a reader closing
+the output pipe early ends the command quietly with 141 (as SIGPIPE would, without a traceback). Importing this
 module imports nothing heavier than argparse.
 """
 
@@ -59,7 +60,11 @@ def run_command(handler: Callable[[argparse.Namespace, TextIO], int], args: argp
     """Run one parsed command; turn every error into exit code 2 and one line on stderr (the
     traceback with ``--debug``), Ctrl-C into 130."""
     try:
-        return handler(args, out)
+        code = handler(args, out)
+        out.flush()  # (a reader that went away is found here, not at exit where it cannot be handled)
+        return code
+    except BrokenPipeError:
+        return closed_pipe(out)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -72,6 +77,28 @@ def run_command(handler: Callable[[argparse.Namespace, TextIO], int], args: argp
             print(f"{PROG}: error: unexpected {type(exc).__name__}: {one_line(exc)} "
                   "(run with --debug for the traceback)", file=sys.stderr)
         return 2
+
+
+#: the exit code of a command whose reader closed the pipe early, as a shell reports one killed by SIGPIPE
+CLOSED_PIPE_EXIT = 128 + 13
+
+
+def closed_pipe(out: TextIO) -> int:
+    """The reader of ``out`` went away (``spark-ckpt list | head -1``): stop quietly. What is still
+    buffered would fail again when Python flushes at exit and print "Exception ignored ...", so the
+    stream's descriptor is pointed at /dev/null first (the recipe of Python's ``signal`` docs)."""
+    import os
+
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's StringIO)
+        return CLOSED_PIPE_EXIT
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+    return CLOSED_PIPE_EXIT
 
 
 def one_line(message: object) -> str:

@@ -214,28 +214,35 @@ def test_prune_dry_run_deletes_nothing(store):
     before = _ids(store["url"])
     code, out = run("--store", store["url"], "prune", "--graph", "etl", "--keep", "1", "--dry-run")
     assert code == 0
-    assert out.splitlines()[0] == "would delete 3 checkpoint(s)"
-    listed = {line.split()[0] for line in out.splitlines()[1:] if line.startswith("  ")}
-    # newest etl checkpoint is kept by --keep; e-new's two are protected (failed = unfinished)
-    assert listed == {"ck-e-old-0", "ck-e-old-1", "ck-e-old-2"}
+    lines = out.splitlines()
+    # one row per execution, not one per checkpoint: the newest etl checkpoint is kept by --keep;
+    # e-new's two are protected (failed = unfinished)
+    assert lines[0].split()[:4] == ["graph", "execution", "checkpoints", "bytes"]
+    assert [line.split()[:3] for line in lines[1:-2]] == [["etl", "e-old", "3"]]
+    assert lines[-2].startswith("would delete 3 checkpoint(s), ") and lines[-2].endswith("from 1 execution(s)")
+    assert "ck-e-old" not in out
     assert "kept 2 checkpoint(s) that unfinished executions need" in out
+    code, out = run("--store", store["url"], "prune", "--graph", "etl", "--keep", "1", "--dry-run", "--json")
+    report = json.loads(out)
+    assert report["dry_run"] and report["checkpoints"] == 3 and report["protected"] == 2
+    assert [(e["execution"], e["checkpoints"]) for e in report["executions"]] == [("e-old", 3)]
     assert _ids(store["url"]) == before
 
 
 def test_prune_keeps_what_unfinished_executions_need(store):
     """A real prune deletes the old completed execution but never the failed one's checkpoints."""
-    code, out = run("--store", store["url"], "prune", "--keep", "1")
-    assert code == 0 and out.splitlines()[0] == "deleted 3 checkpoint(s)"
+    code, out = run("--store", store["url"], "prune", "--keep", "1", "--yes")
+    assert code == 0 and out.splitlines()[0].startswith("deleted 3 checkpoint(s), ")
     assert _ids(store["url"]) == {"ck-e-new-0", "ck-e-new-1", "ck-e-other-0"}
 
 
 def test_prune_by_age(store):
     """--max-age deletes checkpoints older than that many seconds (unprotected ones only)."""
-    code, out = run("--store", store["url"], "prune", "--max-age", str(86400))
-    assert code == 0 and out.splitlines()[0] == "deleted 3 checkpoint(s)"
+    code, out = run("--store", store["url"], "prune", "--max-age", str(86400), "--yes")
+    assert code == 0 and out.splitlines()[0].startswith("deleted 3 checkpoint(s), ")
     assert _ids(store["url"]) == {"ck-e-new-0", "ck-e-new-1", "ck-e-other-0"}
-    code, out = run("--store", store["url"], "prune", "--max-age", "10")
-    assert out.splitlines()[0] == "deleted 0 checkpoint(s)"  # the rest is protected
+    code, out = run("--store", store["url"], "prune", "--max-age", "10")  # (nothing to confirm)
+    assert out.splitlines()[0].startswith("deleted 0 checkpoint(s)")  # the rest is protected
     assert _ids(store["url"]) == {"ck-e-new-0", "ck-e-new-1", "ck-e-other-0"}
 
 
@@ -420,8 +427,8 @@ def test_prune_on_a_file_store_sweeps_debris_of_killed_writers(tmp_path, no_env_
 
     code, out = run("--store", f"file://{root}", "prune", "--keep", "1", "--dry-run")
     assert code == 0 and leftover.exists() and old_dir.exists()
-    code, out = run("--store", f"file://{root}", "prune", "--keep", "1")
-    assert code == 0 and out.splitlines()[0] == "deleted 1 checkpoint(s)"
+    code, out = run("--store", f"file://{root}", "prune", "--keep", "1", "-y")
+    assert code == 0 and out.splitlines()[0].startswith("deleted 1 checkpoint(s)")
     assert "removed 1 temporary file(s)" in out
     assert not leftover.exists() and not old_dir.exists() and new_dir.exists()
     assert _ids(f"file://{root}") == {"ck-e-new-0"}

@@ -44,8 +44,11 @@ from .stores import DEFAULT_STORE, STORE_ENV
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
     """Entry point of the ``spark-ckpt`` console script; returns the exit code."""
+    from . import terminal
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    terminal.configure(args.color)
     return run_command(args.func, args, out or sys.stdout)
 
 

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from ..masking import mask_url
 from .output import local_time, print_json, table
-from .stores import make_codec, open_store, read_only, store_url
+from .stores import make_codec, open_for, read_only, store_url
 
 
 def _when(timestamp: Any) -> str:
@@ -25,7 +25,7 @@ def cmd_approvals_list(args: argparse.Namespace, out: TextIO) -> int:
     from .. import approvals
 
     url = store_url(args)
-    backend = open_store(url)
+    backend = open_for(args, inspect=True)
     try:
         statuses = None if args.all else [approvals.PENDING]
         rows = approvals.list_approvals(backend, make_codec(args), graph_id=args.graph, statuses=statuses)
@@ -48,7 +48,7 @@ def _resolve(args: argparse.Namespace, out: TextIO, *, approved: bool) -> int:
     from .. import approvals
     from ..config import CheckpointConfig
 
-    backend = open_store(store_url(args))
+    backend = open_for(args, inspect=False)
     try:
         done = approvals.resolve_approval(
             backend, make_codec(args), args.approval_id, approved=approved, reviewer=args.by, notes=args.notes,
@@ -56,6 +56,9 @@ def _resolve(args: argparse.Namespace, out: TextIO, *, approved: bool) -> int:
         )
     finally:
         backend.close()
+    if args.json:
+        print_json(done, out)
+        return 0
     print(f"{done['status']} {done['approval_id']} (execution {done['execution']}, graph {done['graph']}); "
           "continue it with recover_and_continue()", file=out)
     return 0
@@ -76,7 +79,6 @@ def add_commands(sub: Any) -> None:
     q = actions.add_parser("list", help="pending requests (--all: also resolved ones) of waiting executions")
     q.add_argument("--graph", metavar="ID", help="only this graph id")
     q.add_argument("--all", action="store_true", help="also approved and rejected requests")
-    q.add_argument("--json", action="store_true", help="print JSON instead of a table")
     q.set_defaults(func=cmd_approvals_list)
     for name, func, verb in (("approve", cmd_approve, "approve"), ("reject", cmd_reject, "reject")):
         q = actions.add_parser(name, help=f"{verb} a pending request; recover_and_continue() then goes on")

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from ..errors import CheckpointNotFoundError, CodecError, CorruptCheckpointError, CorruptIndexError, GraphMismatchError
 from ..masking import mask_url
 from .output import local_time, preview, print_json, table
-from .stores import UNREADABLE_HERE, decode, make_codec, open_store, read_only, store_url
+from .stores import UNREADABLE_HERE, decode, make_codec, open_for, read_only, store_url
 
 
 def _header_data(h: Any) -> dict[str, Any]:
@@ -31,7 +31,7 @@ def _header_data(h: Any) -> dict[str, Any]:
 @read_only
 def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     url = store_url(args)
-    backend = open_store(url)
+    backend = open_for(args, inspect=True)
     try:
         if args.executions:
             if args.execution:
@@ -69,21 +69,46 @@ def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
     from ..codec import to_data
     from ..model import GraphCheckpoint
 
-    backend = open_store(store_url(args))
-    try:
-        stored = backend.get(args.checkpoint_id)
-    finally:
-        backend.close()
-    content = decode(make_codec(args), stored)
+    if names_a_file(args.checkpoint_id):
+        header, content = _read_checkpoint_file(args, args.checkpoint_id)
+    else:
+        backend = open_for(args, inspect=True)
+        try:
+            stored = backend.get(args.checkpoint_id)
+        finally:
+            backend.close()
+        header, content = stored.header, decode(make_codec(args), stored)
     if args.json:
         data = to_data(content) if isinstance(content, GraphCheckpoint) else content
-        print_json({"header": _header_data(stored.header), "checkpoint": data}, out)
+        print_json({"header": _header_data(header), "checkpoint": data}, out)
         return 0
     if isinstance(content, GraphCheckpoint):
-        _show_graph_checkpoint(stored.header, content, out)
+        _show_graph_checkpoint(header, content, out)
     else:
-        _show_other(stored.header, content, out)
+        _show_other(header, content, out)
     return 0
+
+
+def names_a_file(argument: str) -> bool:
+    """``show``'s argument is a checkpoint file (``save_checkpoint(path)``) rather than a stored id
+    when it ends in ``.ckpt`` or names an existing file."""
+    import os
+
+    return argument.endswith(".ckpt") or os.path.isfile(argument)
+
+
+def _read_checkpoint_file(args: argparse.Namespace, path: str) -> tuple[Any, Any]:
+    """The header and record of a file ``save_checkpoint`` wrote (one encoded record, whole), decoded
+    with the keys of the options as a stored one is; no store is opened."""
+    from ..engine.records import decode_record
+
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+    except OSError as exc:
+        raise CheckpointNotFoundError(f"cannot read checkpoint file {path!r}: {exc.strerror or exc}") from None
+    record = decode_record(make_codec(args), blob)
+    return record.header(size=len(blob)), record
 
 
 def _show_graph_checkpoint(header: Any, ckpt: Any, out: TextIO) -> None:
@@ -166,11 +191,24 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     from ..engine.records import RecordReader, readable_whole
     from ..model import GRAPH
 
-    url = store_url(args)
-    backend = open_store(url)
+    backend = open_for(args, inspect=True)
     codec = make_codec(args)
     reader = RecordReader(backend, codec)
     checked = corrupt = unreadable = incomplete = missing = 0
+    problems: list[dict[str, Any]] = []
+
+    def report(problem: str, where: Any, error: Any) -> None:
+        """One bad checkpoint (``where``: its header) or execution (a dict), as a line or a JSON entry."""
+        if isinstance(where, dict):
+            entry, shown = where, f"execution {where['execution']} (graph {where['graph']})"
+        elif where is not None:
+            entry, shown = {"checkpoint": where.checkpoint_id, "graph": where.graph_id,
+                            "execution": where.execution_id, "seq": where.seq}, _where(where)
+        else:
+            entry, shown = {}, ""
+        problems.append({"problem": problem.lower(), **entry, "error": str(error)})
+        if not args.json:
+            print(f"{problem:<10} {shown + ': ' if shown else ''}{error}", file=out)
     try:
         stored_seqs: dict[str, list[int]] = {}  # per execution, the seqs listed
         readable: dict[str, list[Any]] = {}  # graph checkpoints that decode, per execution
@@ -183,7 +221,7 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
             except CorruptCheckpointError as exc:  # its row or its bytes, as the store holds them
                 checked += 1
                 corrupt += 1
-                print(f"CORRUPT    {_where(header)}: {exc}", file=out)
+                report("CORRUPT", header, exc)
                 continue
             checked += 1
             try:
@@ -193,19 +231,18 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
                     decode(codec, stored)
             except UNREADABLE_HERE as exc:
                 unreadable += 1
-                print(f"UNREADABLE {_where(header)}: {exc}", file=out)
+                report("UNREADABLE", header, exc)
                 continue
             except (CodecError, GraphMismatchError) as exc:
                 corrupt += 1
-                print(f"CORRUPT    {_where(header)}: {exc}", file=out)
+                report("CORRUPT", header, exc)
                 continue
             if header.kind == GRAPH:
                 readable.setdefault(header.execution_id, []).append(header)
         for headers in readable.values():
             for checkpoint_id, exc in readable_whole(reader, headers).items():
                 incomplete += 1
-                where = _where(next(h for h in headers if h.checkpoint_id == checkpoint_id))
-                print(f"INCOMPLETE {where}: {exc}", file=out)
+                report("INCOMPLETE", next(h for h in headers if h.checkpoint_id == checkpoint_id), exc)
         for latest in backend.executions(graph_id=args.graph):
             head = backend.execution_head(latest.execution_id)
             seqs = stored_seqs.get(latest.execution_id, [])
@@ -222,10 +259,10 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
                                f"stored is seq {max(seqs)}")
             if problem is not None:
                 missing += 1
-                print(f"MISSING    execution {latest.execution_id} (graph {latest.graph_id}): {problem}", file=out)
+                report("MISSING", {"execution": latest.execution_id, "graph": latest.graph_id}, problem)
     except CorruptIndexError as exc:  # a listing stopped at a damaged row: reported, nothing after it checked
         corrupt += 1
-        print(f"CORRUPT    {exc}", file=out)
+        report("CORRUPT", None, exc)
     finally:
         backend.close()
     summary = f"{checked} checked, {corrupt} corrupt"
@@ -235,7 +272,11 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
         summary += f", {missing} execution(s) missing their newest checkpoints"
     if unreadable:
         summary += f", {unreadable} unreadable here (missing key, codec layer or limit)"
-    print(summary, file=out)
+    if args.json:
+        print_json({"checked": checked, "corrupt": corrupt, "incomplete": incomplete, "missing": missing,
+                    "unreadable": unreadable, "problems": problems}, out)
+    else:
+        print(summary, file=out)
     return 1 if corrupt or unreadable or incomplete or missing else 0
 
 

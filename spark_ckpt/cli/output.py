@@ -1,7 +1,8 @@
-"""How the commands print: local times, one-line previews, aligned tables, JSON and progress bars.
+"""How the commands print: local times, one-line previews, aligned tables, JSON and progress bars
+(drawn by ``rich`` as ``terminal`` decides: colour and live bars only on a terminal).
 
 Invariants: results go to the ``out`` stream a command is given (tests pass a ``StringIO``); only a
-progress bar writes to stderr, so ``--json`` output and piped tables stay clean. Times are printed
+progress bar and prompts write to stderr, so ``--json`` output and piped tables stay clean. Times are printed
 in the local time zone, to the second, as ISO 8601. Nothing stored can make printing fail: a time
 out of range, a value JSON cannot hold, nesting too deep, each prints as a marked stand-in.
 """
@@ -9,9 +10,10 @@ out of range, a value JSON cannot hold, nesting too deep, each prints as a marke
 from __future__ import annotations
 
 import math
-import sys
 from datetime import datetime
 from typing import Any, Sequence, TextIO
+
+from .terminal import Progress, draw
 
 PREVIEW_WIDTH = 70
 
@@ -61,11 +63,28 @@ def _text(value: str) -> str:
         return value.encode("utf-8", "backslashreplace").decode()
 
 
+#: how a status reads at a glance on a colour terminal
+STATUS_STYLES = {
+    "completed": "green", "replayable": "green", "failed": "bold red", "running": "yellow",
+    "interrupted": "yellow", "waiting": "cyan", "pending": "cyan", "approved": "green", "rejected": "red",
+}
+
+
 def table(rows: list[Sequence[Any]], headings: Sequence[str], out: TextIO, indent: str = "") -> None:
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headings)]
-    for row in [list(headings), *cells]:
-        print(indent + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)
+    """Aligned columns, headings first (bold on a terminal), a status column coloured by its value.
+    Off a terminal: plain text, columns two spaces apart, no trailing blanks."""
+    from rich.padding import Padding
+    from rich.table import Table
+    from rich.text import Text
+
+    grid = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 1), header_style="bold")
+    for heading in headings:
+        grid.add_column(heading, no_wrap=False, overflow="fold")
+    coloured = {i for i, h in enumerate(headings) if h in ("status", "on recovery")}
+    for row in rows:
+        grid.add_row(*(Text(str(c), style=STATUS_STYLES.get(str(c), "") if i in coloured else "")
+                       for i, c in enumerate(row)))
+    draw(Padding(grid, (0, 0, 0, len(indent))) if indent else grid, out)
 
 
 def print_json(data: Any, out: TextIO) -> None:
@@ -104,27 +123,5 @@ def _plain(value: Any, depth: int) -> Any:
     return _short_repr(value)  # (a tuple, a set, a datetime ... as its repr: what it is, not a look-alike)
 
 
-class ProgressBar:
-    """A one-line progress bar on stderr: ``progress(done, total)``."""
-
-    def __init__(self, label: str, stream: TextIO | None = None) -> None:
-        self.label = label
-        self.stream = stream or sys.stderr
-        self.shown = False
-        self.total: int | None = None
-
-    def __call__(self, done: int, total: int | None = None, *_: Any) -> None:
-        self.total = total
-        if total:
-            filled = int(30 * done / total)
-            text = f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}"
-        else:
-            text = f"\r{self.label} {done}"
-        self.stream.write(text)
-        self.stream.flush()
-        self.shown = True
-
-    def finish(self) -> None:
-        if self.shown:
-            self.stream.write("\n")
-            self.stream.flush()
+#: the progress reporter of ``export`` and ``rekey`` (``terminal.Progress``)
+ProgressBar = Progress

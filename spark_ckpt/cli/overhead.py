@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from ..errors import CheckpointNotFoundError, CodecError
 from ..masking import mask_url
 from .output import print_json, table
-from .stores import decode, make_codec, open_store, read_only, store_url
+from .stores import decode, make_codec, open_for, read_only, store_url
 
 FIGURES = ("checkpoints", "bytes", "writes_timed", "write_s", "mean_write_s", "max_write_s", "run_s", "overhead")
 
@@ -26,7 +26,7 @@ FIGURES = ("checkpoints", "bytes", "writes_timed", "write_s", "mean_write_s", "m
 @read_only
 def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
     url = store_url(args)
-    backend = open_store(url)
+    backend = open_for(args, inspect=True)
     codec = make_codec(args)
     rows = []
     try:

@@ -42,7 +42,12 @@ def store_url(args: argparse.Namespace) -> str:
     return args.store or os.environ.get(STORE_ENV) or DEFAULT_STORE
 
 
-def open_store(url: str, *, must_exist: bool = True) -> Any:
+def open_store(url: str, *, must_exist: bool = True, read_only: bool = False, inspect: bool = False) -> Any:
+    """The store at ``url``. ``read_only``: opened so that nothing can be written (``--read-only``).
+    ``inspect`` (a command that only reads): opened read-only when this process could not write it
+    anyway (a read-only file, directory or file system), so inspecting such a store works instead of
+    failing where an ordinary open would create, migrate or tidy. Read-only applies to the local
+    backends (sqlite, file); the others are opened as they are."""
     from ..config import open_backend, split_url
     from ..masking import mask_url
 
@@ -52,7 +57,23 @@ def open_store(url: str, *, must_exist: bool = True) -> Any:
         raise ConfigError(
             f"no checkpoint store at {path!r} ({mask_url(url)}); pass --store URL or set {STORE_ENV}"
         )
+    if scheme in _PATH_SCHEMES and path and (read_only or (inspect and not _writable(scheme, path))):
+        return open_backend(url, read_only=True)
     return open_backend(url)
+
+
+def open_for(args: argparse.Namespace, *, inspect: bool) -> Any:
+    """The store of ``--store`` (read-only with ``--read-only``; see ``open_store`` for ``inspect``)."""
+    return open_store(store_url(args), read_only=getattr(args, "read_only", False), inspect=inspect)
+
+
+def _writable(scheme: str, path: str) -> bool:
+    """Whether this process could write the store at ``path`` (SQLite also creates files beside it)."""
+    if not os.path.exists(path):
+        return True  # (creating it is the ordinary open's business, or its error)
+    if scheme == "sqlite":
+        return os.access(path, os.W_OK) and os.access(os.path.dirname(os.path.abspath(path)), os.W_OK)
+    return os.access(path, os.W_OK) and os.access(os.path.join(path, "graphs"), os.W_OK)
 
 
 def make_codec(args: argparse.Namespace) -> Any:

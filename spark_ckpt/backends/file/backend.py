@@ -62,11 +62,13 @@ class FileBackend(HeadFiles, LeaseFiles, AtomicWrites, StoreLayout, LocalBackend
         format: str | None = None,
         compression: bool | str | None = None,
         fsync: bool = True,
+        read_only: bool = False,
     ) -> None:
         """``path`` (or ``root``): the store's directory. ``format`` ("json" or "pickle") and ``compression``
         (True = "gzip", "zstd") are the guide's codec choices: a config given this object applies each one
         it leaves at its default (``spark_ckpt.backends.codec_choices``; "pickle" needs the config's
-        ``pickle_signing_key``)."""
+        ``pickle_signing_key``). ``read_only``: read an existing store without creating, tidying or
+        writing anything (every write raises ``BackendError``)."""
         if root is not None and path is not None and os.fspath(root) != os.fspath(path):
             raise ConfigError("FileBackend takes path= or root=, not two different directories")
         location = path if path is not None else root
@@ -78,6 +80,7 @@ class FileBackend(HeadFiles, LeaseFiles, AtomicWrites, StoreLayout, LocalBackend
         self.compression_choice = compression_choice(compression, "FileBackend")
         self.root = os.path.abspath(os.path.expanduser(os.fspath(location)))
         self.fsync = bool(fsync)
+        self.read_only = bool(read_only)
         self._graphs = os.path.join(self.root, "graphs")
         self._ids = os.path.join(self.root, "ids")
         self._leases = os.path.join(self.root, "leases")
@@ -91,10 +94,11 @@ class FileBackend(HeadFiles, LeaseFiles, AtomicWrites, StoreLayout, LocalBackend
         location = url.split("://", 1)[1] if "://" in url else url
         if not location:
             raise ConfigError(f"file backend URL {mask_url(url)!r} has no directory; use file://./dir or file:///abs/dir")
-        unknown = set(options) - {"fsync", "format", "compression"}
+        unknown = set(options) - {"fsync", "format", "compression", "read_only"}
         if unknown:
             raise ConfigError(
-                f"unknown file backend option(s) {', '.join(sorted(unknown))}; known: fsync, format, compression"
+                f"unknown file backend option(s) {', '.join(sorted(unknown))}; known: fsync, format, compression, "
+                "read_only"
             )
         return cls(location, **options)  # type: ignore[arg-type]
 
@@ -104,19 +108,13 @@ class FileBackend(HeadFiles, LeaseFiles, AtomicWrites, StoreLayout, LocalBackend
     # -- directory setup -----------------------------------------------------------------------------
     def _open_store(self) -> None:
         marker = os.path.join(self.root, MARKER)
+        if self.read_only and not os.path.exists(marker):
+            raise BackendError(
+                f"{self.root!r} is not a spark-ckpt file store (no {MARKER} file); opened read-only, nothing was created"
+            )
         try:
-            if os.path.isdir(self.root) and not os.path.exists(marker) and any(
-                not name.startswith(".") for name in os.listdir(self.root)
-            ):
-                raise BackendError(
-                    f"{self.root!r} is a non-empty directory that is not a spark-ckpt file store; it was left "
-                    "untouched. Point the file backend at an empty or new directory"
-                )
-            self._ensure_dir(self.root)
-            if not os.path.exists(marker):
-                self._write_atomic(self.root, MARKER, f"spark-ckpt file store, layout {LAYOUT_VERSION}\n".encode(), replace=True)
-            for directory in (self._graphs, self._ids, self._leases, self._heads):
-                self._ensure_dir(directory)
+            if not self.read_only:  # (read-only: the store as it is; missing subdirectories read as empty)
+                self._create_layout(marker)
         except OSError as exc:
             raise BackendError(
                 f"cannot use {self.root!r} as a checkpoint directory ({exc.strerror or exc}); "
@@ -130,8 +128,44 @@ class FileBackend(HeadFiles, LeaseFiles, AtomicWrites, StoreLayout, LocalBackend
                 "upgrade spark-ckpt to read it"
             )
 
+    def _create_layout(self, marker: str) -> None:
+        if os.path.isdir(self.root) and not os.path.exists(marker) and any(
+            not name.startswith(".") for name in os.listdir(self.root)
+        ):
+            raise BackendError(
+                f"{self.root!r} is a non-empty directory that is not a spark-ckpt file store; it was left "
+                "untouched. Point the file backend at an empty or new directory"
+            )
+        self._ensure_dir(self.root)
+        if not os.path.exists(marker):
+            self._write_atomic(self.root, MARKER, f"spark-ckpt file store, layout {LAYOUT_VERSION}\n".encode(), replace=True)
+        for directory in (self._graphs, self._ids, self._leases, self._heads):
+            self._ensure_dir(directory)
+
+    def _refuse_if_read_only(self, what: str) -> None:
+        if self.read_only:
+            raise BackendError(f"file store {self.root!r} was opened read-only; it cannot {what}")
+
+    # -- what a read-only store refuses ----------------------------------------------------------------
+    def acquire_lease(self, execution_id: str, owner: str, ttl_s: float) -> Lease:
+        self._refuse_if_read_only("take a lease")
+        return super().acquire_lease(execution_id, owner, ttl_s)
+
+    def renew_lease(self, lease: Lease, ttl_s: float) -> Lease:
+        self._refuse_if_read_only("renew a lease")
+        return super().renew_lease(lease, ttl_s)
+
+    def release_lease(self, lease: Lease) -> None:
+        self._refuse_if_read_only("release a lease")
+        super().release_lease(lease)
+
+    def cleanup(self, *, max_temp_age_s: float = STALE_TEMP_AGE_S) -> int:
+        self._refuse_if_read_only("clean up temporary files")
+        return super().cleanup(max_temp_age_s=max_temp_age_s)
+
     # -- checkpoints ----------------------------------------------------------------------------------
     def put(self, header: CheckpointHeader, blob: bytes, *, lease: Lease | None = None) -> None:
+        self._refuse_if_read_only("store a checkpoint")
         h = header
         storable(h, self.describe())
         directory = self._execution_dir(h.graph_id, h.execution_id)
@@ -252,6 +286,7 @@ class FileBackend(HeadFiles, LeaseFiles, AtomicWrites, StoreLayout, LocalBackend
         return headers[:limit] if limit is not None else headers
 
     def delete(self, checkpoint_ids: Iterable[str]) -> int:
+        self._refuse_if_read_only("delete checkpoints")
         deleted = 0
         touched: set[str] = set()
         for checkpoint_id in dict.fromkeys(checkpoint_ids):
@@ -273,6 +308,7 @@ class FileBackend(HeadFiles, LeaseFiles, AtomicWrites, StoreLayout, LocalBackend
 
     def replace(self, header: CheckpointHeader, blob: bytes) -> None:
         """Swap an existing checkpoint file for one with new bytes (key rotation): temp file + os.replace."""
+        self._refuse_if_read_only("replace a checkpoint")
         h = header
         path = os.path.join(self._execution_dir(h.graph_id, h.execution_id), f"{h.seq:012d}{SUFFIX}")
         link = self._id_link(h.checkpoint_id)

@@ -61,8 +61,10 @@ class SQLiteBackend(LocalBackend):
         synchronous: str = "NORMAL",
         busy_timeout_s: float = 30.0,
         compression: bool | str | None = None,
+        read_only: bool = False,
     ) -> None:
-        """``db_path`` (or ``path``): the database file. ``table_name``: the checkpoints table of this
+        """``db_path`` (or ``path``): the database file. ``read_only``: open an existing database for
+        reading only (no schema change, nothing written; every write raises ``BackendError``). ``table_name``: the checkpoints table of this
         store; other stores in the same file under other names are independent (``schema``). The default
         keeps the tables every earlier version used. ``compression`` (True = "gzip", "zstd"): how a
         config given this object compresses checkpoints when it does not say itself (``codec_choices``)."""
@@ -86,7 +88,8 @@ class SQLiteBackend(LocalBackend):
         if not isinstance(busy_timeout_s, (int, float)) or busy_timeout_s < 0:
             raise ConfigError(f"sqlite backend option busy_timeout_s must be >= 0, got {busy_timeout_s!r}")
         self.synchronous = mode
-        key, shared = share_connection(self.path, mode, busy_timeout_s, self.tables)
+        self.read_only = bool(read_only)
+        key, shared = share_connection(self.path, mode, busy_timeout_s, self.tables, read_only=self.read_only)
         self._conn = shared.conn
         self._lock = shared.lock
         self._numbers = shared.numbers[self.tables["migrations"]]
@@ -109,11 +112,11 @@ class SQLiteBackend(LocalBackend):
             raise ConfigError(
                 f"sqlite backend URL {mask_url(url)!r} is not a database file path; use memory:// for an in-process store"
             )
-        unknown = set(options) - {"synchronous", "busy_timeout_s", "table_name", "compression"}
+        unknown = set(options) - {"synchronous", "busy_timeout_s", "table_name", "compression", "read_only"}
         if unknown:
             raise ConfigError(
                 f"unknown sqlite backend option(s) {', '.join(sorted(unknown))}; known: synchronous, "
-                "busy_timeout_s, table_name, compression"
+                "busy_timeout_s, table_name, compression, read_only"
             )
         return cls(os.path.expanduser(location), **options)  # type: ignore[arg-type]
 
@@ -135,6 +138,8 @@ class SQLiteBackend(LocalBackend):
     def _failed(self, what: str, exc: sqlite3.Error) -> BackendError:
         if isinstance(exc, sqlite3.ProgrammingError) and "closed" in str(exc):
             return BackendError(f"sqlite backend {self.path!r} is closed; open a new backend to {what}")
+        if self.read_only and "readonly" in str(exc):
+            return BackendError(f"sqlite backend {self.path!r} was opened read-only; it cannot {what}")
         return BackendError(f"sqlite backend {self.path!r} failed to {what}: {exc}")
 
     def _read_lease(self, execution_id: str) -> Lease | None:
@@ -348,6 +353,8 @@ class SQLiteBackend(LocalBackend):
         """Checkpoint the write-ahead log into the database and truncate it: pages a delete or a replace
         freed are zeroed in the database file (``secure_delete``, see ``connections``), but the log
         still holds the frames written before. Waits for other processes' readers (busy timeout)."""
+        if self.read_only:
+            raise BackendError(f"sqlite backend {self.path!r} was opened read-only; it cannot scrub its log")
         with self._lock:
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
@@ -357,6 +364,8 @@ class SQLiteBackend(LocalBackend):
     # -- leases -------------------------------------------------------------------------------------
     def _write_transaction(self, what: str, change: Any) -> Any:
         """``change(conn)`` inside one ``BEGIN IMMEDIATE`` transaction; rolled back if it raises."""
+        if self.read_only:
+            raise BackendError(f"sqlite backend {self.path!r} was opened read-only; it cannot {what}")
         with self._lock:
             conn = self._conn
             try:

@@ -78,23 +78,27 @@ def _closed_connection() -> sqlite3.Connection:
 
 
 def share_connection(
-    path: str, synchronous: str, busy_timeout_s: float, tables: Mapping[str, str] = DEFAULT_TABLES
+    path: str, synchronous: str, busy_timeout_s: float, tables: Mapping[str, str] = DEFAULT_TABLES,
+    *, read_only: bool = False,
 ) -> tuple[tuple, _SharedConnection]:
     """The shared connection to ``path`` with these settings (opened if this process has none), with
-    one more user and the store with these ``tables`` migrated; its registry key, for ``_release_connection``."""
+    one more user and the store with these ``tables`` migrated (``read_only``: checked to need no
+    migration); its registry key, for ``_release_connection``."""
     # (the pid: a connection must never be used in a forked child)
-    key = (os.getpid(), os.path.realpath(path), synchronous, busy_timeout_s)
+    key = (os.getpid(), os.path.realpath(path), synchronous, busy_timeout_s, read_only)
     store = tables["migrations"]
     with _SHARED_LOCK:
         shared = _SHARED.get(key)
         if shared is None:
-            shared = _SHARED[key] = _SharedConnection(_connect_retrying(path, synchronous, busy_timeout_s, tables))
+            conn = (_connect_read_only(path, busy_timeout_s, tables) if read_only
+                    else _connect_retrying(path, synchronous, busy_timeout_s, tables))
+            shared = _SHARED[key] = _SharedConnection(conn)
             shared.migrated.add(store)
         shared.users += 1
     try:
         if store not in shared.migrated:  # another store in a file this process has open already
             with shared.lock:
-                _migrate(shared.conn, path, tables)
+                (_check_migrated if read_only else _migrate)(shared.conn, path, tables)
                 shared.migrated.add(store)
     except BaseException:
         _release_connection(key, shared)
@@ -159,6 +163,56 @@ def _connect(path: str, synchronous: str, busy_timeout_s: float, tables: Mapping
         conn.close()
         raise
     return conn
+
+
+def _connect_read_only(path: str, busy_timeout_s: float, tables: Mapping[str, str]) -> sqlite3.Connection:
+    """Open for reading only: no WAL switch, no migration, no page written (SQLite itself refuses a
+    write: "attempt to write a readonly database").
+
+    ``mode=ro`` reads alongside live writers through the WAL index, which SQLite may have to create
+    (``-wal``/``-shm``) next to the file. Where it cannot (a read-only directory or file system) and
+    no ``-wal`` file says a writer has the database open, the file is read as ``immutable``: then
+    nothing at all is created or locked."""
+    from pathlib import Path
+    from urllib.parse import quote
+
+    if os.path.isdir(path):
+        raise BackendError(f"sqlite backend path {path!r} is a directory; point it at a database file inside it")
+    if not os.path.exists(path):
+        raise BackendError(f"no sqlite checkpoint database at {path!r} (opened read-only, so none is created)")
+    if _size(path) < MIN_DATABASE_SIZE:
+        raise BackendError(f"{path!r} is not a SQLite database (too short); it was left untouched")
+    absolute = Path(path).absolute()
+    coordinated = os.path.exists(f"{absolute}-wal") or os.access(absolute.parent, os.W_OK)
+    uri = f"file:{quote(str(absolute))}?{'mode=ro' if coordinated else 'immutable=1'}"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise BackendError(f"cannot open sqlite checkpoint database {path!r} read-only: {exc}") from exc
+    try:
+        _check_migrated(conn, path, tables)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise _unusable(path, exc) from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _check_migrated(conn: sqlite3.Connection, path: str, tables: Mapping[str, str]) -> None:
+    """A read-only open cannot bring an older schema up to date: say so instead of misreading it."""
+    from sqlite_utils import Database
+
+    from .schema import _migrations
+
+    db = Database(conn, execute_plugins=False, recursive_triggers=False)
+    pending = [m.name for m in _migrations(tables).pending(db)]
+    if pending:
+        raise BackendError(
+            f"sqlite checkpoint database {path!r} (store {tables['checkpoints']!r}) needs schema changes "
+            f"({', '.join(pending)}) that a read-only open cannot make; open it once where it can be written"
+        )
 
 
 def _migrate(conn: sqlite3.Connection, path: str, tables: Mapping[str, str]) -> None:
