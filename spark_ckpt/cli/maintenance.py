@@ -130,7 +130,8 @@ def _prune_report(args: argparse.Namespace, out: TextIO, headers: list[Any], pro
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     from ..transfer import export_checkpoints
 
-    src = open_store(args.source)
+    args.source = args.source or store_url(args)
+    src = open_store(args.source, read_only=args.read_only, inspect=True)
     try:
         dst = open_store(args.target, must_exist=False)
     except BaseException:

@@ -73,7 +73,8 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
-        parser.exit(0, version_text() + "\n")
+        print(version_text())  # (to stdout: it is the answer, not a diagnostic)
+        parser.exit(0)
 
 
 def version_text() -> str:
@@ -194,7 +195,8 @@ def add_demo_command(sub: Any) -> None:
 def add_maintenance_commands(sub: Any) -> None:
     if _module_exists("spark_ckpt.transfer"):
         p = sub.add_parser("export", help="copy checkpoints from one store to another, verifying each")
-        p.add_argument("--from", dest="source", metavar="URL", required=True, help="source store URL")
+        p.add_argument("--from", dest="source", metavar="URL", default=None,
+                       help="source store URL (default: the --store one)")
         p.add_argument("--to", dest="target", metavar="URL", required=True, help="destination store URL")
         p.add_argument("--graph", metavar="ID", help="only this graph id")
         p.set_defaults(func=cmd_export)

@@ -182,7 +182,7 @@ def _connect_read_only(path: str, busy_timeout_s: float, tables: Mapping[str, st
         raise BackendError(f"no sqlite checkpoint database at {path!r} (opened read-only, so none is created)")
     if _size(path) < MIN_DATABASE_SIZE:
         raise BackendError(f"{path!r} is not a SQLite database (too short); it was left untouched")
-    absolute = Path(path).absolute()
+    absolute = Path(os.path.realpath(path))  # (also one leading slash: "//x" would read as a URI authority)
     coordinated = os.path.exists(f"{absolute}-wal") or os.access(absolute.parent, os.W_OK)
     uri = f"file:{quote(str(absolute))}?{'mode=ro' if coordinated else 'immutable=1'}"
     try:
