@@ -1,31 +1,47 @@
 """``spark-ckpt``: inspect, verify and prune stored checkpoints, and run the crash-recovery demo.
 
-    spark-ckpt [--store URL] list [--graph ID] [--execution ID] [--limit N] [--executions] [--json]
-    spark-ckpt [--store URL] show CHECKPOINT_ID [--json]
-    spark-ckpt [--store URL] stats [--graph ID] [--execution ID] [--limit N] [--json]
-    spark-ckpt [--store URL] verify [--graph ID]
-    spark-ckpt [--store URL] prune [--graph ID] [--keep N] [--max-age SECONDS] [--dry-run]
-    spark-ckpt [--store URL] approvals list [--graph ID] [--all] [--json]
-    spark-ckpt [--store URL] approvals approve|reject APPROVAL_ID [--by NAME] [--notes TEXT] [--graph ID]
+    spark-ckpt list [--graph ID] [--execution ID] [--limit N] [--executions]
+    spark-ckpt show CHECKPOINT_ID | FILE.ckpt          (a file written by save_checkpoint(): no store needed)
+    spark-ckpt stats [--graph ID] [--execution ID] [--limit N]
+    spark-ckpt verify [--graph ID]
+    spark-ckpt prune [--graph ID] [--keep N] [--max-age SECONDS] [--dry-run] [--yes]
+    spark-ckpt approvals list [--graph ID] [--all]
+    spark-ckpt approvals approve|reject APPROVAL_ID [--by NAME] [--notes TEXT] [--graph ID]
     spark-ckpt demo [--store URL] [--crash-after N] [--work-dir DIR]
-    spark-ckpt [--store URL] rekey [--graph ID]                  (re-encrypt under the active key)
-    spark-ckpt export --from URL --to URL [--graph ID]          (when spark_ckpt.transfer is installed)
+    spark-ckpt rekey [--graph ID]                      (re-encrypt under the active key)
+    spark-ckpt export [--from URL] --to URL [--graph ID] (when spark_ckpt.transfer is installed)
+    spark-ckpt --version
 
-Encrypted stores: keys come from ``SPARK_CKPT_KEYS`` / ``SPARK_CKPT_ACTIVE_KEY`` as for the library, or
-from ``--keys-env NAME`` and ``--active-key ID``; ``--allow-plaintext`` also reads unencrypted ones.
+Global options, accepted before or after the command: ``--store URL``, ``--json`` (every command but
+``demo``), ``--read-only``, ``--color auto|always|never`` / ``--no-color``, ``--debug``, and the key
+options ``--keys-env NAME``, ``--active-key ID``, ``--allow-plaintext`` (keys otherwise come from
+``SPARK_CKPT_KEYS`` / ``SPARK_CKPT_ACTIVE_KEY`` as for the library).
 
-The store defaults to ``$SPARK_CKPT_STORE``, else ``sqlite://./checkpoints.db``. Spark is only
-imported by ``demo``: the other commands start in well under a second.
+The store defaults to ``$SPARK_CKPT_STORE``, else ``sqlite://./checkpoints.db``. The inspecting commands
+(``list``, ``show``, ``stats``, ``verify``, ``approvals list``, ``prune --dry-run``, ``export``'s source)
+open a store they cannot write read-only, so a store on a read-only file system or without write
+permission can still be looked at; ``--read-only`` forces that for any command. Spark is only imported
+by ``demo``, ``rich`` only when a table or progress bar is drawn.
 
-Exit codes: 0 success, 1 ``verify`` found unreadable checkpoints (or the demo failed), 2 any error
-(one ``spark-ckpt: error: ...`` line on stderr, no traceback). ``spark-ckpt --debug COMMAND ...`` prints
-the traceback instead of that line.
+Output: tables and progress bars through ``rich`` (``terminal``): colour and a live bar on a terminal
+only; in a pipe or log, plain lines and a progress line per tenth of the work. A reader closing the
+pipe early (``spark-ckpt list | head -1``) ends the command quietly with exit code 141.
 
-Where things are: ``parser`` (the options, and which function runs each command), ``inspection``
-(``list``, ``show``, ``verify``: read only), ``overhead`` (``stats``: write times, read only), ``approvals`` (approval requests of waiting executions), ``maintenance`` (``prune``, ``export``, ``rekey``: change
-stores), ``stores`` (opening a store and a codec from the options), ``output`` (tables, previews,
-JSON, progress bars). The demo is ``spark_ckpt.demo``, which never imports this package; the
-conventions both command lines share are in ``spark_ckpt.command_line``.
+``prune`` shows what it would delete as one row per execution (graph, execution, checkpoints, bytes),
+then asks on a terminal; ``--yes`` deletes without asking; with stdin not a terminal and no ``--yes``
+it refuses (exit 2) and deletes nothing. It deletes only checkpoints the plan it showed listed.
+
+Exit codes: 0 success, 1 ``verify`` found unreadable checkpoints (or the demo failed, or a prune was
+declined), 2 any error (one ``spark-ckpt: error: ...`` line on stderr, no traceback), 141 the output
+pipe was closed early. ``--debug`` prints the traceback instead of that line.
+
+Where things are: ``parser`` (the options, and which function runs each command: see ``build_parser``
+to add one), ``inspection`` (``list``, ``show``, ``verify``: read only), ``overhead`` (``stats``: write
+times, read only), ``approvals`` (approval requests of waiting executions), ``maintenance``
+(``prune``, ``export``, ``rekey``: change stores), ``stores`` (opening a store and a codec from the
+options), ``output`` (tables, previews, JSON), ``terminal`` (colour, progress, prompts). The demo is
+``spark_ckpt.demo``, which never imports this package; the conventions both command lines share are in
+``spark_ckpt.command_line``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,16 @@ Invariants: option names, defaults and help texts are the command line's interfa
 parser imports no command's dependencies, only the demo's light option definitions
 (``spark_ckpt.demo.command``), so ``--help`` and every command but ``demo`` start without asyncio or
 Spark. Commands backed by optional modules (``export``, ``rekey``) appear only when those modules
-are installed.
+are installed. The global options (``add_global_options``) are accepted before or after any command,
+nested ones included: every subcommand's parser is a ``CommandParser``.
+
+Adding a command: write ``add_commands(sub)`` next to the command (``p = sub.add_parser(name,
+help=...)``, its own options, ``p.set_defaults(func=handler)`` with ``handler(args, out) -> int``)
+and list it in ``COMMANDS``. ``--json``, ``--store`` and the others come with ``sub.add_parser``; read
+them as ``args.json``, ``args.store`` ... (don't declare them again; if a command does, it still
+works). Print results to ``out`` with ``output.table`` / ``print_json``, progress with
+``output.ProgressBar``, and open the store with ``stores.open_for(args, inspect=True)`` when the
+command only reads.
 """
 
 from __future__ import annotations
