@@ -396,7 +396,7 @@ def test_retained_checkpoints_all_read_back(tmp_path: Path) -> None:
 
     verify = store.cli("verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    prune = store.cli("prune", "--keep", "2")
+    prune = store.cli("prune", "--keep", "2", "--yes")
     assert prune.returncode == 0, prune.stderr
     code, out, _ = store.work("offsets")
     assert code == 0, out
