@@ -45,6 +45,7 @@ from ..model import COMPLETED, CheckpointHeader, GraphCheckpoint, Lease, new_id
 from ..plugins import Hooks
 from .graph_checkpoints import CheckpointAccess
 from .graph_gates import store_resolutions_made_in_spark
+from .graph_history import StateHistoryAccess
 from .graph_run import GraphRunner
 from .graph_state import (
     check_replayable, dump_run_input, install_context_create_checkpoint, load_message, restore_into_graph, task_type,
@@ -57,7 +58,7 @@ from .structure import node_keys, ordered_nodes, structure_digest
 log = logging.getLogger("spark_ckpt.graph")
 
 
-class CheckpointedGraph(CheckpointAccess):
+class CheckpointedGraph(CheckpointAccess, StateHistoryAccess):
     """A Spark graph wrapped for checkpointing and recovery. See the module docstring.
 
     ``graph_id`` names the workflow across processes (default: the graph's user-set id, else its
