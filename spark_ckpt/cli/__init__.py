@@ -1,7 +1,8 @@
 """``spark-ckpt``: inspect, verify and prune stored checkpoints, and run the crash-recovery demo.
 
     spark-ckpt [--store URL] list [--graph ID] [--execution ID] [--limit N] [--executions] [--json]
-    spark-ckpt [--store URL] show CHECKPOINT_ID [--json]
+    spark-ckpt [--store URL] show CHECKPOINT_ID [--whole] [--json]
+    spark-ckpt [--store URL] diff A B [--json]                  (state, node and visit changes from A to B)
     spark-ckpt [--store URL] stats [--graph ID] [--execution ID] [--limit N] [--json]
     spark-ckpt [--store URL] verify [--graph ID]
     spark-ckpt [--store URL] prune [--graph ID] [--keep N] [--max-age SECONDS] [--dry-run]
@@ -22,7 +23,7 @@ Exit codes: 0 success, 1 ``verify`` found unreadable checkpoints (or the demo fa
 the traceback instead of that line.
 
 Where things are: ``parser`` (the options, and which function runs each command), ``inspection``
-(``list``, ``show``, ``verify``: read only), ``overhead`` (``stats``: write times, read only), ``approvals`` (approval requests of waiting executions), ``maintenance`` (``prune``, ``export``, ``rekey``: change
+(``list``, ``show``, ``verify``: read only), ``history`` (``show --whole``, ``diff``: read only), ``overhead`` (``stats``: write times, read only), ``approvals`` (approval requests of waiting executions), ``maintenance`` (``prune``, ``export``, ``rekey``: change
 stores), ``stores`` (opening a store and a codec from the options), ``output`` (tables, previews,
 JSON, progress bars). The demo is ``spark_ckpt.demo``, which never imports this package; the
 conventions both command lines share are in ``spark_ckpt.command_line``.

@@ -69,6 +69,10 @@ def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
     from ..codec import to_data
     from ..model import GraphCheckpoint
 
+    if getattr(args, "whole", False):
+        from .history import show_whole
+
+        return show_whole(args, out)
     backend = open_store(store_url(args))
     try:
         stored = backend.get(args.checkpoint_id)

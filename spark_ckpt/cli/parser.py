@@ -16,6 +16,7 @@ from typing import TextIO
 from ..command_line import PROG, Parser, add_debug_option, positive_float, positive_int
 from ..demo.command import add_options as add_demo_options
 from .approvals import add_commands as add_approval_commands
+from .history import add_commands as add_history_commands, add_show_options
 from .inspection import cmd_list, cmd_show, cmd_verify
 from .maintenance import cmd_export, cmd_prune, cmd_rekey
 from .overhead import cmd_stats
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="print a readable summary of one checkpoint")
     p.add_argument("checkpoint_id", metavar="CHECKPOINT_ID")
     p.add_argument("--json", action="store_true", help="print the decoded checkpoint as JSON")
+    add_show_options(p)
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("stats", help="what checkpointing cost each execution: checkpoints, bytes, write times "
@@ -92,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prune)
 
     add_approval_commands(sub)
+    add_history_commands(sub)
 
     p = sub.add_parser(
         "demo", help="run a Spark workflow, SIGKILL its worker mid-run, recover in a new process, compare"
