@@ -57,8 +57,12 @@ class Finish(Node):
         return {"total": total, "count": await context.graph_state.get("count")}
 
 
-def looping() -> Graph:
+INITIAL = {"scratch": "x", "count": 0, "total": 0, "log": []}
+
+
+def looping(initial_state: dict | None = None) -> Graph:
+    """tick (self-loop, ``n`` times) -> finish; ``initial_state``: what a bare run starts from."""
     tick, finish = Tick(id="tick"), Finish(id="finish")
     tick.on(done=False) >> tick
     tick.on(done=True) >> finish
-    return Graph(start=tick, initial_state={"scratch": "x", "count": 0, "total": 0, "log": []})
+    return Graph(start=tick, initial_state=copy.deepcopy(INITIAL if initial_state is None else initial_state))
