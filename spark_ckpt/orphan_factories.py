@@ -73,6 +73,8 @@ class WrapperFactory:
         #: graph id -> zero-argument factory; None when ``factory(graph_id)`` decides per id
         self.by_id: dict[str, Callable[[], Any]] | None = None
         self.per_id: Callable[[str], Any] | None = None
+        #: graph ids ``factory(graph_id)`` returned None for: not asked again
+        self.unknown: set[str] = set()
         #: a wrapper built to learn a zero-argument factory's graph id (and store), not yet used
         self._spare: dict[str, Any] = {}
         if isinstance(factory, Mapping):
@@ -98,6 +100,10 @@ class WrapperFactory:
         """The graph ids served, or None when ``factory(graph_id)`` decides for each id."""
         return None if self.by_id is None else sorted(self.by_id)
 
+    def serves(self, graph_id: str) -> bool:
+        """False for a graph id this factory does not serve (as far as is known before building)."""
+        return graph_id not in self.unknown if self.by_id is None else graph_id in self.by_id
+
     def learned_config(self) -> Any:
         """The config of the wrappers a zero-argument factory or mapping builds (the store to scan when
         none was given), or None."""
@@ -114,7 +120,10 @@ class WrapperFactory:
             return spare
         if self.per_id is not None:
             made = self.per_id(graph_id)
-            return None if made is None else self._checked(made, graph_id)
+            if made is None:
+                self.unknown.add(graph_id)
+                return None
+            return self._checked(made, graph_id)
         assert self.by_id is not None
         maker = self.by_id.get(graph_id)
         return None if maker is None else self._checked(maker(), graph_id)

@@ -186,7 +186,9 @@ class OrphanWorker:
             async with slots:
                 return await self._handle(head, batches)
 
-        return list(await asyncio.gather(*(one(h) for h in heads)))
+        start = len(self.outcomes)
+        await asyncio.gather(*(one(h) for h in heads))
+        return self.outcomes[start:]
 
     async def serve(self, poll_s: float) -> None:
         """Sweep every ``poll_s`` seconds, starting a recovery as soon as a slot is free, until cancelled."""
@@ -240,8 +242,8 @@ class OrphanWorker:
         kind = "task batch" if is_batch else head.kind
         base_id = graph_id[: -len(BATCHES)] if is_batch else graph_id
 
-        def outcome(result: str, reason: str, detail: str, **kw: Any) -> OrphanOutcome:
-            return OrphanOutcome(execution_id, graph_id, kind, result, reason, detail, **kw)
+        def outcome(what: str, reason: str, detail: str, **kw: Any) -> OrphanOutcome:
+            return OrphanOutcome(execution_id, graph_id, kind, what, reason, detail, **kw)
 
         if head.status == WAITING:
             return outcome(SKIPPED, "waiting", "waits at an approval gate for a person (`spark-ckpt approvals`), "
@@ -254,8 +256,10 @@ class OrphanWorker:
             if cause not in INTERRUPTIONS:
                 return outcome(SKIPPED, "failed", f"its run failed ({cause or 'error unknown'}) and the error went to "
                                                   "its caller; include_failed=True (--include-failed) recovers it")
-        if self.wrappers.known_ids is not None and base_id not in self.wrappers.known_ids:
-            return outcome(SKIPPED, "unknown-graph", f"the factory serves {', '.join(map(repr, self.wrappers.known_ids))}")
+        if not self.wrappers.serves(base_id):
+            known = self.wrappers.known_ids
+            return outcome(SKIPPED, "unknown-graph", f"the factory serves {', '.join(map(repr, known))}" if known
+                           else f"the factory returned None for graph {base_id!r}")
 
         # The lease decides: held by a live worker -> not an orphan. Claimed here only to see that;
         # released at once, and the wrapper claims it again for its own run (another worker taking it
