@@ -8,6 +8,7 @@
     spark-ckpt [--store URL] prune [--graph ID] [--keep N] [--max-age SECONDS] [--dry-run]
     spark-ckpt [--store URL] approvals list [--graph ID] [--all] [--json]
     spark-ckpt [--store URL] approvals approve|reject APPROVAL_ID [--by NAME] [--notes TEXT] [--graph ID]
+    spark-ckpt [--store URL] worker MODULE:FACTORY [--once] [--concurrency N] [--graph ID]... [--json]
     spark-ckpt demo [--store URL] [--crash-after N] [--work-dir DIR]
     spark-ckpt [--store URL] rekey [--graph ID]                  (re-encrypt under the active key)
     spark-ckpt export --from URL --to URL [--graph ID]          (when spark_ckpt.transfer is installed)

@@ -21,6 +21,7 @@ from .inspection import cmd_list, cmd_show, cmd_verify
 from .maintenance import cmd_export, cmd_prune, cmd_rekey
 from .overhead import cmd_stats
 from .stores import DEFAULT_STORE, STORE_ENV
+from .worker import add_command as add_worker_command
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_approval_commands(sub)
     add_history_commands(sub)
+    add_worker_command(sub)
 
     p = sub.add_parser(
         "demo", help="run a Spark workflow, SIGKILL its worker mid-run, recover in a new process, compare"
