@@ -55,7 +55,8 @@ class OrphanOutcome:
     "failed" (continued, and the run raised: ``error``), "refused" (spark-ckpt refused to continue it
     before anything ran, e.g. ``UnsafeToRetryError``, or the factory failed: ``error``), "skipped".
     ``reason`` (a skip's): "owned" (a live worker holds it), "waiting", "failed", "in-batch",
-    "unknown-graph", "not-newest" (an agent's older run), "completed" (finished meanwhile).
+    "unknown-graph", "not-newest" (an agent's older run), "completed" (finished meanwhile), "not-started"
+    (an ``update_state()`` fork nobody continued yet).
     """
 
     execution_id: str
@@ -251,6 +252,9 @@ class OrphanWorker:
         batch = next((b for b in batches if execution_id.startswith(b + ".")), None) if not is_batch else None
         if batch is not None:
             return outcome(SKIPPED, "in-batch", f"a task of unfinished task batch {batch}: recovered with that batch")
+        if head.seq == 0 and head.kind != AGENT and self._is_unstarted_edit(head):
+            return outcome(SKIPPED, "not-started", "an update_state() fork nobody has continued yet: it waits for "
+                                                   "continue_from_checkpoint(), not for a worker")
         if head.status == FAILED and not self.include_failed:
             cause = self._failure_cause(head)
             if cause not in INTERRUPTIONS:
@@ -335,6 +339,18 @@ class OrphanWorker:
         if head is not None:
             self.codec.index_tags.check(head)  # with encryption on, an index entry must authenticate
         return head
+
+    def _is_unstarted_edit(self, head: CheckpointHeader) -> bool:
+        """Whether the execution is only the start record ``update_state()`` wrote (a state edit to be
+        continued by a person, never run by a worker on its own)."""
+        try:
+            from .engine.records import decode_record
+
+            stored = self.backend.get(head.checkpoint_id)
+            return "state_update" in decode_record(self.codec, stored.blob, stored.header).extras
+        except Exception:
+            log.debug("could not read the start record of execution %s", head.execution_id, exc_info=True)
+            return False
 
     def _failure_cause(self, head: CheckpointHeader) -> str | None:
         """The error type a failed execution's newest record names, or None if it cannot be read here."""

@@ -314,3 +314,19 @@ def test_a_factory_on_another_store_is_refused_before_anything_runs(tmp_path: Pa
     (outcome,) = asyncio.run(recover_orphans(orphan_factories.build, CheckpointConfig(backend=url)))
     assert (outcome.outcome, outcome.reason) == ("refused", "ConfigError") and "same store" in outcome.detail
     assert graphs.CALLS == [] and statuses(url) == {"orphan-w": RUNNING}
+
+
+def test_an_update_state_fork_waits_for_a_person_not_for_a_worker(tmp_path: Path, monkeypatch) -> None:
+    """A state edit (update_state) is an unfinished execution nobody runs yet; its creator is gone, yet a
+    worker leaves it to continue_from_checkpoint()."""
+    url = f"sqlite:///{tmp_path}/ckpt.db"
+    monkeypatch.setenv("SPARK_CKPT_STORE", url)
+    graph = orphan_factories.build("orphan-e")
+    asyncio.run(graph.run({"n": 1}))
+    at = next(iter(graph.get_state_history()))
+    fork = graph.update_state(at.checkpoint_id, {"edited": True})
+    graph.backend.release_lease(graph.backend.acquire_lease(fork.execution_id, "someone-else", 60))
+    graphs.CALLS.clear()
+    outcomes = asyncio.run(recover_orphans({"orphan-e": lambda: orphan_factories.build("orphan-e")}))
+    assert [(o.execution_id, o.outcome, o.reason) for o in outcomes] == [(fork.execution_id, "skipped", "not-started")]
+    assert graphs.CALLS == []
