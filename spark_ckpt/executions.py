@@ -45,17 +45,17 @@ def check_execution_id(execution_id: Any, backend: Any, graph_id: str) -> str:
             f"execution_id {execution_id[:30]!r}... is {size} bytes long in UTF-8; at most {MAX_EXECUTION_ID_BYTES} "
             "are allowed. Use a shorter name (a hash of a long key, for instance)"
         )
+    if unicodedata.normalize("NFC", execution_id) != execution_id:
+        raise ConfigError(
+            f"execution_id {execution_id!r} is not in Unicode normal form C, so the same name typed again "
+            "could be another id; pass unicodedata.normalize('NFC', name)"
+        )
     bad = sorted({c for c in execution_id if not (c.isalnum() or c in ID_PUNCTUATION)})
     if bad:
         shown = ", ".join(repr(c) if c.isprintable() else f"U+{ord(c):04X}" for c in bad[:5])
         raise ConfigError(
             f"execution_id {execution_id!r} holds {shown}: an execution id is made of letters, digits and "
             f"{' '.join(ID_PUNCTUATION)} only (stores key and escape it alike); replace the other characters"
-        )
-    if unicodedata.normalize("NFC", execution_id) != execution_id:
-        raise ConfigError(
-            f"execution_id {execution_id!r} is not in Unicode normal form C, so the same name typed again "
-            "could be another id; pass unicodedata.normalize('NFC', name)"
         )
     last = 2**31 - 1  # the highest seq a store must hold: the longest checkpoint id this execution gets
     probe = CheckpointHeader(canonical_checkpoint_id(execution_id, last), graph_id, execution_id, last, time.time())
