@@ -227,12 +227,19 @@ def test_a_named_execution_is_recovered_by_name_after_sigkill(tmp_path, mode):
     assert "fetch:0" in out["replayed"] and "fetch:0" not in out["calls_after"]
 
 
-@pytest.mark.parametrize("scheme, durability", [("sqlite", "sync"), ("sqlite", "async"), ("file", "sync")])
-def test_of_three_processes_starting_one_name_exactly_one_runs_it(tmp_path, scheme, durability):
+@pytest.mark.parametrize("scheme, durability, barrier", [
+    ("sqlite", "sync", False), ("sqlite", "sync", True), ("sqlite", "async", True), ("file", "sync", True),
+])
+def test_of_three_processes_starting_one_name_exactly_one_runs_it(tmp_path, scheme, durability, barrier):
+    """Without the barrier the losers mostly find the name taken; with it, all three find it free and
+    race to store the start record: the store lets one start it, the others are told."""
     store_url = f"sqlite:///{tmp_path}/race.db" if scheme == "sqlite" else f"file://{tmp_path}/race"
     go, calls = tmp_path / "go", tmp_path / "calls.txt"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_CKPT_TEST_")}
     env.update(SPARK_CKPT_TEST_CALLS=str(calls), SPARK_CKPT_TEST_DURABILITY=durability)
+    if barrier:
+        (tmp_path / "barrier").mkdir()
+        env["SPARK_CKPT_TEST_BARRIER"] = f"{tmp_path / 'barrier'}:3"
     workers = [subprocess.Popen([sys.executable, str(RACE_WORKER), store_url, "order-1", str(go)], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
     try:
@@ -245,6 +252,8 @@ def test_of_three_processes_starting_one_name_exactly_one_runs_it(tmp_path, sche
     results = [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
     assert [w.returncode for w in workers] == [0, 0, 0], [e[-2000:] for _, e in outs]
     assert sorted(r["outcome"] for r in results) == ["ExecutionExistsError", "ExecutionExistsError", "ran"], results
+    if barrier:
+        assert all("started by another worker at the same time" in r["error"] for r in results if "error" in r)
     assert sorted(read_calls(calls)) == ["s0:0", "s1:0", "s2:0", "s3:0"]  # every visit ran once, in one process
     from spark_ckpt import open_backend
 
