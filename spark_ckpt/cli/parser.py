@@ -15,7 +15,9 @@ from typing import TextIO
 
 from ..command_line import PROG, Parser, add_debug_option, positive_float, positive_int
 from ..demo.command import add_options as add_demo_options
+from ..executions import STATUS_FILTERS
 from .approvals import add_commands as add_approval_commands
+from .executions import STATUS_HELP
 from .history import add_commands as add_history_commands, add_show_options
 from .inspection import cmd_list, cmd_show, cmd_verify
 from .maintenance import cmd_export, cmd_prune, cmd_rekey
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--execution", metavar="ID", help="only this execution id")
     p.add_argument("--limit", metavar="N", type=positive_int, help="at most N rows")
     p.add_argument("--executions", action="store_true", help="one line per execution with its status")
+    p.add_argument("--status", choices=STATUS_FILTERS, default=None, help=STATUS_HELP)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_list)
 

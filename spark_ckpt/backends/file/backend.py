@@ -39,7 +39,7 @@ from ..codec_choices import compression_choice, serializer_choice
 from ..leases import check_fence
 from ..rows import storable
 from .head_files import HeadFiles
-from .layout import _LENGTH_BYTES, LAYOUT_VERSION, MAGIC, MARKER, SUFFIX, StoreLayout, _header_dict
+from .layout import _LENGTH_BYTES, LAYOUT_VERSION, MAGIC, MARKER, SUFFIX, StoreLayout, _header_dict, escape_name
 from .lease_files import LeaseFiles
 from .writes import STALE_TEMP_AGE_S, AtomicWrites
 
@@ -131,6 +131,12 @@ class FileBackend(HeadFiles, LeaseFiles, AtomicWrites, StoreLayout, LocalBackend
             )
 
     # -- checkpoints ----------------------------------------------------------------------------------
+    def check_header(self, header: CheckpointHeader) -> None:
+        """Refuses (``BackendError``) ids that cannot be file names here once escaped (too long)."""
+        escape_name(header.graph_id, "graph_id")
+        escape_name(header.execution_id, "execution_id")
+        escape_name(header.checkpoint_id, "checkpoint_id")
+
     def put(self, header: CheckpointHeader, blob: bytes, *, lease: Lease | None = None) -> None:
         h = header
         storable(h, self.describe())
