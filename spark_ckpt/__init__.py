@@ -51,6 +51,7 @@ from .errors import (  # noqa: F401  (re-exported: the whole error hierarchy)
     BudgetExceededError,
     UnsafeToRetryError,
     RestoreConflictError,
+    ExecutionExistsError,
 )
 from .markers import hookimpl
 
@@ -58,8 +59,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "checkpointed", "checkpoint_now", "CheckpointConfig", "hookimpl", "open_backend",
-    "CheckpointedGraph", "CheckpointedAgent", "not_safe_to_rerun", "allow_types",
-    "SparkCkptError", "ConfigError", "UnknownBackendError", "BackendError", "CheckpointNotFoundError", "CheckpointInUseError", "DuplicateCheckpointError", "GraphMismatchError", "CodecError", "EncodeError", "UntrustedTypeError", "CorruptCheckpointError", "CorruptIndexError", "UnsupportedFormatError", "NotACheckpointError", "ChecksumMismatchError", "TruncatedCheckpointError", "TamperedCheckpointError", "CheckpointSwappedError", "DecompressionLimitError", "EncryptionKeyError", "MissingKeyError", "WrongKeyError", "PlaintextRefusedError", "PickleRefusedError", "UnsignedPickleError", "PickleSignatureError", "InvalidKeyError", "RekeyError", "NothingToRecoverError", "UnrecoverableExecutionError", "MissingCheckpointError", "RecoveryDivergedError", "LeaseError", "ExecutionCompletedError", "PluginError", "RunStopped", "BudgetExceededError", "UnsafeToRetryError", "RestoreConflictError",
+    "CheckpointedGraph", "CheckpointedAgent", "not_safe_to_rerun", "allow_types", "recover_orphans",
+    "SparkCkptError", "ConfigError", "UnknownBackendError", "BackendError", "CheckpointNotFoundError", "CheckpointInUseError", "DuplicateCheckpointError", "GraphMismatchError", "CodecError", "EncodeError", "UntrustedTypeError", "CorruptCheckpointError", "CorruptIndexError", "UnsupportedFormatError", "NotACheckpointError", "ChecksumMismatchError", "TruncatedCheckpointError", "TamperedCheckpointError", "CheckpointSwappedError", "DecompressionLimitError", "EncryptionKeyError", "MissingKeyError", "WrongKeyError", "PlaintextRefusedError", "PickleRefusedError", "UnsignedPickleError", "PickleSignatureError", "InvalidKeyError", "RekeyError", "NothingToRecoverError", "UnrecoverableExecutionError", "MissingCheckpointError", "RecoveryDivergedError", "LeaseError", "ExecutionCompletedError", "PluginError", "RunStopped", "BudgetExceededError", "UnsafeToRetryError", "RestoreConflictError", "ExecutionExistsError",
 ]
 
 
@@ -130,6 +131,10 @@ def __getattr__(name: str) -> Any:
         from .codec.values import allow_types
 
         return allow_types
+    if name == "recover_orphans":
+        from .orphans import recover_orphans
+
+        return recover_orphans
     if name == "CheckpointedAgent":
         from .adapters.agent import CheckpointedAgent
 

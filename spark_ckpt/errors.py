@@ -130,6 +130,12 @@ class NothingToRecoverError(SparkCkptError):
     """``recover_and_continue()`` found no unfinished execution; it never silently starts afresh."""
 
 
+class ExecutionExistsError(SparkCkptError):
+    """``run(execution_id=...)`` named an execution the store already holds (execution ids are unique in
+    a store, across graph ids); nothing ran. Choose another id, or continue an unfinished one with
+    ``recover_and_continue(execution_id=...)`` (or ``run(..., resume=True)``)."""
+
+
 class UnrecoverableExecutionError(SparkCkptError):
     """The execution cannot be continued from what the store holds (no checkpoint of it verifies);
     nothing was run. Continue from an intact checkpoint you choose, or start a new run."""

@@ -4,6 +4,9 @@
 
 ``run_with_recovery`` uses ``SPARK_CKPT_TEST_RECOVERY_STRATEGY`` (default "last").
 
+``SPARK_CKPT_TEST_EXECUTION_ID`` names the execution: ``run(..., execution_id=...)``, and recovered by that
+name (``recover_and_continue(execution_id=...)``).
+
 Crash cues (environment):
   SPARK_CKPT_TEST_CRASH=node:visit          inside that node visit (tests/graphs.py)
   SPARK_CKPT_TEST_CRASH_AFTER_CKPT=seq      right after checkpoint ``seq`` was committed
@@ -77,13 +80,15 @@ async def main() -> None:
 
         inputs = Task(task_id="nightly-1", inputs=NodeMessage(content=inputs), budget=Budget(max_seconds=60),
                       campaign=CampaignInfo(campaign_id="c1"), metadata={"owner": "ops"}, correlation_id="corr-9")
+    named = os.environ.get("SPARK_CKPT_TEST_EXECUTION_ID")  # a named execution: run, recovered by that name
     if mode == "run":
-        result = await graph.run(inputs)
+        result = await graph.run(inputs, **({"execution_id": named} if named else {}))
     elif mode == "run_with_recovery":
         strategy = os.environ.get("SPARK_CKPT_TEST_RECOVERY_STRATEGY", "last")
-        result = await graph.run_with_recovery(inputs, max_retries=3, strategy=strategy)
+        result = await graph.run_with_recovery(inputs, max_retries=3, strategy=strategy,
+                                               **({"execution_id": named} if named else {}))
     else:
-        result = await graph.recover_and_continue()
+        result = await graph.recover_and_continue(**({"execution_id": named} if named else {}))
     report = graph.last_recovery
     state = graph.get_state_snapshot()
     for volatile in ("started_at", "updated_at", "duration_seconds"):  # wall-clock times Spark stamps

@@ -24,6 +24,7 @@ not is in ``spark_ckpt.engine`` (journal, record builder, chain reader, store pa
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from typing import Any, Callable
@@ -39,12 +40,15 @@ from ..engine.record_builder import FULL_HISTORY_EVERY, appended_json as _append
 from ..engine.recovery import RecoveryPlanner, RecoveryReport  # noqa: F401  (RecoveryReport: re-exported)
 from ..codec.values import identical
 from ..errors import (
-    CodecError, ConfigError, NothingToRecoverError, RestoreConflictError, SparkCkptError, UnrecoverableExecutionError,
+    CodecError, ConfigError, DuplicateCheckpointError, ExecutionExistsError, LeaseError, NothingToRecoverError,
+    RestoreConflictError, SparkCkptError, UnrecoverableExecutionError,
 )
+from ..executions import check_execution_id, refuse_existing
 from ..model import COMPLETED, CheckpointHeader, GraphCheckpoint, Lease, new_id
 from ..plugins import Hooks
 from .graph_checkpoints import CheckpointAccess
 from .graph_gates import store_resolutions_made_in_spark
+from .graph_history import StateHistoryAccess
 from .graph_run import GraphRunner
 from .graph_state import (
     check_replayable, dump_run_input, install_context_create_checkpoint, load_message, restore_into_graph, task_type,
@@ -57,7 +61,7 @@ from .structure import node_keys, ordered_nodes, structure_digest
 log = logging.getLogger("spark_ckpt.graph")
 
 
-class CheckpointedGraph(CheckpointAccess):
+class CheckpointedGraph(CheckpointAccess, StateHistoryAccess):
     """A Spark graph wrapped for checkpointing and recovery. See the module docstring.
 
     ``graph_id`` names the workflow across processes (default: the graph's user-set id, else its
@@ -181,30 +185,97 @@ class CheckpointedGraph(CheckpointAccess):
 
     # ------------------------------------------------------------------------------------------
     # running
-    async def run(self, inputs: Any = None) -> Any:
+    async def run(self, inputs: Any = None, *, execution_id: str | None = None, resume: bool = False) -> Any:
         """Run the graph (same result, state and node order as the unwrapped graph), checkpointing it.
 
         ``inputs`` is what Spark's ``Graph.run`` takes: a value, a dict, a ``NodeMessage`` or a Spark
         ``Task`` (its budget, campaign, metadata and ids behave as in bare Spark; the Task is stored
         with the execution, so a recovery re-enters with the same Task).
+
+        ``execution_id`` names the execution (e.g. ``"order-42"``; default: a generated ``ex-...`` id):
+        letters, digits and ``-_.:@+=``, at most 100 bytes (``ConfigError`` otherwise). A name is used
+        once per store, across graph ids: a run named as a stored execution raises
+        ``ExecutionExistsError`` before anything runs, unless ``resume=True`` and it is an execution of
+        this graph run with identical inputs: then an unfinished one is continued (as
+        ``recover_and_continue(execution_id=...)``) and a completed one returns its stored result, run
+        nothing again (``last_recovery.already_completed``). Of two workers starting the same name at
+        once, one runs it and the other gets ``ExecutionExistsError``. Ignored when checkpointing is
+        disabled.
         """
         if not self.config.enabled:
             return await self.graph.run(inputs)
+        if execution_id is not None:
+            check_execution_id(execution_id, self.backend, self.graph_id)
+        elif resume:
+            raise ConfigError(
+                "run(resume=True) needs the execution_id of the run to continue; without a name, "
+                "`recover_and_continue()` continues the newest unfinished execution"
+            )
         if self._restored is not None:  # after restore_from_checkpoint: continue, or refuse; never twice
-            continued = await self._run_after_restore(inputs)
+            continued = await self._run_after_restore(inputs, execution_id)
             if continued is not None:
                 return continued.result
-        if task_type(inputs) in LONG_LIVED_TASK_TYPES:
-            return await self._run_long_lived(inputs)
+        if execution_id is not None:
+            existing = await self._planner.head(execution_id)
+            if existing is not None:
+                return await self._run_existing(existing, inputs, resume=resume)
         runner = self._runner
-        execution = runner.new_execution(new_id("ex-"), dump_run_input(inputs))
-        execution.restore_point = self._restore_point
-        return await runner.execute(execution, inputs, resumed=False)
+        runner.last_started = None
+        if task_type(inputs) in LONG_LIVED_TASK_TYPES:
+            started = self._long_running().run(inputs, execution_id)
+        else:
+            execution = runner.new_execution(execution_id or new_id("ex-"), dump_run_input(inputs))
+            execution.restore_point = self._restore_point
+            execution.named = execution_id is not None
+            started = runner.execute(execution, inputs, resumed=False)
+        try:
+            return await started
+        except (LeaseError, DuplicateCheckpointError) as exc:
+            if execution_id is None or not _lost_the_start(runner, execution_id):
+                raise
+            raise ExecutionExistsError(
+                f"execution {execution_id!r} was started by another worker at the same time ({exc}); it runs "
+                f"there and nothing ran here. `await graph.recover_and_continue(execution_id={execution_id!r}, "
+                "wait=True)` waits for it and returns its result"
+            ) from None
+
+    async def _run_existing(self, head: CheckpointHeader, inputs: Any, *, resume: bool) -> Any:
+        """``run(inputs, execution_id=...)`` of a stored execution: refused, or (``resume``) continued."""
+        execution_id = head.execution_id
+        refuse_existing(head, self.graph_id, resume=resume)
+        stored = self._run_input_of(execution_id)
+        if stored is _UNKNOWN_INPUT:
+            raise ExecutionExistsError(
+                f"execution {execution_id!r} exists, and its start record cannot be read to compare its inputs "
+                f"with these; nothing ran. `await graph.recover_and_continue(execution_id={execution_id!r})` "
+                "continues it (or returns its result) whatever its inputs were"
+            )
+        if not identical(stored, dump_run_input(inputs)):
+            raise ExecutionExistsError(
+                f"execution {execution_id!r} of graph {self.graph_id!r} was started with other inputs than these; "
+                "resume=True only continues a run given the inputs it started with. Nothing ran. Choose another "
+                f"id for a new run, or `await graph.recover_and_continue(execution_id={execution_id!r})`"
+            )
+        log.info("run(execution_id=%r, resume=True): the execution exists (%s); %s", execution_id, head.status,
+                 "returning its stored result" if head.status == COMPLETED else "continuing it")
+        return await self.recover_and_continue(execution_id=execution_id)
+
+    async def list_executions(self, *, status: str | None = None, limit: int | None = None) -> list[Any]:
+        """This graph's executions, newest first, at most ``limit``: ``ExecutionSummary`` records
+        (``execution_id``, ``graph_id``, ``status``, ``started_at``, ``updated_at``, ``checkpoints``,
+        ``last_seq``, ``last_checkpoint``). ``status``: "running", "failed", "waiting", "completed" or
+        "unfinished" (the first three). ``spark_ckpt.executions.list_executions`` lists a whole store."""
+        from ..backends.base import LocalBackend
+        from ..executions import list_executions
+
+        listing = functools.partial(list_executions, self.backend, graph_id=self.graph_id, status=status,
+                                    limit=limit, kind="graph")
+        return listing() if isinstance(self.backend, LocalBackend) else await asyncio.to_thread(listing)
 
     async def run_with_recovery(
         self, inputs: Any = None, *, max_retries: int = 3, strategy: str = "last",
         backoff: float | Callable[[int], float] = 0.0, retry_on: type | tuple[type, ...] = (Exception,),
-        offset: int = 1, resume: bool = True, allow_unsafe_rerun: bool = False,
+        offset: int = 1, resume: bool = True, allow_unsafe_rerun: bool = False, execution_id: str | None = None,
     ) -> Any:
         """``run(inputs)``, and on a failure up to ``max_retries`` recoveries (the guide's "Automatic" and
         "Progressive" recovery; ``graph_recovery_strategies`` has the rules).
@@ -217,12 +288,16 @@ class CheckpointedGraph(CheckpointAccess):
         continue an unfinished execution of this graph run with identical inputs (after a crash).
         Every step is logged and listed in ``last_recovery.steps``; the last error is raised when the
         retries are used up. A node not safe to re-run is never run again (``UnsafeToRetryError``)
-        unless ``allow_unsafe_rerun``; another worker's execution is never run beside it (``LeaseError``)."""
+        unless ``allow_unsafe_rerun``; another worker's execution is never run beside it (``LeaseError``).
+        ``execution_id``: the first run's name (``run(inputs, execution_id=..., resume=resume)``: with
+        ``resume`` a stored execution of that name run with these inputs is continued, or its result
+        returned); retries of strategy "last" continue it, a fork replacing it gets a generated id and
+        recovering the name follows it there."""
         from .graph_recovery_strategies import run_with_recovery
 
         return await run_with_recovery(self, inputs, max_retries=max_retries, strategy=strategy, backoff=backoff,
                                        retry_on=retry_on, offset=offset, resume=resume,
-                                       allow_unsafe_rerun=allow_unsafe_rerun)
+                                       allow_unsafe_rerun=allow_unsafe_rerun, execution_id=execution_id)
 
     async def run_tasks(
         self, scheduler: Any, *, continue_on_error: bool = False, on_task_completed: Any = None,
@@ -366,11 +441,14 @@ class CheckpointedGraph(CheckpointAccess):
     async def recover_and_continue(
         self, *, execution_id: str | None = None, wait: bool | float = False, allow_unsafe_rerun: bool = False
     ) -> Any:
-        """Continue the newest unfinished execution of this graph, or ``execution_id`` (after a failure
-        or a crash).
+        """Continue the newest unfinished execution of this graph, or the one named ``execution_id``
+        (after a failure or a crash; a name given to ``run(inputs, execution_id=...)`` or a generated id
+        from ``list_executions()``, ``last_recovery`` or ``spark-ckpt list --executions``).
 
         Completed visits are replayed from the journal, not executed again. Raises
-        ``NothingToRecoverError`` when there is no unfinished execution (it never starts afresh).
+        ``NothingToRecoverError`` when there is no unfinished execution, or no execution of this graph
+        named ``execution_id`` (it never starts afresh); its message names the unfinished executions the
+        store does hold and ids close to the one asked for.
         If another live worker owns the execution, raises ``LeaseError`` (``wait=True`` or a number of
         seconds: wait for that worker to finish or for its lease to expire instead). An execution that
         has completed (another worker finished it, also while this one waited) is not run again: its
@@ -505,17 +583,18 @@ class CheckpointedGraph(CheckpointAccess):
         if fork:
             refuse_unsafe_fork(self, record, allowed=allow_unsafe_rerun, skips=skips)
 
-    async def _run_after_restore(self, inputs: Any) -> "Continued | None":
+    async def _run_after_restore(self, inputs: Any, execution_id: str | None = None) -> "Continued | None":
         """``run(inputs)`` right after ``restore_from_checkpoint``: the restored record's unfinished run
         with identical inputs is continued (``Continued``), as is the unfinished run with identical
         inputs that started after a restored restore point; a restored unfinished run given other
         inputs is refused; otherwise (a completed run's record, a restore point) None: a new run starts
-        on the restored state."""
+        on the restored state. A run named ``execution_id`` continues only that execution."""
         record = self._restored
         wanted = dump_run_input(inputs)
         if is_restore_point(record):
             later = self._unfinished_after(record)
             if later is not None and identical(self._run_input_of(later.execution_id), wanted):
+                _refuse_other_name(execution_id, later.execution_id, record.checkpoint_id)
                 log.info("run() after restoring %s continues execution %s (same inputs; it had not finished)",
                          record.checkpoint_id, later.execution_id)
                 self._restored = None
@@ -527,6 +606,7 @@ class CheckpointedGraph(CheckpointAccess):
             self._restored = None
             return None
         if identical(record.run_input, wanted):
+            _refuse_other_name(execution_id, record.execution_id, record.checkpoint_id)
             log.info("run() after restoring %s continues its execution %s (same inputs; it had not finished)",
                      record.checkpoint_id, record.execution_id)
             if head.checkpoint_id == record.checkpoint_id:
@@ -611,6 +691,22 @@ class Continued:
 
 
 _UNKNOWN_INPUT = object()  # never identical to a run input
+
+
+def _lost_the_start(runner: GraphRunner, execution_id: str) -> bool:
+    """The named run that just ended stored no record: another worker started that execution first."""
+    started = runner.last_started
+    return started is not None and started.execution_id == execution_id and started.writer.last_blob is None
+
+
+def _refuse_other_name(execution_id: str | None, continued: str, checkpoint_id: str) -> None:
+    if execution_id is not None and execution_id != continued:
+        raise RestoreConflictError(
+            f"checkpoint {checkpoint_id} was restored and run() was given the inputs of its unfinished execution "
+            f"{continued!r}, which it would continue, but named the run {execution_id!r}. Nothing ran. Call "
+            f"run(inputs, execution_id={continued!r}) (or without execution_id) to finish that run, or do not "
+            "restore first to start a new one"
+        )
 
 
 def is_restore_point(record: GraphCheckpoint) -> bool:

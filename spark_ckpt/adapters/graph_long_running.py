@@ -103,10 +103,11 @@ class LongRunningDriver:
             )
 
     # -- entry points --------------------------------------------------------------------------------
-    async def run(self, task: Any) -> Any:
+    async def run(self, task: Any, execution_id: str | None = None) -> Any:
         self.check_supported()
         await self.graph.state.initialize()  # Spark applies initial_state once, here: not over a later restore
-        ex = self.runner.new_execution(new_id("ex-"), dump_run_input(task))
+        ex = self.runner.new_execution(execution_id or new_id("ex-"), dump_run_input(task))
+        ex.named = execution_id is not None
         ledger = MailboxLedger(self._committed_copy())
         initial = {"id": INITIAL, **message_data(task.inputs, {"source": "graph", "kind": "initial"})}
         ledger.enqueue(self.owner.node_key(self.graph.start), initial)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import attrs
 
 from ..codec.values import identical
-from ..errors import ConfigError, LeaseError, RunStopped, SparkCkptError, UnsafeToRetryError
+from ..errors import ConfigError, ExecutionExistsError, LeaseError, RunStopped, SparkCkptError, UnsafeToRetryError
 from ..model import COMPLETED, FAILED, RUNNING, canonical_checkpoint_id, new_id
 from .graph_gates import is_approval_pending
 from .graph_state import dump_run_input
@@ -60,7 +60,7 @@ class RecoveryStep:
 
 
 def _not_retried(exc: BaseException) -> bool:
-    return isinstance(exc, (UnsafeToRetryError, RunStopped)) or is_approval_pending(exc)
+    return isinstance(exc, (UnsafeToRetryError, RunStopped, ExecutionExistsError)) or is_approval_pending(exc)
 
 
 def _delay(backoff: float | Callable[[int], float], attempt: int) -> float:
@@ -88,8 +88,10 @@ class RecoveryLoop:
     """One ``run_with_recovery`` call: the steps taken so far, and the executions a fork replaced."""
 
     def __init__(self, owner: CheckpointedGraph, inputs: Any, strategy: str, offset: int,
-                 allow_unsafe_rerun: bool = False) -> None:
+                 allow_unsafe_rerun: bool = False, execution_id: str | None = None) -> None:
         self.owner = owner
+        #: the name the first run is given (``run(execution_id=...)``); forks get generated ids
+        self.execution_id = execution_id
         self.allow_unsafe_rerun = allow_unsafe_rerun
         self.inputs = inputs
         self.strategy = strategy
@@ -102,12 +104,27 @@ class RecoveryLoop:
         self.history: list[Any] = []
 
     async def first(self, resume: bool) -> Any:
+        if self.execution_id is not None:
+            return await self._first_named(self.execution_id, resume)
         previous = await self._unfinished_with_same_inputs() if resume else None
         if previous is not None:
             self.failed_execution = previous
             return await self._attempt(0, "resume", previous, None, lambda: self.owner.recover_and_continue(
                 execution_id=previous, allow_unsafe_rerun=self.allow_unsafe_rerun))
         return await self._attempt(0, "run", None, None, lambda: self.owner.run(self.inputs))
+
+    async def _first_named(self, name: str, resume: bool) -> Any:
+        """The named run: started, or (``resume``) the stored execution of that name continued by
+        ``run(..., resume=True)``, which refuses one of another graph or run with other inputs."""
+        owner = self.owner
+        head = await owner._planner.head(name) if resume else None
+        if head is not None and head.unfinished:
+            self.failed_execution = name
+            step = "resume"
+        else:
+            step = "run"
+        return await self._attempt(0, step, name if step == "resume" else None, None,
+                                   lambda: owner.run(self.inputs, execution_id=name, resume=resume))
 
     async def retry(self, attempt: int) -> Any:
         if self.failed_execution is None:  # nothing was stored: nothing ran, so run it again
@@ -176,17 +193,22 @@ class RecoveryLoop:
                 start = owner._decode((await owner.backend.aget(canonical_checkpoint_id(head.execution_id, 0))).blob)
             except SparkCkptError:
                 continue  # its start record is gone or unreadable: not this run's, as far as can be told
-            if identical(start.run_input, wanted):
+            # an update_state() fork runs on a changed state: not a run of these inputs to resume
+            if identical(start.run_input, wanted) and "state_update" not in start.extras:
                 return head.execution_id
         return None
 
 
 async def run_with_recovery(
     owner: CheckpointedGraph, inputs: Any, *, max_retries: int, strategy: str, backoff: Any, retry_on: Any,
-    offset: int, resume: bool, allow_unsafe_rerun: bool = False,
+    offset: int, resume: bool, allow_unsafe_rerun: bool = False, execution_id: str | None = None,
 ) -> Any:
     retryable = _check_arguments(strategy, max_retries, backoff, retry_on, offset)
-    loop = RecoveryLoop(owner, inputs, strategy, offset, allow_unsafe_rerun)
+    if execution_id is not None and owner.config.enabled:
+        from ..executions import check_execution_id
+
+        check_execution_id(execution_id, owner.backend, owner.graph_id)
+    loop = RecoveryLoop(owner, inputs, strategy, offset, allow_unsafe_rerun, execution_id)
     attempt = 0
     try:
         try:

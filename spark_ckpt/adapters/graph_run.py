@@ -35,7 +35,9 @@ from ..engine.journal import Journal
 from ..engine.record_builder import RecordBuilder
 from ..engine.recovery import RecoveryReport
 from ..engine.store_path import LeaseRenewer, RecordWriter, RetentionSchedule
-from ..errors import LeaseError, RecoveryDivergedError, SparkCkptError, UnrecoverableExecutionError
+from ..errors import (
+    DuplicateCheckpointError, LeaseError, RecoveryDivergedError, SparkCkptError, UnrecoverableExecutionError,
+)
 from ..events import CheckpointDecision, CheckpointSaved
 from ..model import COMPLETED, FAILED, RUNNING, FailureInfo, GraphCheckpoint, Lease, new_id
 from . import graph_human_input, graph_state
@@ -103,6 +105,8 @@ class Execution:
     #: run is going takes effect from the next run)
     node_hooks: bool = False
     policy_hooks: bool = False
+    #: named by the caller (``run(execution_id=...)``): it must be new in the store when its lease is taken
+    named: bool = False
 
 
 class GraphRunner:
@@ -138,6 +142,8 @@ class GraphRunner:
         self.active: Execution | None = None
         #: the execution the last run or continuation of this graph ran (``run_with_recovery`` follows it)
         self.last_execution_id: str | None = None
+        #: the last execution ``take_up`` was given, even one refused there (a named run that lost a race)
+        self.last_started: Execution | None = None
         #: NodeMessage dumps of the outputs the nodes held when the last run ended
         self._carried: dict[int, tuple[Any, Any]] = {}
         quiet_spark_hook_log()
@@ -214,12 +220,15 @@ class GraphRunner:
                 "a CheckpointedGraph runs one execution at a time (wrap another graph instance for parallel runs)"
             )
         writer = ex.writer
+        self.last_started = ex
         # The start record lets a crash in the very first superstep be recovered. Written at once
         # (durability "sync"), it goes to the store with the lease, in one transaction where it can.
         if writer.lease is not None:  # taken by recovery a while ago (reads since): renewed before anything runs
             await writer.renew()
         elif resumed or self.config.durability != "sync":
             await writer.acquire(ex.execution_id)
+            if ex.named and not resumed:
+                await self._refuse_if_stored(ex)
         self.active = ex
         self.last_execution_id = ex.execution_id
         if self._policy_reset is not None:
@@ -227,6 +236,13 @@ class GraphRunner:
         if self.hooks.wants_post_checkpoint or self._policy_sees_checkpoints is not None:
             writer.on_stored = self._post_checkpoint
         return LeaseRenewer(writer)
+
+    async def _refuse_if_stored(self, ex: Execution) -> None:
+        """A named run whose start record is written later (durability "async"/"exit"): under its lease,
+        the name must still be new, or a worker that started it meanwhile would be run beside."""
+        if await self.backend.aexecution_head(ex.execution_id) is not None:
+            await ex.writer.release()
+            raise DuplicateCheckpointError(f"execution {ex.execution_id} was stored by another worker")
 
     async def put_down(self, ex: Execution, renewer: LeaseRenewer) -> None:
         renewer.stop()

@@ -1,12 +1,14 @@
 """``spark-ckpt``: inspect, verify and prune stored checkpoints, and run the crash-recovery demo.
 
-    spark-ckpt list [--graph ID] [--execution ID] [--limit N] [--executions]
-    spark-ckpt show CHECKPOINT_ID | FILE.ckpt          (a file written by save_checkpoint(): no store needed)
+    spark-ckpt list [--graph ID] [--execution ID] [--limit N] [--executions] [--status STATUS]
+    spark-ckpt show CHECKPOINT_ID [--whole] | FILE.ckpt (a file written by save_checkpoint(): no store needed)
+    spark-ckpt diff A B                                (state, node and visit changes from A to B)
     spark-ckpt stats [--graph ID] [--execution ID] [--limit N]
     spark-ckpt verify [--graph ID]
     spark-ckpt prune [--graph ID] [--keep N] [--max-age SECONDS] [--dry-run] [--yes]
     spark-ckpt approvals list [--graph ID] [--all]
     spark-ckpt approvals approve|reject APPROVAL_ID [--by NAME] [--notes TEXT] [--graph ID]
+    spark-ckpt worker MODULE:FACTORY [--once] [--concurrency N] [--graph ID]...
     spark-ckpt demo [--store URL] [--crash-after N] [--work-dir DIR]
     spark-ckpt rekey [--graph ID]                      (re-encrypt under the active key)
     spark-ckpt export [--from URL] --to URL [--graph ID] (when spark_ckpt.transfer is installed)
@@ -36,7 +38,8 @@ declined), 2 any error (one ``spark-ckpt: error: ...`` line on stderr, no traceb
 pipe was closed early. ``--debug`` prints the traceback instead of that line.
 
 Where things are: ``parser`` (the options, and which function runs each command: see ``build_parser``
-to add one), ``inspection`` (``list``, ``show``, ``verify``: read only), ``overhead`` (``stats``: write
+to add one), ``inspection`` (``list``, ``show``, ``verify``: read only), ``history`` (``show --whole``, ``diff``: read
+only), ``overhead`` (``stats``: write
 times, read only), ``approvals`` (approval requests of waiting executions), ``maintenance``
 (``prune``, ``export``, ``rekey``: change stores), ``stores`` (opening a store and a codec from the
 options), ``output`` (tables, previews, JSON), ``terminal`` (colour, progress, prompts). The demo is

@@ -30,35 +30,25 @@ def _header_data(h: Any) -> dict[str, Any]:
 # -- list ------------------------------------------------------------------------------------------
 @read_only
 def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
+    if args.executions or getattr(args, "status", None):
+        from .executions import cmd_list_executions
+
+        return cmd_list_executions(args, out)
     url = store_url(args)
     backend = open_for(args, inspect=True)
     try:
-        if args.executions:
-            if args.execution:
-                headers = [h for h in backend.executions(graph_id=args.graph) if h.execution_id == args.execution]
-            else:
-                headers = backend.executions(graph_id=args.graph, limit=args.limit)
-            rows = [
-                {"execution": h.execution_id, "graph": h.graph_id, "status": h.status,
-                 "last_seq": h.seq, "last_checkpoint": h.checkpoint_id,
-                 "updated_at": local_time(h.created_at)}
-                for h in headers
-            ]
-        else:
-            headers = backend.list(graph_id=args.graph, execution_id=args.execution, limit=args.limit)
-            rows = [_header_data(h) for h in headers]
+        headers = backend.list(graph_id=args.graph, execution_id=args.execution, limit=args.limit)
+        rows = [_header_data(h) for h in headers]
     finally:
         backend.close()
     if args.json:
         print_json(rows, out)
         return 0
     if not rows:
-        what = "executions" if args.executions else "checkpoints"
-        print(f"no {what} in {mask_url(url)}", file=out)
+        print(f"no checkpoints in {mask_url(url)}", file=out)
         return 0
     keys = list(rows[0])
-    if not args.executions:
-        keys.remove("kind")
+    keys.remove("kind")
     table([[r[k] for k in keys] for r in rows], keys, out)
     return 0
 
@@ -69,6 +59,10 @@ def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
     from ..codec import to_data
     from ..model import GraphCheckpoint
 
+    if getattr(args, "whole", False):
+        from .history import show_whole
+
+        return show_whole(args, out)
     if names_a_file(args.checkpoint_id):
         header, content = _read_checkpoint_file(args, args.checkpoint_id)
     else:

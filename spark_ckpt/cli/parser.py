@@ -25,12 +25,16 @@ from typing import Any, Callable, Sequence, TextIO
 from ..command_line import PROG, Parser, positive_float, positive_int
 from ..errors import ConfigError
 from ..demo.command import add_options as add_demo_options
+from ..executions import STATUS_FILTERS
 from .approvals import add_commands as add_approval_commands
+from .executions import STATUS_HELP
+from .history import add_commands as add_history_commands, add_show_options
 from .inspection import cmd_list, cmd_show, cmd_verify
 from .maintenance import cmd_export, cmd_prune, cmd_rekey
 from .overhead import cmd_stats
 from .stores import DEFAULT_STORE, STORE_ENV
 from .terminal import COLOR_CHOICES
+from .worker import add_command as add_worker_command
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
@@ -159,11 +163,13 @@ def add_inspection_commands(sub: Any) -> None:
     p.add_argument("--execution", metavar="ID", help="only this execution id")
     p.add_argument("--limit", metavar="N", type=positive_int, help="at most N rows")
     p.add_argument("--executions", action="store_true", help="one line per execution with its status")
+    p.add_argument("--status", choices=STATUS_FILTERS, default=None, help=STATUS_HELP)
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("show", help="print a readable summary of one stored checkpoint, or of a .ckpt file "
                                     "written by save_checkpoint() (no store needed)")
     p.add_argument("checkpoint_id", metavar="CHECKPOINT_ID|FILE.ckpt")
+    add_show_options(p)
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("stats", help="what checkpointing cost each execution: checkpoints, bytes, write times "
@@ -217,5 +223,6 @@ def add_maintenance_commands(sub: Any) -> None:
 
 #: every command, in the order ``--help`` lists them; add yours here (see ``build_parser``)
 COMMANDS: list[Callable[[Any], None]] = [
-    add_inspection_commands, add_prune_command, add_approval_commands, add_demo_command, add_maintenance_commands,
+    add_inspection_commands, add_prune_command, add_approval_commands, add_history_commands, add_worker_command,
+    add_demo_command, add_maintenance_commands,
 ]

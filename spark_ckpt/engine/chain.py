@@ -114,32 +114,38 @@ class _StateChain:
 
 
 def make_whole(
-    record: GraphCheckpoint, earlier: Iterable[CheckpointHeader], load: Loader, wanted_extras: Iterable[str] = ()
+    record: GraphCheckpoint, earlier: Iterable[CheckpointHeader], load: Loader, wanted_extras: Iterable[str] = (),
+    *, newest_first: bool = False, with_history: bool = True,
 ) -> GraphCheckpoint:
     """``record`` with its execution's entire journal, whole state and every adapter state, read back
     from the ``earlier`` headers of its execution (any order; others are skipped) through ``load``.
 
     ``wanted_extras``: adapter nodes whose state the result must hold even if ``record`` does not
     mention them (a reader that knows the graph); without it, those of the whole record reached.
+    ``newest_first``: ``earlier`` is already ordered by seq, newest first (read lazily: the walk stops
+    once the record is whole, so a long execution's headers are not all gone through for each record).
+    ``with_history``: False leaves the journal as the record holds it (``history_start`` unchanged):
+    the state alone is made whole, reading back only to the record holding the whole state.
     """
     with damaged(f"checkpoint {record.checkpoint_id}"):  # content of the wrong shape, in it or before it
-        return _make_whole(record, earlier, load, wanted_extras)
+        return _make_whole(record, earlier, load, wanted_extras, newest_first, with_history)
 
 
 def _make_whole(
-    record: GraphCheckpoint, earlier: Iterable[CheckpointHeader], load: Loader, wanted_extras: Iterable[str]
+    record: GraphCheckpoint, earlier: Iterable[CheckpointHeader], load: Loader, wanted_extras: Iterable[str],
+    newest_first: bool = False, with_history: bool = True,
 ) -> GraphCheckpoint:
     extras = DeltaChains(record.node_extras, wanted_extras)
     inflight = DeltaChains(record.inflight)
     state = _StateChain(record)
-    needed = record.history_start  # visits [0, needed) still missing
+    needed = record.history_start if with_history else 0  # visits [0, needed) still missing
     if needed == 0 and not extras.missing and not inflight.missing and state.whole and record.base_seq is None:
         return record
     # records after this one's base hold nothing it builds on but in-flight journals of the same visit
     limit = record.seq - 1 if record.base_seq is None else record.base_seq
     segments = [record.execution_history]
     same_visit = lambda key, entry: entry.get("visit_index") == record.inflight[key]["visit_index"]  # noqa: E731
-    for header in sorted(earlier, key=lambda h: h.seq, reverse=True):
+    for header in earlier if newest_first else sorted(earlier, key=lambda h: h.seq, reverse=True):
         if needed == 0 and not extras.missing and not inflight.missing and state.whole:
             break
         if header.seq >= record.seq or header.kind != GRAPH or header.execution_id != record.execution_id:
@@ -168,9 +174,12 @@ def _make_whole(
             "earlier checkpoints that are missing (pruned by hand, or damaged); use the execution's "
             "final checkpoint, or an earlier intact one"
         )
-    history = [visit for segment in reversed(segments) for visit in segment]
+    if with_history:
+        history, history_start = [visit for segment in reversed(segments) for visit in segment], 0
+    else:
+        history, history_start = record.execution_history, record.history_start
     graph_state, node_states = state.made_whole()
-    return attrs.evolve(record, execution_history=history, history_start=0, node_extras=extras.whole,
+    return attrs.evolve(record, execution_history=history, history_start=history_start, node_extras=extras.whole,
                         inflight=inflight.whole, graph_state=graph_state, node_states=node_states,
                         partial_state=False, removed_state=[], appended_state={}, run_input=state.run_input,
                         base_seq=None)

@@ -26,6 +26,7 @@ import attrs
 
 from ..backends.leases import claim
 from ..codec import Codec
+from ..executions import what_exists
 from ..errors import (
     CheckpointNotFoundError, CorruptCheckpointError, GraphMismatchError, MissingCheckpointError,
     NothingToRecoverError, UnrecoverableExecutionError,
@@ -131,12 +132,10 @@ class RecoveryPlanner:
                       if h.kind == GRAPH]
         if unfinished:
             return unfinished[0].execution_id
-        message = (f"graph {self.graph_id!r} has no unfinished execution in {self.backend.describe()}; "
-                   "nothing to recover. Start a new run with `await graph.run(inputs)`")
-        others = sorted({h.graph_id for h in await self.backend.aexecutions(unfinished_only=True, limit=50)})
-        if others:
-            message += f" (unfinished executions exist for graph id(s) {', '.join(map(repr, others[:5]))})"
-        raise NothingToRecoverError(message)
+        raise NothingToRecoverError(
+            f"graph {self.graph_id!r} has no unfinished execution in {self.backend.describe()}; nothing to "
+            f"recover. Start a new run with `await graph.run(inputs)`. {what_exists(self.backend, graph_id=self.graph_id)}"
+        )
 
     async def head(self, execution_id: str) -> CheckpointHeader | None:
         """The execution's head in the executions index, authenticated when encryption is on."""
@@ -153,9 +152,17 @@ class RecoveryPlanner:
 
         async def read_head() -> CheckpointHeader:
             head = await self.head(execution_id)
-            if head is None or head.graph_id != graph_id or head.kind != GRAPH:
+            if head is None:
                 raise NothingToRecoverError(
-                    f"graph {graph_id!r} has no execution {execution_id!r} in {self.backend.describe()}"
+                    f"graph {graph_id!r} has no execution {execution_id!r} in {self.backend.describe()}; nothing "
+                    f"to recover. {what_exists(self.backend, graph_id=graph_id, execution_id=execution_id)}"
+                )
+            if head.graph_id != graph_id or head.kind != GRAPH:
+                owner = f"graph {head.graph_id!r}" if head.kind == GRAPH else f"{head.kind} {head.graph_id!r}"
+                raise NothingToRecoverError(
+                    f"execution {execution_id!r} in {self.backend.describe()} belongs to {owner}, not to graph "
+                    f"{graph_id!r}; nothing was run. Recover it with the {head.kind} it belongs to"
+                    + (f" (checkpointed(..., graph_id={head.graph_id!r}))" if head.kind == GRAPH else "")
                 )
             return head
 

@@ -39,7 +39,7 @@ from ..codec_choices import compression_choice, serializer_choice
 from ..leases import check_fence
 from ..rows import storable
 from .head_files import HeadFiles
-from .layout import _LENGTH_BYTES, LAYOUT_VERSION, MAGIC, MARKER, SUFFIX, StoreLayout, _header_dict
+from .layout import _LENGTH_BYTES, LAYOUT_VERSION, MAGIC, MARKER, SUFFIX, StoreLayout, _header_dict, escape_name
 from .lease_files import LeaseFiles
 from .writes import STALE_TEMP_AGE_S, AtomicWrites
 
@@ -164,6 +164,12 @@ class FileBackend(HeadFiles, LeaseFiles, AtomicWrites, StoreLayout, LocalBackend
         return super().cleanup(max_temp_age_s=max_temp_age_s)
 
     # -- checkpoints ----------------------------------------------------------------------------------
+    def check_header(self, header: CheckpointHeader) -> None:
+        """Refuses (``BackendError``) ids that cannot be file names here once escaped (too long)."""
+        escape_name(header.graph_id, "graph_id")
+        escape_name(header.execution_id, "execution_id")
+        escape_name(header.checkpoint_id, "checkpoint_id")
+
     def put(self, header: CheckpointHeader, blob: bytes, *, lease: Lease | None = None) -> None:
         self._refuse_if_read_only("store a checkpoint")
         h = header
