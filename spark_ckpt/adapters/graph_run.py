@@ -213,9 +213,11 @@ class GraphRunner:
             return result
         finally:
             self._carried = ex.dumps.held_by(self.nodes.values())
-            if run_event is not None:
-                await self._run_ended(run_event, sys.exc_info()[1])
-            await self.put_down(ex, renewer)
+            try:
+                if run_event is not None:
+                    await self._run_ended(run_event, sys.exc_info()[1])
+            finally:  # a fault injector's exception from run_ended still leaves the lease released
+                await self.put_down(ex, renewer)
 
     def _run_event(self, ex: Execution, resumed: bool) -> RunEvent:
         fork_of = ex.fork_of.checkpoint_id if ex.fork_of is not None else None
