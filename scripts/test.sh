@@ -25,9 +25,10 @@ if [[ ! -x $VENV/bin/python ]]; then
     log "creating venv $VENV"
     "$PYTHON" -m venv "$VENV"
 fi
-log "installing spark-ckpt, both plugins and test tools"
+log "installing spark-ckpt, its plugins and test tools"
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 "$VENV/bin/python" -m pip install -q -e ".[test]" -e plugins/spark-ckpt-postgres -e "plugins/spark-ckpt-s3[test]" \
+    -e "plugins/spark-ckpt-otel[test]" \
     "moto[s3]" flask flask-cors tox-uv
 BIN=$VENV/bin
 
@@ -89,6 +90,7 @@ if [[ -n ${SPARK_CKPT_FAST:-} ]]; then
     "$BIN/python" -m pytest tests -q
     "$BIN/python" -m pytest plugins/spark-ckpt-postgres/tests -q
     "$BIN/python" -m pytest plugins/spark-ckpt-s3/tests -q
+    "$BIN/python" -m pytest plugins/spark-ckpt-otel/tests -q
     exit 0
 fi
 
@@ -99,6 +101,7 @@ else
     for minor in 312 313; do
         if [[ -n ${FOUND[${minor:0:1}.${minor:1}]:-} ]]; then
             ENVS+="${ENVS:+,}py$minor-core,py$minor-postgres,py$minor-s3"
+            if [[ $minor == 312 ]]; then ENVS+=",py312-otel"; fi
         else
             log "Python ${minor:0:1}.${minor:1} not found: its tox envs are left out"
         fi

@@ -79,3 +79,22 @@ class CheckpointSaved:
     backend: str
     duration_s: float = 0.0
     size: int = 0
+
+
+@attrs.frozen
+class RunEvent:
+    """One run of an execution (a first run, a recovery or a fork) starting or ending in this process.
+
+    ``recovery`` is the ``RecoveryReport`` when the run continues stored work (its ``replayed`` and
+    ``live`` visits are complete on the ended event), ``fork_of`` the checkpoint id a fork starts from.
+    On the ended event ``status`` is "completed", "failed" or "waiting" (an approval is pending) and
+    ``error`` the exception that ended the run, if any."""
+
+    graph_id: str
+    execution_id: str
+    graph: Any  # the Spark graph
+    resumed: bool = False
+    recovery: Any = None
+    fork_of: str | None = None
+    status: str = "running"
+    error: BaseException | None = None

@@ -95,6 +95,17 @@ def spark_ckpt_post_checkpoint(event) -> None:  # event: spark_ckpt.events.Check
     put) took, ``event.size`` its bytes."""
 
 
+@hookspec
+def spark_ckpt_run_started(event) -> None:  # event: spark_ckpt.events.RunEvent
+    """A run of an execution starts (under its lease, before its first record is written)."""
+
+
+@hookspec
+def spark_ckpt_run_ended(event) -> None:  # event: spark_ckpt.events.RunEvent
+    """A run of an execution ended (``event.status``, ``event.error``), after its last record was
+    written and before its lease is released. Fired only to plugins implementing it."""
+
+
 # -- agents --------------------------------------------------------------------------------------
 @hookspec
 def spark_ckpt_pre_agent_call(event) -> None:  # event: spark_ckpt.events.AgentCallEvent

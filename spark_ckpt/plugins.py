@@ -164,6 +164,10 @@ class Hooks:
     def wants_should_checkpoint(self) -> bool:
         return self._has_impls("spark_ckpt_should_checkpoint")
 
+    @property
+    def wants_run_events(self) -> bool:
+        return self._has_impls("spark_ckpt_run_started") or self._has_impls("spark_ckpt_run_ended")
+
     def _has_impls(self, name: str) -> bool:
         return bool(getattr(self.pm.hook, name).get_hookimpls())
 
@@ -220,6 +224,17 @@ class Hooks:
     async def post_checkpoint(self, event: Any) -> None:
         if self._has_impls("spark_ckpt_post_checkpoint"):
             await self._fire("spark_ckpt_post_checkpoint", event=event)
+
+    async def run_started(self, event: Any) -> None:
+        if self._has_impls("spark_ckpt_run_started"):
+            await self._fire("spark_ckpt_run_started", event=event)
+
+    async def run_ended(self, event: Any) -> None:
+        if self._has_impls("spark_ckpt_run_ended"):
+            try:
+                await self._fire("spark_ckpt_run_ended", event=event)
+            except RunStopped:
+                log.warning("RunStopped raised from run_ended ignored: the run is already over")
 
     async def should_checkpoint(self, decision: Any) -> bool | None:
         """First non-None answer of the plugins, or None when all defer."""

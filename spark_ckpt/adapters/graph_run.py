@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,7 @@ from ..engine.store_path import LeaseRenewer, RecordWriter, RetentionSchedule
 from ..errors import (
     DuplicateCheckpointError, LeaseError, RecoveryDivergedError, SparkCkptError, UnrecoverableExecutionError,
 )
-from ..events import CheckpointDecision, CheckpointSaved
+from ..events import CheckpointDecision, CheckpointSaved, RunEvent
 from ..model import COMPLETED, FAILED, RUNNING, FailureInfo, GraphCheckpoint, Lease, new_id
 from . import graph_human_input, graph_state
 from .graph_events import journal_published_events
@@ -189,7 +190,10 @@ class GraphRunner:
         ex.dumps.cache.update(self._carried)
         hooks = self.hooks
         ex.node_hooks, ex.policy_hooks = hooks.wants_node_events, hooks.wants_should_checkpoint
+        run_event = self._run_event(ex, resumed) if hooks.wants_run_events else None
         try:
+            if run_event is not None:
+                await hooks.run_started(run_event)
             if ex.fork_of is not None:
                 await self.store(ex, ex.builder.fork_start(ex.fork_of, seq=writer.next_seq, inflight=ex.journal.inflight,
                                                            skip=ex.skip), wait=self.config.durability == "sync")
@@ -209,7 +213,20 @@ class GraphRunner:
             return result
         finally:
             self._carried = ex.dumps.held_by(self.nodes.values())
-            await self.put_down(ex, renewer)
+            try:
+                if run_event is not None:
+                    await self._run_ended(run_event, sys.exc_info()[1])
+            finally:  # a fault injector's exception from run_ended still leaves the lease released
+                await self.put_down(ex, renewer)
+
+    def _run_event(self, ex: Execution, resumed: bool) -> RunEvent:
+        fork_of = ex.fork_of.checkpoint_id if ex.fork_of is not None else None
+        return RunEvent(self.graph_id, ex.execution_id, self.graph, resumed=resumed, recovery=ex.report,
+                        fork_of=fork_of)
+
+    async def _run_ended(self, event: RunEvent, error: BaseException | None) -> None:
+        status = "completed" if error is None else "waiting" if is_approval_pending(error) else "failed"
+        await self.hooks.run_ended(attrs.evolve(event, status=status, error=error))
 
     async def take_up(self, ex: Execution, *, resumed: bool) -> LeaseRenewer:
         """Make ``ex`` this graph's running execution, under its lease (renewed from now on by the
