@@ -255,3 +255,50 @@ def _journal(journal: list[VisitSpan | None], record: GraphCheckpoint, n: int, a
         if before is not None:
             before.mode = DISCARDED
             discarded.append(before)
+
+
+@attrs.define
+class Segment:
+    """Where one attempt is drawn: its times ``t0``..``t1`` over ``x0``..``x1``."""
+
+    attempt: int
+    t0: float
+    t1: float
+    x0: float
+    x1: float
+
+    def x(self, t: float) -> float:
+        span = self.t1 - self.t0
+        share = (t - self.t0) / span if span > 0 else 0.0
+        return self.x0 + min(max(share, 0.0), 1.0) * (self.x1 - self.x0)
+
+
+class Layout:
+    """A time axis for drawing: each attempt (and the visits a fork inherited, as attempt -1) gets an
+    equal share of ``width``, scaled to its own duration, with ``gap`` between them for the time the
+    execution was stopped. Milliseconds of work beside a minute of downtime stay readable."""
+
+    def __init__(self, timeline: Timeline, width: float, gap: float) -> None:
+        spans: dict[int, list[float]] = {}
+
+        def widen(n: int, *times: float) -> None:
+            span = spans.setdefault(n, [min(times), max(times)])
+            span[0], span[1] = min(span[0], *times), max(span[1], *times)
+
+        for visit in timeline.visits:
+            widen(visit.attempt, visit.start, visit.end)
+        for attempt in timeline.attempts:
+            widen(attempt.n, attempt.began_at, attempt.ended_at)
+        for mark in timeline.checkpoints:
+            widen(mark.attempt, mark.time)
+        order = sorted(spans, key=lambda n: (spans[n][0], n))
+        share = (width - gap * (len(order) - 1)) / max(len(order), 1)
+        self.segments: dict[int, Segment] = {}
+        x = 0.0
+        for n in order:
+            self.segments[n] = Segment(n, spans[n][0], spans[n][1], x, x + share)
+            x += share + gap
+        self.order = order
+
+    def x(self, t: float, attempt: int) -> float:
+        return self.segments[attempt].x(t)
