@@ -164,9 +164,9 @@ def _png_pixels(path: Path) -> tuple[int, int, bytes]:
     return size[0], size[1], zlib.decompress(b"".join(chunks))
 
 
-def _chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess:
+def _chromium(binary: str, *args: str, tmp: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          f"--user-data-dir={tmp / 'chromium-profile'}", *args],
         capture_output=True, text=True, timeout=60)
@@ -174,24 +174,25 @@ def _chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def chromium() -> str:
-    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
+    found = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
+    if not found:
         if os.environ.get("SPARK_CKPT_TEST_REQUIRE_SERVERS"):
             pytest.fail(f"{CHROMIUM} is required (SPARK_CKPT_TEST_REQUIRE_SERVERS is set): apt-get install chromium")
         pytest.skip(f"headless Chromium not installed at {CHROMIUM} (apt-get install chromium)")
-    return CHROMIUM
+    return found
 
 
 def test_report_renders_in_headless_chromium(chromium: str, crashed: dict, report_page: Path) -> None:
     tmp = crashed["tmp"]
     shot = tmp / "run.png"
-    taken = _chromium(f"--screenshot={shot}", "--window-size=1400,900", report_page.as_uri(), tmp=tmp)
+    taken = _chromium(chromium, f"--screenshot={shot}", "--window-size=1400,900", report_page.as_uri(), tmp=tmp)
     assert shot.exists(), taken.stderr[-2000:]
     width, height, pixels = _png_pixels(shot)
     assert (width, height) == (1400, 900) and shot.stat().st_size > 10_000
     # not blank: many distinct byte values (text, bars in several colours), not one background colour
     assert len(set(pixels)) > 50
 
-    dumped = _chromium("--dump-dom", report_page.as_uri(), tmp=tmp)
+    dumped = _chromium(chromium, "--dump-dom", report_page.as_uri(), tmp=tmp)
     dom = dumped.stdout
     assert dumped.returncode == 0 and "<svg" in dom, dumped.stderr[-2000:]
     for node in PIPELINE_NODES:
