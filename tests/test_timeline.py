@@ -126,6 +126,42 @@ def test_cli_timeline_draws_it_and_json_holds_it(crashed: dict) -> None:
     assert sum(v["shown_as"] == "live" for v in data["visits"]) == 4
 
 
+def _on_a_terminal(store: str, *args: str, **env: str) -> str:
+    """What the CLI prints with a pseudo-terminal as its stdout."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    try:
+        environ = child_env(SPARK_CKPT_DISABLE_PLUGINS="1")
+        environ.pop("NO_COLOR", None)
+        environ.update(env)
+        child = subprocess.Popen([sys.executable, "-m", "spark_ckpt.cli", "--store", store, *args],
+                                 env=environ, stdout=terminal,
+                                 stderr=subprocess.DEVNULL)
+        os.close(terminal)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # the terminal closed: the child is done
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert child.wait(timeout=120) == 0
+    finally:
+        os.close(controller)
+    return b"".join(chunks).decode()
+
+
+def test_cli_timeline_is_coloured_on_a_terminal_unless_no_color(crashed: dict) -> None:
+    pytest.importorskip("rich")
+    coloured = _on_a_terminal(crashed["store"], "timeline", crashed["execution"])
+    assert "\x1b[" in coloured and "first run" in coloured
+    plain = _on_a_terminal(crashed["store"], "timeline", crashed["execution"], NO_COLOR="1")
+    assert "\x1b[" not in plain and "first run" in plain
+
+
 def test_cli_names_a_missing_execution(crashed: dict) -> None:
     missing = cli(crashed["store"], "timeline", "no-such-execution")
     assert missing.returncode == 2 and "no graph checkpoints of execution 'no-such-execution'" in missing.stderr

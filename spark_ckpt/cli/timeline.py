@@ -50,9 +50,44 @@ def cmd_timeline(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         print_json(timeline.to_data(), out)
         return 0
-    for line in draw(timeline):
-        print(line, file=out)
+    emit(draw(timeline), out, chart_rows=range(3, 5 + len(timeline.nodes)),
+         chart_from=name_width(timeline.nodes) + 2)
     return 0
+
+
+#: colours of the chart's marks on a terminal
+STYLES = {"#": "green", "=": "bright_blue", "-": "bright_black", "~": "yellow", FAILED_MARK: "bold red",
+          STOP_MARK: "red", CHECKPOINT_MARK: "magenta", "|": "bold"}
+
+
+def emit(lines: list[str], out: TextIO, *, chart_rows: range, chart_from: int) -> None:
+    """Print ``lines``; on a terminal (and without ``NO_COLOR``) with the chart's marks coloured by
+    ``rich`` when it is installed. Piped, or without rich, the same plain text."""
+    console = _console(out)
+    if console is None:
+        for line in lines:
+            print(line, file=out)
+        return
+    from rich.text import Text
+
+    for number, line in enumerate(lines):
+        text = Text(line)
+        if number in chart_rows:
+            for at in range(chart_from, len(line)):  # (not the node names)
+                style = STYLES.get(line[at])
+                if style:
+                    text.stylize(style, at, at + 1)
+        console.print(text)
+
+
+def _console(out: TextIO) -> Any:
+    if os.environ.get("NO_COLOR") or not getattr(out, "isatty", lambda: False)():
+        return None
+    try:
+        from rich.console import Console
+    except ImportError:
+        return None
+    return Console(file=out, highlight=False, soft_wrap=True)
 
 
 @read_only
@@ -80,7 +115,7 @@ def draw(timeline: Any) -> list[str]:
 
     layout = Layout(timeline, CHART_WIDTH, GAP)
     nodes = timeline.nodes
-    name_width = min(max([len(n) for n in nodes] + [len("checkpoints")]), 24)
+    width = name_width(nodes)
 
     def column(t: float, attempt: int) -> int:
         return min(int(layout.x(t, attempt)), CHART_WIDTH - 1)
@@ -113,10 +148,10 @@ def draw(timeline: Any) -> list[str]:
     lines = [summary(timeline), f"from {local_time(timeline.started_at)} to {local_time(timeline.ended_at)} "
                                 f"({_seconds(timeline.ended_at - timeline.started_at)}); each attempt is drawn "
                                 "on its own stretch of the time axis", ""]
-    lines.append(" " * (name_width + 2) + "".join(header).rstrip())
+    lines.append(" " * (width + 2) + "".join(header).rstrip())
     for node in nodes:
-        lines.append(f"{_cut(node, name_width):<{name_width}}  {''.join(rows[node]).rstrip()}")
-    lines.append(f"{'checkpoints':<{name_width}}  {''.join(ticks).rstrip()}")
+        lines.append(f"{_cut(node, width):<{width}}  {''.join(rows[node]).rstrip()}")
+    lines.append(f"{'checkpoints':<{width}}  {''.join(ticks).rstrip()}")
     lines.append("")
     lines.extend(_attempt_lines(timeline))
     for failure in timeline.failures:
@@ -131,6 +166,10 @@ def draw(timeline: Any) -> list[str]:
     lines.append("legend: # live   = ran before a crash, replayed by a recovery   - skipped   ~ redone after a "
                  "fallback   X failed   ! process stopped   ^ checkpoint   | attempt begins")
     return lines
+
+
+def name_width(nodes: list[str]) -> int:
+    return min(max([len(n) for n in nodes] + [len("checkpoints")]), 24)
 
 
 def _attempt_lines(timeline: Any) -> list[str]:
