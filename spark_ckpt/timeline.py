@@ -16,7 +16,9 @@ Read back:
 * an attempt whose newest record is still "running" while a later attempt exists was stopped (a
   crash, a kill, a lost lease): the visit running then left no trace, so the gap from its last record
   to the next attempt is shown as "process stopped";
-* records written before attempts were recorded count as the previous record's attempt (0 first).
+* records written before attempts were recorded count as the previous record's attempt (0 first);
+* a visit first seen in a recovery's record that started before the recovery began was run by an
+  earlier attempt whose records are gone (pruned): it counts as that one's, replayed.
 
 No Spark import. Each record is decoded once.
 """
@@ -248,6 +250,12 @@ def _journal(journal: list[VisitSpan | None], record: GraphCheckpoint, n: int, a
                          SKIPPED if visit.status == "skipped" else LIVE)
         if inherited:  # a fork's start record: the source execution ran them, the fork replays them
             span.replayed_by.append(0)
+        elif n > 0 and visit.started_at < attempt.began_at:
+            # first seen in a recovery's record, but started before it began: an earlier attempt ran
+            # it (its records were deleted), this one replayed it
+            span.attempt = n - 1
+            span.replayed_by.append(n)
+            attempt.replayed.append([span.node, span.index])
         else:
             attempt.live.append([span.node, span.index])
         journal.append(span)

@@ -58,7 +58,8 @@ def render(timeline: Timeline) -> str:
     for n in layout.order:  # attempt boundaries and labels
         seg = layout.segments[n]
         attempt = attempts.get(n)
-        label = attempt.label if attempt else "before the fork (the source execution's visits)"
+        label = attempt.label if attempt else (
+            "before the fork (the source execution's visits)" if n < 0 else f"attempt {n} (its checkpoints were deleted)")
         x0 = NAME_W + seg.x0
         svg.append(f'<g class="attempt" data-attempt="{n}"><line x1="{x0:.1f}" y1="{TOP - 26}" x2="{x0:.1f}" '
                    f'y2="{lanes_bottom}" stroke="#424242" stroke-width="1.5"/>'

@@ -280,3 +280,24 @@ def test_a_fork_names_its_source_and_replays_what_it_inherited(tmp_path: Path) -
     assert all(v.shown_as == "replayed" for v in t.visits if v.attempt == -1)
     assert [(v.node, v.index) for v in t.visits if v.attempt == 0] == [("s2", 0), ("s3", 0)]
     assert "fork of" in render(t)
+
+
+def test_visits_of_deleted_records_still_count_as_replayed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Durability "exit" stores whole records: once the first run's records are deleted, the recovery's
+    record alone still tells which visits ran before it began (replayed) and which it ran live."""
+    store = f"sqlite:///{tmp_path / 'ckpt.db'}"
+    graph = checkpointed(graphs.chain(), config=CheckpointConfig(backend=store, durability="exit"), graph_id="chain")
+    monkeypatch.setenv("SPARK_CKPT_TEST_FAIL", "s2:0")
+    with pytest.raises(RuntimeError, match="injected failure"):
+        asyncio.run(graph.run({"n": 1}))
+    monkeypatch.delenv("SPARK_CKPT_TEST_FAIL")
+    execution_id = graph.backend.executions()[0].execution_id
+    first_run = [h.checkpoint_id for h in graph.backend.list(execution_id=execution_id)]
+    asyncio.run(graph.recover_and_continue())
+    graph.backend.delete(first_run)
+    t = build_timeline(graph.backend, graph.codec, execution_id)
+    assert [a.n for a in t.attempts] == [1]
+    assert [(v.node, v.attempt, v.shown_as) for v in t.visits] == [
+        ("s0", 0, "replayed"), ("s1", 0, "replayed"), ("s2", 1, "live"), ("s3", 1, "live")]
+    assert t.attempts[0].replayed == [["s0", 0], ["s1", 0]] and t.attempts[0].live == [["s2", 0], ["s3", 0]]
+    assert "attempt 0 (its checkpoints were deleted)" in render(t)
