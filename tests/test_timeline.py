@@ -160,6 +160,8 @@ def test_cli_timeline_is_coloured_on_a_terminal_unless_no_color(crashed: dict) -
     assert "\x1b[" in coloured and "first run" in coloured
     plain = _on_a_terminal(crashed["store"], "timeline", crashed["execution"], NO_COLOR="1")
     assert "\x1b[" not in plain and "first run" in plain
+    forced = cli(crashed["store"], "timeline", crashed["execution"], "--color", "always")
+    assert forced.returncode == 0 and "\x1b[" in forced.stdout  # asked for, even in a pipe
 
 
 def test_cli_names_a_missing_execution(crashed: dict) -> None:
@@ -175,6 +177,13 @@ def report_page(crashed: dict) -> Path:
     assert written.returncode == 0, written.stderr
     assert str(page) in written.stdout
     return page
+
+
+def test_report_json_names_the_file(crashed: dict) -> None:
+    page = crashed["tmp"] / "again.html"
+    written = cli(crashed["store"], "report", crashed["execution"], "-o", str(page), "--json")
+    assert written.returncode == 0, written.stderr
+    assert json.loads(written.stdout) == {"path": str(page), "bytes": page.stat().st_size}
 
 
 def test_report_is_one_self_contained_page(report_page: Path) -> None:

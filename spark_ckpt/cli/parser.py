@@ -224,6 +224,6 @@ def add_maintenance_commands(sub: Any) -> None:
 
 #: every command, in the order ``--help`` lists them; add yours here (see ``build_parser``)
 COMMANDS: list[Callable[[Any], None]] = [
-    add_inspection_commands, add_prune_command, add_approval_commands, add_history_commands, add_timeline_commands,
-    add_worker_command, add_demo_command, add_maintenance_commands,
+    add_inspection_commands, add_prune_command, add_approval_commands, add_history_commands,
+    add_timeline_commands, add_worker_command, add_demo_command, add_maintenance_commands,
 ]

@@ -14,7 +14,7 @@ import os
 from typing import Any, TextIO
 
 from .output import local_time, print_json
-from .stores import make_codec, open_store, read_only, store_url
+from .stores import make_codec, open_for, read_only
 
 #: the character each kind of visit is drawn with
 MARKS = {"live": "#", "replayed": "=", "skipped": "-", "discarded": "~"}
@@ -26,8 +26,7 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("timeline", help="draw what happened to one execution: visits per node over time, "
                                         "attempts, replayed and live visits, failures, checkpoints")
     p.add_argument("execution_id", metavar="EXECUTION_ID")
-    p.add_argument("--json", action="store_true", help="print the timeline as JSON")
-    p.set_defaults(func=cmd_timeline)
+    p.set_defaults(func=cmd_timeline)  # (--json, a global option: the timeline's data)
     p = sub.add_parser("report", help="write one self-contained HTML page charting an execution's timeline")
     p.add_argument("execution_id", metavar="EXECUTION_ID")
     p.add_argument("-o", "--output", metavar="FILE", required=True, help="the HTML file to write")
@@ -37,7 +36,7 @@ def add_commands(sub: Any) -> None:
 def _timeline(args: argparse.Namespace) -> Any:
     from ..timeline import build_timeline
 
-    backend = open_store(store_url(args))
+    backend = open_for(args, inspect=True)
     try:
         return build_timeline(backend, make_codec(args), args.execution_id)
     finally:
@@ -61,15 +60,25 @@ STYLES = {"#": "green", "=": "bright_blue", "-": "bright_black", "~": "yellow", 
 
 
 def emit(lines: list[str], out: TextIO, *, chart_rows: range, chart_from: int) -> None:
-    """Print ``lines``; on a terminal (and without ``NO_COLOR``) with the chart's marks coloured by
-    ``rich`` when it is installed. Piped, or without rich, the same plain text."""
-    console = _console(out)
-    if console is None:
+    """Print ``lines``, the chart's marks coloured when colour is on (``terminal.color_enabled``:
+    ``--color``, ``NO_COLOR``, a terminal); otherwise, or without ``rich``, the same plain text."""
+    from .terminal import color_enabled
+
+    try:
+        if color_enabled(out):
+            from rich.text import Text
+
+            from .terminal import console
+
+            screen = console(out)
+        else:
+            screen = None
+    except ImportError:
+        screen = None
+    if screen is None:
         for line in lines:
             print(line, file=out)
         return
-    from rich.text import Text
-
     for number, line in enumerate(lines):
         text = Text(line)
         if number in chart_rows:
@@ -77,17 +86,7 @@ def emit(lines: list[str], out: TextIO, *, chart_rows: range, chart_from: int) -
                 style = STYLES.get(line[at])
                 if style:
                     text.stylize(style, at, at + 1)
-        console.print(text)
-
-
-def _console(out: TextIO) -> Any:
-    if os.environ.get("NO_COLOR") or not getattr(out, "isatty", lambda: False)():
-        return None
-    try:
-        from rich.console import Console
-    except ImportError:
-        return None
-    return Console(file=out, highlight=False, soft_wrap=True)
+        screen.print(text)
 
 
 @read_only
@@ -98,7 +97,10 @@ def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
     path = os.path.abspath(args.output)
     with open(path, "w", encoding="utf-8") as f:
         f.write(page)
-    print(f"wrote {path} ({len(page.encode())} bytes)", file=out)
+    if args.json:
+        print_json({"path": path, "bytes": len(page.encode())}, out)
+    else:
+        print(f"wrote {path} ({len(page.encode())} bytes)", file=out)
     return 0
 
 
