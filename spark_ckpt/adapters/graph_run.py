@@ -31,6 +31,7 @@ import attrs
 from ..backends.leases import release_quietly
 from ..codec import to_data
 from ..engine import record_builder
+from ..engine.attempts import first_attempt, next_attempt
 from ..engine.deliveries import diverged
 from ..engine.journal import Journal
 from ..engine.record_builder import RecordBuilder
@@ -177,6 +178,7 @@ class GraphRunner:
         )
         writer = RecordWriter(self.backend, self.codec, durability=self.config.durability, owner=owner.worker_id,
                               ttl_s=self.config.lease_ttl_s, next_seq=next_seq, lease=lease)
+        writer.attempt = first_attempt(owner.worker_id, fork_of=fork_of.checkpoint_id if fork_of else None)
         return Execution(execution_id, run_input, journal, builder, writer, dumps, fork_of=fork_of)
 
     # -- a run ----------------------------------------------------------------------------------------
@@ -446,6 +448,7 @@ class GraphRunner:
                 # in-flight journals and failures stack on the resumed record
                 ex.writer.resumed_on((await self.backend.aget(record.checkpoint_id)).blob, record.seq,
                                  writes=record.extras.get("writes"))
+                ex.writer.attempt = next_attempt(record.extras, self.owner.worker_id, record.seq)
             else:
                 ex = self.new_execution(fork_id or new_id("ex-"), record.run_input, journal=journal, fork_of=record)
             ex.allow_unsafe_rerun = allow_unsafe_rerun

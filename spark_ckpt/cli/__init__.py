@@ -4,6 +4,8 @@
     spark-ckpt show CHECKPOINT_ID [--whole] | FILE.ckpt (a file written by save_checkpoint(): no store needed)
     spark-ckpt diff A B                                (state, node and visit changes from A to B)
     spark-ckpt stats [--graph ID] [--execution ID] [--limit N]
+    spark-ckpt timeline EXECUTION_ID                   (visits per node over time, attempts, replays)
+    spark-ckpt report EXECUTION_ID -o FILE.html        (the same as one self-contained HTML page)
     spark-ckpt verify [--graph ID]
     spark-ckpt prune [--graph ID] [--keep N] [--max-age SECONDS] [--dry-run] [--yes]
     spark-ckpt approvals list [--graph ID] [--all]
@@ -40,7 +42,7 @@ pipe was closed early. ``--debug`` prints the traceback instead of that line.
 Where things are: ``parser`` (the options, and which function runs each command: see ``build_parser``
 to add one), ``inspection`` (``list``, ``show``, ``verify``: read only), ``history`` (``show --whole``, ``diff``: read
 only), ``overhead`` (``stats``: write
-times, read only), ``approvals`` (approval requests of waiting executions), ``maintenance``
+times, read only), ``timeline`` (``timeline``, ``report``: read only), ``approvals`` (approval requests of waiting executions), ``maintenance``
 (``prune``, ``export``, ``rekey``: change stores), ``stores`` (opening a store and a codec from the
 options), ``output`` (tables, previews, JSON), ``terminal`` (colour, progress, prompts). The demo is
 ``spark_ckpt.demo``, which never imports this package; the conventions both command lines share are in

@@ -34,6 +34,7 @@ from .maintenance import cmd_export, cmd_prune, cmd_rekey
 from .overhead import cmd_stats
 from .stores import DEFAULT_STORE, STORE_ENV
 from .terminal import COLOR_CHOICES
+from .timeline import add_commands as add_timeline_commands
 from .worker import add_command as add_worker_command
 
 
@@ -223,6 +224,6 @@ def add_maintenance_commands(sub: Any) -> None:
 
 #: every command, in the order ``--help`` lists them; add yours here (see ``build_parser``)
 COMMANDS: list[Callable[[Any], None]] = [
-    add_inspection_commands, add_prune_command, add_approval_commands, add_history_commands, add_worker_command,
-    add_demo_command, add_maintenance_commands,
+    add_inspection_commands, add_prune_command, add_approval_commands, add_history_commands,
+    add_timeline_commands, add_worker_command, add_demo_command, add_maintenance_commands,
 ]

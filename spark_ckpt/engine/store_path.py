@@ -33,6 +33,7 @@ from ..errors import CodecError, LeaseError
 from ..model import GRAPH, RUNNING, CheckpointHeader, Lease
 from ..retention import prune
 from .durability import DurableWriter
+from .attempts import ATTEMPT_KEY
 from .write_stats import EXTRAS_KEY, WriteStats
 
 log = logging.getLogger("spark_ckpt.store")
@@ -73,6 +74,9 @@ class RecordWriter:
         self.writes = DurableWriter(durability, newest_only=True)
         #: the execution's write totals, carried in its records (None: not kept, see ``resumed_on``)
         self.stats: WriteStats | None = WriteStats()
+        #: which attempt at the execution this process makes, carried in every graph record
+        #: (``engine.attempts``): one constant dict, nothing computed per record
+        self.attempt: dict[str, Any] | None = None
 
     def resumed_on(self, blob: bytes, seq: int, writes: Any = None) -> None:
         """The record this execution resumes from is the base of the records built on a boundary;
@@ -110,12 +114,14 @@ class RecordWriter:
         (``wait``: stored before this returns)."""
         started = perf_counter()
         stats = self.stats
-        if stats is not None:
-            extras = data.get("extras")
-            if type(extras) is dict:  # a graph record
+        extras = data.get("extras")
+        if type(extras) is dict:  # a graph record
+            if stats is not None:
                 if stats.started_at is None:
                     stats.started_at = data.get("timestamp")
                 extras[EXTRAS_KEY] = stats.as_data()
+            if self.attempt is not None:
+                extras[ATTEMPT_KEY] = self.attempt
         header, blob = self.encode(data)
         encode_s = perf_counter() - started
         if stats is not None:
