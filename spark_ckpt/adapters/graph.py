@@ -623,12 +623,8 @@ class CheckpointedGraph(CheckpointAccess, StateHistoryAccess):
         )
 
     def _run_input_of(self, execution_id: str) -> Any:
-        from ..model import canonical_checkpoint_id
-
-        try:
-            return self._decode(self.backend.get(canonical_checkpoint_id(execution_id, 0)).blob).run_input
-        except SparkCkptError:
-            return _UNKNOWN_INPUT
+        start = self._start_record(execution_id)
+        return _UNKNOWN_INPUT if start is None else start.run_input
 
     async def _latest_verified(self, execution_id: str, head: CheckpointHeader) -> tuple[GraphCheckpoint, list[str]]:
         return await self._planner.latest_verified(execution_id, head)

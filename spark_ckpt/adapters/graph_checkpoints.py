@@ -146,18 +146,23 @@ class CheckpointAccess:
     def _unfinished_after(self, restore_point: GraphCheckpoint) -> CheckpointHeader | None:
         """The newest unfinished execution of this graph started after ``restore_point`` (its start record
         names it: runs started after ``create_checkpoint()`` or after restoring that point do)."""
-        from ..model import canonical_checkpoint_id
-
         for head in self.backend.executions(graph_id=self.graph_id, unfinished_only=True):
             if head.kind != "graph" or head.created_at < restore_point.timestamp:
                 continue
-            try:
-                start = self._decode(self.backend.get(canonical_checkpoint_id(head.execution_id, 0)).blob)
-            except SparkCkptError:
-                continue  # its start record is gone or unreadable: not known to follow the point
-            if start.extras.get("restore_point") == restore_point.checkpoint_id:
+            start = self._start_record(head.execution_id)  # None: gone or unreadable, not known to follow it
+            if start is not None and start.extras.get("restore_point") == restore_point.checkpoint_id:
                 return head
         return None
+
+    def _start_record(self, execution_id: str) -> GraphCheckpoint | None:
+        """The execution's first record (its run input, and what it was started from), or None when it
+        is gone or cannot be read."""
+        from ..model import canonical_checkpoint_id
+
+        try:
+            return self._decode(self.backend.get(canonical_checkpoint_id(execution_id, 0)).blob)
+        except SparkCkptError:
+            return None
 
     def skip_node(self, node: Any, output: Any = None) -> None:
         """On the next continuation (``continue_from_checkpoint`` or ``recover_and_continue``), do not

@@ -189,12 +189,9 @@ class RecoveryLoop:
         for head in heads:
             if head.kind != "graph":
                 continue
-            try:
-                start = owner._decode((await owner.backend.aget(canonical_checkpoint_id(head.execution_id, 0))).blob)
-            except SparkCkptError:
-                continue  # its start record is gone or unreadable: not this run's, as far as can be told
+            start = owner._start_record(head.execution_id)  # None: not this run's, as far as can be told
             # an update_state() fork runs on a changed state: not a run of these inputs to resume
-            if identical(start.run_input, wanted) and "state_update" not in start.extras:
+            if start is not None and identical(start.run_input, wanted) and "state_update" not in start.extras:
                 return head.execution_id
         return None
 
