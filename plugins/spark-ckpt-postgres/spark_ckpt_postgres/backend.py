@@ -38,7 +38,7 @@ from spark_ckpt.masking import mask_text, userinfo_quoted
 from spark_ckpt.model import CheckpointHeader, Lease, StoredCheckpoint
 
 from .leases import PostgresLeases
-from .pools import PooledConnections
+from .pools import PooledConnections, close_at_exit
 from .schema import _SCHEMA_NAME, DEFAULT_TABLE_NAME, migrate, postgres_tables
 from .schema import MIGRATIONS as MIGRATIONS  # (read from here by tests and tools)
 from .statements import PostgresStatements, _checked, _checked_blob, _header
@@ -145,6 +145,9 @@ class PostgreSQLBackend(PostgresLeases, PostgresStatements, PooledConnections, B
             weakref.WeakKeyDictionary()
         )
         self._async_conns: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._apool_guards: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
+            weakref.WeakKeyDictionary()
+        )
         try:
             try:
                 self._pool.open(wait=pool_min_size > 0, timeout=pool_timeout)
@@ -154,6 +157,7 @@ class PostgreSQLBackend(PostgresLeases, PostgresStatements, PooledConnections, B
         except BaseException:
             self._pool.close()
             raise
+        close_at_exit(self)
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod

@@ -6,13 +6,17 @@
   out, and each call is retried once on ``OperationalError`` (``retries``). A call must therefore be
   safe to run again: one transaction, told by its ``attempt`` number that it is a retry.
 
-Invariants: an async pool is used only on the loop that opened it (one per loop, held weakly);
+Invariants: an async pool is used only on the loop that opened it (one per loop, held weakly) and
+is closed before that loop ends, even when nobody calls ``aclose`` (``_close_when_loop_ends``); a
+backend still open when the interpreter exits is closed then (``close_at_exit``);
 messages never show the DSN's password (``_masked``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import logging
 import weakref
 from typing import Any, Callable
 
@@ -22,12 +26,13 @@ from spark_ckpt.masking import mask_text, mask_url
 
 class PooledConnections:
     """Mixin of ``PostgresBackend``: ``_run``/``_arun`` a call on a pooled connection, and closing the
-    pools. Needs the host's ``_pool``, ``_apools``, ``_async_conns``, ``_psycopg``, ``_conninfo``,
-    ``_retries``, pool settings and ``schema``."""
+    pools. Needs the host's ``_pool``, ``_apools``, ``_apool_guards``, ``_async_conns``, ``_psycopg``,
+    ``_conninfo``, ``_retries``, pool settings and ``schema``."""
 
     _pool: Any
     _apools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[Any]]
     _async_conns: weakref.WeakSet[Any]
+    _apool_guards: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]]
     _psycopg: Any
     _conninfo: str
     _retries: int
@@ -106,20 +111,71 @@ class PooledConnections:
             open=False,
         )
         await pool.open(wait=self._min_size > 0, timeout=self._timeout)
+        loop = asyncio.get_running_loop()
+        self._apool_guards[loop] = loop.create_task(_close_when_loop_ends(pool), name=f"{pool.name}-guard")
         return pool
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def aclose(self) -> None:
         """Close the async pool of the running loop (call before the loop ends) and the sync pool."""
-        task = self._apools.pop(asyncio.get_running_loop(), None)
+        loop = asyncio.get_running_loop()
+        task = self._apools.pop(loop, None)
         if task is not None and task.done() and task.exception() is None:
             await task.result().close()
+        guard = self._apool_guards.pop(loop, None)
+        if guard is not None:
+            guard.cancel()
         self.close()
 
     def close(self) -> None:
+        _open_backends.discard(self)
         self._pool.close()
         # Async pools whose loop is gone cannot be awaited any more: close their sockets directly.
         for conn in list(self._async_conns):
             if not conn.closed:
                 conn.pgconn.finish()
         self._apools.clear()
+
+
+async def _close_when_loop_ends(pool: Any) -> None:
+    """Wait until cancelled, then close ``pool``.
+
+    ``asyncio.run`` cancels every task when its main coroutine ends. psycopg_pool's maintenance
+    workers survive that cancellation when it lands while they connect (they catch
+    ``CancelledError`` to keep the pool consistent) and then wait on their queue for ever, so
+    ``asyncio.run`` never returns: a run that ended with an error (a lost lease) and never closed
+    its backend would hang its process. Closing the pool sends the workers their stop message.
+    """
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await pool.close(timeout=1.0)
+
+
+_open_backends: "weakref.WeakSet[PooledConnections]" = weakref.WeakSet()
+
+
+def close_at_exit(backend: PooledConnections) -> None:
+    """Close ``backend`` when the interpreter exits if nobody closed it before.
+
+    A backend kept alive by an exception's traceback (a run that ended with an error, then
+    ``asyncio.run`` raised) is otherwise collected during finalization, where the pool's worker
+    threads can no longer run: psycopg_pool then waits 5 s per thread and the process hangs.
+    ``atexit`` runs while they still can.
+    """
+    _open_backends.add(backend)
+
+
+@atexit.register
+def _close_open_backends() -> None:
+    for backend in list(_open_backends):
+        backend.close()
+
+
+def _not_a_cancelled_connect(record: logging.LogRecord) -> bool:
+    """psycopg_pool logs "error connecting" with an empty reason for a connection attempt that was
+    cancelled because the loop ended; that is not an error, so the warning is dropped."""
+    return not any(isinstance(arg, asyncio.CancelledError) for arg in (record.args or ()))
+
+
+logging.getLogger("psycopg.pool").addFilter(_not_a_cancelled_connect)
