@@ -133,7 +133,7 @@ class LongRunningDriver:
             ex = self.runner.new_execution(record.execution_id, record.run_input, lease=lease, journal=journal,
                                            next_seq=max(next_seq, record.seq + 1))
             ex.writer.resumed_on((await self.owner.backend.aget(record.checkpoint_id)).blob, record.seq,
-                                    writes=record.extras.get("writes"))
+                                 record.checkpoint_id, writes=record.extras.get("writes"))
             ex.superstep = record.superstep
             ex.report = RecoveryReport(execution_id=ex.execution_id, from_checkpoint=record.checkpoint_id,
                                        fell_back=fell_back)

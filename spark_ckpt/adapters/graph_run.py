@@ -447,7 +447,7 @@ class GraphRunner:
                 ex.builder.extras_stored = dict(record.node_extras)
                 # in-flight journals and failures stack on the resumed record
                 ex.writer.resumed_on((await self.backend.aget(record.checkpoint_id)).blob, record.seq,
-                                 writes=record.extras.get("writes"))
+                                     record.checkpoint_id, writes=record.extras.get("writes"))
                 ex.writer.attempt = next_attempt(record.extras, self.owner.worker_id, record.seq)
             else:
                 ex = self.new_execution(fork_id or new_id("ex-"), record.run_input, journal=journal, fork_of=record)

@@ -44,6 +44,10 @@ from .connections import SYNCHRONOUS_MODES, _closed_connection, _release_connect
 from .schema import DEFAULT_TABLE_NAME, _placeable, _stored_position, sqlite_tables
 from .statements import _NEWEST_FIRST, _head_params, _header, _row, statements_for
 
+#: blobs at least this large are written into their row's pages rather than bound as a parameter
+#: (a 50 MB record then costs no extra 100 MB while it is stored)
+STREAMED_BLOB_BYTES = 1 << 20
+
 
 class SQLiteBackend(LocalBackend):
     """Checkpoints in one SQLite database file (WAL, ``synchronous=NORMAL`` by default)."""
@@ -189,17 +193,31 @@ class SQLiteBackend(LocalBackend):
     ) -> None:
         """Insert the checkpoint (fenced by ``lease``) and advance its execution's head, inside the
         caller's transaction."""
+        # a large blob is written into the row's pages (``streamed``): bound as a parameter, SQLite
+        # would copy it twice more (the bound value, then the record it builds)
+        streamed = len(blob) >= STREAMED_BLOB_BYTES
+        sql = self._sql
+        fence = () if lease is None else (h.execution_id, lease.token, lease.owner)
         try:
-            if lease is None:
-                conn.execute(self._sql.INSERT, _row(number, h, blob))
-                conn.execute(self._sql.ADVANCE_HEAD, _head_params(number, h))  # forward only, never refused
-                return
-            cursor = conn.execute(self._sql.INSERT_FENCED, (*_row(number, h, blob), h.execution_id, lease.token, lease.owner))
+            if not streamed:
+                inserted = conn.execute(sql.INSERT_FENCED if fence else sql.INSERT, (*_row(number, h, blob), *fence))
+            # (INSERT ... SELECT would fill the room with zeros first: the fence is checked on its own,
+            # inside this transaction, which holds the write lock)
+            elif not fence or conn.execute(sql.HOLDS_LEASE, fence).fetchone() is not None:
+                inserted = conn.execute(sql.INSERT_ROOM, _row(number, h, len(blob)))
+            else:
+                inserted = None
         except sqlite3.IntegrityError as exc:
             raise self._duplicate(h, exc) from None
-        if cursor.rowcount != 1:
+        if fence and (inserted is None or inserted.rowcount != 1):
             check_fence(self._read_lease(h.execution_id), lease, h.execution_id)
             raise LeaseError(f"write to execution {h.execution_id} refused: lease check failed")
+        if streamed:
+            with conn.blobopen(self.tables["checkpoints"], "blob", _row(number, h, b"")[0]) as room:
+                room.write(blob)
+        if lease is None:
+            conn.execute(sql.ADVANCE_HEAD, _head_params(number, h))  # forward only, never refused
+            return
         if conn.execute(self._sql.ADVANCE_HEAD_LEASED, _head_params(number, h)).rowcount != 1:
             heads.advance(self._read_head(h.execution_id), h, leased=True)  # raises what refused it
             raise BackendError(f"sqlite backend {self.path!r} could not advance the head of execution {h.execution_id}")

@@ -43,6 +43,9 @@ class Statements:
             "kind, size, blob) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS "
             f"(SELECT 1 FROM {leases} WHERE execution_id = ? AND token = ? AND owner = ?)"
         )
+        # the same with room for the blob, written into its pages afterwards (``streamed``)
+        self.INSERT_ROOM = self.INSERT.replace("?)", "zeroblob(?))")
+        self.HOLDS_LEASE = f"SELECT 1 FROM {leases} WHERE execution_id = ? AND token = ? AND owner = ?"
         self.RECORD_EXECUTION = f"INSERT OR IGNORE INTO {executions} (execution_id, graph_id) VALUES (?, ?)"
         self.GET_CANONICAL = (
             f"SELECT {_HEADER_COLUMNS}, blob FROM {checkpoints} WHERE rowid = {self.POSITION} AND checkpoint_id = ?"
