@@ -7,7 +7,7 @@
   safe to run again: one transaction, told by its ``attempt`` number that it is a retry.
 
 Invariants: an async pool is used only on the loop that opened it (one per loop, held weakly) and
-is closed before that loop ends, even when nobody calls ``aclose`` (``_close_when_loop_ends``); a
+is closed before that loop ends, even when nobody calls ``aclose`` (``_close_when_cancelled``); a
 backend still open when the interpreter exits is closed then (``close_at_exit``);
 messages never show the DSN's password (``_masked``).
 """
@@ -17,11 +17,16 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import os
 import weakref
 from typing import Any, Callable
 
 from spark_ckpt.errors import BackendError
 from spark_ckpt.masking import mask_text, mask_url
+
+
+#: the names of the async pools start so, and so do the names of their tasks (and of their guards)
+ASYNC_POOL_PREFIX = "spark-ckpt-async-"
 
 
 class PooledConnections:
@@ -107,12 +112,19 @@ class PooledConnections:
             timeout=self._timeout,
             check=AsyncConnectionPool.check_connection,
             configure=track,
-            name=f"spark-ckpt-async-{self.schema}",
+            name=f"{ASYNC_POOL_PREFIX}{self.schema}",
             open=False,
         )
         await pool.open(wait=self._min_size > 0, timeout=self._timeout)
         loop = asyncio.get_running_loop()
-        self._apool_guards[loop] = loop.create_task(_close_when_loop_ends(pool), name=f"{pool.name}-guard")
+
+        def forget() -> None:  # the next call on this loop opens a new pool
+            if self._apool_guards.get(loop) is guard:
+                self._apools.pop(loop, None)
+                del self._apool_guards[loop]
+
+        guard = loop.create_task(_close_when_cancelled(pool, forget, self._timeout), name=f"{pool.name}-guard")
+        self._apool_guards[loop] = guard
         return pool
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -121,7 +133,13 @@ class PooledConnections:
         loop = asyncio.get_running_loop()
         task = self._apools.pop(loop, None)
         if task is not None and task.done() and task.exception() is None:
-            await task.result().close()
+            try:
+                await task.result().close()
+            except asyncio.CancelledError:
+                # the pool's workers were cancelled earlier (a task cancelling every task): closing
+                # reports their end as its own; only a cancellation of this call goes on up
+                if asyncio.current_task().cancelling():
+                    raise
         guard = self._apool_guards.pop(loop, None)
         if guard is not None:
             guard.cancel()
@@ -137,19 +155,30 @@ class PooledConnections:
         self._apools.clear()
 
 
-async def _close_when_loop_ends(pool: Any) -> None:
-    """Wait until cancelled, then close ``pool``.
+async def _close_when_cancelled(pool: Any, forget: Callable[[], None], wait_s: float) -> None:
+    """Wait until cancelled, then close ``pool`` once the other tasks cancelled with it have ended.
 
     ``asyncio.run`` cancels every task when its main coroutine ends. psycopg_pool's maintenance
     workers survive that cancellation when it lands while they connect (they catch
     ``CancelledError`` to keep the pool consistent) and then wait on their queue for ever, so
-    ``asyncio.run`` never returns: a run that ended with an error (a lost lease) and never closed
-    its backend would hang its process. Closing the pool sends the workers their stop message.
+    ``asyncio.run`` never returned: a run that ended with an error (a lost lease) and never closed
+    its backend hung its process. Closing the pool sends the workers their stop message. The tasks
+    cancelled at the same time may still need the pool while they end (a run storing its failure
+    record, releasing its lease), so they are given ``wait_s`` to end first. Cancelling every task
+    while the loop goes on (a shutdown handler) closes this pool too: the next call opens a new one.
     """
     try:
         await asyncio.Event().wait()
     finally:
-        await pool.close(timeout=1.0)
+        if not pool.closed:  # (``aclose`` closed it and cancelled this guard: nothing left to do)
+            try:
+                # not the pools' own tasks (theirs or another backend's): they end when their pool closes
+                others = [task for task in asyncio.all_tasks() if not task.get_name().startswith(ASYNC_POOL_PREFIX)]
+                if others:
+                    await asyncio.wait(others, timeout=wait_s)
+            finally:
+                forget()
+                await pool.close(timeout=1.0)
 
 
 _open_backends: "weakref.WeakSet[PooledConnections]" = weakref.WeakSet()
@@ -170,6 +199,11 @@ def close_at_exit(backend: PooledConnections) -> None:
 def _close_open_backends() -> None:
     for backend in list(_open_backends):
         backend.close()
+
+
+# a forked child shares its parent's connections: closing them at its exit would end the parent's
+# sessions, so the child starts with none registered
+os.register_at_fork(after_in_child=_open_backends.clear)
 
 
 def _not_a_cancelled_connect(record: logging.LogRecord) -> bool:
