@@ -24,6 +24,7 @@ MB = 1024 * 1024
 PEAK_SCRIPT = r"""
 import resource, sys
 from spark_ckpt.backends.sqlite import SqliteBackend
+from spark_ckpt.testing.conformance import make_header
 
 size = int(sys.argv[2])
 backend = SqliteBackend(sys.argv[1])
@@ -39,6 +40,7 @@ print((after - before) * 1024)
 WRITER_SCRIPT = r"""
 import sys
 from spark_ckpt.backends.sqlite import SqliteBackend
+from spark_ckpt.testing.conformance import make_header
 
 backend = SqliteBackend(sys.argv[1])
 size = int(sys.argv[2])

@@ -56,8 +56,8 @@ def lean(data: dict[str, Any]) -> dict[str, Any]:
 
 _KEPT = object()
 
-#: boundary records at least this large are read back from the store when a record is built on them
-#: (rare: in-flight journals, failures) rather than held in memory while the next one is built
+#: boundary records at least this large are read back from a local store when a record is built on
+#: them (rare: in-flight journals, failures) rather than held in memory while the next one is built
 _LARGE_RECORD = 1 << 20
 
 #: ``on_stored(header, duration_s)``: a record is in the store, its write (encode + put) took
@@ -109,8 +109,9 @@ class RecordWriter:
         self.stats = WriteStats.resuming(writes, len(blob))
 
     def _boundary_stored(self, blob: bytes, status: str, seq: int, checkpoint_id: str) -> None:
-        # a large record is not held until the next one is built: it is read back if ever needed
-        self.last_blob = blob if len(blob) < _LARGE_RECORD else b""
+        # a large record in a local store is not held until the next one is built: it is read back
+        # if ever needed (a remote store's would be read with a blocking call inside the loop)
+        self.last_blob = b"" if len(blob) >= _LARGE_RECORD and self.put_directly else blob
         self.last_status, self.last_seq, self.last_id = status, seq, checkpoint_id
 
     def base_data(self) -> dict[str, Any]:
