@@ -7,8 +7,9 @@ delivered in.
 
 Invariants:
 
-* ``entries`` are the visits this process completed or replayed, in that order, as plain data;
-  the first ``persisted`` of them are in stored records, the next record stores the rest;
+* ``entries`` are the visits this process completed or replayed, in that order, as plain data
+  (once a record held one, as its JSON: ``RecordBuilder._encode_entries``); the first ``persisted``
+  of them are in stored records, the next record stores the rest;
 * ``replay`` holds the visits of the record being resumed that were not replayed yet; every one
   lies in a superstep up to ``resumed_through`` (records are written at superstep boundaries), so
   when that superstep ends ``replay`` is empty, or the replay did not reproduce the run;

@@ -17,7 +17,9 @@ Invariants:
 * a graph state value is compared through its *mark*: an immutable value (exact str, int, float,
   bool, None) is its own mark; with JSON records a mutable value is marked by its JSON, which also
   goes into the record as it is (encoded once); with another serializer it is stored every time;
-* only nodes visited or fed since the last record (``dirty``) are read again.
+* only nodes visited or fed since the last record (``dirty``) are read again;
+* with JSON records a journal entry is encoded once, the first time a record holds it, and kept as
+  that JSON (``_encode_entries``).
 
 Framework-neutral: the adapter gives the live graph state (``StateSource``), reads a node into its
 entry, and snapshots adapter nodes. No Spark import, no I/O.
@@ -104,6 +106,8 @@ class RecordBuilder:
         #: per adapter node (agent): its state as last stored, the base of the next delta
         self.extras_stored: dict[str, Any] = {}
         self.since_whole = 0
+        #: journal entries (``Journal.entries``) already replaced by their JSON (``_encode_entries``)
+        self.entries_encoded = 0
         #: boundary records still to be written whole: the start record and the one after it
         self.whole_due = 2
 
@@ -128,6 +132,8 @@ class RecordBuilder:
                 waiting.discard(key)
         whole = self._whole_record(status, bool(journal.replay))
         node_extras = self._extras_fields(dirty, whole) if self.adapter_keys else {}
+        if self.json_records:
+            self._encode_entries(journal.entries)
         if whole:
             # visits not yet replayed belong to the history too (the start record of a forked execution)
             history_start, history = 0, journal.whole()
@@ -164,6 +170,20 @@ class RecordBuilder:
             "version": CONTENT_VERSION,
             "kind": GRAPH,
         }
+
+    def _encode_entries(self, entries: list[Any]) -> None:
+        """Replace the journal entries not yet encoded by their JSON (``orjson.Fragment``), in place: a
+        visit is then encoded once, not again in every whole record (which holds the whole journal),
+        and checking a record for values that need tags skips it. An entry that cannot be encoded is
+        left as it is: the record reports it with its path."""
+        for i in range(self.entries_encoded, len(entries)):
+            entry = entries[i]
+            if type(entry) is dict:
+                try:
+                    entries[i] = orjson.Fragment(dumps_data(entry))
+                except EncodeError:
+                    pass
+        self.entries_encoded = len(entries)
 
     def _whole_record(self, status: str, replaying: bool) -> bool:
         """Whether this record stands alone (whole history, state and agent states): see the module
