@@ -356,12 +356,16 @@ def test_long_runs_store_each_visit_once(tmp_path, monkeypatch) -> None:
     headers = graph.list_checkpoints()
     stored = [graph._decode(graph.backend.get(h.checkpoint_id).blob, h) for h in headers]
     visits_stored = sum(len(r.execution_history) for r in stored)
-    # each visit once in the deltas, plus the periodic full records (every 40) and the final one:
-    # linear in the run length (storing the whole history every time would be 150*151/2 = 11325)
-    periodic_and_final = [r for r in stored if r.history_start == 0 and len(r.execution_history) > 1]
-    assert len(periodic_and_final) == 4
-    assert visits_stored == 150 + sum(len(r.execution_history) - 1 for r in periodic_and_final)
-    assert visits_stored < 5 * 150
+    # each visit once in the deltas, plus the periodic records (every 40: the visits since the whole
+    # record before the last one) and the final one (all of them): linear in the run length (storing
+    # the whole history every time would be 150*151/2 = 11325)
+    periodic = [r for r in stored if "history_from" in r.extras]
+    final = max(stored, key=lambda r: r.seq)
+    assert len(periodic) == 3 and all(len(r.execution_history) <= 2 * 40 + 2 for r in periodic)
+    assert (final.history_start, len(final.execution_history)) == (0, 150)
+    changes_only = [r for r in stored if r not in periodic and r is not final]
+    assert sum(len(r.execution_history) for r in changes_only) == 150 - 1 - 3  # (final, periodic: own visit)
+    assert visits_stored < 4 * 150
     middle = graph.get_checkpoint(offset=70)
     assert [v.index for v in middle.execution_history] == list(range(len(middle.execution_history)))
     assert middle.graph_state["i"] == len(middle.execution_history)

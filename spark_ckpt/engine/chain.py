@@ -25,13 +25,17 @@ from typing import Any, Callable, Iterable
 
 import attrs
 
-from ..errors import CorruptCheckpointError
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError
 from ..model import GRAPH, CheckpointHeader, GraphCheckpoint
 from . import deltas
 from .damage import damaged
 
 #: marks a ``node_extras``/``inflight`` entry holding changes (``deltas`` ops), not a whole state
 DELTA = "__spark_ckpt_delta__"
+
+#: ``extras`` key of a periodic whole record: the seq of the record whose journal ends where this
+#: one's begins (``record_builder`` writes it)
+HISTORY_FROM = "history_from"
 
 Loader = Callable[[CheckpointHeader], GraphCheckpoint]
 
@@ -128,12 +132,58 @@ def make_whole(
     the state alone is made whole, reading back only to the record holding the whole state.
     """
     with damaged(f"checkpoint {record.checkpoint_id}"):  # content of the wrong shape, in it or before it
-        return _make_whole(record, earlier, load, wanted_extras, newest_first, with_history)
+        earlier = _Rereadable(earlier)
+        try:
+            return _make_whole(record, earlier, load, wanted_extras, newest_first, with_history, links=True)
+        except _LinkBroken:
+            # a record named by a link is damaged, missing or does not continue the journal: the
+            # records in between hold the same visits, one by one
+            return _make_whole(record, earlier, load, wanted_extras, newest_first, with_history, links=False)
+
+
+class _Rereadable:
+    """An iterable read lazily (a listing is made only if the walk needs it), and again from the start."""
+
+    def __init__(self, items: Iterable[CheckpointHeader]) -> None:
+        self._items = iter(items)
+        self._read: list[CheckpointHeader] = []
+
+    def __iter__(self) -> Any:
+        yield from self._read
+        for item in self._items:
+            self._read.append(item)
+            yield item
+
+
+class _LinkBroken(Exception):
+    """The walk followed a ``HISTORY_FROM`` link and could not complete the journal that way."""
+
+
+def _link(record: GraphCheckpoint) -> int | None:
+    """The seq of the record whose journal ends where ``record``'s begins, if it names one (a periodic
+    whole record: ``record_builder.HISTORY_FROM``)."""
+    link = record.extras.get(HISTORY_FROM) if record.execution_history and record.history_start else None
+    return link if type(link) is int and link < record.seq else None
 
 
 def _make_whole(
     record: GraphCheckpoint, earlier: Iterable[CheckpointHeader], load: Loader, wanted_extras: Iterable[str],
-    newest_first: bool = False, with_history: bool = True,
+    newest_first: bool = False, with_history: bool = True, *, links: bool,
+) -> GraphCheckpoint:
+    try:
+        return _walk(record, earlier, load, wanted_extras, newest_first, with_history, links)
+    except _Followed as followed:
+        # an error after a link was followed may come from the records it skipped: try without
+        raise _LinkBroken() from followed.__cause__
+
+
+class _Followed(Exception):
+    """Raised from the walk, with the error as its cause, when it had followed a link."""
+
+
+def _walk(
+    record: GraphCheckpoint, earlier: Iterable[CheckpointHeader], load: Loader, wanted_extras: Iterable[str],
+    newest_first: bool, with_history: bool, links: bool,
 ) -> GraphCheckpoint:
     extras = DeltaChains(record.node_extras, wanted_extras)
     inflight = DeltaChains(record.inflight)
@@ -145,6 +195,10 @@ def _make_whole(
     limit = record.seq - 1 if record.base_seq is None else record.base_seq
     segments = [record.execution_history]
     same_visit = lambda key, entry: entry.get("visit_index") == record.inflight[key]["visit_index"]  # noqa: E731
+    # when only the journal is missing, a periodic whole record names the record its journal
+    # continues: the walk goes there without reading the records in between
+    jump = _link(record) if links and needed else None
+    followed = False
     for header in earlier if newest_first else sorted(earlier, key=lambda h: h.seq, reverse=True):
         if needed == 0 and not extras.missing and not inflight.missing and state.whole:
             break
@@ -154,7 +208,19 @@ def _make_whole(
             if inflight.missing:
                 inflight.feed(load(header).inflight, same_visit)
             continue
-        older = load(header)
+        if jump is not None and header.seq > jump and state.whole and not extras.missing and not inflight.missing:
+            followed = True
+            continue
+        try:
+            older = load(header)
+        except (CorruptCheckpointError, CheckpointNotFoundError) as exc:
+            if followed:
+                raise _Followed() from exc
+            if state.whole and not extras.missing and not inflight.missing and not links:
+                # only visits are still missing: a damaged periodic record's are in the records
+                # around it too (the walk ends incomplete if they are not)
+                continue
+            raise
         was_whole = state.whole
         state.feed(older)
         if state.whole and not was_whole:
@@ -163,12 +229,17 @@ def _make_whole(
         # an in-flight journal continues only records of the same visit
         inflight.feed(older.inflight, same_visit)
         end = older.history_start + len(older.execution_history)
-        if needed and older.execution_history and end >= needed:
+        if needed and older.execution_history and older.history_start < needed <= end:  # (not one covered already)
             segments.append(older.execution_history[: needed - older.history_start])
             needed = older.history_start
+            jump = _link(older) if links and needed else None
+        elif followed and header.seq == jump:  # the named record does not end where the journal resumes
+            raise _Followed() from CorruptCheckpointError(f"checkpoint {header.checkpoint_id} does not continue the journal")
         if older.base_seq is not None:
             limit = min(limit, older.base_seq)
     if needed or extras.ops or inflight.ops or not state.whole:
+        if followed:
+            raise _Followed() from CorruptCheckpointError("the journal is incomplete along its links")
         raise CorruptCheckpointError(
             f"checkpoint {record.checkpoint_id} of execution {record.execution_id} is incomplete without "
             "earlier checkpoints that are missing (pruned by hand, or damaged); use the execution's "

@@ -11,8 +11,11 @@ Invariants:
 
 * a record is whole (it stands alone) when it is the execution's final one, under "exit"
   durability, the first record this process writes for the execution (the start record, the first
-  after a recovery), the one after the start record, and every ``FULL_HISTORY_EVERY``-th: one damaged
-  record costs at most that many supersteps;
+  after a recovery), and the one after the start record;
+* every ``FULL_HISTORY_EVERY``-th record holds the whole state and agent states, and the journal
+  since the whole record before the last one, which it names (``HISTORY_FROM``): bytes stay linear
+  in the run's length, every visit is in two records, and one damaged record costs at most that
+  many supersteps;
 * the run input is only in whole records (it never changes);
 * a graph state value is compared through its *mark*: an immutable value (exact str, int, float,
   bool, None) is its own mark; with JSON records a mutable value is marked by its JSON, which also
@@ -37,10 +40,11 @@ from ..codec.convert import dumps_data, faithful_copy
 from ..errors import EncodeError
 from ..model import COMPLETED, CONTENT_VERSION, GRAPH, RUNNING, GraphCheckpoint, canonical_checkpoint_id
 from . import deltas
-from .chain import DELTA
+from .chain import DELTA, HISTORY_FROM
 
-#: a whole record at least this often (the others hold only changes)
+#: a record with the whole state at least this often (the others hold only changes)
 FULL_HISTORY_EVERY = 64
+
 
 #: graph state values that cannot change in place (exact types: a subclass could)
 _IMMUTABLE = frozenset({str, int, float, bool, type(None)})
@@ -108,6 +112,9 @@ class RecordBuilder:
         self.since_whole = 0
         #: journal entries (``Journal.entries``) already replaced by their JSON (``_encode_entries``)
         self.entries_encoded = 0
+        #: (where its journal ends, seq) of the last two whole records built, older first: the older
+        #: one is where the next periodic record's journal starts, and the record it names
+        self.whole_ends: list[tuple[int, int]] = []
         #: boundary records still to be written whole: the start record and the one after it
         self.whole_due = 2
 
@@ -130,15 +137,25 @@ class RecordBuilder:
                 waiting.add(key)
             else:
                 waiting.discard(key)
-        whole = self._whole_record(status, bool(journal.replay))
+        whole, periodic = self._whole_record(status, bool(journal.replay))
         node_extras = self._extras_fields(dirty, whole) if self.adapter_keys else {}
         if self.json_records:
             self._encode_entries(journal.entries)
-        if whole:
+        extras: dict[str, Any] = {"structure": self.structure}
+        if periodic and self.whole_ends:
+            # the whole state, and the journal since the whole record before the last one: bytes
+            # linear in the run's length, the chain reader goes from one such record to the one it
+            # names, and every visit is in two records (the last whole one may be the damaged one)
+            end, linked = self.whole_ends[0]
+            history_start, history = end, journal.entries[end:]
+            extras[HISTORY_FROM] = linked
+        elif whole:
             # visits not yet replayed belong to the history too (the start record of a forked execution)
             history_start, history = 0, journal.whole()
         else:
             history_start, history = journal.since_persisted()
+        if whole:
+            self.whole_ends = [*self.whole_ends[-1:], (history_start + len(history), seq)]
         graph_state, appended, removed = self._graph_state_fields(state, whole)
         partial = removed is not None
         if partial and dirty is not None:  # only the nodes read again can have changed
@@ -166,7 +183,7 @@ class RecordBuilder:
             "result": result,
             "inflight": {},
             "node_extras": node_extras,
-            "extras": {"structure": self.structure},
+            "extras": extras,
             "version": CONTENT_VERSION,
             "kind": GRAPH,
         }
@@ -185,14 +202,18 @@ class RecordBuilder:
                     pass
         self.entries_encoded = len(entries)
 
-    def _whole_record(self, status: str, replaying: bool) -> bool:
-        """Whether this record stands alone (whole history, state and agent states): see the module
-        docstring. ``replaying``: visits remain to replay (they go into a whole record's history)."""
-        whole = bool(status == COMPLETED or self.always_whole or replaying or self.marks is None
-                     or self.whole_due or self.since_whole >= FULL_HISTORY_EVERY)
+    def _whole_record(self, status: str, replaying: bool) -> tuple[bool, bool]:
+        """``(whole, periodic)``: whether this record holds the whole state and agent states, and
+        whether only because ``FULL_HISTORY_EVERY`` boundaries passed (then it holds the journal since
+        the last whole record, not all of it): see the module docstring. ``replaying``: visits remain to
+        replay (they go into a whole record's history)."""
+        standing_alone = bool(status == COMPLETED or self.always_whole or replaying or self.marks is None
+                              or self.whole_due)
+        periodic = not standing_alone and self.since_whole >= FULL_HISTORY_EVERY
+        whole = standing_alone or periodic
         self.whole_due = max(0, self.whole_due - 1)
         self.since_whole = 0 if whole else self.since_whole + 1
-        return whole
+        return whole, periodic
 
     def _current_node(self) -> str | None:
         """``current_node``: the node with input waiting, or several joined by commas in graph order."""
@@ -308,6 +329,7 @@ class RecordBuilder:
                     run_input=None)
         data["status"], data["failure"] = RUNNING, None  # (the base may be a failure record we resume)
         data["base_seq"] = base_seq  # its state is that record's, whatever was written after it
+        data["extras"] = {k: v for k, v in data.get("extras", {}).items() if k != HISTORY_FROM}  # (the base's link)
         # never the base's own in-flight entries: they may be deltas against records before it
         data["inflight"] = dict(inflight)
         data["skip_nodes"], data["skip_outputs"] = list(skip), skip_outputs(skip)

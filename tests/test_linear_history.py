@@ -1,0 +1,172 @@
+"""Bytes linear in a run's length: a periodic whole record (every ``FULL_HISTORY_EVERY`` boundaries)
+holds the whole state but only the journal since the whole record before the last one, and names
+that record (``HISTORY_FROM``); the chain reader goes from one to the one it names. Only the start, the first record
+after a recovery and the final one hold the whole journal.
+
+Checked: what each record holds, that every record reads back with the whole journal, how many
+records making one whole reads, a damaged periodic record read around, and recovery after SIGKILL
+at varied points across several periodic records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import journal_loop_graphs  # noqa: E402
+
+from spark_ckpt.engine.chain import HISTORY_FROM  # noqa: E402
+from spark_ckpt.engine.record_builder import FULL_HISTORY_EVERY  # noqa: E402
+from spark_ckpt.engine.records import RecordReader, decode_record  # noqa: E402
+
+WORKER = Path(__file__).parent / "journal_loop_worker.py"
+STEPS = 4 * FULL_HISTORY_EVERY + 20
+
+
+def _run(path: Path, steps: int = STEPS):
+    graph = journal_loop_graphs.build(path, steps)
+    asyncio.run(graph.run({"go": 1}))
+    return graph
+
+
+def _stored(graph) -> list:
+    """Every record as stored (not made whole), oldest first."""
+    headers = sorted(graph.backend.list(graph_id="journal-loop"), key=lambda h: h.seq)
+    return [decode_record(graph.codec, graph.backend.get(h.checkpoint_id).blob, h) for h in headers]
+
+
+def _counts(record) -> list[int]:
+    return [visit.output["content"]["n"] for visit in record.execution_history]
+
+
+def test_only_the_start_and_final_records_hold_the_whole_journal(tmp_path: Path) -> None:
+    graph = _run(tmp_path / "c.db")
+    try:
+        records = _stored(graph)
+        periodic = [r for r in records if HISTORY_FROM in r.extras]
+        assert len(periodic) >= 3
+        for record in records[2:-1]:  # (the start record and the one after it stand alone)
+            assert len(record.execution_history) <= 2 * FULL_HISTORY_EVERY + 2, record.seq
+        for record in periodic:
+            assert not record.partial_state
+            linked = records[record.extras[HISTORY_FROM]]
+            assert linked.history_start + len(linked.execution_history) == record.history_start
+        assert _counts(records[-1]) == list(range(1, STEPS + 1))  # the final record stands alone
+        # bytes grow with the run, not with its square: the records past the first periodic one
+        # average about what a changes-only record costs
+        sizes = [h.size for h in sorted(graph.backend.list(graph_id="journal-loop"), key=lambda h: h.seq)]
+        middle = sizes[2:-1]
+        assert sum(middle) < 1.8 * len(middle) * sorted(middle)[len(middle) // 2], sizes
+    finally:
+        graph.close()
+
+
+def test_every_record_reads_back_with_the_whole_journal(tmp_path: Path) -> None:
+    graph = _run(tmp_path / "c.db")
+    try:
+        for header in graph.backend.list(graph_id="journal-loop"):
+            record = graph.get_checkpoint(header.checkpoint_id)
+            assert _counts(record) == list(range(1, len(record.execution_history) + 1)), header.seq
+            assert record.graph_state.get("n", 0) == len(record.execution_history)
+    finally:
+        graph.close()
+
+
+class _CountingBackend:
+    def __init__(self, backend) -> None:
+        self.backend, self.gets = backend, 0
+
+    def get(self, checkpoint_id):
+        self.gets += 1
+        return self.backend.get(checkpoint_id)
+
+    def list(self, **filters):
+        return self.backend.list(**filters)
+
+
+def test_making_a_late_record_whole_reads_one_record_per_period(tmp_path: Path) -> None:
+    steps = 16 * FULL_HISTORY_EVERY
+    graph = _run(tmp_path / "c.db", steps)
+    try:
+        headers = sorted(graph.backend.list(graph_id="journal-loop"), key=lambda h: h.seq)
+        target = headers[-3]  # a changes-only record near the end
+        counting = _CountingBackend(graph.backend)
+        whole = RecordReader(counting, graph.codec).whole(target)
+        assert _counts(whole) == list(range(1, len(whole.execution_history) + 1))
+        # back to the last periodic record one by one, then one record per period (not all ~1,000)
+        assert counting.gets <= FULL_HISTORY_EVERY + steps // FULL_HISTORY_EVERY + 4, counting.gets
+    finally:
+        graph.close()
+
+
+def _damage(db: Path, seq: int) -> None:
+    with sqlite3.connect(db) as conn:
+        (rowid, blob), = conn.execute("SELECT rowid, blob FROM checkpoints WHERE seq = ?", (seq,)).fetchall()
+        blob = bytearray(blob)
+        blob[len(blob) // 2] ^= 0xFF
+        conn.execute("UPDATE checkpoints SET blob = ? WHERE rowid = ?", (bytes(blob), rowid))
+    conn.close()
+
+
+def test_a_damaged_periodic_record_is_read_around(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    graph = _run(db)
+    records = _stored(graph)
+    graph.close()
+    periodic = [r for r in records if HISTORY_FROM in r.extras]
+    _damage(db, periodic[0].seq)  # the first periodic record, named by the second one's link
+    graph = journal_loop_graphs.build(db, STEPS)
+    try:
+        later = next(h for h in graph.backend.list(graph_id="journal-loop") if h.seq == periodic[1].seq + 3)
+        record = graph.get_checkpoint(later.checkpoint_id)
+        # the visits the damaged record held come from the changes-only records that hold them too
+        assert _counts(record) == list(range(1, len(record.execution_history) + 1))
+    finally:
+        graph.close()
+
+
+def _crash_at(db: Path, steps: int, stall_at: int, delay_s: float) -> None:
+    marker = db.parent / f"reached-{stall_at}"
+    worker = subprocess.Popen([sys.executable, str(WORKER), str(db), str(steps), str(stall_at), str(marker)],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert worker.poll() is None, worker.stderr.read()[-2000:]
+            assert time.monotonic() < deadline, "the worker never reached its stall"
+            time.sleep(0.02)
+        time.sleep(delay_s)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        worker.stderr.close()
+
+
+@pytest.mark.parametrize("stall_at, delay_s", [
+    (FULL_HISTORY_EVERY + 1, 0.0), (2 * FULL_HISTORY_EVERY + 7, 0.05), (3 * FULL_HISTORY_EVERY + 30, 0.01),
+])
+def test_recovery_after_sigkill_across_periodic_records(tmp_path: Path, stall_at: int, delay_s: float) -> None:
+    db = tmp_path / "c.db"
+    _crash_at(db, STEPS, stall_at, delay_s)
+    graph = journal_loop_graphs.build(db, STEPS)
+    try:
+        result = asyncio.run(graph.recover_and_continue())
+        assert result.content == {"n": STEPS, "done": True}
+        final = graph.get_checkpoint()
+        assert _counts(final) == list(range(1, STEPS + 1))
+        assert graph.last_recovery.execution_id == final.execution_id
+    finally:
+        graph.close()
