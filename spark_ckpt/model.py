@@ -103,6 +103,24 @@ class CheckpointHeader(DictView):
         return self.status in UNFINISHED_STATUSES
 
 
+class BlobParts:
+    """A checkpoint's bytes given in consecutive parts (the envelope's prefix, then a large payload), to
+    a backend that writes them one after the other (``Backend.takes_blob_parts``) instead of copying
+    them into one buffer first. ``len()`` is the byte count; ``join()`` the bytes."""
+
+    __slots__ = ("parts", "_size")
+
+    def __init__(self, parts: tuple[bytes, ...]) -> None:
+        self.parts = parts
+        self._size = sum(len(part) for part in parts)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def join(self) -> bytes:
+        return b"".join(self.parts)
+
+
 @attrs.frozen
 class StoredCheckpoint:
     """A header plus the opaque encoded bytes, as a backend returns it."""

@@ -100,3 +100,44 @@ def test_a_process_killed_while_writing_large_records_leaves_only_whole_ones(tmp
         assert backend.execution_head("big").seq == len(headers) - 1
     finally:
         backend.close()
+
+
+RUN_PEAK_SCRIPT = r"""
+import asyncio, sys
+from spark.graphs import Graph
+from spark.nodes import Node
+from spark_ckpt import CheckpointConfig, checkpointed
+
+class Step(Node):
+    async def process(self, context):
+        await context.graph_state.set(self.id, "x" * 100)
+        return {"step": self.id}
+
+nodes = [Step(id=f"s{i}") for i in range(3)]
+nodes[0] >> nodes[1] >> nodes[2]
+state_bytes = int(sys.argv[2])
+graph = checkpointed(Graph(start=nodes[0], initial_state={"blob": "y" * state_bytes}), config=CheckpointConfig(
+    backend="sqlite", path=sys.argv[1], strategy="iteration", interval=1), graph_id="big-state")
+def status(field):
+    with open("/proc/self/status") as lines:
+        return next(int(line.split()[1]) * 1024 for line in lines if line.startswith(field))
+
+with open("/proc/self/clear_refs", "w") as clear:
+    clear.write("5")  # the peak (VmHWM) starts again from the current RSS: building the graph peaked too
+before = status("VmRSS:")
+for _ in range(2):
+    asyncio.run(graph.run({"go": 1}))
+print(status("VmHWM:") - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc peak-RSS reset")
+def test_a_run_with_a_large_state_peaks_at_about_one_encoded_copy_of_it(tmp_path: Path) -> None:
+    """Its whole records (start, the one after, final) are encoded once each and written part after
+    part: the envelope's prefix, then the payload, never joined into one buffer."""
+    size = 40 * MB
+    out = subprocess.run([sys.executable, "-c", RUN_PEAK_SCRIPT, str(tmp_path / "c.db"), str(size)],
+                         capture_output=True, text=True, timeout=300, check=True)
+    grown = int(out.stdout.strip())
+    # one encoded copy of the state (~40 MB) and the pages being written; joined, it was ~2 copies
+    assert grown < 1.5 * size, f"peak memory grew by {grown / MB:.0f} MB over a {size // MB} MB state"

@@ -16,7 +16,8 @@ from ..errors import (
 )
 from .convert import converter, dumps_data, from_data, to_data
 from .crypto import AesGcmTransform, Keyring, new_key
-from .envelope import Envelope, Identity, describe, pack, pack_parts, unpack
+from ..model import BlobParts
+from .envelope import Envelope, Identity, describe, envelope_prefix, pack, pack_parts, unpack
 from .index_tags import IndexTagger
 from .layers import (
     DEFAULT_MAX_DECOMPRESSED, GzipTransform, JsonSerializer, Serializer, Transform, ZstdTransform,
@@ -93,6 +94,17 @@ class Codec:
     def encode_data(self, data: Any, identity: Identity) -> bytes:
         if self._plain_json and not self.encrypts:  # the default: no layer but JSON
             return pack_parts([{"name": "json"}], identity, dumps_data(data))
+        return self._encoded_through_layers(data, identity)
+
+    def encode_data_in_parts(self, data: Any, identity: Identity) -> "bytes | BlobParts":
+        """``encode_data``, the envelope's prefix and the payload left apart on the default path (no
+        layer but JSON), so a large record is never copied into one buffer: ``BlobParts``."""
+        if self._plain_json and not self.encrypts:
+            payload = dumps_data(data)
+            return BlobParts((envelope_prefix([{"name": "json"}], identity, payload), payload))
+        return self._encoded_through_layers(data, identity)
+
+    def _encoded_through_layers(self, data: Any, identity: Identity) -> bytes:
         encode = getattr(self.serializer, "encode", None)
         if encode is not None:
             payload, params = encode(data, identity)

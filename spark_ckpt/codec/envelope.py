@@ -84,6 +84,13 @@ def pack(envelope: Envelope) -> bytes:
 
 def pack_parts(layers: list[dict[str, Any]], ident: Identity, payload: bytes, version: int = ENVELOPE_VERSION) -> bytes:
     """``pack`` without building an ``Envelope`` (the write path runs this once per checkpoint)."""
+    return b"".join((envelope_prefix(layers, ident, payload, version), payload))
+
+
+def envelope_prefix(layers: list[dict[str, Any]], ident: Identity, payload: bytes,
+                    version: int = ENVELOPE_VERSION) -> bytes:
+    """What ``pack_parts`` puts before ``payload``: the envelope is this, then the payload as it is (a
+    large payload can be written after it without joining the two)."""
     header = orjson.dumps(
         {
             "layers": layers,
@@ -95,7 +102,7 @@ def pack_parts(layers: list[dict[str, Any]], ident: Identity, payload: bytes, ve
     version_byte = bytes((version,))
     framed_header = _LENGTH.pack(len(header)) + header
     # the digest covers everything after itself: version, header length, header, payload
-    return b"".join((MAGIC, version_byte, _digest(version_byte, framed_header, payload), framed_header, payload))
+    return b"".join((MAGIC, version_byte, _digest(version_byte, framed_header, payload), framed_header))
 
 
 def _claimed_length(blob: bytes) -> int | None:

@@ -30,7 +30,7 @@ from ..backends.base import Backend, LocalBackend
 from ..backends.leases import release_quietly
 from ..codec import Codec, Identity
 from ..errors import CodecError, LeaseError
-from ..model import GRAPH, RUNNING, CheckpointHeader, Lease
+from ..model import GRAPH, RUNNING, BlobParts, CheckpointHeader, Lease
 from ..retention import prune
 from .durability import DurableWriter
 from .attempts import ATTEMPT_KEY
@@ -80,6 +80,8 @@ class RecordWriter:
         # a local backend's aput only calls put: calling put saves a coroutine per record
         self.put_directly = type(backend).aput is LocalBackend.aput
         self.tags_heads = codec.index_tags.enabled
+        #: records at least this large go to the backend in parts (None: it takes bytes only)
+        self.parts_from: int | None = backend.takes_blob_parts
         self.on_stored = on_stored
         #: seq of the next record built; the one this process took the execution up at
         self.next_seq = self.first_seq = next_seq
@@ -108,10 +110,13 @@ class RecordWriter:
         self._boundary_stored(blob, RUNNING, seq, checkpoint_id)
         self.stats = WriteStats.resuming(writes, len(blob))
 
-    def _boundary_stored(self, blob: bytes, status: str, seq: int, checkpoint_id: str) -> None:
+    def _boundary_stored(self, blob: bytes | BlobParts, status: str, seq: int, checkpoint_id: str) -> None:
         # a large record in a local store is not held until the next one is built: it is read back
         # if ever needed (a remote store's would be read with a blocking call inside the loop)
-        self.last_blob = b"" if len(blob) >= _LARGE_RECORD and self.put_directly else blob
+        if len(blob) >= _LARGE_RECORD and self.put_directly:
+            self.last_blob = b""
+        else:
+            self.last_blob = blob.join() if type(blob) is BlobParts else blob
         self.last_status, self.last_seq, self.last_id = status, seq, checkpoint_id
 
     def base_data(self) -> dict[str, Any]:
@@ -127,10 +132,21 @@ class RecordWriter:
 
     # -- storing ------------------------------------------------------------------------------------
     def encode(self, data: dict[str, Any]) -> tuple[CheckpointHeader, bytes]:
+        header, blob = self._encoded(data, in_parts=False)
+        return header, blob  # type: ignore[return-value]
+
+    def _encoded(self, data: dict[str, Any], *, in_parts: bool) -> tuple[CheckpointHeader, bytes | BlobParts]:
+        """The record's header and bytes; ``in_parts``: a large one as ``BlobParts`` for a backend that
+        writes parts (``Backend.takes_blob_parts``), so it is never copied into one buffer."""
         meta = data["graph_metadata"]
         identity = Identity(meta["graph_id"], meta["execution_id"], data["seq"])
         try:
-            blob = self.codec.encode_data(lean(data), identity)
+            if in_parts:
+                blob: bytes | BlobParts = self.codec.encode_data_in_parts(lean(data), identity)
+                if type(blob) is BlobParts and len(blob) < self.parts_from:  # (small: one buffer is cheaper)
+                    blob = blob.join()
+            else:
+                blob = self.codec.encode_data(lean(data), identity)
         except CodecError as exc:
             raise type(exc)(f"graph {meta['graph_id']!r}, checkpoint seq {data['seq']}: {exc}") from None
         # (positional: a third cheaper than keywords, once per record)
@@ -153,7 +169,7 @@ class RecordWriter:
                 extras[EXTRAS_KEY] = stats.as_data()
             if self.attempt is not None:
                 extras[ATTEMPT_KEY] = self.attempt
-        header, blob = self.encode(data)
+        header, blob = self._encoded(data, in_parts=self.parts_from is not None)
         encode_s = perf_counter() - started
         if stats is not None:
             stats.encoded(encode_s)
@@ -166,7 +182,7 @@ class RecordWriter:
             await self.writes.write(lambda: self._put(header, blob, boundary, encode_s), wait=wait)
         return header
 
-    async def _put(self, header: CheckpointHeader, blob: bytes, boundary: bool, encode_s: float) -> None:
+    async def _put(self, header: CheckpointHeader, blob: bytes | BlobParts, boundary: bool, encode_s: float) -> None:
         started = perf_counter()
         if self.lease is None:  # a fresh execution's start record: takes the lease in the same write
             self.lease = await self.backend.astart_execution(header, blob, self.owner, self.ttl_s)

@@ -32,7 +32,8 @@ from ...errors import (
 )
 from ...masking import mask_url
 from ...model import (
-    UNFINISHED_STATUSES, CheckpointHeader, Lease, StoredCheckpoint, canonical_checkpoint_id, canonical_key,
+    UNFINISHED_STATUSES, BlobParts, CheckpointHeader, Lease, StoredCheckpoint, canonical_checkpoint_id,
+    canonical_key,
 )
 from .. import heads
 from ..base import LocalBackend
@@ -55,6 +56,7 @@ class SQLiteBackend(LocalBackend):
     name = "sqlite"
     url_schemes = ("sqlite",)
     durable = True
+    takes_blob_parts = STREAMED_BLOB_BYTES  # (written into the row's pages part after part)
 
     def __init__(
         self,
@@ -196,6 +198,8 @@ class SQLiteBackend(LocalBackend):
         # a large blob is written into the row's pages (``streamed``): bound as a parameter, SQLite
         # would copy it twice more (the bound value, then the record it builds)
         streamed = len(blob) >= STREAMED_BLOB_BYTES
+        if not streamed and type(blob) is BlobParts:
+            blob = blob.join()
         sql = self._sql
         fence = () if lease is None else (h.execution_id, lease.token, lease.owner)
         try:
@@ -214,7 +218,8 @@ class SQLiteBackend(LocalBackend):
             raise LeaseError(f"write to execution {h.execution_id} refused: lease check failed")
         if streamed:
             with conn.blobopen(self.tables["checkpoints"], "blob", _row(number, h, b"")[0]) as room:
-                room.write(blob)
+                for part in blob.parts if type(blob) is BlobParts else (blob,):
+                    room.write(part)
         if lease is None:
             conn.execute(sql.ADVANCE_HEAD, _head_params(number, h))  # forward only, never refused
             return
