@@ -98,9 +98,14 @@ class Backend(ABC):
     url_schemes: ClassVar[tuple[str, ...]] = ()
     #: True when data survives the process (used by recovery to refuse a pointless in-memory restore)
     durable: ClassVar[bool] = True
+    #: a blob at least this large may be given to ``put``/``start_execution`` as ``model.BlobParts``,
+    #: which the backend writes part after part (None: always ``bytes``)
+    takes_blob_parts: ClassVar[int | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if ({"put", "start_execution"} & cls.__dict__.keys()) and "takes_blob_parts" not in cls.__dict__:
+            cls.takes_blob_parts = None  # a subclass writing its own way gets bytes unless it says otherwise
         init = cls.__dict__.get("__init__")
         if init is not None and not getattr(init, "_checks_arguments", False):
             cls.__init__ = _checked_arguments(cls, init)  # type: ignore[method-assign]

@@ -28,6 +28,7 @@ import attrs
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError
 from ..model import GRAPH, CheckpointHeader, GraphCheckpoint
 from . import deltas
+from .attempts import ATTEMPT_KEY
 from .damage import damaged
 
 #: marks a ``node_extras``/``inflight`` entry holding changes (``deltas`` ops), not a whole state
@@ -199,6 +200,11 @@ def _walk(
     # continues: the walk goes there without reading the records in between
     jump = _link(record) if links and needed else None
     followed = False
+    # a record that cannot be read is passed over only while the records read after it were written
+    # by the same attempt as ``record``: an earlier attempt's records may hold other visits at the
+    # same positions (a recovery that fell back past them continued the execution without them)
+    attempt = record.extras.get(ATTEMPT_KEY)
+    passed_over: Exception | None = None
     for header in earlier if newest_first else sorted(earlier, key=lambda h: h.seq, reverse=True):
         if needed == 0 and not extras.missing and not inflight.missing and state.whole:
             break
@@ -216,11 +222,14 @@ def _walk(
         except (CorruptCheckpointError, CheckpointNotFoundError) as exc:
             if followed:
                 raise _Followed() from exc
-            if state.whole and not extras.missing and not inflight.missing and not links:
+            if state.whole and not extras.missing and not inflight.missing and not links and attempt is not None:
                 # only visits are still missing: a damaged periodic record's are in the records
                 # around it too (the walk ends incomplete if they are not)
+                passed_over = passed_over or exc
                 continue
             raise
+        if passed_over is not None and older.extras.get(ATTEMPT_KEY) != attempt:
+            raise passed_over
         was_whole = state.whole
         state.feed(older)
         if state.whole and not was_whole:
