@@ -58,7 +58,7 @@ _KEPT = object()
 
 #: boundary records at least this large are read back from a local store when a record is built on
 #: them (rare: in-flight journals, failures) rather than held in memory while the next one is built
-_LARGE_RECORD = 1 << 20
+_LARGE_RECORD = 1 << 18
 
 #: ``on_stored(header, duration_s)``: a record is in the store, its write (encode + put) took
 #: ``duration_s`` seconds (fires ``spark_ckpt_post_checkpoint``)

@@ -47,7 +47,7 @@ from .statements import _NEWEST_FIRST, _head_params, _header, _row, statements_f
 
 #: blobs at least this large are written into their row's pages rather than bound as a parameter
 #: (a 50 MB record then costs no extra 100 MB while it is stored)
-STREAMED_BLOB_BYTES = 1 << 20
+STREAMED_BLOB_BYTES = 1 << 18
 
 
 class SQLiteBackend(LocalBackend):
