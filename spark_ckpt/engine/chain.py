@@ -135,11 +135,11 @@ def make_whole(
     with damaged(f"checkpoint {record.checkpoint_id}"):  # content of the wrong shape, in it or before it
         earlier = _Rereadable(earlier)
         try:
-            return _make_whole(record, earlier, load, wanted_extras, newest_first, with_history, links=True)
+            return _walk(record, earlier, load, wanted_extras, newest_first, with_history, links=True)
         except _LinkBroken:
             # a record named by a link is damaged, missing or does not continue the journal: the
             # records in between hold the same visits, one by one
-            return _make_whole(record, earlier, load, wanted_extras, newest_first, with_history, links=False)
+            return _walk(record, earlier, load, wanted_extras, newest_first, with_history, links=False)
 
 
 class _Rereadable:
@@ -157,7 +157,8 @@ class _Rereadable:
 
 
 class _LinkBroken(Exception):
-    """The walk followed a ``HISTORY_FROM`` link and could not complete the journal that way."""
+    """The walk followed a ``HISTORY_FROM`` link and could not complete the journal that way (the
+    error, as its cause, may come from the records the link skipped)."""
 
 
 def _link(record: GraphCheckpoint) -> int | None:
@@ -165,21 +166,6 @@ def _link(record: GraphCheckpoint) -> int | None:
     whole record: ``record_builder.HISTORY_FROM``)."""
     link = record.extras.get(HISTORY_FROM) if record.execution_history and record.history_start else None
     return link if type(link) is int and link < record.seq else None
-
-
-def _make_whole(
-    record: GraphCheckpoint, earlier: Iterable[CheckpointHeader], load: Loader, wanted_extras: Iterable[str],
-    newest_first: bool = False, with_history: bool = True, *, links: bool,
-) -> GraphCheckpoint:
-    try:
-        return _walk(record, earlier, load, wanted_extras, newest_first, with_history, links)
-    except _Followed as followed:
-        # an error after a link was followed may come from the records it skipped: try without
-        raise _LinkBroken() from followed.__cause__
-
-
-class _Followed(Exception):
-    """Raised from the walk, with the error as its cause, when it had followed a link."""
 
 
 def _walk(
@@ -221,7 +207,7 @@ def _walk(
             older = load(header)
         except (CorruptCheckpointError, CheckpointNotFoundError) as exc:
             if followed:
-                raise _Followed() from exc
+                raise _LinkBroken() from exc
             if state.whole and not extras.missing and not inflight.missing and not links and attempt is not None:
                 # only visits are still missing: a damaged periodic record's are in the records
                 # around it too (the walk ends incomplete if they are not)
@@ -243,12 +229,12 @@ def _walk(
             needed = older.history_start
             jump = _link(older) if links and needed else None
         elif followed and header.seq == jump:  # the named record does not end where the journal resumes
-            raise _Followed() from CorruptCheckpointError(f"checkpoint {header.checkpoint_id} does not continue the journal")
+            raise _LinkBroken() from CorruptCheckpointError(f"checkpoint {header.checkpoint_id} does not continue the journal")
         if older.base_seq is not None:
             limit = min(limit, older.base_seq)
     if needed or extras.ops or inflight.ops or not state.whole:
         if followed:
-            raise _Followed() from CorruptCheckpointError("the journal is incomplete along its links")
+            raise _LinkBroken() from CorruptCheckpointError("the journal is incomplete along its links")
         raise CorruptCheckpointError(
             f"checkpoint {record.checkpoint_id} of execution {record.execution_id} is incomplete without "
             "earlier checkpoints that are missing (pruned by hand, or damaged); use the execution's "

@@ -45,7 +45,6 @@ from .chain import DELTA, HISTORY_FROM
 #: a record with the whole state at least this often (the others hold only changes)
 FULL_HISTORY_EVERY = 64
 
-
 #: graph state values that cannot change in place (exact types: a subclass could)
 _IMMUTABLE = frozenset({str, int, float, bool, type(None)})
 _ABSENT = object()
