@@ -118,21 +118,31 @@ def _damage(db: Path, seq: int) -> None:
     conn.close()
 
 
-def test_a_damaged_periodic_record_is_read_around(tmp_path: Path) -> None:
-    db = tmp_path / "c.db"
+def _periodic_records(db: Path) -> list:
+    """The periodic records of a run of the loop, as stored."""
     graph = _run(db)
-    records = _stored(graph)
-    graph.close()
-    periodic = [r for r in records if HISTORY_FROM in r.extras]
-    _damage(db, periodic[0].seq)  # the first periodic record, named by the second one's link
-    graph = journal_loop_graphs.build(db, STEPS)
     try:
-        later = next(h for h in graph.backend.list(graph_id="journal-loop") if h.seq == periodic[1].seq + 3)
-        record = graph.get_checkpoint(later.checkpoint_id)
-        # the visits the damaged record held come from the changes-only records that hold them too
-        assert _counts(record) == list(range(1, len(record.execution_history) + 1))
+        return [r for r in _stored(graph) if HISTORY_FROM in r.extras]
     finally:
         graph.close()
+
+
+def _read_whole(db: Path, seq: int):
+    """Record ``seq`` made whole by a graph opened afresh on ``db``."""
+    graph = journal_loop_graphs.build(db, STEPS)
+    try:
+        return graph.get_checkpoint(next(h for h in graph.backend.list(graph_id="journal-loop") if h.seq == seq).checkpoint_id)
+    finally:
+        graph.close()
+
+
+def test_a_damaged_periodic_record_is_read_around(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    periodic = _periodic_records(db)
+    _damage(db, periodic[0].seq)  # the first periodic record, named by the second one's link
+    record = _read_whole(db, periodic[1].seq + 3)
+    # the visits the damaged record held come from the changes-only records that hold them too
+    assert _counts(record) == list(range(1, len(record.execution_history) + 1))
 
 
 def _crash_at(db: Path, steps: int, stall_at: int, delay_s: float) -> None:
@@ -174,22 +184,14 @@ def test_recovery_after_sigkill_across_periodic_records(tmp_path: Path, stall_at
 
 def test_a_damaged_linked_record_is_read_around(tmp_path: Path) -> None:
     db = tmp_path / "c.db"
-    graph = _run(db)
-    records = _stored(graph)
-    graph.close()
-    periodic = [r for r in records if HISTORY_FROM in r.extras]
+    periodic = _periodic_records(db)
     named = periodic[2].extras[HISTORY_FROM]
     assert named == periodic[0].seq  # (two periods back)
     _damage(db, named)  # on the link path of records after periodic[2]
-    graph = journal_loop_graphs.build(db, STEPS)
-    try:
-        later = next(h for h in graph.backend.list(graph_id="journal-loop") if h.seq == periodic[2].seq + 2)
-        record = graph.get_checkpoint(later.checkpoint_id)
-        # the link fails; the walk one record at a time passes over the damaged one, whose visits the
-        # next periodic record holds too
-        assert _counts(record) == list(range(1, len(record.execution_history) + 1))
-    finally:
-        graph.close()
+    record = _read_whole(db, periodic[2].seq + 2)
+    # the link fails; the walk one record at a time passes over the damaged one, whose visits the
+    # next periodic record holds too
+    assert _counts(record) == list(range(1, len(record.execution_history) + 1))
 
 
 def test_another_attempts_records_are_never_mixed_into_a_journal() -> None:
