@@ -16,7 +16,9 @@ d.   Bytes stored by one run of a single node looping 1,000 times (~100 B writte
      by the 100 kB the steps wrote: spark-ckpt's checkpoint sizes, LangGraph's checkpoint and write blobs.
 e.   Recovery after SIGKILL at step K: a child process runs the loop and is killed at step K, a fresh
      child times (after its imports and an untimed 1-step warm-up run) building the graph, recovering
-     and finishing 10 more steps.
+     and finishing 10 more steps. spark-ckpt keeps every checkpoint there, as LangGraph does
+     (retention_count=None); a second child, on a copy of the same store, times the same with the
+     default retention (the newest 100 checkpoints kept: the run's end prunes the K before them).
 f.   Peak RSS (VmHWM, as ru_maxrss survives exec; one child process per configuration, 3 runs of
      the chain each) of spark-ckpt wrapped vs bare with 1 KB / 1 MB / 50 MB of state, as a multiple of the state size.
 
@@ -30,6 +32,7 @@ import asyncio
 import inspect
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -78,10 +81,11 @@ def stall(marker: Path) -> None:
     time.sleep(3600)
 
 
-def wrap_loop(workdir: Path, graph):
+def wrap_loop(workdir: Path, graph, retention_count: int | None = 100):
     from spark_ckpt import CheckpointConfig, checkpointed
 
-    cfg = CheckpointConfig(backend="sqlite", path=str(workdir / "spark.db"), strategy="iteration", interval=1)
+    cfg = CheckpointConfig(backend="sqlite", path=str(workdir / "spark.db"), strategy="iteration", interval=1,
+                           retention_count=retention_count)
     return checkpointed(graph, config=cfg, graph_id="loop")
 
 
@@ -280,8 +284,9 @@ def recovery_table(ks: list[int], workdir: Path, max_setup_s: float) -> list[str
             f"its imports and a 1-step warm-up run, building the graph, recovering and finishing the last "
             f"{AFTER_CRASH} steps (one run each)",
             "",
-            "| K | framework | time to reach K, crashing run (s) | recover + finish (ms) |",
-            "|---|---|---|---|"]
+            "| K | framework | time to reach K, crashing run (s) | recover + finish (ms) "
+            "| same, pruning to the newest 100 checkpoints at the end (ms) |",
+            "|---|---|---|---|---|"]
     slowest_setup, last_k = 0.0, None
     for k in ks:
         # each K is a multiple of the last: skip it when extrapolating the last setup passes the budget
@@ -293,11 +298,24 @@ def recovery_table(ks: list[int], workdir: Path, max_setup_s: float) -> list[str
             run_dir = workdir / f"crash-{framework}-{k}"
             run_dir.mkdir()
             setups.append(crash_at(framework, k, run_dir))
-            out = json.loads(child("recover", framework, str(k), str(run_dir)).stdout.strip().splitlines()[-1])
-            rows.append(f"| {k:,} | {framework} | {setups[-1]:.1f} | {out['seconds'] * 1e3:.0f} |")
+            pruning = "—"
+            if framework == "spark-ckpt":
+                copy = workdir / f"crash-{framework}-{k}-pruned"
+                copy.mkdir()
+                for part in run_dir.glob("spark.db*"):
+                    shutil.copy2(part, copy / part.name)
+                pruned = recovery_seconds(framework, k, copy, "100")
+                pruning = f"{pruned * 1e3:.0f}"
+            seconds = recovery_seconds(framework, k, run_dir, "all")
+            rows.append(f"| {k:,} | {framework} | {setups[-1]:.1f} | {seconds * 1e3:.0f} | {pruning} |")
         slowest_setup = max(setups)
         last_k = k
     return rows
+
+
+def recovery_seconds(framework: str, k: int, run_dir: Path, keep: str) -> float:
+    out = child("recover", framework, str(k), str(run_dir), keep).stdout.strip().splitlines()[-1]
+    return json.loads(out)["seconds"]
 
 
 def child_crash(framework: str, k: int, workdir: Path) -> None:
@@ -313,9 +331,10 @@ def child_crash(framework: str, k: int, workdir: Path) -> None:
     raise SystemExit("the crash child finished without stalling at its step")
 
 
-def child_recover(framework: str, k: int, workdir: Path) -> None:
-    """Time building the graph, recovering the killed run and finishing it. A 1-step run on a scratch
-    store goes first, untimed: both libraries import parts lazily, and that is start-up, not recovery."""
+def child_recover(framework: str, k: int, workdir: Path, keep: str) -> None:
+    """Time building the graph, recovering the killed run and finishing it (``keep``: "all"
+    checkpoints, or the newest N). A 1-step run on a scratch store goes first, untimed: both libraries
+    import parts lazily, and that is start-up, not recovery."""
     steps = k + AFTER_CRASH
     scratch = workdir / "warm-up"
     scratch.mkdir()
@@ -325,7 +344,7 @@ def child_recover(framework: str, k: int, workdir: Path) -> None:
         async def recover() -> tuple[float, int]:
             await wrap_loop(scratch, spark_loop(1)).run(NodeMessage(content={}))
             started = time.perf_counter()
-            graph = wrap_loop(workdir, spark_loop(steps))
+            graph = wrap_loop(workdir, spark_loop(steps), retention_count=None if keep == "all" else int(keep))
             await graph.recover_and_continue()
             return started, await graph.state.get("n")
 
@@ -401,7 +420,7 @@ def run_child(argv: list[str]) -> int:
     if kind == "crash":
         child_crash(rest[0], int(rest[1]), Path(rest[2]))
     elif kind == "recover":
-        child_recover(rest[0], int(rest[1]), Path(rest[2]))
+        child_recover(rest[0], int(rest[1]), Path(rest[2]), rest[3])
     elif kind == "rss":
         child_rss(rest[0] == "1", int(rest[1]), Path(rest[2]))
     return 0

@@ -55,8 +55,8 @@ def protected_ids(backend: Backend, graph_id: str | None) -> set[str]:
     """Ids recovery may still need: every checkpoint of each unfinished execution.
 
     Graph checkpoints store only the visits since the previous one, so recovery reads the whole
-    chain of an unfinished execution; none of it may go. (A finished execution's final checkpoint
-    holds its whole history, so its earlier ones are free to prune.)
+    chain of an unfinished execution; none of it may go. (A finished execution's earlier checkpoints
+    are free to prune once its final one stands alone: ``prune`` rebases it first when it does not.)
     """
     keep: set[str] = set()
     for latest in backend.executions(graph_id=graph_id, unfinished_only=True):
@@ -105,7 +105,9 @@ def _keep_what_kept_records_need(
 ) -> list[CheckpointHeader]:
     """Take off ``doomed`` what the kept graph records of each execution need; return the records to
     make stand alone. A record needs every record of its execution back to the last whole one: the
-    final (completed) record stands alone, any other kept record is rebased, or its past is kept."""
+    oldest kept record is rebased (which leaves one that stands alone as it is), or its past is kept.
+    Planning without rebasing (a dry run) takes a final (completed) record to stand alone, as it does
+    unless its execution continued from a frontier (its journal then links to earlier records)."""
     by_execution: dict[str, list[CheckpointHeader]] = {}
     for h in headers:
         if h.kind == GRAPH:
@@ -116,8 +118,8 @@ def _keep_what_kept_records_need(
         if not kept or len(kept) == len(execution):
             continue
         oldest = min(kept, key=lambda h: h.seq)
-        stands_alone = oldest.status == COMPLETED  # final records are whole
-        if not stands_alone and can_rebase:
+        stands_alone = oldest.status == COMPLETED and not can_rebase
+        if can_rebase:
             bases.append(oldest)
         for h in execution:
             if h.checkpoint_id in doomed and (h.seq > oldest.seq or not (stands_alone or can_rebase)):

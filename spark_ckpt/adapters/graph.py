@@ -15,7 +15,9 @@ are replayed (so conditional edges and loops route exactly as before) and the fi
 journal runs live, on the graph and node state restored from the checkpoint. This is the step
 memoization DBOS and Temporal use; it keeps Spark's scheduler in charge. The unit of durability is
 the superstep: visits of a superstep that did not complete (crash or failure) run again, because
-sibling nodes share graph state and Spark gives no per-visit isolation.
+sibling nodes share graph state and Spark gives no per-visit isolation. A long journal is not
+replayed when the record's frontier is one waiting node: Spark's loop starts there instead, on the
+restored state, so recovery costs the same at any length (``graph_frontier``).
 
 This class is the facade: what knows Spark is in ``graph_visits`` (the node wrappers),
 ``graph_run`` (the run and continuing it) and ``graph_state`` (Spark graph and node state); what does
@@ -36,6 +38,7 @@ from ..codec import Codec
 from ..config import CheckpointConfig, with_backend
 from ..engine import records
 from ..engine.damage import damaged
+from ..engine.frontier import Frontier
 from ..engine.record_builder import FULL_HISTORY_EVERY, appended_json as _appended_json  # noqa: F401
 from ..engine.recovery import RecoveryPlanner, RecoveryReport  # noqa: F401  (RecoveryReport: re-exported)
 from ..codec.values import identical
@@ -46,6 +49,7 @@ from ..errors import (
 from ..executions import check_execution_id, refuse_existing
 from ..model import COMPLETED, CheckpointHeader, GraphCheckpoint, Lease, new_id
 from ..plugins import Hooks
+from . import graph_frontier
 from .graph_checkpoints import CheckpointAccess
 from .graph_gates import store_resolutions_made_in_spark
 from .graph_history import StateHistoryAccess
@@ -473,7 +477,11 @@ class CheckpointedGraph(CheckpointAccess, StateHistoryAccess):
         if lease is None:
             return self._completed_result(head)
         try:
-            record, fell_back = await self._latest_verified(execution_id, head)
+            found = await self._frontier(execution_id, head)
+            if found is not None:
+                record, fell_back = found.record, []
+            else:
+                record, fell_back = await self._latest_verified(execution_id, head)
         except BaseException:
             await release_quietly(self.backend, lease)
             raise
@@ -483,7 +491,14 @@ class CheckpointedGraph(CheckpointAccess, StateHistoryAccess):
             await release_quietly(self.backend, lease)
             return await finish_replacement(self, record, wait=wait, allow_unsafe_rerun=allow_unsafe_rerun)
         return await self._continue(record, same_execution=True, fell_back=fell_back, lease=lease,
-                                    next_seq=head.seq + 1, allow_unsafe_rerun=allow_unsafe_rerun)
+                                    next_seq=head.seq + 1, allow_unsafe_rerun=allow_unsafe_rerun, frontier=found)
+
+    async def _frontier(self, execution_id: str, head: CheckpointHeader) -> Frontier | None:
+        """The frontier a long execution continues from, if this graph and its newest record allow it
+        (``graph_frontier``); None: its journal is replayed."""
+        if not graph_frontier.possible(self):
+            return None
+        return await self._planner.frontier(execution_id, head, functools.partial(graph_frontier.eligible, self))
 
     def _planner_head_now(self, execution_id: str) -> CheckpointHeader | None:
         head = self.backend.execution_head(execution_id)
@@ -554,7 +569,7 @@ class CheckpointedGraph(CheckpointAccess, StateHistoryAccess):
 
     async def _continue(self, record: GraphCheckpoint, *, same_execution: bool, fell_back: list[str],
                         lease: Lease | None = None, next_seq: int = 0, allow_unsafe_rerun: bool = False,
-                        fork_id: str | None = None) -> Any:
+                        fork_id: str | None = None, frontier: Frontier | None = None) -> Any:
         skips = {**{k: None for k in record.skip_nodes}, **record.skip_outputs, **self._pending_skips}
         try:
             self._check_continuable(record, fork=not same_execution, allow_unsafe_rerun=allow_unsafe_rerun,
@@ -572,7 +587,7 @@ class CheckpointedGraph(CheckpointAccess, StateHistoryAccess):
                                                      skips=skips, lease=lease, next_seq=next_seq)
         return await self._runner.resume(record, same_execution=same_execution, fell_back=fell_back, skips=skips,
                                          lease=lease, next_seq=next_seq, allow_unsafe_rerun=allow_unsafe_rerun,
-                                         fork_id=fork_id)
+                                         fork_id=fork_id, frontier=frontier)
 
     def _check_continuable(self, record: GraphCheckpoint, *, fork: bool, allow_unsafe_rerun: bool,
                            skips: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ from ..codec import to_data
 from ..engine import record_builder
 from ..engine.attempts import first_attempt, next_attempt
 from ..engine.deliveries import diverged
+from ..engine.frontier import Frontier
 from ..engine.journal import Journal
 from ..engine.record_builder import RecordBuilder
 from ..engine.recovery import RecoveryReport
@@ -42,7 +43,7 @@ from ..errors import (
 )
 from ..events import CheckpointDecision, CheckpointSaved, RunEvent
 from ..model import COMPLETED, FAILED, RUNNING, FailureInfo, GraphCheckpoint, Lease, new_id
-from . import graph_human_input, graph_state
+from . import graph_frontier, graph_human_input, graph_state
 from .graph_events import journal_published_events
 from .graph_gates import ApprovalGates, is_approval_pending
 from .graph_state import MessageDumps, SparkGraphState, dump_message, load_run_input, restore_into_graph
@@ -109,6 +110,10 @@ class Execution:
     policy_hooks: bool = False
     #: named by the caller (``run(execution_id=...)``): it must be new in the store when its lease is taken
     named: bool = False
+    #: continued from a record's frontier (``graph_frontier``): the node Spark's loop starts at, and
+    #: the superstep Spark's first iteration is (Spark counts its iterations from 0 every run)
+    start_at: Any = None
+    first_superstep: int = 0
 
 
 class GraphRunner:
@@ -203,7 +208,11 @@ class GraphRunner:
                 await self.checkpoint(ex, status=RUNNING)
             elif ex.skip:  # skip requests are stored before anything runs, so a crash keeps them
                 await self.store(ex, self.on_boundary(ex), wait=True)
-            result = await self.graph.run(inputs)
+            if ex.start_at is None:
+                result = await self.graph.run(inputs)
+            else:
+                with graph_frontier.started_at(self.graph, ex.start_at):
+                    result = await self.graph.run(inputs)
         except BaseException as exc:
             if is_approval_pending(exc):
                 await self.gates.record_waiting(ex, exc)
@@ -312,7 +321,7 @@ class GraphRunner:
         ex = self.active
         if ex is None:
             return
-        superstep = ex.superstep = context.iteration_index
+        superstep = ex.superstep = context.iteration_index + ex.first_superstep
         try:
             ex.supersteps_since += 1
             journal = ex.journal
@@ -429,9 +438,14 @@ class GraphRunner:
     async def resume(
         self, record: GraphCheckpoint, *, same_execution: bool, fell_back: list[str], skips: dict[str, Any],
         lease: Lease | None = None, next_seq: int = 0, allow_unsafe_rerun: bool = False, fork_id: str | None = None,
+        frontier: Frontier | None = None,
     ) -> Any:
         """Continue ``record`` (made whole): the same execution under ``lease``, numbered from ``next_seq``
-        (after the newest seq ever written), or a new execution forked from it (``fork_id``: its id)."""
+        (after the newest seq ever written), or a new execution forked from it (``fork_id``: its id).
+        With ``frontier`` (``record`` is its record), the same execution continues from the frontier."""
+        if frontier is not None:
+            return await self._resume_at_frontier(frontier, fell_back=fell_back, skips=skips, lease=lease,
+                                                  next_seq=next_seq, allow_unsafe_rerun=allow_unsafe_rerun)
         try:
             if record.version < 5 and self.owner._event_edges and record.execution_history:
                 raise UnrecoverableExecutionError(
@@ -457,6 +471,43 @@ class GraphRunner:
                                        fell_back=fell_back)
             self.owner.last_recovery = ex.report
             return await self.execute(ex, load_run_input(record.run_input), resumed=same_execution)
+        except BaseException:
+            if self.active is None:
+                await release_quietly(self.backend, lease)
+            raise
+
+    async def _resume_at_frontier(self, found: Frontier, *, fell_back: list[str], skips: dict[str, Any],
+                                  lease: Lease | None, next_seq: int, allow_unsafe_rerun: bool) -> Any:
+        """Continue the execution of ``found.record`` in place from its frontier (``graph_frontier``):
+        its state, node states and pending inputs restored, Spark's loop started at the waiting node."""
+        record = found.record
+        try:
+            restore_into_graph(self.graph, self.nodes, record, pending=True)
+            graph_frontier.restore_outputs(self.nodes, found)
+            journal = Journal.at_frontier(record, found.counts)
+            (key,) = found.waiting
+            start = self.nodes[key]
+            origins = record.node_states[key].pending_from
+            if key in self.owner._fan_in and origins:  # where each restored input came from (``deliveries``)
+                for message, origin in zip(start._state["pending_inputs"], origins):
+                    if origin is not None:
+                        journal.deliveries.delivered(key, message, origin)
+            ex = self.new_execution(record.execution_id, record.run_input, next_seq=max(next_seq, record.seq + 1),
+                                    lease=lease, journal=journal)
+            ex.builder.extras_stored = dict(record.node_extras)
+            # the journal before this process is in the record holding the whole state: whole records link there
+            ex.builder.whole_ends = [(record.history_start, found.whole_seq)]
+            ex.writer.resumed_on((await self.backend.aget(record.checkpoint_id)).blob, record.seq,
+                                 record.checkpoint_id, writes=record.extras.get("writes"))
+            ex.writer.attempt = next_attempt(record.extras, self.owner.worker_id, record.seq)
+            ex.start_at, ex.superstep = start, record.superstep + 1
+            ex.first_superstep = ex.superstep
+            ex.allow_unsafe_rerun = allow_unsafe_rerun
+            ex.skip = skips
+            ex.report = RecoveryReport(execution_id=ex.execution_id, from_checkpoint=record.checkpoint_id,
+                                       fell_back=fell_back, from_frontier=key)
+            self.owner.last_recovery = ex.report
+            return await self.execute(ex, load_run_input(record.run_input), resumed=True)
         except BaseException:
             if self.active is None:
                 await release_quietly(self.backend, lease)

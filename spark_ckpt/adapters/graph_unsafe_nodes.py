@@ -101,7 +101,7 @@ def visit_completed(ex: Execution, key: str, index: int) -> None:
     """A visit of a marked node (or one that holds marked nodes) is in the journal now."""
     journal = ex.journal
     if journal.unsafe is not None:
-        journal.unsafe.completed(key, index, len(journal.entries))
+        journal.unsafe.completed(key, index, journal.end)
 
 
 # -- the refusal, before recovery runs anything ---------------------------------------------------------

@@ -38,6 +38,10 @@ DELTA = "__spark_ckpt_delta__"
 #: one's begins (``record_builder`` writes it)
 HISTORY_FROM = "history_from"
 
+#: ``extras`` key of a record holding the whole state: visits per node so far, the index of each
+#: node's next visit (``frontier``)
+COUNTS = "counts"
+
 Loader = Callable[[CheckpointHeader], GraphCheckpoint]
 
 

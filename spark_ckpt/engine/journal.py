@@ -8,8 +8,10 @@ delivered in.
 Invariants:
 
 * ``entries`` are the visits this process completed or replayed, in that order, as plain data
-  (once a record held one, as its JSON: ``RecordBuilder._encode_entries``); the first ``persisted``
-  of them are in stored records, the next record stores the rest;
+  (once a record held one, as its JSON: ``RecordBuilder._encode_entries``), from journal position
+  ``offset`` (0, or where the record holding the whole state a continuation from a frontier read
+  its journal from ends: ``frontier``); visits up to ``persisted`` are in stored records, the next
+  record stores the rest;
 * ``replay`` holds the visits of the record being resumed that were not replayed yet; every one
   lies in a superstep up to ``resumed_through`` (records are written at superstep boundaries), so
   when that superstep ends ``replay`` is empty, or the replay did not reproduce the run;
@@ -40,6 +42,8 @@ class Journal:
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
         self.entries: list[dict[str, Any]] = []
+        #: the journal position of ``entries[0]``
+        self.offset = 0
         self.persisted = 0
         self.replay: dict[tuple[str, int], Visit] = {}
         #: last superstep covered by the record this execution resumed from (-1: a fresh run)
@@ -80,6 +84,18 @@ class Journal:
             journal.unsafe = UnsafeVisits(markers)
         return journal
 
+    @classmethod
+    def at_frontier(cls, record: GraphCheckpoint, counts: dict[str, int]) -> "Journal":
+        """The journal of an execution continued in place from the frontier of ``record``, which holds
+        the visits since the newest record holding the whole state (``frontier.read``)."""
+        journal = cls()
+        journal.entries = [_visit_data(v) for v in record.execution_history]
+        journal.offset = record.history_start
+        journal.persisted = journal.offset + len(journal.entries)
+        journal.counts = dict(counts)
+        journal.resumed_through = record.superstep
+        return journal
+
     # -- visits (the node wrapper counts them in ``counts`` inline: it runs once per visit) -------------
     def replayed(self, visit: Visit) -> None:
         self.entries.append(_visit_data(visit))
@@ -99,13 +115,24 @@ class Journal:
         return len(self.replay), min(self.replay)
 
     # -- what records store ---------------------------------------------------------------------------
+    @property
+    def end(self) -> int:
+        """The journal position after the last visit."""
+        return self.offset + len(self.entries)
+
     def whole(self) -> list[dict[str, Any]]:
-        """Every visit of the execution (also those still to replay: a forked execution's start)."""
+        """Every visit of the execution (also those still to replay: a forked execution's start);
+        only when this process holds them all (``offset`` 0)."""
+        assert not self.offset, "a journal continued from a frontier holds only its newest visits"
         return self.entries + [_visit_data(v) for v in self.replay.values()]
+
+    def since(self, start: int) -> list[dict[str, Any]]:
+        """The visits from journal position ``start`` on."""
+        return self.entries[start - self.offset:]
 
     def since_persisted(self) -> tuple[int, list[dict[str, Any]]]:
         """``(history_start, visits)``: what the next changes-only record holds."""
-        return self.persisted, self.entries[self.persisted:]
+        return self.persisted, self.since(self.persisted)
 
     def stored(self, end: int) -> None:
         """Visits up to ``end`` are in a stored (or queued) record."""

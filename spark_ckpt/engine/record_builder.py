@@ -15,7 +15,10 @@ Invariants:
 * every ``FULL_HISTORY_EVERY``-th record holds the whole state and agent states, and the journal
   since the whole record before the last one, which it names (``HISTORY_FROM``): bytes stay linear
   in the run's length, every visit is in two records, and one damaged record costs at most that
-  many supersteps;
+  many supersteps. After a continuation from a frontier every whole record is built that way (the
+  process does not hold the visits before it);
+* a record holding the whole state holds the visit counters (``COUNTS``), so a continuation can
+  start from its frontier (``frontier``);
 * the run input is only in whole records (it never changes);
 * a graph state value is compared through its *mark*: an immutable value (exact str, int, float,
   bool, None) is its own mark; with JSON records a mutable value is marked by its JSON, which also
@@ -40,7 +43,7 @@ from ..codec.convert import dumps_data, faithful_copy
 from ..errors import EncodeError
 from ..model import COMPLETED, CONTENT_VERSION, GRAPH, RUNNING, GraphCheckpoint, canonical_checkpoint_id
 from . import deltas
-from .chain import DELTA, HISTORY_FROM
+from .chain import COUNTS, DELTA, HISTORY_FROM
 
 #: a record with the whole state at least this often (the others hold only changes)
 FULL_HISTORY_EVERY = 64
@@ -141,12 +144,16 @@ class RecordBuilder:
         if self.json_records:
             self._encode_entries(journal.entries)
         extras: dict[str, Any] = {"structure": self.structure}
-        if periodic and self.whole_ends:
+        if whole and not journal.replay:
+            extras[COUNTS] = dict(journal.counts)  # where a continuation from this record's frontier counts from
+        if (periodic or (whole and journal.offset)) and self.whole_ends:
             # the whole state, and the journal since the whole record before the last one: bytes
             # linear in the run's length, the chain reader goes from one such record to the one it
-            # names, and every visit is in two records (the last whole one may be the damaged one)
+            # names, and every visit is in two records (the last whole one may be the damaged one).
+            # A journal continued from a frontier (``offset``) holds no visit before the record it
+            # was read from: its whole records all link.
             end, linked = self.whole_ends[0]
-            history_start, history = end, journal.entries[end:]
+            history_start, history = end, journal.since(end)
             extras[HISTORY_FROM] = linked
         elif whole:
             # visits not yet replayed belong to the history too (the start record of a forked execution)

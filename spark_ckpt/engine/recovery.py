@@ -32,7 +32,7 @@ from ..errors import (
     NothingToRecoverError, UnrecoverableExecutionError,
 )
 from ..model import GRAPH, CheckpointHeader, GraphCheckpoint, Lease
-from . import chain, records
+from . import chain, frontier, records
 
 log = logging.getLogger("spark_ckpt.recovery")
 
@@ -58,6 +58,9 @@ class RecoveryReport:
     steps: list[Any] = attrs.field(factory=list)
     #: the execution was closed by another that replaced it (a fork or fresh run of ``run_with_recovery``)
     superseded_by: str | None = None
+    #: a long journal's recovery continued from the record's frontier, at this node, without replaying
+    #: the visits before it one by one (``replayed`` is then empty: none ran again)
+    from_frontier: str | None = None
 
 
 class RecoveryPlanner:
@@ -213,6 +216,40 @@ class RecoveryPlanner:
             f"({len(fell_back)} failed: {', '.join(fell_back) or 'none stored'}); nothing was run. "
             "Run `spark-ckpt verify`; start a new run, or continue from a checkpoint file you kept"
         )
+
+    async def frontier(self, execution_id: str, head: CheckpointHeader,
+                       eligible: Callable[[frontier.Frontier], bool]) -> frontier.Frontier | None:
+        """The frontier of the execution's newest record (``frontier``), reading only the records since
+        the newest one holding the whole state; None when its journal is short, ``eligible`` says the
+        graph cannot continue from it, or anything about it is not whole and readable (then
+        ``latest_verified`` reads the whole journal, and around damaged records)."""
+        headers = sorted(await self.backend.alist(execution_id=execution_id, limit=frontier.FRONTIER_LISTING),
+                         key=lambda h: h.seq, reverse=True)
+        if not headers or headers[0].seq != head.seq:
+            return None
+        decoded: dict[int, GraphCheckpoint] = {}
+
+        def load(header: CheckpointHeader) -> GraphCheckpoint:
+            found = decoded.get(header.seq)
+            if found is None:
+                found = decoded[header.seq] = self.decode(self.backend.get(header.checkpoint_id).blob, header)
+            return found
+
+        try:
+            record = load(headers[0])
+        except (CorruptCheckpointError, CheckpointNotFoundError):
+            return None
+        self.check(record)  # another graph's, or a changed structure: refused, as on the other path
+        if frontier.journal_end(record) < frontier.FRONTIER_AFTER_VISITS:
+            return None
+        found = frontier.read(record, headers[1:], load, self.wanted_extras)
+        if found is None or not eligible(found):
+            return None
+        try:
+            self.check_whole(found.record)
+        except CorruptCheckpointError:
+            return None
+        return found
 
     async def _present_but_damaged(self, header: CheckpointHeader) -> bool:
         try:

@@ -1,0 +1,234 @@
+"""Recovery of a long execution from its newest record's frontier: Spark's loop starts at the node
+waiting there, on the restored graph state, node states and pending inputs, instead of replaying
+every journaled visit (``engine.frontier``, ``adapters.graph_frontier``).
+
+Checked against an uninterrupted run of the same graph: the result, the graph state, every node's
+state and the whole journal (visit by visit, with the superstep and the input each consumed), after
+SIGKILL at varied points and timings, after a second SIGKILL during the recovered run, after a
+failure, with checkpoints every few supersteps, and after retention pruned the execution. Graphs or
+records that cannot continue from a frontier (a short journal, two waiting nodes, a damaged record
+between the whole record and the newest) are replayed as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import frontier_graphs  # noqa: E402
+
+from spark_ckpt.engine.frontier import FRONTIER_AFTER_VISITS  # noqa: E402
+from spark_ckpt.engine.records import RecordReader, readable_whole  # noqa: E402
+
+WORKER = Path(__file__).parent / "frontier_worker.py"
+STEPS = 150  # three visits per count: 450 visits, the crashes below land past FRONTIER_AFTER_VISITS
+
+
+def _pg_reason() -> str | None:
+    if importlib.util.find_spec("spark_ckpt_postgres") is None:
+        return "spark_ckpt_postgres is not installed"
+    if not os.environ.get("SPARK_CKPT_TEST_PG_DSN"):
+        return None if os.environ.get("SPARK_CKPT_TEST_REQUIRE_SERVERS") else "SPARK_CKPT_TEST_PG_DSN is not set"
+    return None
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(
+    _pg_reason() is not None, reason=str(_pg_reason())))])
+def store(request, tmp_path: Path) -> str:
+    """Where the crashed run is stored: SQLite, or a fresh schema of the test PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "c.db")
+    return f"{os.environ['SPARK_CKPT_TEST_PG_DSN']}?schema=frontier_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(autouse=True)
+def _settings():
+    yield
+    frontier_graphs.Settings.fail_at, frontier_graphs.Settings.fail_in = None, "count"
+
+
+def _visits(record) -> list[tuple]:
+    return [(v.node_key, v.index, v.superstep, v.output, v.input_from, v.status) for v in record.execution_history]
+
+
+def _reference(tmp_path: Path, **config):
+    """The uninterrupted run: (result content, final record made whole)."""
+    graph = frontier_graphs.build(tmp_path / "reference.db", STEPS, **config)
+    try:
+        result = asyncio.run(graph.run({"go": 1}))
+        return result.content, graph.get_checkpoint()
+    finally:
+        graph.close()
+
+
+def _assert_same_run(graph, result, reference) -> None:
+    content, expected = reference
+    final = graph.get_checkpoint()
+    assert result.content == content
+    assert final.status == "completed"
+    assert final.graph_state == expected.graph_state
+    assert final.node_states == expected.node_states
+    assert _visits(final) == _visits(expected)
+
+
+def _worker(action: str, store: str, stall_at: int, delay_s: float, tmp_path: Path, interval: int = 1) -> None:
+    """Run (or recover) in a worker process and SIGKILL it ``delay_s`` after the count reaches ``stall_at``."""
+    marker = tmp_path / f"reached-{action}-{stall_at}"
+    worker = subprocess.Popen([sys.executable, str(WORKER), action, store, str(STEPS), str(stall_at), str(marker),
+                               str(interval)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert worker.poll() is None, worker.stderr.read()[-2000:]
+            assert time.monotonic() < deadline, "the worker never reached its stall"
+            time.sleep(0.02)
+        time.sleep(delay_s)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        worker.stderr.close()
+
+
+def _recover(store: Path | str, **config):
+    graph = frontier_graphs.build(store, STEPS, **config)
+    return graph, asyncio.run(graph.recover_and_continue())
+
+
+@pytest.mark.parametrize("stall_at, delay_s, interval", [
+    (90, 0.0, 1), (107, 0.03, 1), (133, 0.01, 1), (101, 0.02, 5), (120, 0.0, 7),
+])
+def test_recovery_after_sigkill_continues_from_the_frontier(tmp_path: Path, stall_at: int, delay_s: float,
+                                                            interval: int) -> None:
+    db = str(tmp_path / "c.db")
+    _worker("run", db, stall_at, delay_s, tmp_path, interval)
+    graph, result = _recover(db, interval=interval)
+    try:
+        report = graph.last_recovery
+        assert report.replayed == [] and report.from_frontier == report.live[0][0]
+        if interval == 1:  # the stalled visit is the first to run again
+            assert report.live[0] == ("count", stall_at - 1)
+        _assert_same_run(graph, result, _reference(tmp_path, interval=interval))
+    finally:
+        graph.close()
+
+
+def test_a_second_sigkill_during_a_frontier_recovery(tmp_path: Path, store: str) -> None:
+    _worker("run", store, 95, 0.0, tmp_path)
+    _worker("recover", store, 128, 0.01, tmp_path)  # continued from the frontier, killed again
+    graph, result = _recover(store)
+    try:
+        assert graph.last_recovery.from_frontier == "count"
+        _assert_same_run(graph, result, _reference(tmp_path))
+        # every record of the execution reads back whole, through the links the recoveries wrote
+        headers = graph.backend.list(execution_id=graph.last_recovery.execution_id)
+        assert readable_whole(RecordReader(graph.backend, graph.codec), headers) == {}
+    finally:
+        graph.close()
+
+
+def test_a_failed_run_continues_from_the_frontier_of_its_failure_record(tmp_path: Path, store: str) -> None:
+    frontier_graphs.Settings.fail_at = 120
+    graph = frontier_graphs.build(store, STEPS)
+    with pytest.raises(RuntimeError, match="failing at count 120"):
+        asyncio.run(graph.run({"go": 1}))
+    assert graph.get_checkpoint().status == "failed"
+    graph.close()
+    graph, result = _recover(store)
+    try:
+        assert graph.last_recovery.from_frontier == "count" and graph.last_recovery.replayed == []
+        _assert_same_run(graph, result, _reference(tmp_path))
+    finally:
+        graph.close()
+
+
+@pytest.mark.parametrize("keep", [1, 5])
+def test_retention_after_a_frontier_recovery_keeps_the_whole_journal(tmp_path: Path, keep: int) -> None:
+    # keep=1: only the final record stays. After a continuation from a frontier it links to earlier
+    # records for its journal, so it is made to stand alone before they go
+    db = str(tmp_path / "c.db")
+    _worker("run", db, 110, 0.0, tmp_path)
+    graph, result = _recover(db, retention_count=keep)
+    try:
+        assert graph.last_recovery.from_frontier == "count"
+        assert len(graph.backend.list(execution_id=graph.last_recovery.execution_id)) <= keep
+        _assert_same_run(graph, result, _reference(tmp_path))
+    finally:
+        graph.close()
+
+
+def test_a_short_journal_is_replayed(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    frontier_graphs.Settings.fail_at = 20
+    graph = frontier_graphs.build(db, STEPS)
+    with pytest.raises(RuntimeError):
+        asyncio.run(graph.run({"go": 1}))
+    graph.close()
+    graph, result = _recover(db)
+    try:
+        report = graph.last_recovery
+        assert report.from_frontier is None and len(report.replayed) == 3 * 19 < FRONTIER_AFTER_VISITS
+        _assert_same_run(graph, result, _reference(tmp_path))
+    finally:
+        graph.close()
+
+
+def test_two_waiting_nodes_are_replayed(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    frontier_graphs.Settings.fail_at, frontier_graphs.Settings.fail_in = 100, "left"
+    graph = frontier_graphs.build(db, STEPS, shape="fan_out")
+    with pytest.raises(RuntimeError):
+        asyncio.run(graph.run({"go": 1}))
+    newest = graph.get_checkpoint()
+    assert len([k for k, s in newest.node_states.items() if s.pending_inputs]) == 2
+    graph.close()
+    graph = frontier_graphs.build(db, STEPS, shape="fan_out")
+    try:
+        asyncio.run(graph.recover_and_continue())
+        report = graph.last_recovery
+        assert report.from_frontier is None and len(report.replayed) >= FRONTIER_AFTER_VISITS
+        final = graph.get_checkpoint()  # (the result is whichever branch ended last: set order)
+        assert final.status == "completed" and final.graph_state["n"] == STEPS
+    finally:
+        graph.close()
+
+
+def _damage(db: Path, seq: int) -> None:
+    with sqlite3.connect(db) as conn:
+        (rowid, blob), = conn.execute("SELECT rowid, blob FROM checkpoints WHERE seq = ?", (seq,)).fetchall()
+        blob = bytearray(blob)
+        blob[len(blob) // 2] ^= 0xFF
+        conn.execute("UPDATE checkpoints SET blob = ? WHERE rowid = ?", (bytes(blob), rowid))
+    conn.close()
+
+
+def test_a_damaged_record_before_the_newest_is_replayed_around(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    frontier_graphs.Settings.fail_at = 120
+    graph = frontier_graphs.build(db, STEPS)
+    with pytest.raises(RuntimeError):
+        asyncio.run(graph.run({"go": 1}))
+    newest = graph.backend.list(execution_id=graph.get_checkpoint().execution_id, limit=1)[0]
+    graph.close()
+    _damage(db, newest.seq - 3)  # a changes-only boundary record: its visits are in no other record yet
+    graph, result = _recover(db)
+    try:
+        report = graph.last_recovery
+        assert report.from_frontier is None and report.fell_back and report.replayed
+        _assert_same_run(graph, result, _reference(tmp_path))
+    finally:
+        graph.close()
