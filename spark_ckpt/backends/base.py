@@ -200,6 +200,12 @@ class Backend(ABC):
     ) -> list[CheckpointHeader]:
         """The newest header of each execution (optionally only running/failed ones), newest first."""
 
+    def tail(self, execution_id: str, count: int) -> list[CheckpointHeader]:
+        """The headers of the ``count`` highest seqs of ``execution_id``, highest first (what a recovery
+        continuing from the newest record's frontier reads). This one lists the whole execution: a
+        backend that keeps an execution in seq order overrides it to read only those."""
+        return sorted(self.list(execution_id=execution_id), key=lambda h: h.seq, reverse=True)[:count]
+
     @abstractmethod
     def delete(self, checkpoint_ids: Iterable[str]) -> int:
         """Delete these checkpoints; return how many existed. Unknown ids are ignored. Execution heads
@@ -286,6 +292,9 @@ class Backend(ABC):
             self.executions, graph_id=graph_id, unfinished_only=unfinished_only, limit=limit
         )
 
+    async def atail(self, execution_id: str, count: int) -> list[CheckpointHeader]:
+        return await asyncio.to_thread(self.tail, execution_id, count)
+
     async def adelete(self, checkpoint_ids: Sequence[str]) -> int:
         return await asyncio.to_thread(self.delete, list(checkpoint_ids))
 
@@ -336,6 +345,9 @@ class LocalBackend(Backend):
         self, *, graph_id: str | None = None, unfinished_only: bool = False, limit: int | None = None
     ) -> list[CheckpointHeader]:
         return self.executions(graph_id=graph_id, unfinished_only=unfinished_only, limit=limit)
+
+    async def atail(self, execution_id: str, count: int) -> list[CheckpointHeader]:
+        return self.tail(execution_id, count)
 
     async def adelete(self, checkpoint_ids: Sequence[str]) -> int:
         return self.delete(list(checkpoint_ids))

@@ -223,8 +223,7 @@ class RecoveryPlanner:
         the newest one holding the whole state; None when its journal is short, ``eligible`` says the
         graph cannot continue from it, or anything about it is not whole and readable (then
         ``latest_verified`` reads the whole journal, and around damaged records)."""
-        headers = sorted(await self.backend.alist(execution_id=execution_id, limit=frontier.FRONTIER_LISTING),
-                         key=lambda h: h.seq, reverse=True)
+        headers = await self.backend.atail(execution_id, frontier.FRONTIER_LISTING)
         if not headers or headers[0].seq != head.seq:
             return None
         decoded: dict[int, GraphCheckpoint] = {}

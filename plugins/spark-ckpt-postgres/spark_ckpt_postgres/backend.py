@@ -338,6 +338,18 @@ class PostgreSQLBackend(PostgresLeases, PostgresStatements, PooledConnections, B
 
         return self._headers(await self._arun(work), self._t_ckpt)
 
+    def tail(self, execution_id: str, count: int) -> list[CheckpointHeader]:
+        query, params = self._tail_query(execution_id, count)
+        return self._headers(self._run(lambda conn, _: conn.execute(query, params).fetchall()), self._t_ckpt)
+
+    async def atail(self, execution_id: str, count: int) -> list[CheckpointHeader]:
+        query, params = self._tail_query(execution_id, count)
+
+        async def work(conn: Any, _: int) -> Any:
+            return await (await conn.execute(query, params)).fetchall()
+
+        return self._headers(await self._arun(work), self._t_ckpt)
+
     def executions(self, *, graph_id=None, unfinished_only=False, limit=None) -> list[CheckpointHeader]:
         query, params = self._executions_query(graph_id, unfinished_only, limit)
         return self._headers(self._run(lambda conn, _: conn.execute(query, params).fetchall()), self._t_exec)

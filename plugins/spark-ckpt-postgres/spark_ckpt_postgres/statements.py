@@ -133,6 +133,11 @@ class PostgresStatements:
             params,
         )
 
+    def _tail_query(self, execution_id: str, count: int) -> tuple[str, list[Any]]:
+        # the (execution_id, seq) unique index gives them in seq order, without a sort
+        return (f"SELECT {_HEADER_COLUMNS} FROM {self._t_ckpt} WHERE execution_id = %s ORDER BY seq DESC LIMIT %s",
+                [execution_id, count])
+
     def _executions_query(self, graph_id: str | None, unfinished_only: bool, limit: int | None) -> tuple[str, list[Any]]:
         # The heads of the executions that still hold a checkpoint (one index probe each).
         clauses, params = [f"EXISTS (SELECT 1 FROM {self._t_ckpt} c WHERE c.execution_id = e.execution_id)"], []

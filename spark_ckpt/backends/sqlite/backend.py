@@ -316,6 +316,12 @@ class SQLiteBackend(LocalBackend):
         params.append(-1 if limit is None else limit)
         return self._query("list checkpoints", sql, params)
 
+    def tail(self, execution_id: str, count: int) -> list[CheckpointHeader]:
+        # an execution's rows are one rowid range, in seq order: the last ``count`` of it, no sort
+        where, params = self._executions_where(None, execution_id)
+        return self._query("list checkpoints", f"{self._sql.LIST_OF_EXECUTIONS}{where} ORDER BY c.rowid DESC LIMIT ?",
+                           [*params, count])
+
     def executions(
         self, *, graph_id: str | None = None, unfinished_only: bool = False, limit: int | None = None
     ) -> list[CheckpointHeader]:

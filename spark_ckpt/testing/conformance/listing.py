@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from ...backends.base import Backend
@@ -95,6 +97,24 @@ class ListingConformance(ConformanceHarness):
         assert _ids(backend.list(execution_id="exec-1", limit=1)) == ["exec-1-5"]
         assert len(backend.list(limit=100)) == 6
         assert backend.list(limit=0) == []
+
+    def test_tail_is_the_highest_seqs_whatever_their_times(self, backend: Backend) -> None:
+        """tail(execution, n) returns the execution's n highest seqs, highest first, by seq alone (a clock
+        that stepped back does not reorder them); other executions are left out."""
+        self.put_all(
+            backend,
+            *(make_header(seq, created_at=T0 + 100 - seq) for seq in range(6)),
+            make_header(9, execution_id="other", created_at=T0 + 500),
+        )
+        assert _ids(backend.tail("exec-1", 3)) == ["exec-1-5", "exec-1-4", "exec-1-3"]
+        assert _ids(backend.tail("exec-1", 100)) == [f"exec-1-{seq}" for seq in range(5, -1, -1)]
+        assert backend.tail("exec-1", 0) == [] and backend.tail("nope", 3) == []
+
+        async def both() -> tuple:
+            return await backend.atail("exec-1", 2), await backend.atail("other", 5)
+
+        mine, other = asyncio.run(both())
+        assert _ids(mine) == ["exec-1-5", "exec-1-4"] and _ids(other) == ["other-9"]
 
     def test_executions_newest_per_execution(self, backend: Backend) -> None:
         """executions() returns each execution's highest-seq header, executions ordered newest first."""
