@@ -37,7 +37,7 @@ from .record_builder import FULL_HISTORY_EVERY
 
 #: a recovery continues from the frontier when the record's journal is at least this long (replay
 #: costs ~50 us per visit: a shorter one replays in a few milliseconds, visit by visit)
-FRONTIER_AFTER_VISITS = 256
+FRONTIER_AFTER_VISITS = FULL_HISTORY_EVERY
 
 #: headers listed to find ``W``: whole records are at most ``FULL_HISTORY_EVERY`` boundary records
 #: apart, plus room for records built on a boundary (in-flight journals, failures)
