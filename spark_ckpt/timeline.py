@@ -11,7 +11,8 @@ Read back:
 * the journal is rebuilt in seq order from each record's ``history_start`` and visits; a visit is
   attributed to the attempt whose record journaled it first (the attempt that ran it live);
 * recovery k replayed exactly the journal of the record it resumed (``from_seq``): those visits are
-  marked ``replayed_by`` k; visits journaled by an attempt and later cut by a recovery that resumed an
+  marked ``replayed_by`` k, unless it continued from that record's frontier (``Attempt.frontier``:
+  nothing replayed); visits journaled by an attempt and later cut by a recovery that resumed an
   older record (a fallback) are ``discarded``: they ran, but their work was redone;
 * an attempt whose newest record is still "running" while a later attempt exists was stopped (a
   crash, a kill, a lost lease): the visit running then left no trace, so the gap from its last record
@@ -90,6 +91,8 @@ class Attempt:
     last_seq: int
     end: str = RUNNING
     from_seq: int | None = None
+    #: the node a recovery continued from without replaying the journal (nothing replayed)
+    frontier: str | None = None
     takeover: bool = False
     fork_of: str | None = None
     replayed: list[list[Any]] = attrs.field(factory=list)
@@ -182,7 +185,7 @@ def build_timeline(backend: Any, codec: Any, execution_id: str) -> Timeline:
             attempt = _new_attempt(current, record, attempts[-1] if attempts else None)
             attempts.append(attempt)
             by_n[n] = attempt
-            if attempt.from_seq is not None:  # a recovery replays the journal of the record it resumed
+            if attempt.from_seq is not None and attempt.frontier is None:  # a recovery replays the journal of the record it resumed
                 for visit in journal[: length_at.get(attempt.from_seq, record.history_start)]:
                     if visit is not None:
                         visit.replayed_by.append(n)
@@ -225,6 +228,7 @@ def _new_attempt(info: dict[str, Any], record: GraphCheckpoint, previous: Attemp
         ended_at=record.timestamp, owner=owner, first_seq=record.seq, last_seq=record.seq, from_seq=from_seq,
         takeover=previous is not None and bool(owner) and owner != previous.owner,
         fork_of=info.get("fork_of") if isinstance(info.get("fork_of"), str) else None,
+        frontier=info.get("frontier") if isinstance(info.get("frontier"), str) else None,
     )
 
 

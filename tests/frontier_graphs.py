@@ -9,6 +9,7 @@ reaches it write ``marker`` and block until the process is killed; ``fail_at`` m
 the visit of ``fail_in`` at that count).
 
 ``fan_out``: ``count`` goes to ``left`` and ``right`` at once, so two nodes wait at most boundaries.
+``editing``: a node editing the message it was handed, which is its parent's output object.
 """
 
 from __future__ import annotations
@@ -91,7 +92,34 @@ def fan_out_graph() -> Graph:
     return Graph(start=count)
 
 
-GRAPHS = {"branching": branching_graph, "fan_out": fan_out_graph}
+class Produce(Node):
+    async def process(self, context):
+        n = await context.graph_state.get("n", 0) + 1
+        await context.graph_state.set("n", n)
+        fail("produce", n)
+        previous = self.outputs.content if self.outputs is not None else None
+        return {"n": n, "seen_tag": previous.get("tag") if isinstance(previous, dict) else None,
+                "done": n >= Settings.steps}
+
+
+class Tag(Node):
+    async def process(self, context):
+        message = context.inputs.content
+        fail("tag", message["n"])
+        message["tag"] = f"tagged {message['n']}"  # edits the message it was handed: its parent's output
+        return {"n": message["n"], "done": message["done"]}
+
+
+def editing_graph() -> Graph:
+    """``produce`` -> ``tag`` -> ``produce``: ``tag`` edits its input in place (Spark hands it
+    ``produce``'s output object itself), and ``produce`` reads that edit in its own last output."""
+    produce, tag = Produce(id="produce"), Tag(id="tag")
+    produce >> tag
+    tag.on(done=False) >> produce
+    return Graph(start=produce)
+
+
+GRAPHS = {"branching": branching_graph, "fan_out": fan_out_graph, "editing": editing_graph}
 
 
 def build(store: Path | str, steps: int, shape: str = "branching", **config):

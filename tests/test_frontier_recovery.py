@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import frontier_graphs  # noqa: E402
 
+from spark_ckpt.engine.chain import HISTORY_FROM  # noqa: E402
 from spark_ckpt.engine.frontier import FRONTIER_AFTER_VISITS  # noqa: E402
 from spark_ckpt.engine.records import RecordReader, readable_whole  # noqa: E402
 
@@ -65,7 +66,8 @@ def _visits(record) -> list[tuple]:
 
 def _reference(tmp_path: Path, **config):
     """The uninterrupted run: (result content, final record made whole)."""
-    graph = frontier_graphs.build(tmp_path / "reference.db", STEPS, **config)
+    graph = frontier_graphs.build(tmp_path / f"reference-{len(list(tmp_path.glob('reference-*.db')))}.db",
+                                  STEPS, **config)
     try:
         result = asyncio.run(graph.run({"go": 1}))
         return result.content, graph.get_checkpoint()
@@ -230,5 +232,93 @@ def test_a_damaged_record_before_the_newest_is_replayed_around(tmp_path: Path) -
         report = graph.last_recovery
         assert report.from_frontier is None and report.fell_back and report.replayed
         _assert_same_run(graph, result, _reference(tmp_path))
+    finally:
+        graph.close()
+
+
+def _fail_then_recover(tmp_path: Path, fail_at: int, fail_in: str = "count", **config):
+    """A run failing in the visit of ``fail_in`` at count ``fail_at``, then recovered in place."""
+    db = tmp_path / "c.db"
+    frontier_graphs.Settings.fail_at, frontier_graphs.Settings.fail_in = fail_at, fail_in
+    graph = frontier_graphs.build(db, STEPS, **config)
+    with pytest.raises(RuntimeError, match=f"failing at count {fail_at}"):
+        asyncio.run(graph.run({"go": 1}))
+    graph.close()
+    return _recover(db, **config)
+
+
+def test_a_node_editing_its_input_edits_its_parents_output_after_a_frontier_recovery(tmp_path: Path) -> None:
+    # Spark hands ``tag`` the very object ``produce`` output: restored from a frontier, ``tag``'s
+    # pending input is ``produce``'s restored output again, so the edit reaches ``produce``
+    graph, result = _fail_then_recover(tmp_path, 120, "tag", shape="editing")
+    try:
+        assert graph.last_recovery.from_frontier == "tag"
+        _assert_same_run(graph, result, _reference(tmp_path, shape="editing"))
+        seen = [v.output["content"]["seen_tag"] for v in graph.get_checkpoint().execution_history
+                if v.node_key == "produce"]
+        assert seen[120] == "tagged 120"  # the first visit of produce after the recovery
+    finally:
+        graph.close()
+
+
+@pytest.mark.parametrize("setup", ["exit durability", "a lifecycle hook", "a buffering node"])
+def test_graphs_a_frontier_would_change_are_replayed(tmp_path: Path, setup: str) -> None:
+    config = {"durability": "exit"} if setup == "exit durability" else {}
+    original = frontier_graphs.build
+
+    def build(store, steps, **kwargs):
+        graph = original(store, steps, **{**config, **kwargs})
+        if setup == "a lifecycle hook":  # Spark numbers the iterations of a run from 0: it would see others
+            from spark.graphs.hooks import GraphLifecycleEvent
+
+            graph.graph.register_hook(GraphLifecycleEvent.BEFORE_ITERATION, lambda context: None)
+        elif setup == "a buffering node":  # its own queue: Spark schedules it without pending inputs
+            node = graph._nodes_by_key["merge"]
+            node.enqueue_input = node.enqueue_input
+        return graph
+
+    frontier_graphs.build = build
+    try:
+        graph, result = _fail_then_recover(tmp_path, 120)
+    finally:
+        frontier_graphs.build = original
+    try:
+        assert graph.last_recovery.from_frontier is None and len(graph.last_recovery.replayed) > 300
+        _assert_same_run(graph, result, _reference(tmp_path, **config))
+        headers = graph.backend.list(execution_id=graph.last_recovery.execution_id)
+        assert readable_whole(RecordReader(graph.backend, graph.codec), headers) == {}
+    finally:
+        graph.close()
+
+
+def test_records_after_a_frontier_recovery_read_around_a_damaged_record_before_it(tmp_path: Path) -> None:
+    graph, result = _fail_then_recover(tmp_path, 120)
+    execution = graph.last_recovery.execution_id
+    stored = {h.seq: graph._planner.decode(graph.backend.get(h.checkpoint_id).blob, h)
+              for h in graph.backend.list(execution_id=execution)}
+    first = min(seq for seq, record in stored.items() if record.extras["attempt"]["n"] == 1)
+    linked = stored[first].extras[HISTORY_FROM]  # where the journal of the recovery's records continues
+    graph.close()
+    _damage(tmp_path / "c.db", linked)
+    graph = frontier_graphs.build(tmp_path / "c.db", STEPS)
+    try:
+        headers = graph.backend.list(execution_id=execution)
+        problems = readable_whole(RecordReader(graph.backend, graph.codec), headers)
+        after = sorted(int(cid.rsplit("-", 1)[1]) for cid in problems)
+        # only the first attempt's records whose state is built on the damaged one: never the recovery's
+        assert after and all(seq < first for seq in after)
+        _assert_same_run(graph, result, _reference(tmp_path))
+    finally:
+        graph.close()
+
+
+def test_the_timeline_shows_a_frontier_recovery_replayed_nothing(tmp_path: Path) -> None:
+    from spark_ckpt.timeline import build_timeline
+
+    graph, _ = _fail_then_recover(tmp_path, 120)
+    try:
+        timeline = build_timeline(graph.backend, graph.codec, graph.last_recovery.execution_id)
+        recovery = timeline.attempts[1]
+        assert recovery.frontier == "count" and recovery.replayed == [] and len(recovery.live) == 91
     finally:
         graph.close()

@@ -482,11 +482,9 @@ class GraphRunner:
         its state, node states and pending inputs restored, Spark's loop started at the waiting node."""
         record = found.record
         try:
-            restore_into_graph(self.graph, self.nodes, record, pending=True)
-            graph_frontier.restore_outputs(self.nodes, found)
+            start = graph_frontier.restore(self.owner, found)
             journal = Journal.at_frontier(record, found.counts)
             (key,) = found.waiting
-            start = self.nodes[key]
             origins = record.node_states[key].pending_from
             if key in self.owner._fan_in and origins:  # where each restored input came from (``deliveries``)
                 for message, origin in zip(start._state["pending_inputs"], origins):
@@ -495,11 +493,12 @@ class GraphRunner:
             ex = self.new_execution(record.execution_id, record.run_input, next_seq=max(next_seq, record.seq + 1),
                                     lease=lease, journal=journal)
             ex.builder.extras_stored = dict(record.node_extras)
-            # the journal before this process is in the record holding the whole state: whole records link there
-            ex.builder.whole_ends = [(record.history_start, found.whole_seq)]
+            # the journal before this process's first visit is in the record ``found.linked``: whole
+            # records link there (the next ones, to the whole records this process writes)
+            ex.builder.whole_ends = [(record.history_start, found.linked)] if found.linked is not None else []
             ex.writer.resumed_on((await self.backend.aget(record.checkpoint_id)).blob, record.seq,
                                  record.checkpoint_id, writes=record.extras.get("writes"))
-            ex.writer.attempt = next_attempt(record.extras, self.owner.worker_id, record.seq)
+            ex.writer.attempt = {**next_attempt(record.extras, self.owner.worker_id, record.seq), "frontier": key}
             ex.start_at, ex.superstep = start, record.superstep + 1
             ex.first_superstep = ex.superstep
             ex.allow_unsafe_rerun = allow_unsafe_rerun

@@ -180,7 +180,9 @@ def _attempt_lines(timeline: Any) -> list[str]:
     for i, attempt in enumerate(attempts):
         text = (f"{attempt.label}: began {local_time(attempt.began_at)}, checkpoints seq {attempt.first_seq}"
                 f"..{attempt.last_seq}")
-        if attempt.from_seq is not None:
+        if attempt.frontier is not None:
+            text += f", resumed seq {attempt.from_seq} from its frontier at node {attempt.frontier} (nothing replayed)"
+        elif attempt.from_seq is not None:
             text += f", resumed seq {attempt.from_seq}, replayed {len(attempt.replayed)} visit(s)"
         text += f", ran {len(attempt.live)} live; {attempt.end}"
         if attempt.end == "stopped" and i + 1 < len(attempts):

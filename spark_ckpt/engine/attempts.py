@@ -1,10 +1,11 @@
 """Which attempt at an execution a process makes, carried in every graph record it writes.
 
-``extras["attempt"] = {"n", "began_at", "owner"[, "from_seq"][, "fork_of"]}``: ``n`` 0 is the first run
-(or a fork's run), ``n`` k > 0 the k-th recovery of the same execution; ``began_at`` when this process
-took the execution up (``time.time()``); ``owner`` the worker id that holds its lease (a recovery by
-another owner took the lease over); ``from_seq`` the seq of the record a recovery resumed from (its
-journal is what the recovery replayed); ``fork_of`` the checkpoint a forked execution started from.
+``extras["attempt"] = {"n", "began_at", "owner"[, "from_seq"][, "frontier"][, "fork_of"]}``: ``n`` 0 is
+the first run (or a fork's run), ``n`` k > 0 the k-th recovery of the same execution; ``began_at`` when
+this process took the execution up (``time.time()``); ``owner`` the worker id that holds its lease (a
+recovery by another owner took the lease over); ``from_seq`` the seq of the record a recovery resumed
+from (its journal is what the recovery replayed); ``frontier`` the node a recovery continued from
+without replaying that journal (``frontier``); ``fork_of`` the checkpoint a forked execution started from.
 
 It is one small dict per process, built once and put into each record as it is stored (like the write
 totals), so recording it costs the records nothing measurable. ``spark_ckpt.timeline`` reads it back.

@@ -165,7 +165,7 @@ class _LinkBroken(Exception):
     error, as its cause, may come from the records the link skipped)."""
 
 
-def _link(record: GraphCheckpoint) -> int | None:
+def link_of(record: GraphCheckpoint) -> int | None:
     """The seq of the record whose journal ends where ``record``'s begins, if it names one (a periodic
     whole record: ``record_builder.HISTORY_FROM``)."""
     link = record.extras.get(HISTORY_FROM) if record.execution_history and record.history_start else None
@@ -188,10 +188,11 @@ def _walk(
     same_visit = lambda key, entry: entry.get("visit_index") == record.inflight[key]["visit_index"]  # noqa: E731
     # when only the journal is missing, a periodic whole record names the record its journal
     # continues: the walk goes there without reading the records in between
-    jump = _link(record) if links and needed else None
+    jump = link_of(record) if links and needed else None
     followed = False
     # a record that cannot be read is passed over only while the records read after it were written
-    # by the same attempt as ``record``: an earlier attempt's records may hold other visits at the
+    # by the attempt the walk is in (``record``'s, then the one it continued in place from the record
+    # it resumed, ``from_seq``, and so on): another attempt's records may hold other visits at the
     # same positions (a recovery that fell back past them continued the execution without them)
     attempt = record.extras.get(ATTEMPT_KEY)
     passed_over: Exception | None = None
@@ -218,8 +219,13 @@ def _walk(
                 passed_over = passed_over or exc
                 continue
             raise
-        if passed_over is not None and older.extras.get(ATTEMPT_KEY) != attempt:
-            raise passed_over
+        written_by = older.extras.get(ATTEMPT_KEY)
+        if written_by != attempt:
+            resumed_from = attempt.get("from_seq") if isinstance(attempt, dict) else None
+            if type(resumed_from) is int and older.seq <= resumed_from:
+                attempt = written_by  # the records the walk's attempt continued from
+            elif passed_over is not None:
+                raise passed_over
         was_whole = state.whole
         state.feed(older)
         if state.whole and not was_whole:
@@ -231,7 +237,7 @@ def _walk(
         if needed and older.execution_history and older.history_start < needed <= end:  # (not one covered already)
             segments.append(older.execution_history[: needed - older.history_start])
             needed = older.history_start
-            jump = _link(older) if links and needed else None
+            jump = link_of(older) if links and needed else None
         elif followed and header.seq == jump:  # the named record does not end where the journal resumes
             raise _LinkBroken() from CorruptCheckpointError(f"checkpoint {header.checkpoint_id} does not continue the journal")
         if older.base_seq is not None:

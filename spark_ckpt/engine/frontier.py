@@ -9,8 +9,9 @@ Reading it costs the records since the newest one holding the whole state (``W``
 ``record_builder.FULL_HISTORY_EVERY`` back), whatever the execution's length.
 
 The execution's journal stays whole in the store without being read: the records written after a
-continuation from a frontier name ``W`` (``HISTORY_FROM``), whose journal ends where theirs begins,
-so they hold the visits since ``W`` (read here) and their own.
+continuation from a frontier hold ``W``'s own visits, the ones since (both read here) and their own,
+and name the record ``W`` names (``HISTORY_FROM``), whose journal ends where ``W``'s begins. So every
+visit stays in two records, as with periodic records: a damaged ``W`` is read around.
 
 Invariants:
 
@@ -47,10 +48,11 @@ FRONTIER_LISTING = 4 * FULL_HISTORY_EVERY
 @attrs.frozen
 class Frontier:
     """Where a continuation starts: ``record`` with its state made whole and, as its journal, the
-    visits since ``whole_seq`` (``history_start``: where that record's journal ends)."""
+    visits from ``W``'s first on (``history_start``); ``linked``: the seq of the record holding the
+    journal before that (None when ``W``'s journal starts at the execution's first visit)."""
 
     record: GraphCheckpoint
-    whole_seq: int
+    linked: int | None
     counts: dict[str, int]
 
     @property
@@ -79,13 +81,17 @@ def read(record: GraphCheckpoint, earlier: Iterable[Any], load: chain.Loader,
     counts = whole.extras.get(COUNTS)
     if not isinstance(counts, dict) or not all(type(n) is int for n in counts.values()):
         return None
-    counts = dict(counts)
+    counts = dict(counts)  # (W's visits included)
     for visit in visits:
         if visit.index != counts.get(visit.node_key, 0):  # the counters do not match the journal
             return None
         counts[visit.node_key] = visit.index + 1
-    frontier = attrs.evolve(state, execution_history=visits, history_start=journal_end(whole))
-    return Frontier(frontier, whole.seq, counts)
+    linked = chain.link_of(whole)
+    if whole.history_start and linked is None:
+        return None  # its journal does not name where it continues from
+    frontier = attrs.evolve(state, execution_history=[*whole.execution_history, *visits],
+                            history_start=whole.history_start)
+    return Frontier(frontier, linked, counts)
 
 
 def _since_whole_state(record: GraphCheckpoint, earlier: list[Any], load: chain.Loader
@@ -104,8 +110,6 @@ def _since_whole_state(record: GraphCheckpoint, earlier: list[Any], load: chain.
         if journal_end(older) != needed:
             return None  # a record is missing from the listing, or the journal does not continue
         if not older.partial_state and older.base_seq is None:
-            if older.history_start and not older.execution_history:
-                return None  # its own journal could not be linked to
             return older, visits
         visits[:0] = older.execution_history
         needed = older.history_start
