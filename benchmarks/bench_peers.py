@@ -13,7 +13,8 @@ a-c. A 10-node chain, each node writing ~100 B into state: (a) as is, (b) with a
      turns, so cache and CPU-frequency drift hit them alike), as a ratio to the framework's bare run
      and as microseconds added per step.
 d.   Bytes stored by one run of a single node looping 1,000 times (~100 B written per step), divided
-     by the 100 kB the steps wrote: spark-ckpt's checkpoint sizes, LangGraph's checkpoint and write blobs.
+     by the 100 kB the steps wrote: spark-ckpt's checkpoint sizes (every checkpoint kept, as LangGraph
+     keeps them), LangGraph's checkpoint and write blobs.
 e.   Recovery after SIGKILL at step K: a child process runs the loop and is killed at step K, a fresh
      child times (after its imports and an untimed 1-step warm-up run) building the graph, recovering
      and finishing 10 more steps. spark-ckpt keeps every checkpoint there, as LangGraph does
@@ -232,7 +233,7 @@ async def storage_table(workdir: Path) -> list[str]:
     raw = LOOP_STEPS * PAYLOAD
     spark_dir = workdir / "storage-spark"
     spark_dir.mkdir()
-    graph = wrap_loop(spark_dir, spark_loop(LOOP_STEPS))
+    graph = wrap_loop(spark_dir, spark_loop(LOOP_STEPS), retention_count=None)  # every checkpoint kept, as LangGraph does
     await graph.run(NodeMessage(content={}))
     spark_blobs = sum(h.size for h in graph.list_checkpoints())
     graph.close()

@@ -356,14 +356,15 @@ def test_long_runs_store_each_visit_once(tmp_path, monkeypatch) -> None:
     headers = graph.list_checkpoints()
     stored = [graph._decode(graph.backend.get(h.checkpoint_id).blob, h) for h in headers]
     visits_stored = sum(len(r.execution_history) for r in stored)
-    # each visit once in the deltas, plus the periodic records (every 40: the visits since the whole
-    # record before the last one) and the final one (all of them): linear in the run length (storing
+    # each visit once in the deltas, plus the periodic records (every 40) and the final one, which
+    # hold the visits since the whole record before the last one: linear in the run length (storing
     # the whole history every time would be 150*151/2 = 11325)
     periodic = [r for r in stored if "history_from" in r.extras]
     final = max(stored, key=lambda r: r.seq)
-    assert len(periodic) == 3 and all(len(r.execution_history) <= 2 * 40 + 2 for r in periodic)
-    assert (final.history_start, len(final.execution_history)) == (0, 150)
-    changes_only = [r for r in stored if r not in periodic and r is not final]
+    assert len(periodic) == 4 and all(len(r.execution_history) <= 2 * 40 + 2 for r in periodic)
+    assert final in periodic and final.history_start > 0
+    assert [v.index for v in graph.get_checkpoint().execution_history] == list(range(150))
+    changes_only = [r for r in stored if r not in periodic]
     assert sum(len(r.execution_history) for r in changes_only) == 150 - 1 - 3  # (final, periodic: own visit)
     assert visits_stored < 4 * 150
     middle = graph.get_checkpoint(offset=70)

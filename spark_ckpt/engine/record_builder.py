@@ -146,12 +146,14 @@ class RecordBuilder:
         extras: dict[str, Any] = {"structure": self.structure}
         if whole and not journal.replay:
             extras[COUNTS] = dict(journal.counts)  # where a continuation from this record's frontier counts from
-        if (periodic or (whole and journal.offset)) and self.whole_ends:
+        if (periodic or (whole and (journal.offset or (status == COMPLETED and not self.always_whole)))
+                and self.whole_ends):
             # the whole state, and the journal since the whole record before the last one: bytes
             # linear in the run's length, the chain reader goes from one such record to the one it
             # names, and every visit is in two records (the last whole one may be the damaged one).
-            # A journal continued from a frontier (``offset``) holds no visit before the record it
-            # was read from: its whole records all link.
+            # The final record links too (retention makes it stand alone before the records it
+            # names go); so does every whole record of a journal continued from a frontier
+            # (``offset``: it holds no visit before the record it was read from).
             end, linked = self.whole_ends[0]
             history_start, history = end, journal.since(end)
             extras[HISTORY_FROM] = linked
