@@ -9,7 +9,8 @@ reaches it write ``marker`` and block until the process is killed; ``fail_at`` m
 the visit of ``fail_in`` at that count).
 
 ``fan_out``: ``count`` goes to ``left`` and ``right`` at once, so two nodes wait at most boundaries.
-``editing``: a node editing the message it was handed, which is its parent's output object.
+``editing``: a node editing the message it was handed, which is its parent's output object;
+``editing_twice``: the same object handed twice (two edges).
 """
 
 from __future__ import annotations
@@ -119,7 +120,27 @@ def editing_graph() -> Graph:
     return Graph(start=produce)
 
 
-GRAPHS = {"branching": branching_graph, "fan_out": fan_out_graph, "editing": editing_graph}
+class TagTwice(Node):
+    async def process(self, context):
+        message = context.inputs.content
+        fail("tag", message["n"])
+        again = "tag" in message  # the second delivery of the same object sees the first one's edit
+        message["tag"] = f"tagged {message['n']}"
+        return {"n": message["n"], "done": message["done"], "again": again}
+
+
+def editing_twice_graph() -> Graph:
+    """``produce`` delivers its output object to ``tag`` twice (two edges): ``tag``'s second visit
+    sees the edit its first made, and only then goes back to ``produce``."""
+    produce, tag = Produce(id="produce"), TagTwice(id="tag")
+    produce >> tag
+    produce.on(done=False) >> tag
+    tag.on(again=True, done=False) >> produce
+    return Graph(start=produce)
+
+
+GRAPHS = {"branching": branching_graph, "fan_out": fan_out_graph, "editing": editing_graph,
+          "editing_twice": editing_twice_graph}
 
 
 def build(store: Path | str, steps: int, shape: str = "branching", **config):

@@ -13,6 +13,7 @@ between the whole record and the newest) are replayed as before.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import os
 import signal
@@ -32,6 +33,7 @@ import frontier_graphs  # noqa: E402
 from spark_ckpt.engine.chain import HISTORY_FROM  # noqa: E402
 from spark_ckpt.engine.frontier import FRONTIER_AFTER_VISITS  # noqa: E402
 from spark_ckpt.engine.records import RecordReader, readable_whole  # noqa: E402
+from spark_ckpt.errors import SparkCkptError  # noqa: E402
 
 WORKER = Path(__file__).parent / "frontier_worker.py"
 STEPS = 150  # three visits per count: 450 visits, the crashes below land past FRONTIER_AFTER_VISITS
@@ -174,13 +176,7 @@ def test_retention_after_a_frontier_recovery_keeps_the_whole_journal(tmp_path: P
 
 
 def test_a_short_journal_is_replayed(tmp_path: Path) -> None:
-    db = tmp_path / "c.db"
-    frontier_graphs.Settings.fail_at = 20
-    graph = frontier_graphs.build(db, STEPS)
-    with pytest.raises(RuntimeError):
-        asyncio.run(graph.run({"go": 1}))
-    graph.close()
-    graph, result = _recover(db)
+    graph, result = _fail_then_recover(tmp_path, 20)
     try:
         report = graph.last_recovery
         assert report.from_frontier is None and len(report.replayed) == 3 * 19 < FRONTIER_AFTER_VISITS
@@ -261,7 +257,18 @@ def test_a_node_editing_its_input_edits_its_parents_output_after_a_frontier_reco
         graph.close()
 
 
-@pytest.mark.parametrize("setup", ["exit durability", "a lifecycle hook", "a buffering node"])
+def test_an_output_delivered_twice_is_one_object_after_a_frontier_recovery(tmp_path: Path) -> None:
+    # two edges from produce to tag: Spark queues produce's output object twice, and tag's second
+    # visit sees its first visit's edit
+    graph, result = _fail_then_recover(tmp_path, 40, "tag", shape="editing_twice")
+    try:
+        assert graph.last_recovery.from_frontier == "tag"
+        _assert_same_run(graph, result, _reference(tmp_path, shape="editing_twice"))
+    finally:
+        graph.close()
+
+
+@pytest.mark.parametrize("setup", ["exit durability", "a lifecycle hook", "a buffering node", "a wrapped queue"])
 def test_graphs_a_frontier_would_change_are_replayed(tmp_path: Path, setup: str) -> None:
     config = {"durability": "exit"} if setup == "exit durability" else {}
     original = frontier_graphs.build
@@ -275,6 +282,10 @@ def test_graphs_a_frontier_would_change_are_replayed(tmp_path: Path, setup: str)
         elif setup == "a buffering node":  # its own queue: Spark schedules it without pending inputs
             node = graph._nodes_by_key["merge"]
             node.enqueue_input = node.enqueue_input
+        elif setup == "a wrapped queue":  # Spark's method under a wrapper of the user's: it may copy
+            node = graph._nodes_by_key["left"]
+            original_enqueue = node.enqueue_input
+            node.enqueue_input = functools.wraps(original_enqueue)(lambda payload: original_enqueue(payload))
         return graph
 
     frontier_graphs.build = build
@@ -320,5 +331,80 @@ def test_the_timeline_shows_a_frontier_recovery_replayed_nothing(tmp_path: Path)
         timeline = build_timeline(graph.backend, graph.codec, graph.last_recovery.execution_id)
         recovery = timeline.attempts[1]
         assert recovery.frontier == "count" and recovery.replayed == [] and len(recovery.live) == 91
+    finally:
+        graph.close()
+
+
+def _stored_records(graph, execution: str) -> dict:
+    records = {}
+    for header in graph.backend.list(execution_id=execution):
+        try:
+            records[header.seq] = graph._planner.decode(graph.backend.get(header.checkpoint_id).blob, header)
+        except Exception as exc:  # (damaged on purpose)
+            records[header.seq] = exc
+    return records
+
+
+def test_records_an_earlier_recovery_discarded_never_enter_a_journal(tmp_path: Path, monkeypatch) -> None:
+    # X runs and fails; a damaged record makes B fall back past X's last records (discarded), and B
+    # fails at once; the damage goes away (it was transient); A continues B's failure record from its
+    # frontier, Z continues A's. With B's record and A's first two unreadable, the records Z wrote
+    # must refuse to read rather than take X's discarded visits at those journal positions.
+    ran_in = ["X"]
+    count = frontier_graphs.Count.process
+
+    async def tagged(self, context):
+        return {**await count(self, context), "ran_in": ran_in[0]}
+
+    monkeypatch.setattr(frontier_graphs.Count, "process", tagged)
+    db = tmp_path / "c.db"
+
+    def attempt(name: str, fail_at: int | None, execution: str | None = None):
+        ran_in[0] = name
+        frontier_graphs.Settings.fail_at, frontier_graphs.Settings.fail_in = fail_at, "count"
+        graph = frontier_graphs.build(db, STEPS)
+        try:
+            run = graph.run({"go": 1}) if execution is None else graph.recover_and_continue(execution_id=execution)
+            if fail_at is None:
+                asyncio.run(run)
+            else:
+                with pytest.raises(RuntimeError):
+                    asyncio.run(run)
+            return graph.last_recovery.execution_id if execution else graph.get_checkpoint().execution_id
+        finally:
+            graph.close()
+
+    execution = attempt("X", 100)
+    graph = frontier_graphs.build(db, STEPS)
+    records = _stored_records(graph, execution)
+    head = max(records)
+    resumed = max(s for s, r in records.items() if s < head - 4 and r.current_node == "count" and r.base_seq is None)
+    n_then = graph._planner.make_whole(records[resumed]).graph_state["n"]
+    graph.close()
+    _damage(db, resumed + 1)
+    attempt("B", n_then + 1, execution)  # fell back to ``resumed``, failed at its first live visit
+    graph = frontier_graphs.build(db, STEPS)
+    failure = max(_stored_records(graph, execution))
+    graph.close()
+    _damage(db, resumed + 1)  # (flipped back: the fallback was transient)
+    attempt("A", 140, execution)
+    attempt("Z", None, execution)
+    graph = frontier_graphs.build(db, STEPS)
+    records = _stored_records(graph, execution)
+    z_first = min(s for s, r in records.items() if r.extras["attempt"]["n"] == 3)
+    written = {seq: _visits(graph._planner.make_whole(records[seq])) for seq in (z_first, max(records))}
+    graph.close()
+    for seq in (failure, failure + 1, failure + 2):
+        _damage(db, seq)
+    graph = frontier_graphs.build(db, STEPS)
+    try:
+        headers = graph.backend.list(execution_id=execution)
+        for seq, journal in written.items():
+            header = next(h for h in headers if h.seq == seq)
+            try:
+                whole = RecordReader(graph.backend, graph.codec).whole(header, headers)
+            except SparkCkptError:
+                continue  # refused: right
+            assert _visits(whole) == journal, seq
     finally:
         graph.close()

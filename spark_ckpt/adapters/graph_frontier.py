@@ -72,7 +72,7 @@ def _plain_queuing(node: Any) -> bool:
         if getattr(type(node), name, None) is not getattr(BaseNode, name):
             return False
         own = vars(node).get(name)  # set on the instance: only spark-ckpt's delivery wrapper is allowed
-        if own is not None and getattr(own, "__wrapped__", None) is None:
+        if own is not None and not getattr(own, "spark_ckpt_delivery", False):
             return False
         if own is not None and getattr(own.__wrapped__, "__func__", None) is not getattr(BaseNode, name):
             return False
@@ -132,10 +132,12 @@ def _from_latest_visits(owner: CheckpointedGraph, found: Frontier, key: str) -> 
     waiting = nodes[key]
     parents = [k for k, node in nodes.items() if any(e.to_node is waiting for e in getattr(node, "edges", ()))]
     if len(parents) == 1 and counts.get(parents[0]):
-        # one parent delivers in its visit order: the newest input is from its latest visit if that
-        # visit's output takes the edge (Spark's own test, on the output restored above)
-        if any(edge.to_node is waiting for edge in nodes[parents[0]].iter_active_edges()):
-            yield len(waiting._state["pending_inputs"]) - 1, parents[0]
+        # one parent delivers in its visit order: the newest inputs are from its latest visit, one per
+        # edge to this node its output takes (Spark's own test, on the output restored above)
+        taken = sum(edge.to_node is waiting for edge in nodes[parents[0]].iter_active_edges())
+        pending = len(waiting._state["pending_inputs"])
+        for position in range(max(0, pending - taken), pending):
+            yield position, parents[0]
 
 
 @contextlib.contextmanager

@@ -62,6 +62,7 @@ class NodeVisits:
             return result
 
         receive_from_parent.__wrapped__ = original_receive  # type: ignore[attr-defined]
+        receive_from_parent.spark_ckpt_delivery = True  # type: ignore[attr-defined]  (``graph_frontier``)
         return receive_from_parent
 
     def _do_wrapper(self, node: Any, key: str, original_do: Any) -> Any:

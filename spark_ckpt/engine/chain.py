@@ -191,9 +191,10 @@ def _walk(
     jump = link_of(record) if links and needed else None
     followed = False
     # a record that cannot be read is passed over only while the records read after it were written
-    # by the attempt the walk is in (``record``'s, then the one it continued in place from the record
-    # it resumed, ``from_seq``, and so on): another attempt's records may hold other visits at the
-    # same positions (a recovery that fell back past them continued the execution without them)
+    # by the attempt the walk is in (``record``'s, then, once the record it resumed, ``from_seq``, is
+    # read, the attempt that wrote that one, and so on): another attempt's records may hold other
+    # visits at the same positions (a recovery that fell back past them continued the execution
+    # without them; they may lie below ``from_seq`` too)
     attempt = record.extras.get(ATTEMPT_KEY)
     passed_over: Exception | None = None
     for header in earlier if newest_first else sorted(earlier, key=lambda h: h.seq, reverse=True):
@@ -222,8 +223,8 @@ def _walk(
         written_by = older.extras.get(ATTEMPT_KEY)
         if written_by != attempt:
             resumed_from = attempt.get("from_seq") if isinstance(attempt, dict) else None
-            if type(resumed_from) is int and older.seq <= resumed_from:
-                attempt = written_by  # the records the walk's attempt continued from
+            if type(resumed_from) is int and older.seq == resumed_from:
+                attempt = written_by  # the record the walk's attempt continued from
             elif passed_over is not None:
                 raise passed_over
         was_whole = state.whole
