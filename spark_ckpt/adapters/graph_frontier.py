@@ -9,7 +9,7 @@ of the last visit of a node with no active edge, and the final superstep of a ru
 
 Spark queues a parent's ``outputs`` object itself, so a node editing its input in place edits its
 parent's last output too; a pending input from its parent's latest visit is therefore restored as
-that parent's restored output, the same object (``restore_outputs``), as replay would deliver it.
+that parent's restored output, the same object (``restore``), as replay would deliver it.
 
 That holds for the graphs and records ``possible`` and ``eligible`` accept; any other continues by
 replaying its journal as before:
