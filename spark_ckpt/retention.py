@@ -106,8 +106,8 @@ def _keep_what_kept_records_need(
     """Take off ``doomed`` what the kept graph records of each execution need; return the records to
     make stand alone. A record needs every record of its execution back to the last whole one: the
     oldest kept record is rebased (which leaves one that stands alone as it is), or its past is kept.
-    Planning without rebasing (a dry run) takes a final (completed) record to stand alone, as it does
-    unless its execution continued from a frontier (its journal then links to earlier records)."""
+    Planning without rebasing (a dry run) takes a final (completed) record to stand alone, as a short
+    run's does (a long run's links its journal to earlier records: pruning rebases it)."""
     by_execution: dict[str, list[CheckpointHeader]] = {}
     for h in headers:
         if h.kind == GRAPH:

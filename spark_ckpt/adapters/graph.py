@@ -148,6 +148,8 @@ class CheckpointedGraph(CheckpointAccess, StateHistoryAccess):
                 target = self._keys.get(id(edge.to_node))
                 if target is not None:
                     parents.setdefault(target, set()).add(key)
+        #: per node, the nodes with an edge to it
+        self._parents = parents
         self._fan_in = {key for key, sources in parents.items() if len(sources) > 1}
 
     def _wrap_nodes(self) -> None:

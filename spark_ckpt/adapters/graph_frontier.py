@@ -129,15 +129,14 @@ def _from_latest_visits(owner: CheckpointedGraph, found: Frontier, key: str) -> 
             if origin and origin[0] in nodes and origin[1] == counts.get(origin[0], 0) - 1:
                 yield position, origin[0]
         return
-    waiting = nodes[key]
-    parents = [k for k, node in nodes.items() if any(e.to_node is waiting for e in getattr(node, "edges", ()))]
-    if len(parents) == 1 and counts.get(parents[0]):
+    waiting, parents = nodes[key], owner._parents.get(key, ())
+    if len(parents) == 1 and counts.get(parent := next(iter(parents))):
         # one parent delivers in its visit order: the newest inputs are from its latest visit, one per
         # edge to this node its output takes (Spark's own test, on the output restored above)
-        taken = sum(edge.to_node is waiting for edge in nodes[parents[0]].iter_active_edges())
+        taken = sum(edge.to_node is waiting for edge in nodes[parent].iter_active_edges())
         pending = len(waiting._state["pending_inputs"])
         for position in range(max(0, pending - taken), pending):
-            yield position, parents[0]
+            yield position, parent
 
 
 @contextlib.contextmanager

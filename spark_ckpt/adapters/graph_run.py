@@ -442,19 +442,21 @@ class GraphRunner:
     ) -> Any:
         """Continue ``record`` (made whole): the same execution under ``lease``, numbered from ``next_seq``
         (after the newest seq ever written), or a new execution forked from it (``fork_id``: its id).
-        With ``frontier`` (``record`` is its record), the same execution continues from the frontier."""
-        if frontier is not None:
-            return await self._resume_at_frontier(frontier, fell_back=fell_back, skips=skips, lease=lease,
-                                                  next_seq=next_seq, allow_unsafe_rerun=allow_unsafe_rerun)
+        With ``frontier`` (``record`` is its record), the same execution continues from the frontier
+        (``graph_frontier``): no replay, Spark's loop starts at the waiting node."""
         try:
-            if record.version < 5 and self.owner._event_edges and record.execution_history:
-                raise UnrecoverableExecutionError(
-                    f"graph {self.graph_id!r} has event edges (on_event) and checkpoint {record.checkpoint_id} "
-                    "was written by a version of spark-ckpt that did not journal published events, so "
-                    "continuing could skip their subscribers. Nothing was run; start a new run"
-                )
-            restore_into_graph(self.graph, self.nodes, record, pending=False)  # replay delivers them again
-            journal = Journal.resuming(record, same_execution=same_execution)
+            if frontier is not None:
+                start = graph_frontier.restore(self.owner, frontier)
+                journal = self._journal_at(frontier, start)
+            else:
+                if record.version < 5 and self.owner._event_edges and record.execution_history:
+                    raise UnrecoverableExecutionError(
+                        f"graph {self.graph_id!r} has event edges (on_event) and checkpoint {record.checkpoint_id} "
+                        "was written by a version of spark-ckpt that did not journal published events, so "
+                        "continuing could skip their subscribers. Nothing was run; start a new run"
+                    )
+                restore_into_graph(self.graph, self.nodes, record, pending=False)  # replay delivers them again
+                journal = Journal.resuming(record, same_execution=same_execution)
             if same_execution:
                 ex = self.new_execution(record.execution_id, record.run_input, next_seq=max(next_seq, record.seq + 1),
                                         lease=lease, journal=journal)
@@ -465,10 +467,17 @@ class GraphRunner:
                 ex.writer.attempt = next_attempt(record.extras, self.owner.worker_id, record.seq)
             else:
                 ex = self.new_execution(fork_id or new_id("ex-"), record.run_input, journal=journal, fork_of=record)
+            if frontier is not None:
+                # the journal before this process's first visit is in the record ``frontier.linked``: whole
+                # records link there (the next ones, to the whole records this process writes)
+                ex.builder.whole_ends = [(record.history_start, frontier.linked)] if frontier.linked is not None else []
+                ex.writer.attempt["frontier"] = frontier.waiting[0]
+                ex.start_at, ex.superstep = start, record.superstep + 1
+                ex.first_superstep = ex.superstep
             ex.allow_unsafe_rerun = allow_unsafe_rerun
             ex.skip = skips
             ex.report = RecoveryReport(execution_id=ex.execution_id, from_checkpoint=record.checkpoint_id,
-                                       fell_back=fell_back)
+                                       fell_back=fell_back, from_frontier=frontier.waiting[0] if frontier is not None else None)
             self.owner.last_recovery = ex.report
             return await self.execute(ex, load_run_input(record.run_input), resumed=same_execution)
         except BaseException:
@@ -476,38 +485,15 @@ class GraphRunner:
                 await release_quietly(self.backend, lease)
             raise
 
-    async def _resume_at_frontier(self, found: Frontier, *, fell_back: list[str], skips: dict[str, Any],
-                                  lease: Lease | None, next_seq: int, allow_unsafe_rerun: bool) -> Any:
-        """Continue the execution of ``found.record`` in place from its frontier (``graph_frontier``):
-        its state, node states and pending inputs restored, Spark's loop started at the waiting node."""
-        record = found.record
-        try:
-            start = graph_frontier.restore(self.owner, found)
-            journal = Journal.at_frontier(record, found.counts)
-            (key,) = found.waiting
-            origins = record.node_states[key].pending_from
-            if key in self.owner._fan_in and origins:  # where each restored input came from (``deliveries``)
-                for message, origin in zip(start._state["pending_inputs"], origins):
-                    if origin is not None:
-                        journal.deliveries.delivered(key, message, origin)
-            ex = self.new_execution(record.execution_id, record.run_input, next_seq=max(next_seq, record.seq + 1),
-                                    lease=lease, journal=journal)
-            ex.builder.extras_stored = dict(record.node_extras)
-            # the journal before this process's first visit is in the record ``found.linked``: whole
-            # records link there (the next ones, to the whole records this process writes)
-            ex.builder.whole_ends = [(record.history_start, found.linked)] if found.linked is not None else []
-            ex.writer.resumed_on((await self.backend.aget(record.checkpoint_id)).blob, record.seq,
-                                 record.checkpoint_id, writes=record.extras.get("writes"))
-            ex.writer.attempt = {**next_attempt(record.extras, self.owner.worker_id, record.seq), "frontier": key}
-            ex.start_at, ex.superstep = start, record.superstep + 1
-            ex.first_superstep = ex.superstep
-            ex.allow_unsafe_rerun = allow_unsafe_rerun
-            ex.skip = skips
-            ex.report = RecoveryReport(execution_id=ex.execution_id, from_checkpoint=record.checkpoint_id,
-                                       fell_back=fell_back, from_frontier=key)
-            self.owner.last_recovery = ex.report
-            return await self.execute(ex, load_run_input(record.run_input), resumed=True)
-        except BaseException:
-            if self.active is None:
-                await release_quietly(self.backend, lease)
-            raise
+    def _journal_at(self, frontier: Frontier, start: Any) -> Journal:
+        """The journal continuing from ``frontier``, with where each restored input of ``start`` (the
+        waiting node) came from, for a node with several parents (``deliveries``)."""
+        record = frontier.record
+        journal = Journal.at_frontier(record, frontier.counts)
+        (key,) = frontier.waiting
+        origins = record.node_states[key].pending_from
+        if key in self.owner._fan_in and origins:
+            for message, origin in zip(start._state["pending_inputs"], origins):
+                if origin is not None:
+                    journal.deliveries.delivered(key, message, origin)
+        return journal

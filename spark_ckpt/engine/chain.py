@@ -10,9 +10,10 @@ Invariants:
 * a record built on a boundary (in-flight and failure records, ``base_seq`` set) depends only on
   records up to its base, plus the in-flight journals of the same visit after it: a boundary record
   whose write failed (or was reported failed though it landed) is never mixed into its state;
-* a record that holds the whole state stands alone (content version 4: the start record, the first
-  record after a recovery, every ``FULL_HISTORY_EVERY``-th, the final one), so the walk stops there
-  and takes every adapter state it holds;
+* a record that holds the whole state (content version 4: the start record, the first record after
+  a recovery, every ``FULL_HISTORY_EVERY``-th, the final one) completes the state, so the walk stops
+  there for it and takes every adapter state it holds; the journal it may continue from the record
+  it names (``HISTORY_FROM``);
 * a part that cannot be completed, or content of the wrong shape, is a ``CorruptCheckpointError``
   naming the record.
 
@@ -165,6 +166,11 @@ class _LinkBroken(Exception):
     error, as its cause, may come from the records the link skipped)."""
 
 
+def journal_end(record: GraphCheckpoint) -> int:
+    """The journal position after ``record``'s last visit."""
+    return record.history_start + len(record.execution_history)
+
+
 def link_of(record: GraphCheckpoint) -> int | None:
     """The seq of the record whose journal ends where ``record``'s begins, if it names one (a periodic
     whole record: ``record_builder.HISTORY_FROM``)."""
@@ -234,7 +240,7 @@ def _walk(
         extras.feed(older.node_extras)
         # an in-flight journal continues only records of the same visit
         inflight.feed(older.inflight, same_visit)
-        end = older.history_start + len(older.execution_history)
+        end = journal_end(older)
         if needed and older.execution_history and older.history_start < needed <= end:  # (not one covered already)
             segments.append(older.execution_history[: needed - older.history_start])
             needed = older.history_start

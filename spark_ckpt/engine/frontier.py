@@ -4,8 +4,7 @@ Replaying a journal runs every visit again through the framework's loop (its rec
 its work), so a recovery's cost grew with the history. A boundary record already holds what the next
 superstep needs: the graph state, every node's state with its pending inputs, and (in records holding
 the whole state, when written by this version or later) how many times each node was visited
-(``COUNTS``).
-Reading it costs the records since the newest one holding the whole state (``W``, at most
+(``COUNTS``). Reading it costs the records since the newest one holding the whole state (``W``, at most
 ``record_builder.FULL_HISTORY_EVERY`` back), whatever the execution's length.
 
 The execution's journal stays whole in the store without being read: the records written after a
@@ -33,7 +32,7 @@ import attrs
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError
 from ..model import GraphCheckpoint
 from . import chain
-from .chain import COUNTS
+from .chain import COUNTS, journal_end
 from .record_builder import FULL_HISTORY_EVERY
 
 #: a recovery continues from the frontier when the record's journal is at least this long (replay
@@ -59,10 +58,6 @@ class Frontier:
     def waiting(self) -> list[str]:
         """The nodes with pending inputs: the ones the next superstep runs."""
         return [key for key, snapshot in self.record.node_states.items() if snapshot.pending_inputs]
-
-
-def journal_end(record: GraphCheckpoint) -> int:
-    return record.history_start + len(record.execution_history)
 
 
 def read(record: GraphCheckpoint, earlier: Iterable[Any], load: chain.Loader,

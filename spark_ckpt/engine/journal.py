@@ -9,9 +9,9 @@ Invariants:
 
 * ``entries`` are the visits this process completed or replayed, in that order, as plain data
   (once a record held one, as its JSON: ``RecordBuilder._encode_entries``), from journal position
-  ``offset`` (0, or where the record holding the whole state a continuation from a frontier read
-  its journal from ends: ``frontier``); visits up to ``persisted`` are in stored records, the next
-  record stores the rest;
+  ``offset`` (0, or, continued from a frontier, where the journal of the record holding the whole
+  state it was read back to begins: ``frontier``); visits up to ``persisted`` are in stored records,
+  the next record stores the rest;
 * ``replay`` holds the visits of the record being resumed that were not replayed yet; every one
   lies in a superstep up to ``resumed_through`` (records are written at superstep boundaries), so
   when that superstep ends ``replay`` is empty, or the replay did not reproduce the run;
@@ -87,7 +87,7 @@ class Journal:
     @classmethod
     def at_frontier(cls, record: GraphCheckpoint, counts: dict[str, int]) -> "Journal":
         """The journal of an execution continued in place from the frontier of ``record``, which holds
-        the visits since the newest record holding the whole state (``frontier.read``)."""
+        the visits from the first of the newest record holding the whole state on (``frontier.read``)."""
         journal = cls()
         journal.entries = [_visit_data(v) for v in record.execution_history]
         journal.offset = record.history_start

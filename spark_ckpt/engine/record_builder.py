@@ -9,14 +9,16 @@ whole (``chain``).
 
 Invariants:
 
-* a record is whole (it stands alone) when it is the execution's final one, under "exit"
-  durability, the first record this process writes for the execution (the start record, the first
-  after a recovery), and the one after the start record;
+* a record holds the whole state when it is the execution's final one, under "exit" durability, the
+  first record this process writes for the execution (the start record, the first after a
+  recovery), and the one after the start record; it also holds the whole journal (it stands alone)
+  unless it is the final one or a journal continued from a frontier, which link as below;
 * every ``FULL_HISTORY_EVERY``-th record holds the whole state and agent states, and the journal
   since the whole record before the last one, which it names (``HISTORY_FROM``): bytes stay linear
   in the run's length, every visit is in two records, and one damaged record costs at most that
-  many supersteps. After a continuation from a frontier every whole record is built that way (the
-  process does not hold the visits before it);
+  many supersteps. The final record is built that way too (under "exit" durability it stands
+  alone), and after a continuation from a frontier every whole record is (the process does not
+  hold the visits before it);
 * a record holding the whole state holds the visit counters (``COUNTS``), so a continuation can
   start from its frontier (``frontier``);
 * the run input is only in whole records (it never changes);

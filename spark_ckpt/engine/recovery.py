@@ -109,18 +109,20 @@ class RecoveryPlanner:
     def make_whole(self, record: GraphCheckpoint, decoded: dict[int, GraphCheckpoint] | None = None) -> GraphCheckpoint:
         """``record`` with its execution's whole journal, state and adapter states (``chain``);
         ``decoded``: records already decoded, by seq (filled as more are read)."""
-        cache = {} if decoded is None else decoded
-
         def earlier() -> Any:  # listed only if the record does not stand alone
             yield from self.backend.list(execution_id=record.execution_id)
 
+        return chain.make_whole(record, earlier(), self._loader({} if decoded is None else decoded), self.wanted_extras)
+
+    def _loader(self, cache: dict[int, GraphCheckpoint]) -> chain.Loader:
+        """Records read and decoded once each, by seq, into ``cache``."""
         def load(header: CheckpointHeader) -> GraphCheckpoint:
             found = cache.get(header.seq)
             if found is None:
                 found = cache[header.seq] = self.decode(self.backend.get(header.checkpoint_id).blob, header)
             return found
 
-        return chain.make_whole(record, earlier(), load, self.wanted_extras)
+        return load
 
     def load(self, checkpoint_id: str) -> GraphCheckpoint:
         """The record ``checkpoint_id``, checked and made whole."""
@@ -226,20 +228,13 @@ class RecoveryPlanner:
         headers = await self.backend.atail(execution_id, frontier.FRONTIER_LISTING)
         if not headers or headers[0].seq != head.seq:
             return None
-        decoded: dict[int, GraphCheckpoint] = {}
-
-        def load(header: CheckpointHeader) -> GraphCheckpoint:
-            found = decoded.get(header.seq)
-            if found is None:
-                found = decoded[header.seq] = self.decode(self.backend.get(header.checkpoint_id).blob, header)
-            return found
-
+        load = self._loader({})
         try:
             record = load(headers[0])
         except (CorruptCheckpointError, CheckpointNotFoundError):
             return None
         self.check(record)  # another graph's, or a changed structure: refused, as on the other path
-        if frontier.journal_end(record) < frontier.FRONTIER_AFTER_VISITS:
+        if chain.journal_end(record) < frontier.FRONTIER_AFTER_VISITS:
             return None
         found = frontier.read(record, headers[1:], load, self.wanted_extras)
         if found is None or not eligible(found):
