@@ -7,12 +7,12 @@ with ``SPARK_CKPT_TEST_REQUIRE_SERVERS`` set, an installed plugin without its se
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import os
 import uuid
 
 import pytest
+from server_availability import postgres_unavailable, s3_unavailable
 
 from spark_ckpt.backends.file import FileBackend
 from spark_ckpt.backends.memory import MemoryBackend
@@ -23,25 +23,6 @@ from spark_ckpt.model import COMPLETED, CheckpointHeader
 from spark_ckpt.transfer import export_checkpoints
 
 T0 = 1_700_000_000.0
-
-
-def _unavailable(module: str, env_var: str) -> str | None:
-    """Why this remote backend cannot join the round trips, or None if it can."""
-    if importlib.util.find_spec(module) is None:
-        return f"{module} is not installed"
-    if not os.environ.get(env_var):
-        if os.environ.get("SPARK_CKPT_TEST_REQUIRE_SERVERS"):
-            return None  # the test then fails on the missing server instead of skipping
-        return f"{env_var} is not set"
-    return None
-
-
-def _pg_reason() -> str | None:
-    return _unavailable("spark_ckpt_postgres", "SPARK_CKPT_TEST_PG_DSN")
-
-
-def _s3_reason() -> str | None:
-    return _unavailable("spark_ckpt_s3", "SPARK_CKPT_TEST_S3_ENDPOINT")
 
 
 def _server(env_var: str) -> str:
@@ -76,8 +57,8 @@ def open_store(kind: str, tmp_path, name: str):
 
 KINDS = [
     pytest.param("memory"), pytest.param("file"), pytest.param("sqlite"),
-    pytest.param("postgres", marks=pytest.mark.skipif(_pg_reason() is not None, reason=str(_pg_reason()))),
-    pytest.param("s3", marks=pytest.mark.skipif(_s3_reason() is not None, reason=str(_s3_reason()))),
+    pytest.param("postgres", marks=pytest.mark.skipif(postgres_unavailable() is not None, reason=str(postgres_unavailable()))),
+    pytest.param("s3", marks=pytest.mark.skipif(s3_unavailable() is not None, reason=str(s3_unavailable()))),
 ]
 PAIRS = [
     pytest.param(a.values[0], b.values[0], marks=[*a.marks, *b.marks], id=f"{a.values[0]}-to-{b.values[0]}")

@@ -14,13 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib.util
 import os
-import signal
 import sqlite3
-import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -29,6 +25,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import frontier_graphs  # noqa: E402
+from kill_at_marker import kill_when_marked  # noqa: E402
+from server_availability import postgres_unavailable  # noqa: E402
 
 from spark_ckpt.engine.chain import HISTORY_FROM  # noqa: E402
 from spark_ckpt.engine.frontier import FRONTIER_AFTER_VISITS  # noqa: E402
@@ -39,16 +37,8 @@ WORKER = Path(__file__).parent / "frontier_worker.py"
 STEPS = 150  # three visits per count: 450 visits, the crashes below land past FRONTIER_AFTER_VISITS
 
 
-def _pg_reason() -> str | None:
-    if importlib.util.find_spec("spark_ckpt_postgres") is None:
-        return "spark_ckpt_postgres is not installed"
-    if not os.environ.get("SPARK_CKPT_TEST_PG_DSN"):
-        return None if os.environ.get("SPARK_CKPT_TEST_REQUIRE_SERVERS") else "SPARK_CKPT_TEST_PG_DSN is not set"
-    return None
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(
-    _pg_reason() is not None, reason=str(_pg_reason())))])
+    postgres_unavailable() is not None, reason=str(postgres_unavailable())))])
 def store(request, tmp_path: Path) -> str:
     """Where the crashed run is stored: SQLite, or a fresh schema of the test PostgreSQL server."""
     if request.param == "sqlite":
@@ -90,22 +80,8 @@ def _assert_same_run(graph, result, reference) -> None:
 def _worker(action: str, store: str, stall_at: int, delay_s: float, tmp_path: Path, interval: int = 1) -> None:
     """Run (or recover) in a worker process and SIGKILL it ``delay_s`` after the count reaches ``stall_at``."""
     marker = tmp_path / f"reached-{action}-{stall_at}"
-    worker = subprocess.Popen([sys.executable, str(WORKER), action, store, str(STEPS), str(stall_at), str(marker),
-                               str(interval)], stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            assert worker.poll() is None, worker.stderr.read()[-2000:]
-            assert time.monotonic() < deadline, "the worker never reached its stall"
-            time.sleep(0.02)
-        time.sleep(delay_s)
-        os.kill(worker.pid, signal.SIGKILL)
-        worker.wait(timeout=30)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
-        worker.stderr.close()
+    kill_when_marked([sys.executable, str(WORKER), action, store, str(STEPS), str(stall_at), str(marker),
+                      str(interval)], marker, delay_s)
 
 
 def _recover(store: Path | str, **config):

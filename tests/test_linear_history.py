@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sqlite3
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +22,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import journal_loop_graphs  # noqa: E402
+from kill_at_marker import kill_when_marked  # noqa: E402
 
 from spark_ckpt.engine.chain import HISTORY_FROM  # noqa: E402
 from spark_ckpt.engine.record_builder import FULL_HISTORY_EVERY  # noqa: E402
@@ -149,22 +147,7 @@ def test_a_damaged_periodic_record_is_read_around(tmp_path: Path) -> None:
 
 def _crash_at(db: Path, steps: int, stall_at: int, delay_s: float) -> None:
     marker = db.parent / f"reached-{stall_at}"
-    worker = subprocess.Popen([sys.executable, str(WORKER), str(db), str(steps), str(stall_at), str(marker)],
-                              stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            assert worker.poll() is None, worker.stderr.read()[-2000:]
-            assert time.monotonic() < deadline, "the worker never reached its stall"
-            time.sleep(0.02)
-        time.sleep(delay_s)
-        os.kill(worker.pid, signal.SIGKILL)
-        worker.wait(timeout=30)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
-        worker.stderr.close()
+    kill_when_marked([sys.executable, str(WORKER), str(db), str(steps), str(stall_at), str(marker)], marker, delay_s)
 
 
 @pytest.mark.parametrize("stall_at, delay_s", [

@@ -7,7 +7,6 @@ PostgreSQL joins when ``spark_ckpt_postgres`` is installed and ``SPARK_CKPT_TEST
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import signal
@@ -21,6 +20,7 @@ import pytest
 
 import graphs
 import orphan_factories
+from server_availability import postgres_unavailable
 
 from spark_ckpt import CheckpointConfig, open_backend, recover_orphans
 from spark_ckpt.errors import ConfigError
@@ -31,16 +31,8 @@ WORKER = TESTS / "orphan_worker.py"
 ROOT = TESTS.parent
 
 
-def _pg_reason() -> str | None:
-    if importlib.util.find_spec("spark_ckpt_postgres") is None:
-        return "spark_ckpt_postgres is not installed"
-    if not os.environ.get("SPARK_CKPT_TEST_PG_DSN"):
-        return None if os.environ.get("SPARK_CKPT_TEST_REQUIRE_SERVERS") else "SPARK_CKPT_TEST_PG_DSN is not set"
-    return None
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(
-    _pg_reason() is not None, reason=str(_pg_reason())))])
+    postgres_unavailable() is not None, reason=str(postgres_unavailable())))])
 def store(request, tmp_path: Path, monkeypatch) -> str:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path}/ckpt.db"
