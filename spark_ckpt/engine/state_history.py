@@ -114,7 +114,7 @@ def _visits_since(record: GraphCheckpoint, parent: GraphCheckpoint | None) -> li
     """The visits ``record`` journaled after ``parent`` (its whole journal for the first record)."""
     if record.base_seq is not None:
         return []  # built on a boundary: no visits of its own
-    start = 0 if parent is None else parent.history_start + len(parent.execution_history)
+    start = 0 if parent is None else chain.journal_end(parent)
     return [visit for offset, visit in enumerate(record.execution_history, record.history_start) if offset >= start]
 
 
