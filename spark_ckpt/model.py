@@ -106,19 +106,59 @@ class CheckpointHeader(DictView):
 class BlobParts:
     """A checkpoint's bytes given in consecutive parts (the envelope's prefix, then a large payload), to
     a backend that writes them one after the other (``Backend.takes_blob_parts``) instead of copying
-    them into one buffer first. ``len()`` is the byte count; ``join()`` the bytes."""
+    them into one buffer first. ``len()`` is the byte count; ``join()`` the bytes.
 
-    __slots__ = ("parts", "_size")
+    A part may be a ``ValuePart`` (only for a backend that ``takes_values``): a large value the backend
+    stores once by its digest, however many checkpoints hold it."""
 
-    def __init__(self, parts: tuple[bytes, ...]) -> None:
+    __slots__ = ("parts", "_size", "has_values")
+
+    def __init__(self, parts: tuple["bytes | ValuePart", ...]) -> None:
         self.parts = parts
         self._size = sum(len(part) for part in parts)
+        self.has_values = any(type(part) is ValuePart for part in parts)
 
     def __len__(self) -> int:
         return self._size
 
     def join(self) -> bytes:
+        if self.has_values:
+            return b"".join(part.data() if type(part) is ValuePart else part for part in self.parts)
         return b"".join(self.parts)
+
+
+class ValuePart:
+    """A large value's JSON inside a checkpoint's bytes, stored apart by its ``digest`` (SHA-256, hex).
+
+    ``source`` is the JSON itself, or an immutable value (``str``) whose JSON is made again when the
+    bytes are needed (a backend that does not hold that digest yet): keeping both would hold a large
+    value twice. Its digest, CRC-32 and size are measured once (``measure``); ``encode`` is how the
+    source becomes its JSON (``codec.convert.dumps_data``)."""
+
+    __slots__ = ("source", "encode", "digest", "crc", "size")
+
+    def __init__(self, source: "bytes | str", encode: Any) -> None:
+        self.source = source
+        self.encode = encode
+        self.digest: str = ""
+        self.crc = 0
+        self.size = -1
+
+    def data(self) -> bytes:
+        source = self.source
+        return source if type(source) is bytes else self.encode(source)
+
+    def measure(self) -> "ValuePart":
+        if self.size < 0:
+            import hashlib
+            import zlib
+
+            data = self.data()
+            self.digest, self.crc, self.size = hashlib.sha256(data).hexdigest(), zlib.crc32(data), len(data)
+        return self
+
+    def __len__(self) -> int:
+        return self.measure().size
 
 
 @attrs.frozen

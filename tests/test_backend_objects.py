@@ -285,7 +285,7 @@ def test_table_names_keep_stores_in_one_file_independent(tmp_path, monkeypatch):
 
     # each store migrated on its own, the default one too when it was opened
     assert first.applied_migrations() == second.applied_migrations() == default.applied_migrations()
-    assert len(first.applied_migrations()) == 6
+    assert len(first.applied_migrations()) == 7
     reopened = SQLiteBackend(db_path=db, table_name="GRAPH_CHECKPOINTS")  # names compare in lower case
     assert reopened.list_checkpoints() == first.list_checkpoints()
     by_url = open_backend(f"sqlite://{db}?table_name=other_checkpoints")  # how the CLI's --store names it
@@ -310,7 +310,7 @@ def test_a_table_set_written_by_an_early_version_is_migrated_on_its_own(tmp_path
             conn.execute(f"INSERT INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (f"ck-exec-{seq}", "g", "exec", seq, 1000.0 + seq, "running", "graph", 3, b"old"))
     backend = SQLiteBackend(db_path=str(path), table_name=TABLE)
-    assert backend.applied_migrations()[-1] == "m006_executions_index_heads"
+    assert backend.applied_migrations()[-1] == "m007_values_stored_once"
     assert [h.seq for h in backend.list_checkpoints(graph_id="g")] == [2, 1, 0]
     assert backend.executions(graph_id="g")[0].seq == 2
     assert backend.get("ck-exec-1").blob == b"old"

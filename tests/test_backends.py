@@ -405,7 +405,7 @@ def test_sqlite_migrates_a_database_written_with_the_first_schema(tmp_path):
     backend = SqliteBackend(path)
     assert backend.applied_migrations()[1:] == [
         "m002_executions_table", "m003_canonical_ids_unindexed", "m004_derived_ids_name_the_whole_execution",
-        "m005_checkpoints_keyed_by_position", "m006_executions_index_heads",
+        "m005_checkpoints_keyed_by_position", "m006_executions_index_heads", "m007_values_stored_once",
     ]
     graph_id = old[0].graph_id
     assert {h.checkpoint_id for h in backend.list(graph_id=graph_id)} == {h.checkpoint_id for h in old}

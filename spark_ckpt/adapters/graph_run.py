@@ -174,15 +174,15 @@ class GraphRunner:
             node = self.nodes[key]
             return node_state_adapter_for(node).snapshot(node)
 
+        writer = RecordWriter(self.backend, self.codec, durability=self.config.durability, owner=owner.worker_id,
+                              ttl_s=self.config.lease_ttl_s, next_seq=next_seq, lease=lease)
         builder = RecordBuilder(
             execution_id=execution_id, graph_id=self.graph_id, graph_version=owner.graph_version,
             structure=owner.structure, json_records=self.codec.takes_json_fragments,
             always_whole=self.config.durability == "exit", node_order=owner._node_order,
             adapter_keys=[k for k in self.nodes if k in owner._adapter_keys], readers=readers,
-            snapshot_adapter=snapshot_adapter,
+            snapshot_adapter=snapshot_adapter, values_apart=writer.values_apart,
         )
-        writer = RecordWriter(self.backend, self.codec, durability=self.config.durability, owner=owner.worker_id,
-                              ttl_s=self.config.lease_ttl_s, next_seq=next_seq, lease=lease)
         writer.attempt = first_attempt(owner.worker_id, fork_of=fork_of.checkpoint_id if fork_of else None)
         return Execution(execution_id, run_input, journal, builder, writer, dumps, fork_of=fork_of)
 

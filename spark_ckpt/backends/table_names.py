@@ -29,6 +29,8 @@ SUFFIXES = {
     "executions": "_executions",
     "leases": "_leases",
     "migrations": "_migrations",
+    "values": "_values",
+    "value_refs": "_value_refs",
 }
 _OBJECT_SUFFIXES = ("_new", "_by_named_id", "_by_graph", "_by_time")
 

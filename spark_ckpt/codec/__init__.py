@@ -11,13 +11,13 @@ from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, TypeVar
 
 from ..errors import (
-    CheckpointSwappedError, CorruptCheckpointError, PlaintextRefusedError, SparkCkptError,
+    CheckpointSwappedError, EncodeError, CorruptCheckpointError, PlaintextRefusedError, SparkCkptError,
     TamperedCheckpointError, UnsupportedFormatError,
 )
 from .convert import converter, dumps_data, from_data, to_data
 from .crypto import AesGcmTransform, Keyring, new_key
-from ..model import BlobParts
-from .envelope import Envelope, Identity, describe, envelope_prefix, pack, pack_parts, unpack
+from ..model import BlobParts, ValuePart
+from .envelope import Envelope, Identity, describe, envelope_prefix, envelope_prefix_of_parts, pack, pack_parts, unpack
 from .index_tags import IndexTagger
 from .layers import (
     DEFAULT_MAX_DECOMPRESSED, GzipTransform, JsonSerializer, Serializer, Transform, ZstdTransform,
@@ -96,12 +96,33 @@ class Codec:
             return pack_parts([{"name": "json"}], identity, dumps_data(data))
         return self._encoded_through_layers(data, identity)
 
-    def encode_data_in_parts(self, data: Any, identity: Identity) -> "bytes | BlobParts":
+    @property
+    def writes_plain_json(self) -> bool:
+        """Whether records are written as JSON and nothing else (no compression, no encryption): then a
+        large value can be stored apart (``encode_data_in_parts``'s ``values``)."""
+        return self._plain_json and not self.encrypts
+
+    def encode_data_in_parts(self, data: Any, identity: Identity, values: "list[ValuePart] | None" = None) -> "bytes | BlobParts":
         """``encode_data``, the envelope's prefix and the payload left apart on the default path (no
-        layer but JSON), so a large record is never copied into one buffer: ``BlobParts``."""
+        layer but JSON), so a large record is never copied into one buffer: ``BlobParts``.
+
+        ``values``: large values left out of ``data``, where ``data`` holds ``value_placeholder(i)`` for
+        the i-th; they become ``ValuePart`` parts of the payload, stored apart by a backend that
+        ``takes_values`` (only on the default path: the caller checks ``writes_plain_json``)."""
         if self._plain_json and not self.encrypts:
             payload = dumps_data(data)
-            return BlobParts((envelope_prefix([{"name": "json"}], identity, payload), payload))
+            if not values:
+                return BlobParts((envelope_prefix([{"name": "json"}], identity, payload), payload))
+            pieces = payload.split(b"\0")  # (JSON written by orjson never holds a NUL byte: it escapes it)
+            if pieces[1::2] != [b"%d" % i for i in range(len(values))]:
+                raise EncodeError(f"a large value's place in the record was lost (found {len(pieces)} pieces)")
+            parts: list[Any] = []
+            for i, text in enumerate(pieces[0::2]):
+                if text:
+                    parts.append(text)
+                if i < len(values):
+                    parts.append(values[i].measure())
+            return BlobParts((envelope_prefix_of_parts([{"name": "json"}], identity, parts), *parts))
         return self._encoded_through_layers(data, identity)
 
     def _encoded_through_layers(self, data: Any, identity: Identity) -> bytes:

@@ -87,22 +87,38 @@ def pack_parts(layers: list[dict[str, Any]], ident: Identity, payload: bytes, ve
     return b"".join((envelope_prefix(layers, ident, payload, version), payload))
 
 
-def envelope_prefix(layers: list[dict[str, Any]], ident: Identity, payload: bytes,
-                    version: int = ENVELOPE_VERSION) -> bytes:
-    """What ``pack_parts`` puts before ``payload``: the envelope is this, then the payload as it is (a
-    large payload can be written after it without joining the two)."""
+def _framed_header(layers: list[dict[str, Any]], ident: Identity, payload_length: int, version: int) -> tuple[bytes, bytes]:
+    """The version byte and the length-prefixed header of an envelope."""
     header = orjson.dumps(
         {
             "layers": layers,
             "id": [ident.graph_id, ident.execution_id, ident.seq],
             # payload length: lets a reader tell a torn write from a flipped byte
-            "n": len(payload),
+            "n": payload_length,
         }
     )
-    version_byte = bytes((version,))
-    framed_header = _LENGTH.pack(len(header)) + header
+    return bytes((version,)), _LENGTH.pack(len(header)) + header
+
+
+def envelope_prefix(layers: list[dict[str, Any]], ident: Identity, payload: bytes,
+                    version: int = ENVELOPE_VERSION) -> bytes:
+    """What ``pack_parts`` puts before ``payload``: the envelope is this, then the payload as it is (a
+    large payload can be written after it without joining the two)."""
+    version_byte, framed_header = _framed_header(layers, ident, len(payload), version)
     # the digest covers everything after itself: version, header length, header, payload
     return b"".join((MAGIC, version_byte, _digest(version_byte, framed_header, payload), framed_header))
+
+
+def envelope_prefix_of_parts(layers: list[dict[str, Any]], ident: Identity, parts: Any) -> bytes:
+    """``envelope_prefix`` of the payload the ``parts`` make up: bytes, or ``model.ValuePart`` whose
+    CRC is already known (``crc_shift``), so a large value is not read again for every record."""
+    from .crc_shift import crc32_continued
+
+    version_byte, framed_header = _framed_header(layers, ident, sum(len(part) for part in parts), ENVELOPE_VERSION)
+    crc = zlib.crc32(framed_header, zlib.crc32(version_byte))
+    for part in parts:
+        crc = zlib.crc32(part, crc) if type(part) is bytes else crc32_continued(crc, part.crc, part.size)
+    return b"".join((MAGIC, version_byte, crc.to_bytes(4, "big"), framed_header))
 
 
 def _claimed_length(blob: bytes) -> int | None:

@@ -25,6 +25,8 @@ Invariants:
 * a graph state value is compared through its *mark*: an immutable value (exact str, int, float,
   bool, None) is its own mark; with JSON records a mutable value is marked by its JSON, which also
   goes into the record as it is (encoded once); with another serializer it is stored every time;
+* a graph state value at least ``values_apart`` long (a str, or a mutable value's JSON) goes into the
+  record as a ``ValuePart``: a backend that takes values stores it once (``value_parts``);
 * only nodes visited or fed since the last record (``dirty``) are read again;
 * with JSON records a journal entry is encoded once, the first time a record holds it, and kept as
   that JSON (``_encode_entries``).
@@ -46,6 +48,7 @@ from ..errors import EncodeError
 from ..model import COMPLETED, CONTENT_VERSION, GRAPH, RUNNING, GraphCheckpoint, canonical_checkpoint_id
 from . import deltas
 from .chain import COUNTS, DELTA, HISTORY_FROM
+from .value_parts import part_of
 
 #: a record with the whole state at least this often (the others hold only changes)
 FULL_HISTORY_EVERY = 64
@@ -93,6 +96,7 @@ class RecordBuilder:
         self, *, execution_id: str, graph_id: str, graph_version: str, structure: str, json_records: bool,
         always_whole: bool, node_order: dict[str, int], adapter_keys: Iterable[str],
         readers: dict[str, Callable[[], dict[str, Any]]], snapshot_adapter: Callable[[str], Any],
+        values_apart: int | None = None,
     ) -> None:
         #: the records' ``graph_metadata``: one dict shared by them (each is encoded at once)
         self.metadata = {"graph_id": graph_id, "graph_version": graph_version, "execution_id": execution_id}
@@ -104,6 +108,9 @@ class RecordBuilder:
         #: per node, what reads it into its entry (the adapter's)
         self.readers = readers
         self.snapshot_adapter = snapshot_adapter
+        #: graph state values whose JSON is at least this large go into records as ``ValuePart``
+        #: (``value_parts``: stored once by the backend); None: always inline
+        self.values_apart = values_apart
         #: graph state as last stored, per key (see ``_mark``); None: the next record is whole
         self.marks: dict[str, Any] | None = None
         #: node entries as of the last record; only nodes in ``dirty`` are read again (None: all)
@@ -313,7 +320,10 @@ class RecordBuilder:
     def _mark(self, value: Any) -> tuple[Any, Any]:
         """``(mark, value to store)`` for a graph state value (see the module docstring). A value that
         cannot be encoded gets a new mark every time: the record reports it with its key path."""
+        apart = self.values_apart
         if type(value) in _IMMUTABLE:
+            if apart is not None and type(value) is str and len(value) >= apart:
+                return value, part_of(value)
             return value, value
         if not self.json_records:
             return object(), value
@@ -321,6 +331,8 @@ class RecordBuilder:
             mark = dumps_data(value)
         except EncodeError:
             return object(), value
+        if apart is not None and len(mark) >= apart:
+            return mark, part_of(mark)
         return mark, orjson.Fragment(mark)
 
     # -- records built on the last boundary ---------------------------------------------------------------

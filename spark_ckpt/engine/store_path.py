@@ -34,6 +34,7 @@ from ..model import GRAPH, RUNNING, BlobParts, CheckpointHeader, Lease
 from ..retention import prune
 from .durability import DurableWriter
 from .attempts import ATTEMPT_KEY
+from .value_parts import take_values
 from .write_stats import EXTRAS_KEY, WriteStats
 
 log = logging.getLogger("spark_ckpt.store")
@@ -82,6 +83,11 @@ class RecordWriter:
         self.tags_heads = codec.index_tags.enabled
         #: records at least this large go to the backend in parts (None: it takes bytes only)
         self.parts_from: int | None = backend.takes_blob_parts
+        #: graph state values at least this large are stored apart, once (``value_parts``; the
+        #: builder makes them ``ValuePart``); None: inline
+        self.values_apart: int | None = (
+            backend.takes_values if self.parts_from is not None and codec.writes_plain_json else None
+        )
         self.on_stored = on_stored
         #: seq of the next record built; the one this process took the execution up at
         self.next_seq = self.first_seq = next_seq
@@ -113,7 +119,7 @@ class RecordWriter:
     def _boundary_stored(self, blob: bytes | BlobParts, status: str, seq: int, checkpoint_id: str) -> None:
         # a large record in a local store is not held until the next one is built: it is read back
         # if ever needed (a remote store's would be read with a blocking call inside the loop)
-        if len(blob) >= _LARGE_RECORD and self.put_directly:
+        if (len(blob) >= _LARGE_RECORD or type(blob) is BlobParts and blob.has_values) and self.put_directly:
             self.last_blob = b""
         else:
             self.last_blob = blob.join() if type(blob) is BlobParts else blob
@@ -140,13 +146,17 @@ class RecordWriter:
         writes parts (``Backend.takes_blob_parts``), so it is never copied into one buffer."""
         meta = data["graph_metadata"]
         identity = Identity(meta["graph_id"], meta["execution_id"], data["seq"])
+        record = lean(data)
+        values = None
+        if self.values_apart is not None and record.get("graph_state"):
+            record["graph_state"], values = take_values(record["graph_state"], apart=in_parts)
         try:
             if in_parts:
-                blob: bytes | BlobParts = self.codec.encode_data_in_parts(lean(data), identity)
-                if type(blob) is BlobParts and len(blob) < self.parts_from:  # (small: one buffer is cheaper)
-                    blob = blob.join()
+                blob: bytes | BlobParts = self.codec.encode_data_in_parts(record, identity, values)
+                if type(blob) is BlobParts and not blob.has_values and len(blob) < self.parts_from:
+                    blob = blob.join()  # (small: one buffer is cheaper)
             else:
-                blob = self.codec.encode_data(lean(data), identity)
+                blob = self.codec.encode_data(record, identity)
         except CodecError as exc:
             raise type(exc)(f"graph {meta['graph_id']!r}, checkpoint seq {data['seq']}: {exc}") from None
         # (positional: a third cheaper than keywords, once per record)

@@ -40,7 +40,7 @@ from ..base import LocalBackend
 from ..leases import check_fence, extend_lease, grant_lease
 from ..rows import checked, checked_blob, storable
 from ..codec_choices import compression_choice
-from . import schema
+from . import schema, stored_values
 from .connections import SYNCHRONOUS_MODES, _closed_connection, _release_connection, share_connection
 from .schema import DEFAULT_TABLE_NAME, _placeable, _stored_position, sqlite_tables
 from .statements import _NEWEST_FIRST, _head_params, _header, _row, statements_for
@@ -48,6 +48,8 @@ from .statements import _NEWEST_FIRST, _head_params, _header, _row, statements_f
 #: blobs at least this large are written into their row's pages rather than bound as a parameter
 #: (a 50 MB record then costs no extra 100 MB while it is stored)
 STREAMED_BLOB_BYTES = 1 << 18
+#: graph state values at least this large are stored once however many checkpoints hold them
+VALUE_BYTES = 1 << 16
 
 
 class SQLiteBackend(LocalBackend):
@@ -57,6 +59,7 @@ class SQLiteBackend(LocalBackend):
     url_schemes = ("sqlite",)
     durable = True
     takes_blob_parts = STREAMED_BLOB_BYTES  # (written into the row's pages part after part)
+    takes_values = VALUE_BYTES  # (stored once, ``stored_values``)
 
     def __init__(
         self,
@@ -195,6 +198,11 @@ class SQLiteBackend(LocalBackend):
     ) -> None:
         """Insert the checkpoint (fenced by ``lease``) and advance its execution's head, inside the
         caller's transaction."""
+        if type(blob) is BlobParts and blob.has_values:  # the row without them, then the values
+            self._insert_and_advance(conn, number, h, BlobParts(tuple(p for p in blob.parts if type(p) is bytes)), lease)
+            stored_values.store(conn, self._sql, self.tables["values"], _row(number, h, b"")[0], blob.parts,
+                                STREAMED_BLOB_BYTES)
+            return
         # a large blob is written into the row's pages (``streamed``): bound as a parameter, SQLite
         # would copy it twice more (the bound value, then the record it builds)
         streamed = len(blob) >= STREAMED_BLOB_BYTES
@@ -285,15 +293,32 @@ class SQLiteBackend(LocalBackend):
         key = _stored_position(checkpoint_id)
         with self._lock:
             try:
-                row = self._conn.execute(self._sql.GET_CANONICAL, (*key, checkpoint_id)).fetchone() if key else None
-                if row is None:
-                    row = self._conn.execute(self._sql.GET_NAMED, (checkpoint_id,)).fetchone()
+                row, refs = self._read_row(key, checkpoint_id), None
+                if row is not None and stored_values.holds_values(row[8], row[7]):
+                    # read again with its references in one transaction: a delete could come between
+                    conn = self._conn
+                    conn.execute("BEGIN")
+                    try:
+                        row = self._read_row(key, checkpoint_id)
+                        if row is not None:
+                            refs = conn.execute(self._sql.VALUES_OF, (row[9],)).fetchall()
+                    finally:
+                        conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise self._failed(f"read checkpoint {checkpoint_id!r}", exc) from exc
         if row is None:
             raise CheckpointNotFoundError(f"no checkpoint with id {checkpoint_id!r} in {self.describe()}")
         header = checked(_header(row[:8]), self.describe())
-        return StoredCheckpoint(header, checked_blob(row[8], header, self.describe()))
+        blob = checked_blob(row[8], header, self.describe())
+        if refs:
+            blob = stored_values.whole(blob, refs, header, self.describe())
+        return StoredCheckpoint(header, blob)
+
+    def _read_row(self, key: tuple[str, int] | None, checkpoint_id: str) -> tuple | None:
+        row = self._conn.execute(self._sql.GET_CANONICAL, (*key, checkpoint_id)).fetchone() if key else None
+        if row is None:
+            row = self._conn.execute(self._sql.GET_NAMED, (checkpoint_id,)).fetchone()
+        return row
 
     def _query(self, what: str, sql: str, params: list, *, row: str = "checkpoint") -> list[CheckpointHeader]:
         with self._lock:
@@ -354,9 +379,12 @@ class SQLiteBackend(LocalBackend):
             return 0
         canonical = [(*key, cid) for cid in ids if (key := _stored_position(cid)) is not None]
 
+        named = [(cid,) for cid in ids]
+
         def change(conn: sqlite3.Connection) -> int:
+            stored_values.drop_references(conn, self._sql, named, canonical)
             before = conn.total_changes
-            conn.executemany(self._sql.DELETE_NAMED, [(cid,) for cid in ids])
+            conn.executemany(self._sql.DELETE_NAMED, named)
             conn.executemany(self._sql.DELETE_CANONICAL, canonical)
             return conn.total_changes - before
 
@@ -367,6 +395,8 @@ class SQLiteBackend(LocalBackend):
         h = header
 
         def change(conn: sqlite3.Connection) -> int:
+            # the new bytes are whole (values inline): the references of the old ones go
+            stored_values.drop_references(conn, self._sql, [], [(h.execution_id, h.seq, h.checkpoint_id)])
             cursor = conn.execute(self._sql.REPLACE, (blob, h.size, h.execution_id, h.seq, h.checkpoint_id))
             if h.tag is not None and cursor.rowcount:  # key rotation re-tags the index head
                 conn.execute(self._sql.RETAG_HEAD, (h.tag, h.execution_id, h.seq))

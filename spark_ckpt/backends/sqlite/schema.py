@@ -5,7 +5,8 @@ open inside one ``BEGIN IMMEDIATE`` transaction, so two processes opening a new 
 race. Tables ``checkpoints`` (one row per checkpoint, the blob last so listings never read it),
 ``executions`` (execution -> its ``number`` and graph; written once per execution: by ``start_execution`` in
 its transaction, else before the execution's first put; a trigger doing it on every insert cost ~14 us
-per put) and ``leases`` (one row per execution).
+per put), ``leases`` (one row per execution), and ``checkpoints_values`` / ``checkpoints_value_refs``
+(large values stored once, ``m007``).
 
 Every B-tree a ``put`` writes costs a page write into the WAL, so a graph checkpoint's put writes
 one: the table itself. A checkpoint's rowid is its position, ``number * 2**32 + seq + 2**31``, so
@@ -40,7 +41,8 @@ MIGRATION_SET = "spark_ckpt"
 #: the checkpoints table of the default store; another ``table_name`` gets tables named after it
 DEFAULT_TABLE_NAME = "checkpoints"
 #: the default store's tables (and the name its migrations are recorded under)
-DEFAULT_TABLES = {"checkpoints": "checkpoints", "executions": "executions", "leases": "leases", "migrations": MIGRATION_SET}
+DEFAULT_TABLES = {"checkpoints": "checkpoints", "executions": "executions", "leases": "leases", "migrations": MIGRATION_SET,
+                  "values": "checkpoints_values", "value_refs": "checkpoints_value_refs"}
 
 
 def sqlite_tables(table_name: object = DEFAULT_TABLE_NAME) -> dict[str, str]:
@@ -89,6 +91,7 @@ def _migrations(tables: Mapping[str, str] = DEFAULT_TABLES):
     from sqlite_utils import Migrations
 
     C, E, L = tables["checkpoints"], tables["executions"], tables["leases"]
+    V, R = tables["values"], tables["value_refs"]
     migrations = Migrations(tables["migrations"])
 
     @migrations(name="m001_checkpoints_and_leases")
@@ -201,6 +204,18 @@ def _migrations(tables: Mapping[str, str] = DEFAULT_TABLES):
             f"(SELECT MAX(rowid) FROM {C} WHERE rowid BETWEEN {E}.number * {SEQ_SPAN} "
             f"AND {E}.number * {SEQ_SPAN} + {SEQ_SPAN - 1}))"
         )
+
+    @migrations(name="m007_values_stored_once")
+    def _values(db) -> None:
+        # Large values stored once by their SHA-256 (``engine.value_parts``): a checkpoint row holding
+        # some keeps its bytes without them (its ``size`` is that of the whole) and a reference per
+        # value at its offset in the whole; a value goes with the last reference to it.
+        db.execute(f"CREATE TABLE {V} (digest TEXT PRIMARY KEY, size INTEGER NOT NULL, data BLOB NOT NULL)")
+        db.execute(
+            f"CREATE TABLE {R} (position INTEGER NOT NULL, offset INTEGER NOT NULL, digest TEXT NOT NULL, "
+            "PRIMARY KEY (position, offset)) WITHOUT ROWID"
+        )
+        db.execute(f"CREATE INDEX {R}_by_digest ON {R} (digest)")
 
     return migrations
 

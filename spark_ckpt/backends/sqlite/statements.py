@@ -48,9 +48,28 @@ class Statements:
         self.HOLDS_LEASE = f"SELECT 1 FROM {leases} WHERE execution_id = ? AND token = ? AND owner = ?"
         self.RECORD_EXECUTION = f"INSERT OR IGNORE INTO {executions} (execution_id, graph_id) VALUES (?, ?)"
         self.GET_CANONICAL = (
-            f"SELECT {_HEADER_COLUMNS}, blob FROM {checkpoints} WHERE rowid = {self.POSITION} AND checkpoint_id = ?"
+            f"SELECT {_HEADER_COLUMNS}, blob, rowid FROM {checkpoints} WHERE rowid = {self.POSITION} AND checkpoint_id = ?"
         )
-        self.GET_NAMED = f"SELECT {_HEADER_COLUMNS}, blob FROM {checkpoints} WHERE {_NAMED_ID}"
+        self.GET_NAMED = f"SELECT {_HEADER_COLUMNS}, blob, rowid FROM {checkpoints} WHERE {_NAMED_ID}"
+        # large values stored once (``schema`` m007): a row's references, in the order of their offsets
+        values, refs = tables["values"], tables["value_refs"]
+        self.VALUES_OF = (
+            f"SELECT r.offset, r.digest, v.data FROM {refs} r LEFT JOIN {values} v ON v.digest = r.digest "
+            "WHERE r.position = ? ORDER BY r.offset"
+        )
+        self.HAS_VALUE = f"SELECT 1 FROM {values} WHERE digest = ?"
+        self.INSERT_VALUE = f"INSERT INTO {values} (digest, size, data) VALUES (?, ?, ?)"
+        self.INSERT_VALUE_ROOM = f"INSERT INTO {values} (digest, size, data) VALUES (?, ?, zeroblob(?))"
+        self.INSERT_REF = f"INSERT INTO {refs} (position, offset, digest) VALUES (?, ?, ?)"
+        self.ANY_REF = f"SELECT 1 FROM {refs} LIMIT 1"
+        self.DROP_REFS_NAMED = f"DELETE FROM {refs} WHERE position IN (SELECT rowid FROM {checkpoints} WHERE {_NAMED_ID})"
+        self.DROP_REFS_CANONICAL = (
+            f"DELETE FROM {refs} WHERE position IN "
+            f"(SELECT rowid FROM {checkpoints} WHERE rowid = {self.POSITION} AND checkpoint_id = ?)"
+        )
+        self.DROP_UNREFERENCED_VALUES = (
+            f"DELETE FROM {values} WHERE NOT EXISTS (SELECT 1 FROM {refs} r WHERE r.digest = {values}.digest)"
+        )
         self.GET_LEASE = f"SELECT execution_id, owner, token, expires_at FROM {leases} WHERE execution_id = ?"
         self.NEW_LEASE = f"INSERT INTO {leases} (execution_id, owner, token, expires_at) VALUES (?, ?, ?, ?)"
         self.SET_LEASE = (

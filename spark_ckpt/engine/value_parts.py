@@ -1,0 +1,90 @@
+"""Large graph state values stored once: a record holds a ``ValuePart`` where the value goes, and a
+backend that ``takes_values`` keeps the value's JSON once by its SHA-256, however many records (of
+however many executions) hold it. The start, final and every whole record of a run then cost a lookup
+for a 1 MB value no step touched, not a 1 MB write.
+
+Only with plain JSON records (no compression, no encryption: ``Codec.writes_plain_json``): the stored
+record is then exactly the bytes it would be with the value inline, and every reader sees those bytes
+(the backend puts the value back in on ``get``), so nothing above the backend changes.
+
+The parts of values seen recently are kept (``_recent``): an immutable ``str`` by identity (the same
+object in the state run after run), JSON by content (a mutable value encoded again at every whole
+record), so each is measured (SHA-256, CRC-32) once, not at every record.
+
+No Spark import, no I/O.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import orjson
+
+from ..codec.convert import dumps_data
+from ..model import ValuePart
+
+#: the parts kept for values seen recently hold at most this many bytes of JSON (a str's are counted
+#: too: it is kept alive by its entry)
+_RECENT_BYTES = 64 << 20
+
+
+class _Recent:
+    """Parts of values seen recently, least recently used dropped first."""
+
+    def __init__(self) -> None:
+        self.entries: OrderedDict[Any, ValuePart] = OrderedDict()
+        self.held = 0
+        self.lock = threading.Lock()
+
+    def part(self, value: "str | bytes") -> ValuePart:
+        # a str is its own identity (kept alive by the entry, so its id is not reused); JSON is
+        # compared whole, under a key that finds the candidate without hashing all of it
+        key = id(value) if type(value) is str else (len(value), value[:64], value[-64:])
+        with self.lock:
+            part = self.entries.get(key)
+            if part is not None and (part.source is value or part.source == value):
+                self.entries.move_to_end(key)
+                return part
+        part = ValuePart(value, dumps_data).measure()
+        if part.size <= _RECENT_BYTES // 4:
+            with self.lock:
+                old = self.entries.pop(key, None)
+                self.held += part.size - (old.size if old is not None else 0)
+                self.entries[key] = part
+                while self.held > _RECENT_BYTES:
+                    _, dropped = self.entries.popitem(last=False)
+                    self.held -= dropped.size
+        return part
+
+
+_recent = _Recent()
+
+
+def part_of(value: "str | bytes") -> ValuePart:
+    """The part of a large value: an immutable ``str``, or a mutable value's JSON (``dumps_data``)."""
+    return _recent.part(value)
+
+
+def placeholder(index: int) -> orjson.Fragment:
+    """What a record holds where its ``index``-th value stored apart goes (``Codec.encode_data_in_parts``)."""
+    return orjson.Fragment(b"\0%d\0" % index)
+
+
+def take_values(graph_state: dict[str, Any], *, apart: bool) -> tuple[dict[str, Any], list[ValuePart]]:
+    """``graph_state`` with its ``ValuePart`` values replaced: by placeholders (``apart``; the parts
+    returned in order), else by their JSON inline. The same dict when it holds none."""
+    keys = [key for key, value in graph_state.items() if type(value) is ValuePart]
+    if not keys:
+        return graph_state, []
+    state = dict(graph_state)
+    values: list[ValuePart] = []
+    for key in keys:
+        part = state[key]
+        if apart:
+            state[key] = placeholder(len(values))
+            values.append(part)
+        else:
+            state[key] = orjson.Fragment(part.data())
+    return state, values

@@ -1,0 +1,40 @@
+"""Runs or recovers a ``large_value_graphs`` graph in a worker process.
+
+    python tests/large_value_worker.py run|recover STORE STEPS STALL_AT MARKER
+    python tests/large_value_worker.py runs STORE STEPS RUNS KEEP   (RUNS runs, retention_count KEEP)
+
+``run`` stalls (until SIGKILL) when the count reaches STALL_AT; ``runs`` counts STEPS further in each
+run and prints each run's ``n``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import large_value_graphs  # noqa: E402
+
+
+async def _runs(graph, runs: int, steps: int) -> None:
+    for i in range(runs):  # each run counts ``steps`` further (Spark keeps the state between runs)
+        large_value_graphs.Settings.steps = steps * (i + 1)
+        result = await graph.run({"go": 1})
+        print(result.content["n"], flush=True)
+
+
+if __name__ == "__main__":
+    action, store, steps = sys.argv[1:4]
+    if action == "runs":
+        runs, keep = int(sys.argv[4]), int(sys.argv[5])
+        graph = large_value_graphs.build(store, int(steps), retention_count=keep)
+        asyncio.run(_runs(graph, runs, int(steps)))
+    else:
+        stall_at, marker = sys.argv[4:6]
+        large_value_graphs.Settings.stall_at = int(stall_at)
+        large_value_graphs.Settings.marker = Path(marker)
+        graph = large_value_graphs.build(store, int(steps))
+        asyncio.run(graph.run({"go": 1}) if action == "run" else graph.recover_and_continue())

@@ -1,0 +1,338 @@
+"""Large graph state values stored once in SQLite (``engine.value_parts``, ``backends.sqlite.stored_values``).
+
+A value of 64 KB or more (the 1 MB string no step touches, a large mutable dict, a growing list) is
+kept once by its SHA-256, however many records and executions hold it; every reader gets the whole
+bytes back from ``get``. Checked with a real graph: the bytes each record stores, the records read
+back whole and exact, values dropped with the last record holding them (deletes, retention,
+``replace``), a damaged or missing value refused on read, stores that must keep values inline
+(encryption, compression, other backends), export to another store, and worker processes killed
+with SIGKILL at varied points and times, alone and next to a second worker sharing the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import large_value_graphs  # noqa: E402
+from kill_at_marker import kill_when_marked  # noqa: E402
+
+from spark_ckpt.backends.sqlite import SqliteBackend  # noqa: E402
+from spark_ckpt.codec import Codec  # noqa: E402
+from spark_ckpt.codec.crc_shift import crc32_continued  # noqa: E402
+from spark_ckpt.engine.records import decode_record  # noqa: E402
+from spark_ckpt.errors import CorruptCheckpointError  # noqa: E402
+
+WORKER = Path(__file__).parent / "large_value_worker.py"
+STEPS = 40
+MB = 1 << 20
+
+
+def _rows(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def _consistent(db: Path) -> list:
+    """Every reference has its value, every value a reference, every reference a row; every record
+    reads back and decodes. The records, decoded."""
+    assert _rows(db, "SELECT digest FROM checkpoints_value_refs EXCEPT SELECT digest FROM checkpoints_values") == []
+    assert _rows(db, "SELECT digest FROM checkpoints_values EXCEPT SELECT digest FROM checkpoints_value_refs") == []
+    assert _rows(db, "SELECT position FROM checkpoints_value_refs EXCEPT SELECT rowid FROM checkpoints") == []
+    assert _rows(db, "SELECT count(*) FROM checkpoints_values WHERE length(data) != size") == [(0,)]
+    backend = SqliteBackend(db)
+    try:
+        return [decode_record(Codec(), backend.get(h.checkpoint_id).blob, h) for h in backend.list()]
+    finally:
+        backend.close()
+
+
+def _reference(tmp_path: Path, steps: int = STEPS):
+    """The uninterrupted run in a store of its own: (result content, final record made whole)."""
+    graph = large_value_graphs.build(tmp_path / f"reference-{random.random()}.db", steps)
+    try:
+        result = asyncio.run(graph.run({"go": 1}))
+        return result.content, graph.get_checkpoint()
+    finally:
+        graph.close()
+
+
+def _assert_same(graph, result, reference) -> None:
+    content, expected = reference
+    final = graph.get_checkpoint()
+    assert result.content == content
+    assert final.status == "completed"
+    assert final.graph_state == expected.graph_state
+    assert final.graph_state["blob"] == large_value_graphs.BLOB
+    assert final.node_states == expected.node_states
+
+
+# -- the checksum of a record whose values are not read again ---------------------------------------
+@pytest.mark.parametrize("length", [0, 1, 3, 64, 4097, 65_536, 1_000_003])
+def test_the_crc_of_joined_parts_is_zlibs(length: int) -> None:
+    rng = random.Random(length)
+    before, part = rng.randbytes(rng.randrange(200)), rng.randbytes(length)
+    assert crc32_continued(zlib.crc32(before), zlib.crc32(part), length) == zlib.crc32(before + part)
+
+
+# -- what is stored ---------------------------------------------------------------------------------
+def test_a_value_no_step_touches_is_stored_once_across_records_and_runs(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    graph = large_value_graphs.build(db, 6)
+    try:
+        for _ in range(3):  # Spark keeps the state between runs: each run's whole records hold it again
+            asyncio.run(graph.run({"go": 1}))
+    finally:
+        graph.close()
+    records = _consistent(db)
+    blob_rows = _rows(db, "SELECT size FROM checkpoints_values WHERE size >= ?", (MB,))
+    assert len(blob_rows) == 1  # the 1 MB string: once, for every record of every run
+    stored, whole = _rows(db, "SELECT sum(length(blob)), sum(size) FROM checkpoints")[0]
+    whole_records = [r for r in records if not r.partial_state]
+    assert len(whole_records) >= 6 and whole >= len(whole_records) * MB  # what readers see
+    assert stored < MB // 2  # what the rows hold
+    for record in whole_records:
+        assert record.graph_state["blob"] == large_value_graphs.BLOB
+        assert len(record.graph_state["doc"]["rows"]) == large_value_graphs.DOC_ROWS
+
+
+def test_records_read_back_exactly_as_with_values_inline(tmp_path: Path) -> None:
+    """Every record made whole holds the very state the same run stores with every value inline
+    (gzip records cannot keep values apart): superstep by superstep, value by value."""
+    histories = []
+    for name, config in (("apart", {}), ("inline", {"compression": "gzip"})):
+        graph = large_value_graphs.build(tmp_path / f"{name}.db", 12, **config)
+        try:
+            asyncio.run(graph.run({"go": 1}))
+            histories.append([(r.superstep, r.status, r.values, r.next) for r in graph.get_state_history()])
+        finally:
+            graph.close()
+    apart, inline = histories
+    assert len(apart) >= 24 and apart == inline
+    assert _rows(tmp_path / "apart.db", "SELECT count(*) FROM checkpoints_values")[0][0] >= 3
+
+
+def test_deletes_and_retention_drop_values_no_record_holds(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    graph = large_value_graphs.build(db, 10, retention_count=6)
+    try:
+        for _ in range(6):
+            asyncio.run(graph.run({"go": 1}))
+    finally:
+        graph.close()
+    _consistent(db)
+    versions = _rows(db, "SELECT count(*) FROM checkpoints_values")[0][0]
+    assert versions < 20  # pruned records' doc and log versions went with them
+    backend = SqliteBackend(db)
+    try:
+        headers = backend.list()
+        backend.delete([h.checkpoint_id for h in headers[len(headers) // 2:]])
+        _consistent(db)
+        backend.delete([h.checkpoint_id for h in backend.list()])
+    finally:
+        backend.close()
+    assert _rows(db, "SELECT count(*) FROM checkpoints_values") == [(0,)]
+    assert _rows(db, "SELECT count(*) FROM checkpoints_value_refs") == [(0,)]
+
+
+def test_replacing_a_record_stores_it_whole_and_drops_its_references(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    graph = large_value_graphs.build(db, 4)
+    try:
+        asyncio.run(graph.run({"go": 1}))
+    finally:
+        graph.close()
+    backend = SqliteBackend(db)
+    try:
+        (position, digest), *_ = _rows(db, "SELECT position, digest FROM checkpoints_value_refs ORDER BY position")
+        header = next(h for h in backend.list() if _rows(db, "SELECT 1 FROM checkpoints WHERE rowid = ? AND "
+                                                          "checkpoint_id = ?", (position, h.checkpoint_id)))
+        before = backend.get(header.checkpoint_id)
+        backend.replace(before.header, before.blob)
+        assert backend.get(header.checkpoint_id).blob == before.blob
+        assert _rows(db, "SELECT count(*) FROM checkpoints_value_refs WHERE position = ?", (position,)) == [(0,)]
+        assert _rows(db, "SELECT length(blob) FROM checkpoints WHERE rowid = ?", (position,)) == [(before.header.size,)]
+        _consistent(db)
+    finally:
+        backend.close()
+
+
+# -- damage ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("damage", ["flipped byte", "missing", "shortened"])
+def test_a_damaged_value_is_refused_on_read_and_reported_by_verify(tmp_path: Path, damage: str) -> None:
+    from spark_ckpt.cli import main
+
+    db = tmp_path / "c.db"
+    graph = large_value_graphs.build(db, 4)
+    try:
+        asyncio.run(graph.run({"go": 1}))
+    finally:
+        graph.close()
+    (digest,) = _rows(db, "SELECT digest FROM checkpoints_values WHERE size >= ?", (MB,))[0]
+    holders = {p for (p,) in _rows(db, "SELECT position FROM checkpoints_value_refs WHERE digest = ?", (digest,))}
+    with sqlite3.connect(db) as conn:
+        if damage == "missing":
+            conn.execute("DELETE FROM checkpoints_values WHERE digest = ?", (digest,))
+        else:
+            (data,) = conn.execute("SELECT data FROM checkpoints_values WHERE digest = ?", (digest,)).fetchone()
+            data = data[:100] + bytes([data[100] ^ 1]) + data[101:] if damage == "flipped byte" else data[:-10]
+            conn.execute("UPDATE checkpoints_values SET data = ? WHERE digest = ?", (data, digest))
+    backend = SqliteBackend(db)
+    try:
+        damaged = [h for h in backend.list() if _rows(db, "SELECT rowid FROM checkpoints WHERE checkpoint_id = ?",
+                                                      (h.checkpoint_id,))[0][0] in holders]
+        assert damaged
+        for header in damaged:
+            with pytest.raises(CorruptCheckpointError):
+                decode_record(Codec(), backend.get(header.checkpoint_id).blob, header)
+    finally:
+        backend.close()
+    out = io.StringIO()
+    assert main(["--store", f"sqlite://{db}", "verify"], out=out) == 1
+    reported = {line.split()[1] for line in out.getvalue().splitlines() if line.startswith("CORRUPT")}
+    assert {h.checkpoint_id for h in damaged} <= reported
+
+
+# -- where values stay inline -------------------------------------------------------------------------
+@pytest.mark.parametrize("setting", ["encrypted", "gzip", "file backend", "memory backend"])
+def test_values_stay_inline_where_they_cannot_be_stored_apart(tmp_path: Path, setting: str) -> None:
+    from spark_ckpt.codec import new_key
+
+    config: dict = {
+        "encrypted": {"encryption_keys": {"k1": new_key()}},
+        "gzip": {"compression": "gzip"},
+        "file backend": {"backend": "file"},
+        "memory backend": {"backend": "memory"},
+    }[setting]
+    store = tmp_path / ("files" if setting == "file backend" else "c.db")
+    graph = large_value_graphs.build(store, 6, **config)
+    try:
+        result = asyncio.run(graph.run({"go": 1}))
+        assert result.content["n"] == 6
+        final = graph.get_checkpoint()
+        assert final.graph_state["blob"] == large_value_graphs.BLOB
+        if setting != "memory backend":
+            graph.close()
+            graph = large_value_graphs.build(store, 6, **config)
+            assert graph.get_checkpoint().graph_state == final.graph_state
+    finally:
+        graph.close()
+    if setting in ("encrypted", "gzip"):
+        assert _rows(store, "SELECT count(*) FROM checkpoints_values") == [(0,)]
+        assert _rows(store, "SELECT count(*) FROM checkpoints WHERE length(blob) != size") == [(0,)]
+
+
+def test_export_copies_records_whole(tmp_path: Path) -> None:
+    from spark_ckpt.transfer import export_checkpoints
+
+    db = tmp_path / "c.db"
+    graph = large_value_graphs.build(db, 6)
+    try:
+        asyncio.run(graph.run({"go": 1}))
+        final = graph.get_checkpoint()
+    finally:
+        graph.close()
+    source, files = SqliteBackend(db), __import__("spark_ckpt.backends.file", fromlist=["FileBackend"]).FileBackend(
+        tmp_path / "exported")
+    try:
+        assert export_checkpoints(source, files) == len(source.list())
+        for header in source.list():
+            assert files.get(header.checkpoint_id).blob == source.get(header.checkpoint_id).blob
+    finally:
+        source.close()
+    again = large_value_graphs.build(tmp_path / "exported", 6, backend="file")
+    try:
+        assert again.get_checkpoint().graph_state == final.graph_state
+    finally:
+        again.close()
+
+
+# -- processes killed ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("stall_at, delay_s", [(1, 0.0), (9, 0.02), (23, 0.0), (37, 0.05)])
+def test_recovery_after_sigkill_is_exact(tmp_path: Path, stall_at: int, delay_s: float) -> None:
+    db = tmp_path / "c.db"
+    marker = tmp_path / "reached"
+    kill_when_marked([sys.executable, str(WORKER), "run", str(db), str(STEPS), str(stall_at), str(marker)],
+                     marker, delay_s)
+    _consistent(db)
+    graph = large_value_graphs.build(db, STEPS)
+    try:
+        result = asyncio.run(graph.recover_and_continue())
+        _assert_same(graph, result, _reference(tmp_path))
+    finally:
+        graph.close()
+    _consistent(db)
+
+
+def _runs(db: Path, runs: int, keep: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(WORKER), "runs", str(db), "4", str(runs), str(keep)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _reap(worker: subprocess.Popen, kill: tuple[int, float] | None = None) -> str:
+    """Wait for ``worker`` to end; ``kill``: (runs, delay_s): SIGKILL it ``delay_s`` after it
+    reported that many runs done."""
+    try:
+        if kill is not None:
+            runs, delay_s = kill
+            for _ in range(runs):
+                assert worker.stdout.readline(), worker.stderr.read()[-2000:]
+            time.sleep(delay_s)
+            os.kill(worker.pid, signal.SIGKILL)
+        out, err = worker.communicate(timeout=240)
+        return out + err
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
+@pytest.mark.parametrize("runs, delay_s", [(1, 0.0), (3, 0.002), (6, 0.004), (11, 0.007), (8, 0.015)])
+def test_sigkill_at_any_time_during_runs_and_retention_loses_nothing(tmp_path: Path, runs: int, delay_s: float) -> None:
+    """Killed at varied times while runs write whole records (the values they hold) and retention
+    deletes old ones (and the values no record holds any more): the store stays consistent, every
+    record reads back, and the interrupted execution, if any, recovers with the state it had."""
+    db = tmp_path / "c.db"
+    _reap(_runs(db, 60, 5), (runs, delay_s))
+    _consistent(db)
+    backend = SqliteBackend(db)
+    unfinished = backend.executions(unfinished_only=True)
+    backend.close()
+    if unfinished:
+        graph = large_value_graphs.build(db, 8)
+        try:
+            result = asyncio.run(graph.recover_and_continue())
+            assert result.content["n"] >= 8
+            assert graph.get_checkpoint().graph_state["blob"] == large_value_graphs.BLOB
+        finally:
+            graph.close()
+        _consistent(db)
+
+
+def test_two_workers_sharing_values_and_pruning_lose_nothing(tmp_path: Path) -> None:
+    """Two processes write executions holding the same values and prune each other's old records at
+    once; a third is killed among them. Every value a record holds is still there."""
+    db = tmp_path / "c.db"
+    _runs(db, 1, 5).communicate(timeout=240)  # the schema, before three processes open it at once
+    workers = [_runs(db, 25, 4), _runs(db, 25, 4), _runs(db, 25, 4)]
+    killed = _reap(workers[2], (4, 0.02))
+    outputs = [_reap(worker, None) for worker in workers[:2]]
+    for worker, output in zip(workers[:2], outputs):
+        assert worker.returncode == 0, output[-2000:]
+    del killed
+    for record in _consistent(db):
+        if not record.partial_state:
+            assert record.graph_state["blob"] == large_value_graphs.BLOB
