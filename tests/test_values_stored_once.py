@@ -46,13 +46,17 @@ def _rows(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
         return conn.execute(sql, params).fetchall()
 
 
+def _bookkeeping_consistent(db: Path) -> None:
+    """Every reference has its value, every value a reference, every reference a row."""
+    assert _rows(db, "SELECT digest FROM checkpoints_stored_value_refs EXCEPT SELECT digest FROM checkpoints_stored_values") == []
+    assert _rows(db, "SELECT digest FROM checkpoints_stored_values EXCEPT SELECT digest FROM checkpoints_stored_value_refs") == []
+    assert _rows(db, "SELECT position FROM checkpoints_stored_value_refs EXCEPT SELECT rowid FROM checkpoints") == []
+    assert _rows(db, "SELECT count(*) FROM checkpoints_stored_values WHERE length(data) != size") == [(0,)]
+
+
 def _consistent(db: Path) -> list:
-    """Every reference has its value, every value a reference, every reference a row; every record
-    reads back and decodes. The records, decoded."""
-    assert _rows(db, "SELECT digest FROM checkpoints_value_refs EXCEPT SELECT digest FROM checkpoints_values") == []
-    assert _rows(db, "SELECT digest FROM checkpoints_values EXCEPT SELECT digest FROM checkpoints_value_refs") == []
-    assert _rows(db, "SELECT position FROM checkpoints_value_refs EXCEPT SELECT rowid FROM checkpoints") == []
-    assert _rows(db, "SELECT count(*) FROM checkpoints_values WHERE length(data) != size") == [(0,)]
+    """``_bookkeeping_consistent``, and every record reads back and decodes. The records, decoded."""
+    _bookkeeping_consistent(db)
     backend = SqliteBackend(db)
     try:
         return [decode_record(Codec(), backend.get(h.checkpoint_id).blob, h) for h in backend.list()]
@@ -98,7 +102,7 @@ def test_a_value_no_step_touches_is_stored_once_across_records_and_runs(tmp_path
     finally:
         graph.close()
     records = _consistent(db)
-    blob_rows = _rows(db, "SELECT size FROM checkpoints_values WHERE size >= ?", (MB,))
+    blob_rows = _rows(db, "SELECT size FROM checkpoints_stored_values WHERE size >= ?", (MB,))
     assert len(blob_rows) == 1  # the 1 MB string: once, for every record of every run
     stored, whole = _rows(db, "SELECT sum(length(blob)), sum(size) FROM checkpoints")[0]
     whole_records = [r for r in records if not r.partial_state]
@@ -122,7 +126,7 @@ def test_records_read_back_exactly_as_with_values_inline(tmp_path: Path) -> None
             graph.close()
     apart, inline = histories
     assert len(apart) >= 24 and apart == inline
-    assert _rows(tmp_path / "apart.db", "SELECT count(*) FROM checkpoints_values")[0][0] >= 3
+    assert _rows(tmp_path / "apart.db", "SELECT count(*) FROM checkpoints_stored_values")[0][0] >= 3
 
 
 def test_deletes_and_retention_drop_values_no_record_holds(tmp_path: Path) -> None:
@@ -134,7 +138,7 @@ def test_deletes_and_retention_drop_values_no_record_holds(tmp_path: Path) -> No
     finally:
         graph.close()
     _consistent(db)
-    versions = _rows(db, "SELECT count(*) FROM checkpoints_values")[0][0]
+    versions = _rows(db, "SELECT count(*) FROM checkpoints_stored_values")[0][0]
     assert versions < 20  # pruned records' doc and log versions went with them
     backend = SqliteBackend(db)
     try:
@@ -144,8 +148,8 @@ def test_deletes_and_retention_drop_values_no_record_holds(tmp_path: Path) -> No
         backend.delete([h.checkpoint_id for h in backend.list()])
     finally:
         backend.close()
-    assert _rows(db, "SELECT count(*) FROM checkpoints_values") == [(0,)]
-    assert _rows(db, "SELECT count(*) FROM checkpoints_value_refs") == [(0,)]
+    assert _rows(db, "SELECT count(*) FROM checkpoints_stored_values") == [(0,)]
+    assert _rows(db, "SELECT count(*) FROM checkpoints_stored_value_refs") == [(0,)]
 
 
 def test_replacing_a_record_stores_it_whole_and_drops_its_references(tmp_path: Path) -> None:
@@ -157,13 +161,13 @@ def test_replacing_a_record_stores_it_whole_and_drops_its_references(tmp_path: P
         graph.close()
     backend = SqliteBackend(db)
     try:
-        (position, digest), *_ = _rows(db, "SELECT position, digest FROM checkpoints_value_refs ORDER BY position")
+        (position, digest), *_ = _rows(db, "SELECT position, digest FROM checkpoints_stored_value_refs ORDER BY position")
         header = next(h for h in backend.list() if _rows(db, "SELECT 1 FROM checkpoints WHERE rowid = ? AND "
                                                           "checkpoint_id = ?", (position, h.checkpoint_id)))
         before = backend.get(header.checkpoint_id)
         backend.replace(before.header, before.blob)
         assert backend.get(header.checkpoint_id).blob == before.blob
-        assert _rows(db, "SELECT count(*) FROM checkpoints_value_refs WHERE position = ?", (position,)) == [(0,)]
+        assert _rows(db, "SELECT count(*) FROM checkpoints_stored_value_refs WHERE position = ?", (position,)) == [(0,)]
         assert _rows(db, "SELECT length(blob) FROM checkpoints WHERE rowid = ?", (position,)) == [(before.header.size,)]
         _consistent(db)
     finally:
@@ -181,15 +185,15 @@ def test_a_damaged_value_is_refused_on_read_and_reported_by_verify(tmp_path: Pat
         asyncio.run(graph.run({"go": 1}))
     finally:
         graph.close()
-    (digest,) = _rows(db, "SELECT digest FROM checkpoints_values WHERE size >= ?", (MB,))[0]
-    holders = {p for (p,) in _rows(db, "SELECT position FROM checkpoints_value_refs WHERE digest = ?", (digest,))}
+    (digest,) = _rows(db, "SELECT digest FROM checkpoints_stored_values WHERE size >= ?", (MB,))[0]
+    holders = {p for (p,) in _rows(db, "SELECT position FROM checkpoints_stored_value_refs WHERE digest = ?", (digest,))}
     with sqlite3.connect(db) as conn:
         if damage == "missing":
-            conn.execute("DELETE FROM checkpoints_values WHERE digest = ?", (digest,))
+            conn.execute("DELETE FROM checkpoints_stored_values WHERE digest = ?", (digest,))
         else:
-            (data,) = conn.execute("SELECT data FROM checkpoints_values WHERE digest = ?", (digest,)).fetchone()
+            (data,) = conn.execute("SELECT data FROM checkpoints_stored_values WHERE digest = ?", (digest,)).fetchone()
             data = data[:100] + bytes([data[100] ^ 1]) + data[101:] if damage == "flipped byte" else data[:-10]
-            conn.execute("UPDATE checkpoints_values SET data = ? WHERE digest = ?", (data, digest))
+            conn.execute("UPDATE checkpoints_stored_values SET data = ? WHERE digest = ?", (data, digest))
     backend = SqliteBackend(db)
     try:
         damaged = [h for h in backend.list() if _rows(db, "SELECT rowid FROM checkpoints WHERE checkpoint_id = ?",
@@ -231,7 +235,7 @@ def test_values_stay_inline_where_they_cannot_be_stored_apart(tmp_path: Path, se
     finally:
         graph.close()
     if setting in ("encrypted", "gzip"):
-        assert _rows(store, "SELECT count(*) FROM checkpoints_values") == [(0,)]
+        assert _rows(store, "SELECT count(*) FROM checkpoints_stored_values") == [(0,)]
         assert _rows(store, "SELECT count(*) FROM checkpoints WHERE length(blob) != size") == [(0,)]
 
 
@@ -336,3 +340,136 @@ def test_two_workers_sharing_values_and_pruning_lose_nothing(tmp_path: Path) -> 
     for record in _consistent(db):
         if not record.partial_state:
             assert record.graph_state["blob"] == large_value_graphs.BLOB
+
+
+# -- found by review ---------------------------------------------------------------------------------
+def test_threads_building_the_crc_tables_at_once_all_get_them_right() -> None:
+    """The CRC continuation's tables are built on first use; threads doing that at once must not
+    publish a table built twice over (every record they write would carry a wrong checksum)."""
+    import threading
+
+    from spark_ckpt.codec import crc_shift
+
+    rng = random.Random(7)
+    parts = [rng.randbytes(n) for n in (1, 1000, 65_537, 300_001)]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(30):
+            crc_shift._POWERS = None
+            barrier, wrong = threading.Barrier(4), []
+
+            def check(part: bytes) -> None:
+                barrier.wait()
+                if crc32_continued(zlib.crc32(b"head"), zlib.crc32(part), len(part)) != zlib.crc32(b"head" + part):
+                    wrong.append(len(part))
+
+            threads = [threading.Thread(target=check, args=(part,)) for part in parts]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert wrong == []
+            assert all(crc32_continued(0, zlib.crc32(p), len(p)) == zlib.crc32(p) for p in parts)
+    finally:
+        sys.setswitchinterval(switch)
+
+
+def test_a_damaged_stored_value_is_written_again_by_the_next_record_holding_it(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    graph = large_value_graphs.build(db, 4)
+    try:
+        asyncio.run(graph.run({"go": 1}))
+    finally:
+        graph.close()
+    (digest,) = _rows(db, "SELECT digest FROM checkpoints_stored_values WHERE size >= ?", (MB,))[0]
+    with sqlite3.connect(db) as conn:
+        (data,) = conn.execute("SELECT data FROM checkpoints_stored_values WHERE digest = ?", (digest,)).fetchone()
+        conn.execute("UPDATE checkpoints_stored_values SET data = ? WHERE digest = ?",
+                     (data[:5] + bytes([data[5] ^ 1]) + data[6:], digest))
+    graph = large_value_graphs.build(db, 4)  # a new process's backend object: it checks what it reuses
+    try:
+        large_value_graphs.Settings.steps = 6
+        asyncio.run(graph.run({"go": 1}))
+    finally:
+        graph.close()
+    for record in _consistent(db):  # the new records, and the old ones, read back
+        if not record.partial_state:
+            assert record.graph_state["blob"] == large_value_graphs.BLOB
+
+
+@pytest.mark.parametrize("names", [("graph_values",), ("foo", "foo_values"), ("checkpoints", "checkpoints_values"),
+                                   ("checkpoints", "checkpoints_value_refs")])
+def test_table_names_earlier_releases_took_still_open_next_to_each_other(tmp_path: Path, names: tuple) -> None:
+    db = tmp_path / "c.db"
+    backends = [SqliteBackend(db, table_name=name) for name in names]
+    try:
+        for backend in backends:
+            assert backend.applied_migrations()[-1] == "m007_values_stored_once"
+    finally:
+        for backend in backends:
+            backend.close()
+
+
+def test_references_an_earlier_release_left_behind_are_swept(tmp_path: Path) -> None:
+    """An earlier release deletes checkpoint rows without their references: ``scrub`` drops those
+    references and the values only they held."""
+    db = tmp_path / "c.db"
+    graph = large_value_graphs.build(db, 4)
+    try:
+        asyncio.run(graph.run({"go": 1}))
+    finally:
+        graph.close()
+    backend = SqliteBackend(db)
+    try:
+        with sqlite3.connect(db) as conn:  # as an earlier release deletes: the rows alone
+            conn.execute("DELETE FROM checkpoints")
+        backend.scrub()
+        assert _rows(db, "SELECT count(*) FROM checkpoints_stored_value_refs") == [(0,)]
+        assert _rows(db, "SELECT count(*) FROM checkpoints_stored_values") == [(0,)]
+    finally:
+        backend.close()
+
+
+def test_a_checkpoint_stored_again_where_a_stale_reference_was_left_stores_its_own(tmp_path: Path) -> None:
+    from spark_ckpt.codec import Identity
+    from spark_ckpt.engine.value_parts import part_of, placeholder
+    from spark_ckpt.testing.conformance import make_header
+
+    db = tmp_path / "c.db"
+    backend = SqliteBackend(db)
+    try:
+        blob = Codec().encode_data_in_parts({"v": placeholder(0)}, Identity("graph-a", "e", 0), [part_of("z" * 100_000)])
+        header = make_header(0, execution_id="e", size=len(blob))
+        backend.put(header, blob)
+        with sqlite3.connect(db) as conn:  # as an earlier release deletes: the row alone
+            conn.execute("DELETE FROM checkpoints")
+        backend.put(header, blob)
+        assert backend.get(header.checkpoint_id).blob == blob.join()
+        _bookkeeping_consistent(db)
+    finally:
+        backend.close()
+
+
+def test_export_without_verifying_copies_a_checkpoint_whose_value_is_missing(tmp_path: Path) -> None:
+    from spark_ckpt.backends.memory import MemoryBackend
+    from spark_ckpt.transfer import export_checkpoints
+
+    db = tmp_path / "c.db"
+    graph = large_value_graphs.build(db, 4)
+    try:
+        asyncio.run(graph.run({"go": 1}))
+    finally:
+        graph.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM checkpoints_stored_values WHERE size >= ?", (MB,))
+    source, copy = SqliteBackend(db), MemoryBackend()
+    try:
+        assert export_checkpoints(source, copy, verify=False) == len(source.list())
+        damaged = [h for h in copy.list() if h.size >= MB]
+        assert damaged
+        for header in damaged:
+            with pytest.raises(CorruptCheckpointError):
+                decode_record(Codec(), copy.get(header.checkpoint_id).blob, header)
+    finally:
+        source.close()

@@ -4,15 +4,16 @@ The envelope's checksum is a CRC-32 (zlib's) of everything after it. A record wh
 stored apart (``model.ValuePart``) would otherwise read every such value at every record to checksum
 it. CRC-32 is affine over GF(2): ``crc32(v, c) == shift(c, len(v)) ^ crc32(v, 0)``, where ``shift(c, n)``
 is what ``n`` zero bytes do to the register. ``shift`` is a 32x32 bit matrix; the matrices for 2**k
-bytes are built once by squaring, and a length is the product of those its bits name (~30 us per part).
+bytes are built once by squaring (~3 ms), and a length is the product of those its bits name (~30 us per part).
 """
 
 from __future__ import annotations
 
 import zlib
 
-#: _POWERS[k]: the matrix (32 columns, one int each) of 2**k zero bytes; built on first use
-_POWERS: list[list[int]] = []
+#: _POWERS[k]: the matrix (32 columns, one int each) of 2**k zero bytes, k < 64; built whole on first
+#: use and published in one assignment (threads building it at once each get a complete table)
+_POWERS: list[list[int]] | None = None
 
 
 def _apply(matrix: list[int], vector: int) -> int:
@@ -26,27 +27,27 @@ def _apply(matrix: list[int], vector: int) -> int:
     return result
 
 
-def _one_zero_byte() -> list[int]:
-    # column j: the register bit j alone, pushed through one zero byte (the affine part cancelled)
-    base = zlib.crc32(b"\0", 0)
-    return [zlib.crc32(b"\0", 1 << j) ^ base for j in range(32)]
-
-
-def _power(k: int) -> list[int]:
-    if not _POWERS:
-        _POWERS.append(_one_zero_byte())
-    while len(_POWERS) <= k:
-        last = _POWERS[-1]
-        _POWERS.append([_apply(last, column) for column in last])
-    return _POWERS[k]
+def _powers() -> list[list[int]]:
+    global _POWERS
+    powers = _POWERS
+    if powers is None:
+        # column j of one zero byte: the register bit j alone, pushed through it (affine part cancelled)
+        base = zlib.crc32(b"\0", 0)
+        powers = [[zlib.crc32(b"\0", 1 << j) ^ base for j in range(32)]]
+        while len(powers) < 64:
+            last = powers[-1]
+            powers.append([_apply(last, column) for column in last])
+        _POWERS = powers
+    return powers
 
 
 def shift(crc: int, length: int) -> int:
     """The linear part of running ``length`` bytes through a register holding ``crc``."""
+    powers = _powers()
     k = 0
     while length and crc:
         if length & 1:
-            crc = _apply(_power(k), crc)
+            crc = _apply(powers[k], crc)
         length >>= 1
         k += 1
     return crc

@@ -48,7 +48,8 @@ class _Recent:
                 self.entries.move_to_end(key)
                 return part
         part = ValuePart(value, dumps_data).measure()
-        if part.size <= _RECENT_BYTES // 4:
+        # a str's entry only keeps it alive (the state holds it too); JSON is a copy of the value
+        if part.size <= (_RECENT_BYTES if type(value) is str else _RECENT_BYTES // 4):
             with self.lock:
                 old = self.entries.pop(key, None)
                 self.held += part.size - (old.size if old is not None else 0)

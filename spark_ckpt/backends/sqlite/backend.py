@@ -102,6 +102,8 @@ class SQLiteBackend(LocalBackend):
         self._conn = shared.conn
         self._lock = shared.lock
         self._numbers = shared.numbers[self.tables["migrations"]]
+        #: digests of stored values this object found intact (``stored_values.store``)
+        self._checked_values: set[str] = set()
         # Gives the connection back when the backend is closed or garbage-collected, so a backend
         # that was never closed explicitly does not leak it (Python 3.13 warns about unclosed ones).
         self._release = weakref.finalize(self, _release_connection, key, shared)
@@ -201,7 +203,7 @@ class SQLiteBackend(LocalBackend):
         if type(blob) is BlobParts and blob.has_values:  # the row without them, then the values
             self._insert_and_advance(conn, number, h, BlobParts(tuple(p for p in blob.parts if type(p) is bytes)), lease)
             stored_values.store(conn, self._sql, self.tables["values"], _row(number, h, b"")[0], blob.parts,
-                                STREAMED_BLOB_BYTES)
+                                STREAMED_BLOB_BYTES, self._checked_values)
             return
         # a large blob is written into the row's pages (``streamed``): bound as a parameter, SQLite
         # would copy it twice more (the bound value, then the record it builds)
@@ -414,6 +416,8 @@ class SQLiteBackend(LocalBackend):
         still holds the frames written before. Waits for other processes' readers (busy timeout)."""
         if self.read_only:
             raise BackendError(f"sqlite backend {self.path!r} was opened read-only; it cannot scrub its log")
+        # references an earlier release left when it deleted rows, and the values only they held
+        self._write_transaction("drop the values no checkpoint holds", lambda conn: stored_values.sweep(conn, self._sql))
         with self._lock:
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()

@@ -5,8 +5,8 @@ open inside one ``BEGIN IMMEDIATE`` transaction, so two processes opening a new 
 race. Tables ``checkpoints`` (one row per checkpoint, the blob last so listings never read it),
 ``executions`` (execution -> its ``number`` and graph; written once per execution: by ``start_execution`` in
 its transaction, else before the execution's first put; a trigger doing it on every insert cost ~14 us
-per put), ``leases`` (one row per execution), and ``checkpoints_values`` / ``checkpoints_value_refs``
-(large values stored once, ``m007``).
+per put), ``leases`` (one row per execution), and ``checkpoints_stored_values`` /
+``checkpoints_stored_value_refs`` (large values stored once, ``m007``).
 
 Every B-tree a ``put`` writes costs a page write into the WAL, so a graph checkpoint's put writes
 one: the table itself. A checkpoint's rowid is its position, ``number * 2**32 + seq + 2**31``, so
@@ -42,7 +42,7 @@ MIGRATION_SET = "spark_ckpt"
 DEFAULT_TABLE_NAME = "checkpoints"
 #: the default store's tables (and the name its migrations are recorded under)
 DEFAULT_TABLES = {"checkpoints": "checkpoints", "executions": "executions", "leases": "leases", "migrations": MIGRATION_SET,
-                  "values": "checkpoints_values", "value_refs": "checkpoints_value_refs"}
+                  "values": "checkpoints_stored_values", "value_refs": "checkpoints_stored_value_refs"}
 
 
 def sqlite_tables(table_name: object = DEFAULT_TABLE_NAME) -> dict[str, str]:
@@ -213,7 +213,7 @@ def _migrations(tables: Mapping[str, str] = DEFAULT_TABLES):
         db.execute(f"CREATE TABLE {V} (digest TEXT PRIMARY KEY, size INTEGER NOT NULL, data BLOB NOT NULL)")
         db.execute(
             f"CREATE TABLE {R} (position INTEGER NOT NULL, offset INTEGER NOT NULL, digest TEXT NOT NULL, "
-            "PRIMARY KEY (position, offset)) WITHOUT ROWID"
+            "size INTEGER NOT NULL, PRIMARY KEY (position, offset)) WITHOUT ROWID"
         )
         db.execute(f"CREATE INDEX {R}_by_digest ON {R} (digest)")
 

@@ -54,13 +54,19 @@ class Statements:
         # large values stored once (``schema`` m007): a row's references, in the order of their offsets
         values, refs = tables["values"], tables["value_refs"]
         self.VALUES_OF = (
-            f"SELECT r.offset, r.digest, v.data FROM {refs} r LEFT JOIN {values} v ON v.digest = r.digest "
+            f"SELECT r.offset, r.digest, r.size, v.data FROM {refs} r LEFT JOIN {values} v ON v.digest = r.digest "
             "WHERE r.position = ? ORDER BY r.offset"
         )
-        self.HAS_VALUE = f"SELECT 1 FROM {values} WHERE digest = ?"
+        self.VALUE_OF = f"SELECT size, data FROM {values} WHERE digest = ?"
+        self.VALUE_SIZE = f"SELECT size, length(data) FROM {values} WHERE digest = ?"
+        self.DROP_VALUE = f"DELETE FROM {values} WHERE digest = ?"
+        self.DROP_REFS_AT = f"DELETE FROM {refs} WHERE position = ?"
+        self.DROP_DANGLING_REFS = (
+            f"DELETE FROM {refs} WHERE NOT EXISTS (SELECT 1 FROM {checkpoints} c WHERE c.rowid = {refs}.position)"
+        )
         self.INSERT_VALUE = f"INSERT INTO {values} (digest, size, data) VALUES (?, ?, ?)"
         self.INSERT_VALUE_ROOM = f"INSERT INTO {values} (digest, size, data) VALUES (?, ?, zeroblob(?))"
-        self.INSERT_REF = f"INSERT INTO {refs} (position, offset, digest) VALUES (?, ?, ?)"
+        self.INSERT_REF = f"INSERT INTO {refs} (position, offset, digest, size) VALUES (?, ?, ?, ?)"
         self.ANY_REF = f"SELECT 1 FROM {refs} LIMIT 1"
         self.DROP_REFS_NAMED = f"DELETE FROM {refs} WHERE position IN (SELECT rowid FROM {checkpoints} WHERE {_NAMED_ID})"
         self.DROP_REFS_CANONICAL = (
