@@ -473,3 +473,31 @@ def test_export_without_verifying_copies_a_checkpoint_whose_value_is_missing(tmp
                 decode_record(Codec(), copy.get(header.checkpoint_id).blob, header)
     finally:
         source.close()
+
+
+def test_a_record_retention_makes_stand_alone_keeps_its_values_apart(tmp_path: Path) -> None:
+    from spark_ckpt.engine.records import RecordReader, rebase
+
+    db = tmp_path / "c.db"
+    graph = large_value_graphs.build(db, 12)
+    try:
+        asyncio.run(graph.run({"go": 1}))
+    finally:
+        graph.close()
+    backend = SqliteBackend(db)
+    try:
+        codec = Codec()
+        target = next(h for h in sorted(backend.list(), key=lambda h: h.seq)
+                      if h.seq > 5 and decode_record(codec, backend.get(h.checkpoint_id).blob, h).partial_state)
+        before = RecordReader(backend, codec).whole(target)
+        assert rebase(backend, codec, target) == target.seq
+        after = decode_record(codec, backend.get(target.checkpoint_id).blob, target)
+        assert not after.partial_state and after.graph_state == before.graph_state
+        assert after.graph_state["blob"] == large_value_graphs.BLOB
+        (stored, size), = _rows(db, "SELECT length(blob), size FROM checkpoints WHERE checkpoint_id = ?",
+                                (target.checkpoint_id,))
+        assert size >= MB and stored < 65536  # the values it holds are the ones stored already
+        assert _rows(db, "SELECT count(*) FROM checkpoints_stored_values WHERE size >= ?", (MB,)) == [(1,)]
+        _consistent(db)
+    finally:
+        backend.close()

@@ -101,15 +101,16 @@ class Backend(ABC):
     #: a blob at least this large may be given to ``put``/``start_execution`` as ``model.BlobParts``,
     #: which the backend writes part after part (None: always ``bytes``)
     takes_blob_parts: ClassVar[int | None] = None
-    #: a backend that also takes ``model.ValuePart`` parts (values at least this large) stores each
-    #: value once by its digest and gives the whole bytes back on ``get`` (None: never given any)
+    #: a backend that also takes ``model.ValuePart`` parts (values at least this large; in ``put``,
+    #: ``start_execution`` and ``replace``) stores each value once by its digest and gives the whole
+    #: bytes back on ``get`` (None: never given any)
     takes_values: ClassVar[int | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if ({"put", "start_execution"} & cls.__dict__.keys()) and "takes_blob_parts" not in cls.__dict__:
             cls.takes_blob_parts = None  # a subclass writing its own way gets bytes unless it says otherwise
-        if ({"put", "start_execution", "get"} & cls.__dict__.keys()) and "takes_values" not in cls.__dict__:
+        if ({"put", "start_execution", "get", "replace"} & cls.__dict__.keys()) and "takes_values" not in cls.__dict__:
             cls.takes_values = None
         init = cls.__dict__.get("__init__")
         if init is not None and not getattr(init, "_checks_arguments", False):

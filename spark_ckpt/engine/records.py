@@ -12,11 +12,12 @@ from typing import Any, Iterable
 
 import attrs
 
-from ..codec import Codec, Identity
+from ..codec import Codec, Identity, to_data
 from ..errors import CheckpointNotFoundError, SparkCkptError, UnsupportedFormatError
 from ..model import CONTENT_VERSION, CheckpointHeader, GraphCheckpoint, StoredCheckpoint
 from . import chain
 from .damage import damaged
+from .value_parts import state_apart
 
 
 def identity(header: CheckpointHeader) -> Identity:
@@ -85,11 +86,22 @@ def rebase(backend: Any, codec: Codec, header: CheckpointHeader, wanted_extras: 
         if record.version < 4:  # may lack the states of adapter nodes its chain does not mention
             return None
         whole = reader.whole(target, earlier, wanted_extras)
-        blob = codec.encode(whole, identity(target))
+        blob = _encoded_whole(backend, codec, whole, identity(target))
         backend.replace(attrs.evolve(backend.get(target.checkpoint_id).header, size=len(blob)), blob)
     except (SparkCkptError, NotImplementedError, KeyError):
         return None
     return target.seq
+
+
+def _encoded_whole(backend: Any, codec: Codec, record: GraphCheckpoint, ident: Identity) -> Any:
+    """A record rewritten whole: its large values stored apart where the store keeps them once
+    (``value_parts``), so a rebase does not write them again."""
+    apart = getattr(backend, "takes_values", None)
+    if apart is None or not codec.writes_plain_json:
+        return codec.encode(record, ident)
+    data = to_data(record)
+    data["graph_state"], values = state_apart(data.get("graph_state") or {}, apart)
+    return codec.encode_data_in_parts(data, ident, values) if values else codec.encode_data(data, ident)
 
 
 def readable_whole(reader: RecordReader, headers: list[CheckpointHeader]) -> dict[str, Exception]:

@@ -25,6 +25,8 @@ import orjson
 from ..codec.convert import dumps_data
 from ..model import ValuePart
 
+_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+
 #: the parts kept for values seen recently hold at most this many bytes of JSON (a str's are counted
 #: too: it is kept alive by its entry)
 _RECENT_BYTES = 64 << 20
@@ -88,4 +90,28 @@ def take_values(graph_state: dict[str, Any], *, apart: bool) -> tuple[dict[str, 
             values.append(part)
         else:
             state[key] = orjson.Fragment(part.data())
+    return state, values
+
+
+def state_apart(graph_state: dict[str, Any], apart: int) -> tuple[dict[str, Any], list[ValuePart]]:
+    """A decoded record's graph state for a record rewritten in place (retention's ``rebase``): its
+    values at least ``apart`` long replaced by placeholders, and their parts in order; the others as
+    they are (a mutable one as its JSON, encoded once)."""
+    state: dict[str, Any] = {}
+    values: list[ValuePart] = []
+    for key, value in graph_state.items():
+        if type(value) in _IMMUTABLE:
+            if type(value) is str and len(value) >= apart:
+                # (not kept among the recent parts: a decoded copy, which no state holds)
+                state[key] = placeholder(len(values))
+                values.append(ValuePart(value, dumps_data).measure())
+            else:
+                state[key] = value
+            continue
+        mark = dumps_data(value)
+        if len(mark) >= apart:
+            state[key] = placeholder(len(values))
+            values.append(part_of(mark))
+        else:
+            state[key] = orjson.Fragment(mark)
     return state, values

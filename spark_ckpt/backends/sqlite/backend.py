@@ -393,13 +393,25 @@ class SQLiteBackend(LocalBackend):
         return self._write_transaction("delete checkpoints", change)
 
     def replace(self, header: CheckpointHeader, blob: bytes) -> None:
-        """Swap the stored bytes (and size) of an existing checkpoint in one UPDATE (key rotation)."""
+        """Swap the stored bytes (and size) of an existing checkpoint in one UPDATE (key rotation,
+        retention's rebase; its values stored once, ``stored_values``, when given as parts)."""
         h = header
+        parts = blob.parts if type(blob) is BlobParts and blob.has_values else None
+        if type(blob) is BlobParts:
+            blob = b"".join(part for part in blob.parts if type(part) is bytes) if parts else blob.join()
 
         def change(conn: sqlite3.Connection) -> int:
-            # the new bytes are whole (values inline): the references of the old ones go
-            stored_values.drop_references(conn, self._sql, [], [(h.execution_id, h.seq, h.checkpoint_id)])
+            # the references of the old bytes go, then the values only they held (not those the new
+            # bytes hold again: they are referenced first)
+            dropped = stored_values.drop_references(
+                conn, self._sql, [], [(h.execution_id, h.seq, h.checkpoint_id)], collect=False)
             cursor = conn.execute(self._sql.REPLACE, (blob, h.size, h.execution_id, h.seq, h.checkpoint_id))
+            if parts and cursor.rowcount:
+                (position,) = conn.execute(self._sql.POSITION_OF, (h.execution_id, h.seq, h.checkpoint_id)).fetchone()
+                stored_values.store(conn, self._sql, self.tables["values"], position, parts, STREAMED_BLOB_BYTES,
+                                    self._checked_values)
+            if dropped:
+                stored_values.collect(conn, self._sql)
             if h.tag is not None and cursor.rowcount:  # key rotation re-tags the index head
                 conn.execute(self._sql.RETAG_HEAD, (h.tag, h.execution_id, h.seq))
             return cursor.rowcount

@@ -103,6 +103,7 @@ class Statements:
         self.STILL_STORED = f"EXISTS (SELECT 1 FROM {checkpoints} c WHERE {_ROWS_OF_E})"
         self.DELETE_NAMED = f"DELETE FROM {checkpoints} WHERE {_NAMED_ID}"
         self.DELETE_CANONICAL = f"DELETE FROM {checkpoints} WHERE rowid = {self.POSITION} AND checkpoint_id = ?"
+        self.POSITION_OF = f"SELECT rowid FROM {checkpoints} WHERE rowid = {self.POSITION} AND checkpoint_id = ?"
         self.REPLACE = f"UPDATE {checkpoints} SET blob = ?, size = ? WHERE rowid = {self.POSITION} AND checkpoint_id = ?"
         self.RETAG_HEAD = f"UPDATE {executions} SET head_tag = ? WHERE execution_id = ? AND head_seq = ?"
 

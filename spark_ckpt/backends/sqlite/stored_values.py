@@ -108,19 +108,27 @@ def whole(stored: bytes, refs: list[tuple[int, str, int, Any]], header: Checkpoi
 
 
 def drop_references(conn: sqlite3.Connection, sql: Any, ids: list[tuple[str]],
-                    canonical: list[tuple[str, int, str]]) -> None:
-    """Before the rows of these checkpoints are deleted or replaced: their references, then every
-    value no reference is left to. Costs one query when the store holds no values."""
+                    canonical: list[tuple[str, int, str]], *, collect: bool = True) -> bool:
+    """Before the rows of these checkpoints are deleted or replaced: their references, then (with
+    ``collect``; else the caller calls ``collect``) every value no reference is left to. Whether any
+    reference went. Costs one query when the store holds no values."""
     if conn.execute(sql.ANY_REF).fetchone() is None:
-        return
+        return False
     before = conn.total_changes
     conn.executemany(sql.DROP_REFS_NAMED, ids)
     conn.executemany(sql.DROP_REFS_CANONICAL, canonical)
-    if conn.total_changes != before:
+    dropped = conn.total_changes != before
+    if dropped and collect:
         conn.execute(sql.DROP_UNREFERENCED_VALUES)
+    return dropped
+
+
+def collect(conn: sqlite3.Connection, sql: Any) -> None:
+    """Every value no reference is left to."""
+    conn.execute(sql.DROP_UNREFERENCED_VALUES)
 
 
 def sweep(conn: sqlite3.Connection, sql: Any) -> None:
     """References whose row is gone (an earlier release deleted it), and the values left without one."""
     if conn.execute(sql.DROP_DANGLING_REFS).rowcount:
-        conn.execute(sql.DROP_UNREFERENCED_VALUES)
+        collect(conn, sql)
