@@ -48,10 +48,10 @@ def _rows(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
 
 def _bookkeeping_consistent(db: Path) -> None:
     """Every reference has its value, every value a reference, every reference a row."""
-    assert _rows(db, "SELECT digest FROM checkpoints_stored_value_refs EXCEPT SELECT digest FROM checkpoints_stored_values") == []
-    assert _rows(db, "SELECT digest FROM checkpoints_stored_values EXCEPT SELECT digest FROM checkpoints_stored_value_refs") == []
-    assert _rows(db, "SELECT position FROM checkpoints_stored_value_refs EXCEPT SELECT rowid FROM checkpoints") == []
-    assert _rows(db, "SELECT count(*) FROM checkpoints_stored_values WHERE length(data) != size") == [(0,)]
+    assert _rows(db, "SELECT digest FROM [checkpoints:value_refs] EXCEPT SELECT digest FROM [checkpoints:values]") == []
+    assert _rows(db, "SELECT digest FROM [checkpoints:values] EXCEPT SELECT digest FROM [checkpoints:value_refs]") == []
+    assert _rows(db, "SELECT position FROM [checkpoints:value_refs] EXCEPT SELECT rowid FROM checkpoints") == []
+    assert _rows(db, "SELECT count(*) FROM [checkpoints:values] WHERE length(data) != size") == [(0,)]
 
 
 def _consistent(db: Path) -> list:
@@ -102,7 +102,7 @@ def test_a_value_no_step_touches_is_stored_once_across_records_and_runs(tmp_path
     finally:
         graph.close()
     records = _consistent(db)
-    blob_rows = _rows(db, "SELECT size FROM checkpoints_stored_values WHERE size >= ?", (MB,))
+    blob_rows = _rows(db, "SELECT size FROM [checkpoints:values] WHERE size >= ?", (MB,))
     assert len(blob_rows) == 1  # the 1 MB string: once, for every record of every run
     stored, whole = _rows(db, "SELECT sum(length(blob)), sum(size) FROM checkpoints")[0]
     whole_records = [r for r in records if not r.partial_state]
@@ -126,7 +126,7 @@ def test_records_read_back_exactly_as_with_values_inline(tmp_path: Path) -> None
             graph.close()
     apart, inline = histories
     assert len(apart) >= 24 and apart == inline
-    assert _rows(tmp_path / "apart.db", "SELECT count(*) FROM checkpoints_stored_values")[0][0] >= 3
+    assert _rows(tmp_path / "apart.db", "SELECT count(*) FROM [checkpoints:values]")[0][0] >= 3
 
 
 def test_deletes_and_retention_drop_values_no_record_holds(tmp_path: Path) -> None:
@@ -138,7 +138,7 @@ def test_deletes_and_retention_drop_values_no_record_holds(tmp_path: Path) -> No
     finally:
         graph.close()
     _consistent(db)
-    versions = _rows(db, "SELECT count(*) FROM checkpoints_stored_values")[0][0]
+    versions = _rows(db, "SELECT count(*) FROM [checkpoints:values]")[0][0]
     assert versions < 20  # pruned records' doc and log versions went with them
     backend = SqliteBackend(db)
     try:
@@ -148,8 +148,8 @@ def test_deletes_and_retention_drop_values_no_record_holds(tmp_path: Path) -> No
         backend.delete([h.checkpoint_id for h in backend.list()])
     finally:
         backend.close()
-    assert _rows(db, "SELECT count(*) FROM checkpoints_stored_values") == [(0,)]
-    assert _rows(db, "SELECT count(*) FROM checkpoints_stored_value_refs") == [(0,)]
+    assert _rows(db, "SELECT count(*) FROM [checkpoints:values]") == [(0,)]
+    assert _rows(db, "SELECT count(*) FROM [checkpoints:value_refs]") == [(0,)]
 
 
 def test_replacing_a_record_stores_it_whole_and_drops_its_references(tmp_path: Path) -> None:
@@ -161,13 +161,13 @@ def test_replacing_a_record_stores_it_whole_and_drops_its_references(tmp_path: P
         graph.close()
     backend = SqliteBackend(db)
     try:
-        (position, digest), *_ = _rows(db, "SELECT position, digest FROM checkpoints_stored_value_refs ORDER BY position")
+        (position, digest), *_ = _rows(db, "SELECT position, digest FROM [checkpoints:value_refs] ORDER BY position")
         header = next(h for h in backend.list() if _rows(db, "SELECT 1 FROM checkpoints WHERE rowid = ? AND "
                                                           "checkpoint_id = ?", (position, h.checkpoint_id)))
         before = backend.get(header.checkpoint_id)
         backend.replace(before.header, before.blob)
         assert backend.get(header.checkpoint_id).blob == before.blob
-        assert _rows(db, "SELECT count(*) FROM checkpoints_stored_value_refs WHERE position = ?", (position,)) == [(0,)]
+        assert _rows(db, "SELECT count(*) FROM [checkpoints:value_refs] WHERE position = ?", (position,)) == [(0,)]
         assert _rows(db, "SELECT length(blob) FROM checkpoints WHERE rowid = ?", (position,)) == [(before.header.size,)]
         _consistent(db)
     finally:
@@ -185,15 +185,15 @@ def test_a_damaged_value_is_refused_on_read_and_reported_by_verify(tmp_path: Pat
         asyncio.run(graph.run({"go": 1}))
     finally:
         graph.close()
-    (digest,) = _rows(db, "SELECT digest FROM checkpoints_stored_values WHERE size >= ?", (MB,))[0]
-    holders = {p for (p,) in _rows(db, "SELECT position FROM checkpoints_stored_value_refs WHERE digest = ?", (digest,))}
+    (digest,) = _rows(db, "SELECT digest FROM [checkpoints:values] WHERE size >= ?", (MB,))[0]
+    holders = {p for (p,) in _rows(db, "SELECT position FROM [checkpoints:value_refs] WHERE digest = ?", (digest,))}
     with sqlite3.connect(db) as conn:
         if damage == "missing":
-            conn.execute("DELETE FROM checkpoints_stored_values WHERE digest = ?", (digest,))
+            conn.execute("DELETE FROM [checkpoints:values] WHERE digest = ?", (digest,))
         else:
-            (data,) = conn.execute("SELECT data FROM checkpoints_stored_values WHERE digest = ?", (digest,)).fetchone()
+            (data,) = conn.execute("SELECT data FROM [checkpoints:values] WHERE digest = ?", (digest,)).fetchone()
             data = data[:100] + bytes([data[100] ^ 1]) + data[101:] if damage == "flipped byte" else data[:-10]
-            conn.execute("UPDATE checkpoints_stored_values SET data = ? WHERE digest = ?", (data, digest))
+            conn.execute("UPDATE [checkpoints:values] SET data = ? WHERE digest = ?", (data, digest))
     backend = SqliteBackend(db)
     try:
         damaged = [h for h in backend.list() if _rows(db, "SELECT rowid FROM checkpoints WHERE checkpoint_id = ?",
@@ -235,7 +235,7 @@ def test_values_stay_inline_where_they_cannot_be_stored_apart(tmp_path: Path, se
     finally:
         graph.close()
     if setting in ("encrypted", "gzip"):
-        assert _rows(store, "SELECT count(*) FROM checkpoints_stored_values") == [(0,)]
+        assert _rows(store, "SELECT count(*) FROM [checkpoints:values]") == [(0,)]
         assert _rows(store, "SELECT count(*) FROM checkpoints WHERE length(blob) != size") == [(0,)]
 
 
@@ -382,10 +382,10 @@ def test_a_damaged_stored_value_is_written_again_by_the_next_record_holding_it(t
         asyncio.run(graph.run({"go": 1}))
     finally:
         graph.close()
-    (digest,) = _rows(db, "SELECT digest FROM checkpoints_stored_values WHERE size >= ?", (MB,))[0]
+    (digest,) = _rows(db, "SELECT digest FROM [checkpoints:values] WHERE size >= ?", (MB,))[0]
     with sqlite3.connect(db) as conn:
-        (data,) = conn.execute("SELECT data FROM checkpoints_stored_values WHERE digest = ?", (digest,)).fetchone()
-        conn.execute("UPDATE checkpoints_stored_values SET data = ? WHERE digest = ?",
+        (data,) = conn.execute("SELECT data FROM [checkpoints:values] WHERE digest = ?", (digest,)).fetchone()
+        conn.execute("UPDATE [checkpoints:values] SET data = ? WHERE digest = ?",
                      (data[:5] + bytes([data[5] ^ 1]) + data[6:], digest))
     graph = large_value_graphs.build(db, 4)  # a new process's backend object: it checks what it reuses
     try:
@@ -398,14 +398,46 @@ def test_a_damaged_stored_value_is_written_again_by_the_next_record_holding_it(t
             assert record.graph_state["blob"] == large_value_graphs.BLOB
 
 
-@pytest.mark.parametrize("names", [("graph_values",), ("foo", "foo_values"), ("checkpoints", "checkpoints_values"),
-                                   ("checkpoints", "checkpoints_value_refs")])
-def test_table_names_earlier_releases_took_still_open_next_to_each_other(tmp_path: Path, names: tuple) -> None:
+def _large_value_record(graph_id: str, execution_id: str, seq: int, text: str):
+    """A header and bytes (as ``BlobParts`` with one value part) for a record holding ``text``."""
+    from spark_ckpt.codec import Identity
+    from spark_ckpt.engine.value_parts import part_of, placeholder
+    from spark_ckpt.testing.conformance import make_header
+
+    blob = Codec().encode_data_in_parts({"v": placeholder(0)}, Identity(graph_id, execution_id, seq), [part_of(text)])
+    return make_header(seq, graph_id=graph_id, execution_id=execution_id, size=len(blob)), blob
+
+
+@pytest.mark.parametrize("names", [
+    ("graph_values",), ("archive_stored_values",), ("foo", "foo_values"), ("x", "x_stored_values"),
+    ("x", "x_stored_value_refs_by_digest"), ("checkpoints", "checkpoints_values"),
+    ("checkpoints", "checkpoints_value_refs"),
+])
+def test_stores_an_earlier_release_made_take_values_under_any_of_their_names(tmp_path: Path, names: tuple) -> None:
+    """Stores made before values were stored once, under names that end like anything a values table
+    could be called, side by side in one file: each is migrated and stores values of its own."""
+    from contextlib import closing
+
+    from sqlite_utils import Database
+
+    from spark_ckpt.backends.sqlite import _migrations
+    from spark_ckpt.backends.sqlite.schema import DEFAULT_TABLES, table_names
+
     db = tmp_path / "c.db"
+    with closing(sqlite3.connect(db, isolation_level=None)) as conn:
+        for name in names:
+            tables = DEFAULT_TABLES if name == "checkpoints" else table_names(
+                name, default="checkpoints", legacy=DEFAULT_TABLES, backend="sqlite backend")
+            _migrations(tables).apply(Database(conn), stop_before="m007_values_stored_once")
     backends = [SqliteBackend(db, table_name=name) for name in names]
     try:
-        for backend in backends:
+        for i, backend in enumerate(backends):
             assert backend.applied_migrations()[-1] == "m007_values_stored_once"
+            header, blob = _large_value_record("graph-a", f"e{i}", 0, str(i) * 100_000)
+            backend.put(header, blob)
+        for i, backend in enumerate(backends):
+            (stored,) = backend.list()
+            assert backend.get(stored.checkpoint_id).blob.endswith(b'"' + str(i).encode() * 100_000 + b'"}')
     finally:
         for backend in backends:
             backend.close()
@@ -425,28 +457,27 @@ def test_references_an_earlier_release_left_behind_are_swept(tmp_path: Path) -> 
         with sqlite3.connect(db) as conn:  # as an earlier release deletes: the rows alone
             conn.execute("DELETE FROM checkpoints")
         backend.scrub()
-        assert _rows(db, "SELECT count(*) FROM checkpoints_stored_value_refs") == [(0,)]
-        assert _rows(db, "SELECT count(*) FROM checkpoints_stored_values") == [(0,)]
+        assert _rows(db, "SELECT count(*) FROM [checkpoints:value_refs]") == [(0,)]
+        assert _rows(db, "SELECT count(*) FROM [checkpoints:values]") == [(0,)]
     finally:
         backend.close()
 
 
 def test_a_checkpoint_stored_again_where_a_stale_reference_was_left_stores_its_own(tmp_path: Path) -> None:
-    from spark_ckpt.codec import Identity
-    from spark_ckpt.engine.value_parts import part_of, placeholder
-    from spark_ckpt.testing.conformance import make_header
-
+    """An earlier release deleted the row alone; a checkpoint stored at that position again holds
+    another value: its own reference replaces the stale one, and the value only that one held goes."""
     db = tmp_path / "c.db"
     backend = SqliteBackend(db)
     try:
-        blob = Codec().encode_data_in_parts({"v": placeholder(0)}, Identity("graph-a", "e", 0), [part_of("z" * 100_000)])
-        header = make_header(0, execution_id="e", size=len(blob))
-        backend.put(header, blob)
+        header, first = _large_value_record("graph-a", "e", 0, "z" * 100_000)
+        backend.put(header, first)
         with sqlite3.connect(db) as conn:  # as an earlier release deletes: the row alone
             conn.execute("DELETE FROM checkpoints")
-        backend.put(header, blob)
-        assert backend.get(header.checkpoint_id).blob == blob.join()
+        header, second = _large_value_record("graph-a", "e", 0, "w" * 100_000)
+        backend.put(header, second)
+        assert backend.get(header.checkpoint_id).blob == second.join()
         _bookkeeping_consistent(db)
+        assert _rows(db, "SELECT count(*) FROM [checkpoints:values]") == [(1,)]
     finally:
         backend.close()
 
@@ -462,7 +493,7 @@ def test_export_without_verifying_copies_a_checkpoint_whose_value_is_missing(tmp
     finally:
         graph.close()
     with sqlite3.connect(db) as conn:
-        conn.execute("DELETE FROM checkpoints_stored_values WHERE size >= ?", (MB,))
+        conn.execute("DELETE FROM [checkpoints:values] WHERE size >= ?", (MB,))
     source, copy = SqliteBackend(db), MemoryBackend()
     try:
         assert export_checkpoints(source, copy, verify=False) == len(source.list())
@@ -476,6 +507,7 @@ def test_export_without_verifying_copies_a_checkpoint_whose_value_is_missing(tmp
 
 
 def test_a_record_retention_makes_stand_alone_keeps_its_values_apart(tmp_path: Path) -> None:
+    from spark_ckpt.codec.values import identical
     from spark_ckpt.engine.records import RecordReader, rebase
 
     db = tmp_path / "c.db"
@@ -492,12 +524,49 @@ def test_a_record_retention_makes_stand_alone_keeps_its_values_apart(tmp_path: P
         before = RecordReader(backend, codec).whole(target)
         assert rebase(backend, codec, target) == target.seq
         after = decode_record(codec, backend.get(target.checkpoint_id).blob, target)
-        assert not after.partial_state and after.graph_state == before.graph_state
+        assert not after.partial_state and identical(after.graph_state, before.graph_state)
+        assert identical(after.node_states, before.node_states)
+        assert [v.output for v in after.execution_history] == [v.output for v in before.execution_history]
         assert after.graph_state["blob"] == large_value_graphs.BLOB
         (stored, size), = _rows(db, "SELECT length(blob), size FROM checkpoints WHERE checkpoint_id = ?",
                                 (target.checkpoint_id,))
         assert size >= MB and stored < 65536  # the values it holds are the ones stored already
-        assert _rows(db, "SELECT count(*) FROM checkpoints_stored_values WHERE size >= ?", (MB,)) == [(1,)]
+        assert _rows(db, "SELECT count(*) FROM [checkpoints:values] WHERE size >= ?", (MB,)) == [(1,)]
         _consistent(db)
     finally:
         backend.close()
+
+
+def test_a_value_found_damaged_in_a_transaction_that_failed_is_checked_again(tmp_path: Path) -> None:
+    """A damaged value rewritten in a transaction that then failed (the disk full) is damaged again
+    once rolled back: the backend object must not take it as checked."""
+    from spark_ckpt.codec import Identity
+    from spark_ckpt.engine.value_parts import part_of, placeholder
+    from spark_ckpt.errors import BackendError
+    from spark_ckpt.testing.conformance import make_header
+
+    db = tmp_path / "c.db"
+    header, blob = _large_value_record("graph-a", "e", 0, "d" * 100_000)
+    with closing_backend(db) as backend:
+        backend.put(header, blob)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE [checkpoints:values] SET data = zeroblob(size)")
+    with closing_backend(db) as backend:  # (a new object: it has checked nothing yet)
+        # room for rewriting the damaged 100 KB value, not for the 1 MB one stored with it
+        (pages,) = backend._conn.execute("PRAGMA page_count").fetchone()
+        backend._conn.execute(f"PRAGMA max_page_count = {pages + 60}")
+        both = Codec().encode_data_in_parts({"a": placeholder(0), "b": placeholder(1)}, Identity("graph-a", "e", 1),
+                                            [part_of("d" * 100_000), part_of("e" * MB)])
+        with pytest.raises(BackendError):
+            backend.put(make_header(1, execution_id="e", size=len(both)), both)
+        backend._conn.execute("PRAGMA max_page_count = 1073741823")
+        header, blob = _large_value_record("graph-a", "e", 2, "d" * 100_000)
+        backend.put(header, blob)
+        assert backend.get(header.checkpoint_id).blob == blob.join()
+        _bookkeeping_consistent(db)
+
+
+def closing_backend(db: Path):
+    from contextlib import closing
+
+    return closing(SqliteBackend(db))

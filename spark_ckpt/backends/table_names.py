@@ -29,9 +29,6 @@ SUFFIXES = {
     "executions": "_executions",
     "leases": "_leases",
     "migrations": "_migrations",
-    # (names no store used before they existed could end in: "_values" alone could)
-    "values": "_stored_values",
-    "value_refs": "_stored_value_refs",
 }
 _OBJECT_SUFFIXES = ("_new", "_by_named_id", "_by_graph", "_by_time")
 
@@ -46,8 +43,6 @@ def _objects(tables: Mapping[str, str]) -> set[str]:
     names = set(tables.values())
     for table in (tables["checkpoints"], tables["executions"]):
         names.update(table + suffix for suffix in _OBJECT_SUFFIXES)
-    if "value_refs" in tables:
-        names.add(tables["value_refs"] + "_by_digest")
     return names
 
 

@@ -102,8 +102,10 @@ class SQLiteBackend(LocalBackend):
         self._conn = shared.conn
         self._lock = shared.lock
         self._numbers = shared.numbers[self.tables["migrations"]]
-        #: digests of stored values this object found intact (``stored_values.store``)
+        #: digests of stored values this object found intact (``stored_values.store``), and those
+        #: found so in the transaction under way (added to the first once it committed)
         self._checked_values: set[str] = set()
+        self._found_intact: set[str] = set()
         # Gives the connection back when the backend is closed or garbage-collected, so a backend
         # that was never closed explicitly does not leak it (Python 3.13 warns about unclosed ones).
         self._release = weakref.finalize(self, _release_connection, key, shared)
@@ -203,7 +205,7 @@ class SQLiteBackend(LocalBackend):
         if type(blob) is BlobParts and blob.has_values:  # the row without them, then the values
             self._insert_and_advance(conn, number, h, BlobParts(tuple(p for p in blob.parts if type(p) is bytes)), lease)
             stored_values.store(conn, self._sql, self.tables["values"], _row(number, h, b"")[0], blob.parts,
-                                STREAMED_BLOB_BYTES, self._checked_values)
+                                STREAMED_BLOB_BYTES, self._checked_values, self._found_intact)
             return
         # a large blob is written into the row's pages (``streamed``): bound as a parameter, SQLite
         # would copy it twice more (the bound value, then the record it builds)
@@ -409,7 +411,7 @@ class SQLiteBackend(LocalBackend):
             if parts and cursor.rowcount:
                 (position,) = conn.execute(self._sql.POSITION_OF, (h.execution_id, h.seq, h.checkpoint_id)).fetchone()
                 stored_values.store(conn, self._sql, self.tables["values"], position, parts, STREAMED_BLOB_BYTES,
-                                    self._checked_values)
+                                    self._checked_values, self._found_intact)
             if dropped:
                 stored_values.collect(conn, self._sql)
             if h.tag is not None and cursor.rowcount:  # key rotation re-tags the index head
@@ -445,9 +447,15 @@ class SQLiteBackend(LocalBackend):
             conn = self._conn
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                found = self._found_intact
+                found.clear()
                 try:
                     result = change(conn)
                     conn.execute("COMMIT")
+                    if found:  # (a rolled-back transaction may have put a damaged value back)
+                        if len(self._checked_values) > 10_000:  # bound the memory of long-lived workers
+                            self._checked_values.clear()
+                        self._checked_values |= found
                 except BaseException:
                     # (SQLite may have rolled back by itself, e.g. after SQLITE_FULL)
                     if conn.in_transaction:

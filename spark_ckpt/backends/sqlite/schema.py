@@ -5,8 +5,8 @@ open inside one ``BEGIN IMMEDIATE`` transaction, so two processes opening a new 
 race. Tables ``checkpoints`` (one row per checkpoint, the blob last so listings never read it),
 ``executions`` (execution -> its ``number`` and graph; written once per execution: by ``start_execution`` in
 its transaction, else before the execution's first put; a trigger doing it on every insert cost ~14 us
-per put), ``leases`` (one row per execution), and ``checkpoints_stored_values`` /
-``checkpoints_stored_value_refs`` (large values stored once, ``m007``).
+per put), ``leases`` (one row per execution), and ``checkpoints:values`` / ``checkpoints:value_refs``
+(large values stored once, ``m007``; named so that no store's own tables can be called so).
 
 Every B-tree a ``put`` writes costs a page write into the WAL, so a graph checkpoint's put writes
 one: the table itself. A checkpoint's rowid is its position, ``number * 2**32 + seq + 2**31``, so
@@ -41,14 +41,26 @@ MIGRATION_SET = "spark_ckpt"
 #: the checkpoints table of the default store; another ``table_name`` gets tables named after it
 DEFAULT_TABLE_NAME = "checkpoints"
 #: the default store's tables (and the name its migrations are recorded under)
-DEFAULT_TABLES = {"checkpoints": "checkpoints", "executions": "executions", "leases": "leases", "migrations": MIGRATION_SET,
-                  "values": "checkpoints_stored_values", "value_refs": "checkpoints_stored_value_refs"}
+DEFAULT_TABLES = {"checkpoints": "checkpoints", "executions": "executions", "leases": "leases", "migrations": MIGRATION_SET}
+
+
+def with_value_tables(tables: Mapping[str, str]) -> dict[str, str]:
+    """``tables`` and the two of large values stored once (``m007``), named after the checkpoints table
+    with a ":", which no ``table_name`` can hold (``table_names``): no store, of this release or an
+    earlier one, can own a table of that name. (Quoted in SQL: ``quoted``.)"""
+    return {**tables, "values": f"{tables['checkpoints']}:values", "value_refs": f"{tables['checkpoints']}:value_refs"}
+
+
+def quoted(name: str) -> str:
+    return f'"{name}"'
+
 
 
 def sqlite_tables(table_name: object = DEFAULT_TABLE_NAME) -> dict[str, str]:
     """The tables of the store called ``table_name`` (``table_names``; ``ConfigError`` for a bad name).
     Its migrations are recorded as the set ``<table_name>_migrations``."""
-    return table_names(table_name, default=DEFAULT_TABLE_NAME, legacy=DEFAULT_TABLES, backend="sqlite backend")
+    return with_value_tables(
+        table_names(table_name, default=DEFAULT_TABLE_NAME, legacy=DEFAULT_TABLES, backend="sqlite backend"))
 
 _HEADER_COLUMNS = "checkpoint_id, graph_id, execution_id, seq, created_at, status, kind, size"
 _CHECKPOINT_HEADER_COLUMNS = ", ".join(f"c.{column}" for column in _HEADER_COLUMNS.split(", "))  # joined with executions
@@ -91,7 +103,9 @@ def _migrations(tables: Mapping[str, str] = DEFAULT_TABLES):
     from sqlite_utils import Migrations
 
     C, E, L = tables["checkpoints"], tables["executions"], tables["leases"]
-    V, R = tables["values"], tables["value_refs"]
+    tables = with_value_tables(tables)
+    V, R = quoted(tables["values"]), quoted(tables["value_refs"])
+    R_BY_DIGEST = quoted(tables["value_refs"] + "_by_digest")
     migrations = Migrations(tables["migrations"])
 
     @migrations(name="m001_checkpoints_and_leases")
@@ -215,7 +229,7 @@ def _migrations(tables: Mapping[str, str] = DEFAULT_TABLES):
             f"CREATE TABLE {R} (position INTEGER NOT NULL, offset INTEGER NOT NULL, digest TEXT NOT NULL, "
             "size INTEGER NOT NULL, PRIMARY KEY (position, offset)) WITHOUT ROWID"
         )
-        db.execute(f"CREATE INDEX {R}_by_digest ON {R} (digest)")
+        db.execute(f"CREATE INDEX {R_BY_DIGEST} ON {R} (digest)")
 
     return migrations
 

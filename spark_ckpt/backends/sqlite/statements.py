@@ -14,7 +14,7 @@ import functools
 from typing import Mapping
 
 from ...model import CheckpointHeader
-from .schema import _CANONICAL, _CHECKPOINT_HEADER_COLUMNS, _HEADER_COLUMNS, SEQ_OFFSET, SEQ_SPAN
+from .schema import quoted, _CANONICAL, _CHECKPOINT_HEADER_COLUMNS, _HEADER_COLUMNS, SEQ_OFFSET, SEQ_SPAN
 
 # the rows of execution ``e`` (an alias of the executions table)
 _ROWS_OF_E = f"c.rowid BETWEEN e.number * {SEQ_SPAN} AND e.number * {SEQ_SPAN} + {SEQ_SPAN - 1}"
@@ -52,7 +52,7 @@ class Statements:
         )
         self.GET_NAMED = f"SELECT {_HEADER_COLUMNS}, blob, rowid FROM {checkpoints} WHERE {_NAMED_ID}"
         # large values stored once (``schema`` m007): a row's references, in the order of their offsets
-        values, refs = tables["values"], tables["value_refs"]
+        values, refs = quoted(tables["values"]), quoted(tables["value_refs"])
         self.VALUES_OF = (
             f"SELECT r.offset, r.digest, r.size, v.data FROM {refs} r LEFT JOIN {values} v ON v.digest = r.digest "
             "WHERE r.position = ? ORDER BY r.offset"

@@ -27,12 +27,13 @@ log = logging.getLogger("spark_ckpt.sqlite")
 
 
 def store(conn: sqlite3.Connection, sql: Any, values_table: str, position: int, parts: Iterable[Any],
-          streamed_from: int, checked: set[str]) -> None:
+          streamed_from: int, checked: set[str], found_intact: set[str]) -> None:
     """The values among ``parts`` (``ValuePart``) not stored yet, and a reference to each from the row
     at ``position``. A value of ``streamed_from`` bytes or more is written into its row's pages.
-    ``checked``: digests this backend object found intact already (see the module docstring)."""
+    ``checked``: digests this backend object found intact already (see the module docstring); the
+    ones found or made intact here go into ``found_intact``, for the caller to add once committed."""
     # (a reference left at this position can only be stale: an earlier release deleted its row)
-    conn.execute(sql.DROP_REFS_AT, (position,))
+    stale = conn.execute(sql.DROP_REFS_AT, (position,)).rowcount
     offset = 0
     for part in parts:
         if type(part) is ValuePart:
@@ -49,11 +50,11 @@ def store(conn: sqlite3.Connection, sql: Any, values_table: str, position: int, 
                     log.warning("stored value %s was damaged; written again", part.digest[:16])
                     conn.execute(sql.DROP_VALUE, (part.digest,))
                 _write(conn, sql, values_table, part, streamed_from)
-            if len(checked) > 10_000:  # bound the memory of very long-lived workers
-                checked.clear()
-            checked.add(part.digest)
+            found_intact.add(part.digest)
             conn.execute(sql.INSERT_REF, (position, offset, part.digest, part.size))
         offset += len(part)
+    if stale:
+        collect(conn, sql)
 
 
 def _intact(found: tuple[int, Any], part: ValuePart) -> bool:
@@ -130,5 +131,5 @@ def collect(conn: sqlite3.Connection, sql: Any) -> None:
 
 def sweep(conn: sqlite3.Connection, sql: Any) -> None:
     """References whose row is gone (an earlier release deleted it), and the values left without one."""
-    if conn.execute(sql.DROP_DANGLING_REFS).rowcount:
-        collect(conn, sql)
+    conn.execute(sql.DROP_DANGLING_REFS)
+    collect(conn, sql)
