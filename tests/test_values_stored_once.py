@@ -64,6 +64,17 @@ def _consistent(db: Path) -> list:
         backend.close()
 
 
+def _stored_run(tmp_path: Path, steps: int) -> Path:
+    """A store (``c.db`` in ``tmp_path``) holding one uninterrupted run of ``steps`` counts."""
+    db = tmp_path / "c.db"
+    graph = large_value_graphs.build(db, steps)
+    try:
+        asyncio.run(graph.run({"go": 1}))
+    finally:
+        graph.close()
+    return db
+
+
 def _reference(tmp_path: Path, steps: int = STEPS):
     """The uninterrupted run in a store of its own: (result content, final record made whole)."""
     graph = large_value_graphs.build(tmp_path / f"reference-{random.random()}.db", steps)
@@ -153,12 +164,7 @@ def test_deletes_and_retention_drop_values_no_record_holds(tmp_path: Path) -> No
 
 
 def test_replacing_a_record_stores_it_whole_and_drops_its_references(tmp_path: Path) -> None:
-    db = tmp_path / "c.db"
-    graph = large_value_graphs.build(db, 4)
-    try:
-        asyncio.run(graph.run({"go": 1}))
-    finally:
-        graph.close()
+    db = _stored_run(tmp_path, 4)
     backend = SqliteBackend(db)
     try:
         (position, digest), *_ = _rows(db, "SELECT position, digest FROM [checkpoints:value_refs] ORDER BY position")
@@ -179,12 +185,7 @@ def test_replacing_a_record_stores_it_whole_and_drops_its_references(tmp_path: P
 def test_a_damaged_value_is_refused_on_read_and_reported_by_verify(tmp_path: Path, damage: str) -> None:
     from spark_ckpt.cli import main
 
-    db = tmp_path / "c.db"
-    graph = large_value_graphs.build(db, 4)
-    try:
-        asyncio.run(graph.run({"go": 1}))
-    finally:
-        graph.close()
+    db = _stored_run(tmp_path, 4)
     (digest,) = _rows(db, "SELECT digest FROM [checkpoints:values] WHERE size >= ?", (MB,))[0]
     holders = {p for (p,) in _rows(db, "SELECT position FROM [checkpoints:value_refs] WHERE digest = ?", (digest,))}
     with sqlite3.connect(db) as conn:
@@ -376,12 +377,7 @@ def test_threads_building_the_crc_tables_at_once_all_get_them_right() -> None:
 
 
 def test_a_damaged_stored_value_is_written_again_by_the_next_record_holding_it(tmp_path: Path) -> None:
-    db = tmp_path / "c.db"
-    graph = large_value_graphs.build(db, 4)
-    try:
-        asyncio.run(graph.run({"go": 1}))
-    finally:
-        graph.close()
+    db = _stored_run(tmp_path, 4)
     (digest,) = _rows(db, "SELECT digest FROM [checkpoints:values] WHERE size >= ?", (MB,))[0]
     with sqlite3.connect(db) as conn:
         (data,) = conn.execute("SELECT data FROM [checkpoints:values] WHERE digest = ?", (digest,)).fetchone()
@@ -446,12 +442,7 @@ def test_stores_an_earlier_release_made_take_values_under_any_of_their_names(tmp
 def test_references_an_earlier_release_left_behind_are_swept(tmp_path: Path) -> None:
     """An earlier release deletes checkpoint rows without their references: ``scrub`` drops those
     references and the values only they held."""
-    db = tmp_path / "c.db"
-    graph = large_value_graphs.build(db, 4)
-    try:
-        asyncio.run(graph.run({"go": 1}))
-    finally:
-        graph.close()
+    db = _stored_run(tmp_path, 4)
     backend = SqliteBackend(db)
     try:
         with sqlite3.connect(db) as conn:  # as an earlier release deletes: the rows alone
@@ -486,12 +477,7 @@ def test_export_without_verifying_copies_a_checkpoint_whose_value_is_missing(tmp
     from spark_ckpt.backends.memory import MemoryBackend
     from spark_ckpt.transfer import export_checkpoints
 
-    db = tmp_path / "c.db"
-    graph = large_value_graphs.build(db, 4)
-    try:
-        asyncio.run(graph.run({"go": 1}))
-    finally:
-        graph.close()
+    db = _stored_run(tmp_path, 4)
     with sqlite3.connect(db) as conn:
         conn.execute("DELETE FROM [checkpoints:values] WHERE size >= ?", (MB,))
     source, copy = SqliteBackend(db), MemoryBackend()
@@ -510,12 +496,7 @@ def test_a_record_retention_makes_stand_alone_keeps_its_values_apart(tmp_path: P
     from spark_ckpt.codec.values import identical
     from spark_ckpt.engine.records import RecordReader, rebase
 
-    db = tmp_path / "c.db"
-    graph = large_value_graphs.build(db, 12)
-    try:
-        asyncio.run(graph.run({"go": 1}))
-    finally:
-        graph.close()
+    db = _stored_run(tmp_path, 12)
     backend = SqliteBackend(db)
     try:
         codec = Codec()
