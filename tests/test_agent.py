@@ -181,9 +181,10 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path):
 
 
 @sync
-async def test_restore_takes_the_agent_config_and_the_checkpoint_config_in_either_position(tmp_path):
+async def test_restore_takes_the_agent_config_and_the_checkpoint_config_in_either_position(tmp_path, monkeypatch):
     """restore() tells an AgentConfig from a CheckpointConfig by type, so the guide's
     restore(snapshot, config), keywords and either positional order all give the real model back."""
+    monkeypatch.chdir(tmp_path)  # (restored without a checkpoint config: the default store, ./checkpoints.db)
     original = wrap(Agent(make_config()), tmp_path)
     await original.run("task:1")
     snapshot = original.checkpoint()
