@@ -551,3 +551,40 @@ def closing_backend(db: Path):
     from contextlib import closing
 
     return closing(SqliteBackend(db))
+
+
+def test_a_store_made_before_values_were_stored_once_opens_read_only(tmp_path: Path) -> None:
+    """A read-only open cannot migrate; a store without the tables of values holds none, so it is
+    read as it is (the CLI opens a store it cannot write read-only)."""
+    from spark_ckpt.cli import main
+
+    db = _stored_run(tmp_path, 4)
+    with sqlite3.connect(db) as conn:  # back to the schema of the release before
+        conn.execute('DROP TABLE [checkpoints:values]')
+        conn.execute('DROP TABLE [checkpoints:value_refs]')
+        conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm007_values_stored_once'")
+        conn.execute("UPDATE checkpoints SET blob = zeroblob(0)")  # (the rows held values: not readable here)
+    backend = SqliteBackend(db, read_only=True)
+    try:
+        assert len(backend.list()) >= 8
+        assert _rows(db, "SELECT count(*) FROM sqlite_master WHERE name LIKE '%:value%'") == [(0,)]
+    finally:
+        backend.close()
+    out = io.StringIO()
+    assert main(["--store", f"sqlite://{db}", "--read-only", "list"], out=out) == 0, out.getvalue()
+
+
+def test_changed_values_stay_inline_in_changes_only_records_and_are_not_kept_in_memory(tmp_path: Path) -> None:
+    """Only whole records store values apart: a value changed at a superstep is written inline in that
+    superstep's record (hashing every version would cost more than sharing saves), and no part of a
+    mutable value outlives the execution in the process-wide recent parts."""
+    from spark_ckpt.engine import value_parts
+
+    db = _stored_run(tmp_path, 12)
+    records = _consistent(db)
+    partial = [r.seq for r in records if r.partial_state]
+    assert partial and _rows(db, "SELECT count(*) FROM checkpoints WHERE length(blob) < size AND seq IN (%s)"
+                             % ",".join(map(str, partial))) == [(0,)]
+    whole = len(records) - len(partial)
+    assert _rows(db, "SELECT count(*) FROM [checkpoints:values]")[0][0] <= 3 * whole
+    assert all(type(part.source) is str for part in value_parts._recent.entries.values())

@@ -25,8 +25,10 @@ Invariants:
 * a graph state value is compared through its *mark*: an immutable value (exact str, int, float,
   bool, None) is its own mark; with JSON records a mutable value is marked by its JSON, which also
   goes into the record as it is (encoded once); with another serializer it is stored every time;
-* a graph state value at least ``values_apart`` long (a str, or a mutable value's JSON) goes into the
-  record as a ``ValuePart``: a backend that takes values stores it once (``value_parts``);
+* in a whole record, a graph state value at least ``values_apart`` long (a str, or a mutable value's
+  JSON) goes in as a ``ValuePart``: a backend that takes values stores it once (``value_parts``). A
+  changes-only record holds a changed value inline (hashing each new version would cost more than
+  sharing it saves: it is rarely held again);
 * only nodes visited or fed since the last record (``dirty``) are read again;
 * with JSON records a journal entry is encoded once, the first time a record holds it, and kept as
   that JSON (``_encode_entries``).
@@ -45,7 +47,7 @@ import orjson
 from ..codec import to_data
 from ..codec.convert import dumps_data, faithful_copy
 from ..errors import EncodeError
-from ..model import COMPLETED, CONTENT_VERSION, GRAPH, RUNNING, GraphCheckpoint, canonical_checkpoint_id
+from ..model import COMPLETED, CONTENT_VERSION, GRAPH, RUNNING, GraphCheckpoint, ValuePart, canonical_checkpoint_id
 from . import deltas
 from .chain import COUNTS, DELTA, HISTORY_FROM
 from .value_parts import part_of
@@ -108,9 +110,11 @@ class RecordBuilder:
         #: per node, what reads it into its entry (the adapter's)
         self.readers = readers
         self.snapshot_adapter = snapshot_adapter
-        #: graph state values whose JSON is at least this large go into records as ``ValuePart``
+        #: graph state values whose JSON is at least this large go into whole records as ``ValuePart``
         #: (``value_parts``: stored once by the backend); None: always inline
         self.values_apart = values_apart
+        #: the parts of the mutable values of the last whole record, by key (``_part``)
+        self.parts: dict[str, ValuePart] = {}
         #: graph state as last stored, per key (see ``_mark``); None: the next record is whole
         self.marks: dict[str, Any] | None = None
         #: node entries as of the last record; only nodes in ``dirty`` are read again (None: all)
@@ -304,26 +308,27 @@ class RecordBuilder:
         dict itself, not a copy, when it holds neither values already encoded as JSON nor the
         framework's keys (the record is encoded right away)."""
         marks: dict[str, Any] = {}
-        encoded: dict[str, Any] = {}  # key -> orjson.Fragment of a mutable value's JSON
+        encoded: dict[str, Any] = {}  # key -> orjson.Fragment of a mutable value's JSON, or ValuePart
+        parts: dict[str, ValuePart] = {}
         bookkeeping = False
         for key, value in raw.items():
             if key[:2] == "__" and state.is_bookkeeping(key):
                 bookkeeping = True
                 continue
             marks[key], stored = self._mark(value)
+            if self.values_apart is not None:
+                stored = self._part(key, value, marks[key], parts) or stored
             if stored is not value:
                 encoded[key] = stored
         self.marks = marks
+        self.parts = parts
         whole = state.without_bookkeeping() if bookkeeping else raw
         return {**whole, **encoded} if encoded else whole
 
     def _mark(self, value: Any) -> tuple[Any, Any]:
         """``(mark, value to store)`` for a graph state value (see the module docstring). A value that
         cannot be encoded gets a new mark every time: the record reports it with its key path."""
-        apart = self.values_apart
         if type(value) in _IMMUTABLE:
-            if apart is not None and type(value) is str and len(value) >= apart:
-                return value, part_of(value)
             return value, value
         if not self.json_records:
             return object(), value
@@ -331,9 +336,23 @@ class RecordBuilder:
             mark = dumps_data(value)
         except EncodeError:
             return object(), value
-        if apart is not None and len(mark) >= apart:
-            return mark, part_of(mark)
         return mark, orjson.Fragment(mark)
+
+    def _part(self, key: str, value: Any, mark: Any, parts: dict[str, ValuePart]) -> ValuePart | None:
+        """A whole record's part for a value at least ``values_apart`` long (a str, or a mutable
+        value's JSON ``mark``), else None. A mutable value's part is reused while its JSON is the same
+        (``parts``: those of the last whole record); a str's, while it is the same object
+        (``value_parts``, across executions: Spark keeps the state between runs)."""
+        apart = self.values_apart
+        if type(value) is str:
+            return part_of(value) if len(value) >= apart else None
+        if type(mark) is not bytes or len(mark) < apart:
+            return None
+        part = self.parts.get(key)
+        if part is None or part.source is not mark and part.source != mark:
+            part = ValuePart(mark, dumps_data).measure()
+        parts[key] = part
+        return part
 
     # -- records built on the last boundary ---------------------------------------------------------------
     def on_boundary(self, base: dict[str, Any], *, seq: int, base_seq: int | None, inflight: dict[str, Any],

@@ -7,9 +7,11 @@ Only with plain JSON records (no compression, no encryption: ``Codec.writes_plai
 record is then exactly the bytes it would be with the value inline, and every reader sees those bytes
 (the backend puts the value back in on ``get``), so nothing above the backend changes.
 
-The parts of values seen recently are kept (``_recent``): an immutable ``str`` by identity (the same
-object in the state run after run), JSON by content (a mutable value encoded again at every whole
-record), so each is measured (SHA-256, CRC-32) once, not at every record.
+The parts of large strings seen recently are kept (``_recent``, at most 64 MB of them) by identity:
+the same object stays in the state run after run, so it is measured (SHA-256, CRC-32) once, not at
+every whole record of every run. A mutable value's part is kept by the record builder while its JSON
+stays the same (``RecordBuilder._part``): not across executions, and not once it changed, so values
+that change are not held in memory.
 
 No Spark import, no I/O.
 """
@@ -40,18 +42,16 @@ class _Recent:
         self.held = 0
         self.lock = threading.Lock()
 
-    def part(self, value: "str | bytes") -> ValuePart:
-        # a str is its own identity (kept alive by the entry, so its id is not reused); JSON is
-        # compared whole, under a key that finds the candidate without hashing all of it
-        key = id(value) if type(value) is str else (len(value), value[:64], value[-64:])
+    def part(self, value: str) -> ValuePart:
+        # by identity: the entry keeps the str alive, so its id is not reused
+        key = id(value)
         with self.lock:
             part = self.entries.get(key)
-            if part is not None and (part.source is value or part.source == value):
+            if part is not None and part.source is value:
                 self.entries.move_to_end(key)
                 return part
         part = ValuePart(value, dumps_data).measure()
-        # a str's entry only keeps it alive (the state holds it too); JSON is a copy of the value
-        if part.size <= (_RECENT_BYTES if type(value) is str else _RECENT_BYTES // 4):
+        if part.size <= _RECENT_BYTES:
             with self.lock:
                 old = self.entries.pop(key, None)
                 self.held += part.size - (old.size if old is not None else 0)
@@ -65,8 +65,8 @@ class _Recent:
 _recent = _Recent()
 
 
-def part_of(value: "str | bytes") -> ValuePart:
-    """The part of a large value: an immutable ``str``, or a mutable value's JSON (``dumps_data``)."""
+def part_of(value: str) -> ValuePart:
+    """The part of a large immutable ``str`` (one of those seen recently, if it is)."""
     return _recent.part(value)
 
 
@@ -111,7 +111,7 @@ def state_apart(graph_state: dict[str, Any], apart: int) -> tuple[dict[str, Any]
         mark = dumps_data(value)
         if len(mark) >= apart:
             state[key] = placeholder(len(values))
-            values.append(part_of(mark))
+            values.append(ValuePart(mark, dumps_data).measure())
         else:
             state[key] = orjson.Fragment(mark)
     return state, values

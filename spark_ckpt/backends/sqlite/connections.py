@@ -200,6 +200,11 @@ def _connect_read_only(path: str, busy_timeout_s: float, tables: Mapping[str, st
     return conn
 
 
+#: the migration a read-only open can do without (``schema`` m007: only rows that hold values, which
+#: a store without its tables has none of, are ever looked up there)
+READ_WITHOUT = "m007_values_stored_once"
+
+
 def _check_migrated(conn: sqlite3.Connection, path: str, tables: Mapping[str, str]) -> None:
     """A read-only open cannot bring an older schema up to date: say so instead of misreading it."""
     from sqlite_utils import Database
@@ -207,7 +212,8 @@ def _check_migrated(conn: sqlite3.Connection, path: str, tables: Mapping[str, st
     from .schema import _migrations
 
     db = Database(conn, execute_plugins=False, recursive_triggers=False)
-    pending = [m.name for m in _migrations(tables).pending(db)]
+    # (a store without the tables of values stored once holds no such values: it reads as it is)
+    pending = [m.name for m in _migrations(tables).pending(db) if m.name != READ_WITHOUT]
     if pending:
         raise BackendError(
             f"sqlite checkpoint database {path!r} (store {tables['checkpoints']!r}) needs schema changes "
