@@ -21,7 +21,9 @@ import subprocess
 import sys
 import time
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -41,8 +43,19 @@ STEPS = 40
 MB = 1 << 20
 
 
+@contextmanager
+def _connected(db: Path) -> Iterator[sqlite3.Connection]:
+    """A connection to ``db``, committed and closed at the end (``with connect()`` only commits)."""
+    conn = sqlite3.connect(db)
+    try:
+        with conn:
+            yield conn
+    finally:
+        conn.close()
+
+
 def _rows(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
-    with sqlite3.connect(db) as conn:
+    with _connected(db) as conn:
         return conn.execute(sql, params).fetchall()
 
 
@@ -188,7 +201,7 @@ def test_a_damaged_value_is_refused_on_read_and_reported_by_verify(tmp_path: Pat
     db = _stored_run(tmp_path, 4)
     (digest,) = _rows(db, "SELECT digest FROM [checkpoints:values] WHERE size >= ?", (MB,))[0]
     holders = {p for (p,) in _rows(db, "SELECT position FROM [checkpoints:value_refs] WHERE digest = ?", (digest,))}
-    with sqlite3.connect(db) as conn:
+    with _connected(db) as conn:
         if damage == "missing":
             conn.execute("DELETE FROM [checkpoints:values] WHERE digest = ?", (digest,))
         else:
@@ -379,7 +392,7 @@ def test_threads_building_the_crc_tables_at_once_all_get_them_right() -> None:
 def test_a_damaged_stored_value_is_written_again_by_the_next_record_holding_it(tmp_path: Path) -> None:
     db = _stored_run(tmp_path, 4)
     (digest,) = _rows(db, "SELECT digest FROM [checkpoints:values] WHERE size >= ?", (MB,))[0]
-    with sqlite3.connect(db) as conn:
+    with _connected(db) as conn:
         (data,) = conn.execute("SELECT data FROM [checkpoints:values] WHERE digest = ?", (digest,)).fetchone()
         conn.execute("UPDATE [checkpoints:values] SET data = ? WHERE digest = ?",
                      (data[:5] + bytes([data[5] ^ 1]) + data[6:], digest))
@@ -445,7 +458,7 @@ def test_references_an_earlier_release_left_behind_are_swept(tmp_path: Path) -> 
     db = _stored_run(tmp_path, 4)
     backend = SqliteBackend(db)
     try:
-        with sqlite3.connect(db) as conn:  # as an earlier release deletes: the rows alone
+        with _connected(db) as conn:  # as an earlier release deletes: the rows alone
             conn.execute("DELETE FROM checkpoints")
         backend.scrub()
         assert _rows(db, "SELECT count(*) FROM [checkpoints:value_refs]") == [(0,)]
@@ -462,7 +475,7 @@ def test_a_checkpoint_stored_again_where_a_stale_reference_was_left_stores_its_o
     try:
         header, first = _large_value_record("graph-a", "e", 0, "z" * 100_000)
         backend.put(header, first)
-        with sqlite3.connect(db) as conn:  # as an earlier release deletes: the row alone
+        with _connected(db) as conn:  # as an earlier release deletes: the row alone
             conn.execute("DELETE FROM checkpoints")
         header, second = _large_value_record("graph-a", "e", 0, "w" * 100_000)
         backend.put(header, second)
@@ -478,7 +491,7 @@ def test_export_without_verifying_copies_a_checkpoint_whose_value_is_missing(tmp
     from spark_ckpt.transfer import export_checkpoints
 
     db = _stored_run(tmp_path, 4)
-    with sqlite3.connect(db) as conn:
+    with _connected(db) as conn:
         conn.execute("DELETE FROM [checkpoints:values] WHERE size >= ?", (MB,))
     source, copy = SqliteBackend(db), MemoryBackend()
     try:
@@ -530,7 +543,7 @@ def test_a_value_found_damaged_in_a_transaction_that_failed_is_checked_again(tmp
     header, blob = _large_value_record("graph-a", "e", 0, "d" * 100_000)
     with closing_backend(db) as backend:
         backend.put(header, blob)
-    with sqlite3.connect(db) as conn:
+    with _connected(db) as conn:
         conn.execute("UPDATE [checkpoints:values] SET data = zeroblob(size)")
     with closing_backend(db) as backend:  # (a new object: it has checked nothing yet)
         # room for rewriting the damaged 100 KB value, not for the 1 MB one stored with it
@@ -559,7 +572,7 @@ def test_a_store_made_before_values_were_stored_once_opens_read_only(tmp_path: P
     from spark_ckpt.cli import main
 
     db = _stored_run(tmp_path, 4)
-    with sqlite3.connect(db) as conn:  # back to the schema of the release before
+    with _connected(db) as conn:  # back to the schema of the release before
         conn.execute('DROP TABLE [checkpoints:values]')
         conn.execute('DROP TABLE [checkpoints:value_refs]')
         conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm007_values_stored_once'")
