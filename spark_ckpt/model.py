@@ -121,6 +121,10 @@ class BlobParts:
     def __len__(self) -> int:
         return self._size
 
+    def without_values(self) -> "BlobParts":
+        """The parts without the ``ValuePart`` ones: what a backend that takes values keeps in the row."""
+        return BlobParts(tuple(part for part in self.parts if type(part) is bytes))
+
     def join(self) -> bytes:
         if self.has_values:
             return b"".join(part.data() if type(part) is ValuePart else part for part in self.parts)

@@ -50,13 +50,11 @@ from ..errors import EncodeError
 from ..model import COMPLETED, CONTENT_VERSION, GRAPH, RUNNING, GraphCheckpoint, ValuePart, canonical_checkpoint_id
 from . import deltas
 from .chain import COUNTS, DELTA, HISTORY_FROM
-from .value_parts import part_of
+from .value_parts import IMMUTABLE, part_of
 
 #: a record with the whole state at least this often (the others hold only changes)
 FULL_HISTORY_EVERY = 64
 
-#: graph state values that cannot change in place (exact types: a subclass could)
-_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
 _ABSENT = object()
 
 
@@ -328,7 +326,7 @@ class RecordBuilder:
     def _mark(self, value: Any) -> tuple[Any, Any]:
         """``(mark, value to store)`` for a graph state value (see the module docstring). A value that
         cannot be encoded gets a new mark every time: the record reports it with its key path."""
-        if type(value) in _IMMUTABLE:
+        if type(value) in IMMUTABLE:
             return value, value
         if not self.json_records:
             return object(), value

@@ -27,7 +27,8 @@ import orjson
 from ..codec.convert import dumps_data
 from ..model import ValuePart
 
-_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+#: graph state values that cannot change in place (exact types: a subclass could)
+IMMUTABLE = frozenset({str, int, float, bool, type(None)})
 
 #: the parts kept for values seen recently hold at most this many bytes of JSON (a str's are counted
 #: too: it is kept alive by its entry)
@@ -100,7 +101,7 @@ def state_apart(graph_state: dict[str, Any], apart: int) -> tuple[dict[str, Any]
     state: dict[str, Any] = {}
     values: list[ValuePart] = []
     for key, value in graph_state.items():
-        if type(value) in _IMMUTABLE:
+        if type(value) in IMMUTABLE:
             if type(value) is str and len(value) >= apart:
                 # (not kept among the recent parts: a decoded copy, which no state holds)
                 state[key] = placeholder(len(values))

@@ -203,7 +203,7 @@ class SQLiteBackend(LocalBackend):
         """Insert the checkpoint (fenced by ``lease``) and advance its execution's head, inside the
         caller's transaction."""
         if type(blob) is BlobParts and blob.has_values:  # the row without them, then the values
-            self._insert_and_advance(conn, number, h, BlobParts(tuple(p for p in blob.parts if type(p) is bytes)), lease)
+            self._insert_and_advance(conn, number, h, blob.without_values(), lease)
             stored_values.store(conn, self._sql, self.tables["values"], _row(number, h, b"")[0], blob.parts,
                                 STREAMED_BLOB_BYTES, self._checked_values, self._found_intact)
             return
@@ -400,7 +400,7 @@ class SQLiteBackend(LocalBackend):
         h = header
         parts = blob.parts if type(blob) is BlobParts and blob.has_values else None
         if type(blob) is BlobParts:
-            blob = b"".join(part for part in blob.parts if type(part) is bytes) if parts else blob.join()
+            blob = (blob.without_values() if parts else blob).join()
 
         def change(conn: sqlite3.Connection) -> int:
             # the references of the old bytes go, then the values only they held (not those the new
