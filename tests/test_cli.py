@@ -544,3 +544,47 @@ def _blob(store: dict, checkpoint_id: str) -> bytes:
     (blob,) = conn.execute("SELECT blob FROM checkpoints WHERE checkpoint_id = ?", (checkpoint_id,)).fetchone()
     conn.close()
     return bytes(blob)
+
+
+def test_prune_keep_plans_and_deletes_what_a_rebase_frees(tmp_path, no_env_config):
+    """--keep N on a finished run: the kept records that hold only changes are rebased, so the plan
+    lists (and the run deletes) the records before them; the kept ones still read back whole. A plan
+    with nothing to delete rewrites nothing."""
+    import asyncio
+
+    import graphs
+    from spark_ckpt import checkpointed
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    graph = checkpointed(graphs.chain(6), config=CheckpointConfig(backend=url, strategy="iteration", interval=1),
+                         graph_id="chain")
+    asyncio.run(graph.run({}))
+    final_state = graph.get_last_checkpoint().graph_state
+    graph.close()
+    before = _ids(url)
+    assert len(before) == 7
+
+    code, out = run("--store", url, "prune", "--keep", "3", "--dry-run", "--json")
+    assert code == 0 and json.loads(out)["checkpoints"] == 4
+    code, out = run("--store", url, "prune", "--keep", "3", "--yes")
+    assert code == 0 and out.splitlines()[0].startswith("deleted 4 checkpoint(s), ")
+    kept = _ids(url)
+    assert len(kept) == 3 and kept < before
+    code, out = run("--store", url, "verify")
+    assert code == 0, out
+    backend = open_backend(url)
+    try:
+        codec = CheckpointConfig().make_codec()
+        newest = max((backend.get(c) for c in kept), key=lambda r: r.header.seq)
+        assert codec.decode(newest.blob, GraphCheckpoint).graph_state == final_state
+        stored = {c: bytes(backend.get(c).blob) for c in kept}
+    finally:
+        backend.close()
+
+    code, out = run("--store", url, "prune", "--keep", "3", "--yes")  # nothing left to delete
+    assert code == 0 and out.splitlines()[0].startswith("deleted 0 checkpoint(s)")
+    backend = open_backend(url)
+    try:
+        assert {c: bytes(backend.get(c).blob) for c in kept} == stored  # nothing rewritten
+    finally:
+        backend.close()

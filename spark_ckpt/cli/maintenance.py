@@ -44,7 +44,12 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
     codec = make_codec(args)
     try:
         protected = protected_ids(backend, args.graph)
-        planned = prune(backend, rules, graph_id=args.graph, dry_run=True)
+
+        def rebase_kept(header: Any) -> int | None:
+            return rebase(backend, codec, header)
+
+        # planned as the run goes: a kept checkpoint holding only changes is rebased, not kept with its past
+        planned = prune(backend, rules, graph_id=args.graph, dry_run=True, rebase=rebase_kept)
         if args.dry_run:
             return _prune_report(args, out, planned, protected, deleted=False)
         if planned and not args.yes:
@@ -58,9 +63,14 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
                 print("nothing deleted", file=sys.stderr)
                 return 1
         shown = {h.checkpoint_id for h in planned}
-        # a kept checkpoint that holds only changes is first made whole, so the ones before it can go
+        cut = {h.execution_id for h in planned}
+
+        def rebase_if_shown(header: Any) -> int | None:
+            # only an execution the plan cuts is rewritten (None: that execution is left as it is)
+            return rebase_kept(header) if header.execution_id in cut else None
+
         doomed = prune(_OnlyDeleting(backend, shown), rules, graph_id=args.graph,
-                       rebase=lambda header: rebase(backend, codec, header))
+                       rebase=rebase_if_shown) if planned else []
         doomed = [h for h in doomed if h.checkpoint_id in shown]
         # stores that can leave debris behind (the file backend's temp files of killed writers)
         tidy = getattr(backend, "cleanup", None)
