@@ -195,6 +195,50 @@ def test_values_come_back_exactly_after_restore_in_process(tmp_path) -> None:
     assert same(graph.state.get_raw()["values"], values)
 
 
+def test_a_nodes_own_state_comes_back_exactly_from_every_record(tmp_path) -> None:
+    """A node's own keys (``context.state``) holding values that need tags: each record holds them
+    exactly, the changes-only ones and the whole ones that carry the node's entry as it was read."""
+    from spark.graphs import Graph
+    from spark.nodes import Node
+
+    from spark_ckpt.model import GraphCheckpoint
+
+    class Keep(Node):
+        async def process(self, context):
+            context.state["values"] = dict(SUPPORTED)
+            context.state["visits"] = context.state.get("visits", 0) + 1
+            return {"ok": True}
+
+    class Pass(Node):
+        async def process(self, context):
+            return {"ok": True}
+
+    nodes = [Pass(id="pass0"), Pass(id="pass1"), Keep(id="keep"), Pass(id="pass2"), Pass(id="pass3")]
+    for a, b in zip(nodes, nodes[1:]):
+        a >> b
+    config = CheckpointConfig(backend="sqlite", path=str(tmp_path / "n.db"), strategy="iteration", interval=1)
+    graph = checkpointed(Graph(start=nodes[0]), config=config, graph_id="node-values")
+    asyncio.run(graph.run({}))
+    asyncio.run(graph.run({}))  # a second execution: its start record reads every node again
+    try:
+        records = [graph.codec.decode(graph.backend.get(h.checkpoint_id).blob, GraphCheckpoint)
+                   for h in graph.backend.list(graph_id="node-values")]
+        holding = [r for r in records if "values" in getattr(r.node_states.get("keep"), "custom", {})]
+        # run 1: the record after its visit (changes only) and the final one (whole); run 2: its start
+        # record and the one after it (whole, the entry as the previous run left it), the one after
+        # its parent's visit (changes only: fed) and the same two as run 1
+        assert sorted((r.partial_state, r.node_states["keep"].custom["visits"]) for r in holding) == [
+            (False, 1), (False, 1), (False, 1), (False, 2), (True, 1), (True, 1), (True, 2)]
+        for record in holding:
+            assert same(record.node_states["keep"].custom["values"], SUPPORTED), record.checkpoint_id
+        keep = nodes[2]
+        keep._state.pop("values")
+        graph.restore_from_checkpoint(graph.get_last_checkpoint().checkpoint_id)
+        assert same(keep._state["values"], SUPPORTED)
+    finally:
+        graph.close()
+
+
 def test_rekey_re_encrypts_values_without_rebuilding_or_comparing_them(tmp_path) -> None:
     """NaN never equals itself, and the rekeying process need not allow the stored types: rekey works on
     the serialized bytes, and the values still come back exactly afterwards."""
