@@ -1,6 +1,7 @@
 """Copy checkpoints from one backend to another (``spark-ckpt export --from URL --to URL``).
 
-Checkpoints are copied byte for byte with their headers, oldest first, so a destination that is
+Checkpoints are copied byte for byte with their headers (a destination that keeps large values once
+stores theirs apart: they read back as the same bytes), oldest first, so a destination that is
 interrupted half-way holds a prefix of each execution's history and a second run finishes the job:
 checkpoints already in the destination with identical header and bytes are skipped. Encrypted
 checkpoints stay encrypted (the ciphertext is bound to graph, execution and seq, which do not
@@ -16,6 +17,7 @@ import attrs
 
 from .backends.base import Backend
 from .codec.envelope import unpack
+from .engine.value_parts import blob_apart
 from .errors import (
     CheckpointNotFoundError,
     CheckpointSwappedError,
@@ -92,6 +94,8 @@ def export_checkpoints(
     ``DuplicateCheckpointError`` when the destination holds a different checkpoint at the same id
     or ``(execution_id, seq)``; checkpoints copied before the error stay copied.
     """
+    # a destination that keeps large values once gets them apart (``value_parts.blob_apart``)
+    apart = getattr(dst_backend, "takes_values", None) if getattr(dst_backend, "takes_blob_parts", None) else None
     headers: list[CheckpointHeader] = src_backend.list(graph_id=graph_id)
     headers.sort(key=lambda h: (h.execution_id, h.seq))  # each history oldest first
     total, copied = len(headers), 0
@@ -106,7 +110,8 @@ def export_checkpoints(
                 _verify(stored, src_backend)
             if not _already_there(dst_backend, stored):
                 try:
-                    dst_backend.put(_with_head_tag(src_backend, source_heads, stored.header), stored.blob)
+                    blob = stored.blob if apart is None else blob_apart(stored.blob, apart)
+                    dst_backend.put(_with_head_tag(src_backend, source_heads, stored.header), blob)
                 except DuplicateCheckpointError as exc:
                     raise DuplicateCheckpointError(
                         f"{dst_backend.describe()} already holds another checkpoint at seq {header.seq} of "

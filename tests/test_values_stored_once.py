@@ -601,3 +601,140 @@ def test_changed_values_stay_inline_in_changes_only_records_and_are_not_kept_in_
     whole = len(records) - len(partial)
     assert _rows(db, "SELECT count(*) FROM [checkpoints:values]")[0][0] <= 3 * whole
     assert all(type(part.source) is str for part in value_parts._recent.entries.values())
+
+
+# -- records written outside a run, and export ----------------------------------------------------------
+def _large_rows(db: Path) -> list[tuple]:
+    """(checkpoint id, bytes its row holds, size it reads back as) of each record holding a large value."""
+    return _rows(db, "SELECT checkpoint_id, length(blob), size FROM checkpoints WHERE size >= ?", (MB,))
+
+
+def test_records_written_outside_a_run_keep_values_apart(tmp_path: Path) -> None:
+    """A manual checkpoint, a fork with an edited state and the run continuing that fork hold the
+    values the run stored already: no row holds a large value, each record reads back exactly."""
+    db = tmp_path / "c.db"
+    graph = large_value_graphs.build(db, 4)
+    try:
+        asyncio.run(graph.run({"go": 1}))
+        run = graph.get_checkpoint()
+        manual = graph.create_checkpoint()
+        assert manual.graph_state["blob"] == large_value_graphs.BLOB
+        middle = next(h for h in graph.backend.list(execution_id=run.execution_id) if h.seq == 3)
+        fork = graph.update_state(middle.checkpoint_id, {"note": "edited"})
+        assert fork.graph_state["blob"] == large_value_graphs.BLOB and fork.graph_state["note"] == "edited"
+        asyncio.run(graph.continue_from_checkpoint(fork.checkpoint_id))
+        final = graph.get_checkpoint()
+        assert final.execution_id == fork.execution_id and final.status == "completed"
+        assert final.graph_state == {**run.graph_state, "note": "edited"}  # the rest as the run it forks
+    finally:
+        graph.close()
+    rows = _large_rows(db)
+    assert {manual.checkpoint_id, fork.checkpoint_id} <= {row[0] for row in rows}
+    assert all(stored < 65536 for _, stored, _ in rows), rows
+    assert _rows(db, "SELECT count(*) FROM [checkpoints:values] WHERE size >= ?", (MB,)) == [(1,)]
+    records = {r.checkpoint_id: r for r in _consistent(db)}
+    assert records[manual.checkpoint_id].graph_state == manual.graph_state
+    assert records[fork.checkpoint_id].graph_state == fork.graph_state
+
+
+@pytest.mark.parametrize("source_kind", ["sqlite", "file", "gzip"])
+def test_export_into_sqlite_stores_values_once_and_reads_back_the_same_bytes(tmp_path: Path, source_kind: str) -> None:
+    """Exported into a SQLite store, records hold the values apart (once for every record and run)
+    and read back byte for byte as in the source; a second export skips them all. Compressed records
+    are copied as they are (their values are not plain JSON in the bytes)."""
+    from spark_ckpt.config import open_backend
+    from spark_ckpt.transfer import export_checkpoints
+
+    config = {"sqlite": {}, "file": {"backend": "file"}, "gzip": {"compression": "gzip"}}[source_kind]
+    where = tmp_path / ("source" if source_kind == "file" else "source.db")
+    graph = large_value_graphs.build(where, 4, **config)
+    try:
+        for _ in range(3):
+            asyncio.run(graph.run({"go": 1}))
+    finally:
+        graph.close()
+    source = open_backend(f"file://{where}" if source_kind == "file" else f"sqlite:///{where}")
+    destination = SqliteBackend(tmp_path / "copy.db")
+    try:
+        headers = source.list()
+        assert export_checkpoints(source, destination) == len(headers)
+        for header in headers:
+            assert destination.get(header.checkpoint_id).blob == source.get(header.checkpoint_id).blob
+        assert export_checkpoints(source, destination) == 0  # identical ones already there
+    finally:
+        source.close()
+        destination.close()
+    copy = tmp_path / "copy.db"
+    _consistent(copy)
+    large = _rows(copy, "SELECT count(*) FROM [checkpoints:values] WHERE size >= ?", (MB,))[0][0]
+    stored = _rows(copy, "SELECT sum(length(blob)) FROM checkpoints")[0][0]
+    if source_kind == "gzip":
+        assert large == 0
+    else:
+        assert large == 1 and stored < MB  # nine whole records read back as 1 MB and more each
+        assert len(_large_rows(copy)) >= 9
+
+
+def test_an_approval_resolved_in_the_store_keeps_values_apart(tmp_path: Path) -> None:
+    """The record that resolves an approval holds the whole state: its large values stay apart, and
+    the run passes the gate with them exactly."""
+    import approval_graphs
+    from spark.graphs import Graph
+
+    from spark_ckpt import CheckpointConfig, checkpointed
+    from spark.governance.approval import ApprovalPendingError
+
+    db = tmp_path / "gate.db"
+    gated = approval_graphs.gated()
+    graph = checkpointed(
+        Graph(start=gated.start, initial_state={"items": [], "blob": large_value_graphs.BLOB},
+              policy_rules=[approval_graphs.GATE_RULE]),
+        config=CheckpointConfig(backend=f"sqlite:///{db}"), graph_id="gated-large")
+    try:
+        with pytest.raises(ApprovalPendingError) as waiting:
+            asyncio.run(graph.run({"n": 4}))
+        before = {row[0] for row in _large_rows(db)}
+        asyncio.run(graph.resolve_approval(waiting.value.approval.approval_id, approved=True, reviewer="r"))
+        resolved = {row[0] for row in _large_rows(db)} - before
+        assert len(resolved) == 1
+        asyncio.run(graph.recover_and_continue())
+        assert graph.get_checkpoint().status == "completed"
+        assert graph.get_checkpoint().graph_state["blob"] == large_value_graphs.BLOB
+    finally:
+        graph.close()
+    assert all(stored < 65536 for _, stored, _ in _large_rows(db))
+    assert _rows(db, "SELECT count(*) FROM [checkpoints:values] WHERE size >= ?", (MB,)) == [(1,)]
+    _consistent(db)
+
+
+@pytest.mark.parametrize("after, delay_s", [(1, 0.0), (4, 0.003), (8, 0.0), (12, 0.01)])
+def test_an_export_killed_part_way_leaves_a_consistent_store_the_next_export_completes(
+        tmp_path: Path, after: int, delay_s: float) -> None:
+    """SIGKILL at varied points of an export into SQLite: what was copied reads back whole and
+    exact, nothing holds a value that is not there, and a second export copies the rest."""
+    source = tmp_path / "source.db"
+    graph = large_value_graphs.build(source, 4)
+    try:
+        for _ in range(3):
+            asyncio.run(graph.run({"go": 1}))
+    finally:
+        graph.close()
+    copy, marker = tmp_path / "copy.db", tmp_path / "marker"
+    assert len(_rows(source, "SELECT seq FROM checkpoints")) > after
+    kill_when_marked([sys.executable, str(WORKER), "export", str(source), str(copy), str(after), str(marker)],
+                     marker, delay_s)
+    _consistent(copy)
+    from spark_ckpt.transfer import export_checkpoints
+
+    src, dst = SqliteBackend(source), SqliteBackend(copy)
+    try:
+        copied_before = len(dst.list())
+        assert copied_before >= after - 1
+        assert export_checkpoints(src, dst) == len(src.list()) - copied_before
+        for header in src.list():
+            assert dst.get(header.checkpoint_id).blob == src.get(header.checkpoint_id).blob
+    finally:
+        src.close()
+        dst.close()
+    _consistent(copy)
+    assert _rows(copy, "SELECT count(*) FROM [checkpoints:values] WHERE size >= ?", (MB,)) == [(1,)]

@@ -47,7 +47,7 @@ from ..errors import (
     RestoreConflictError, SparkCkptError, UnrecoverableExecutionError,
 )
 from ..executions import check_execution_id, refuse_existing
-from ..model import COMPLETED, CheckpointHeader, GraphCheckpoint, Lease, new_id
+from ..model import COMPLETED, BlobParts, CheckpointHeader, GraphCheckpoint, Lease, new_id
 from ..plugins import Hooks
 from . import graph_frontier
 from .graph_checkpoints import CheckpointAccess
@@ -669,8 +669,8 @@ class CheckpointedGraph(CheckpointAccess, StateHistoryAccess):
 
     # ------------------------------------------------------------------------------------------
     # reading records (the recovery planner's)
-    def _decode(self, blob: bytes, header: CheckpointHeader | None = None) -> GraphCheckpoint:
-        return self._planner.decode(blob, header)
+    def _decode(self, blob: bytes | BlobParts, header: CheckpointHeader | None = None) -> GraphCheckpoint:
+        return self._planner.decode(blob.join() if type(blob) is BlobParts else blob, header)
 
     def _check_graph(self, record: GraphCheckpoint) -> None:
         self._planner.check(record)

@@ -50,7 +50,7 @@ from ..errors import EncodeError
 from ..model import COMPLETED, CONTENT_VERSION, GRAPH, RUNNING, GraphCheckpoint, ValuePart, canonical_checkpoint_id
 from . import deltas
 from .chain import COUNTS, DELTA, HISTORY_FROM
-from .value_parts import IMMUTABLE, part_of
+from .value_parts import IMMUTABLE, part_of, parts_in_state
 
 #: a record with the whole state at least this often (the others hold only changes)
 FULL_HISTORY_EVERY = 64
@@ -406,5 +406,7 @@ class RecordBuilder:
             base_seq=None, skip_nodes=list(skip), skip_outputs=skip_outputs(skip), inflight=dict(inflight),
             extras={"structure": self.structure, "forked_from": source.checkpoint_id}, version=CONTENT_VERSION,
         )
+        if self.values_apart is not None and data.get("graph_state"):  # stored once, as the run's own
+            data["graph_state"] = parts_in_state(data["graph_state"], self.values_apart)
         self.whole_due = 1  # (that one was whole)
         return data

@@ -17,7 +17,7 @@ from ..errors import CheckpointNotFoundError, SparkCkptError, UnsupportedFormatE
 from ..model import CONTENT_VERSION, CheckpointHeader, GraphCheckpoint, StoredCheckpoint
 from . import chain
 from .damage import damaged
-from .value_parts import state_apart
+from .value_parts import parts_in_state, take_values
 
 
 def identity(header: CheckpointHeader) -> Identity:
@@ -100,7 +100,7 @@ def _encoded_whole(backend: Any, codec: Codec, record: GraphCheckpoint, ident: I
     if apart is None or not codec.writes_plain_json:
         return codec.encode(record, ident)
     data = to_data(record)
-    data["graph_state"], values = state_apart(data.get("graph_state") or {}, apart)
+    data["graph_state"], values = take_values(parts_in_state(data.get("graph_state") or {}, apart), apart=True)
     return codec.encode_data_in_parts(data, ident, values) if values else codec.encode_data(data, ident)
 
 

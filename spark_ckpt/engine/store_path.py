@@ -34,7 +34,7 @@ from ..model import GRAPH, RUNNING, BlobParts, CheckpointHeader, Lease
 from ..retention import prune
 from .durability import DurableWriter
 from .attempts import ATTEMPT_KEY
-from .value_parts import take_values
+from .value_parts import parts_in_state, take_values
 from .write_stats import EXTRAS_KEY, WriteStats
 
 log = logging.getLogger("spark_ckpt.store")
@@ -137,9 +137,13 @@ class RecordWriter:
         return self.next_seq - self.first_seq
 
     # -- storing ------------------------------------------------------------------------------------
-    def encode(self, data: dict[str, Any]) -> tuple[CheckpointHeader, bytes]:
-        header, blob = self._encoded(data, in_parts=False)
-        return header, blob  # type: ignore[return-value]
+    def encode(self, data: dict[str, Any]) -> tuple[CheckpointHeader, bytes | BlobParts]:
+        """A record written outside a run (a manual checkpoint, an edited state's fork, an approval):
+        its large graph state values stored apart as a run's are (``value_parts.parts_in_state``), so
+        the bytes are ``BlobParts`` for a backend that takes them."""
+        if self.values_apart is not None and data.get("graph_state") and not data.get("partial_state"):
+            data = {**data, "graph_state": parts_in_state(data["graph_state"], self.values_apart)}
+        return self._encoded(data, in_parts=self.parts_from is not None)
 
     def _encoded(self, data: dict[str, Any], *, in_parts: bool) -> tuple[CheckpointHeader, bytes | BlobParts]:
         """The record's header and bytes; ``in_parts``: a large one as ``BlobParts`` for a backend that

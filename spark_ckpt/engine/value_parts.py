@@ -25,7 +25,9 @@ from typing import Any
 import orjson
 
 from ..codec.convert import dumps_data
-from ..model import ValuePart
+from ..codec.envelope import unpack
+from ..errors import EncodeError, SparkCkptError
+from ..model import BlobParts, ValuePart
 
 #: graph state values that cannot change in place (exact types: a subclass could)
 IMMUTABLE = frozenset({str, int, float, bool, type(None)})
@@ -94,25 +96,67 @@ def take_values(graph_state: dict[str, Any], *, apart: bool) -> tuple[dict[str, 
     return state, values
 
 
-def state_apart(graph_state: dict[str, Any], apart: int) -> tuple[dict[str, Any], list[ValuePart]]:
-    """A decoded record's graph state for a record rewritten in place (retention's ``rebase``): its
-    values at least ``apart`` long replaced by placeholders, and their parts in order; the others as
-    they are (a mutable one as its JSON, encoded once)."""
+def parts_in_state(graph_state: dict[str, Any], apart: int) -> dict[str, Any]:
+    """A graph state not built by a run (decoded from a record, or given: a rebase, a fork's start
+    record, an edited state, an approval) for a whole record: its values at least ``apart`` long as
+    ``ValuePart``, as the record builder makes them; the other mutable ones as their JSON (encoded
+    once). A value that cannot be encoded stays as it is: the record refuses it, naming its path."""
     state: dict[str, Any] = {}
-    values: list[ValuePart] = []
     for key, value in graph_state.items():
-        if type(value) in IMMUTABLE:
-            if type(value) is str and len(value) >= apart:
-                # (not kept among the recent parts: a decoded copy, which no state holds)
-                state[key] = placeholder(len(values))
-                values.append(ValuePart(value, dumps_data).measure())
-            else:
-                state[key] = value
+        kind = type(value)
+        if kind is str:
+            # (not kept among the recent parts: a decoded copy, which no live state holds)
+            state[key] = ValuePart(value, dumps_data).measure() if len(value) >= apart else value
             continue
-        mark = dumps_data(value)
-        if len(mark) >= apart:
-            state[key] = placeholder(len(values))
-            values.append(ValuePart(mark, dumps_data).measure())
-        else:
-            state[key] = orjson.Fragment(mark)
-    return state, values
+        if kind in IMMUTABLE or kind is ValuePart or kind is orjson.Fragment:
+            state[key] = value
+            continue
+        try:
+            mark = dumps_data(value)
+        except EncodeError:
+            state[key] = value
+            continue
+        state[key] = ValuePart(mark, dumps_data).measure() if len(mark) >= apart else orjson.Fragment(mark)
+    return state
+
+
+def blob_apart(blob: bytes, apart: int) -> "bytes | BlobParts":
+    """A stored checkpoint's bytes (``export``) with its large graph state values as ``ValuePart``,
+    for a store that keeps them once; the same bytes when it holds none, or is not a plain JSON record
+    (compressed, encrypted, damaged: copied as it is).
+
+    The record is split where each value's JSON is, not encoded again: the parts join to exactly the
+    bytes given, whatever wrote them."""
+    if len(blob) < apart:
+        return blob
+    try:
+        envelope = unpack(blob)
+    except SparkCkptError:
+        return blob
+    payload = envelope.payload
+    if envelope.layers != [{"name": "json"}] or len(payload) < apart:
+        return blob
+    try:
+        state = orjson.loads(payload).get("graph_state")
+    except (orjson.JSONDecodeError, AttributeError):
+        return blob
+    if type(state) is not dict:
+        return blob
+    parts: list[Any] = [blob[: len(blob) - len(payload)]]  # the envelope's prefix, checksum included
+    at = 0
+    for value in state.values():
+        if type(value) is not str and type(value) is not dict and type(value) is not list:
+            continue
+        text = orjson.dumps(value)
+        found = payload.find(text, at) if len(text) >= apart else -1
+        if found < 0:  # (orjson writes what it read as it was: not found means not that value's JSON)
+            continue
+        if found > at:
+            parts.append(payload[at:found])
+        parts.append(ValuePart(text, dumps_data).measure())
+        at = found + len(text)
+    if len(parts) == 1:
+        return blob
+    if at < len(payload):
+        parts.append(payload[at:])
+    return BlobParts(tuple(parts))
