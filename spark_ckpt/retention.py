@@ -140,6 +140,22 @@ def prune(
     doomed, bases = _plan(backend, list(rules), graph_id, kinds=(GRAPH,), can_rebase=rebase is not None)
     if dry_run:
         return doomed
+    return carry_out(backend, doomed, bases, rebase)
+
+
+def plan_with_rebase(
+    backend: Backend, rules: Iterable[Any], graph_id: str | None = None
+) -> tuple[list[CheckpointHeader], list[CheckpointHeader]]:
+    """``(doomed, bases)``: what ``prune`` with a ``rebase`` would delete, and the kept records it would
+    make stand alone first; ``carry_out`` does exactly that later (the CLI shows the plan in between)."""
+    return _plan(backend, list(rules), graph_id, kinds=(GRAPH,), can_rebase=True)
+
+
+def carry_out(
+    backend: Backend, doomed: list[CheckpointHeader], bases: list[CheckpointHeader], rebase: Rebase | None
+) -> list[CheckpointHeader]:
+    """Make each of ``bases`` stand alone, then delete ``doomed`` but the records a base that could not
+    be made to stand alone still needs (its whole execution) or that follow it; return what was deleted."""
     for base in bases:
         keep_from = rebase(base)  # type: ignore[misc]
         if keep_from is None:  # it cannot be made to stand alone: none of that execution's records go

@@ -588,3 +588,41 @@ def test_prune_keep_plans_and_deletes_what_a_rebase_frees(tmp_path, no_env_confi
         assert {c: bytes(backend.get(c).blob) for c in kept} == stored  # nothing rewritten
     finally:
         backend.close()
+
+
+def test_prune_carries_out_the_plan_it_showed_when_the_store_changed_meanwhile(tmp_path, no_env_config, monkeypatch):
+    """Another run writes between the plan (shown, confirmed) and the deletes: the run makes the kept
+    records the plan named stand alone, so every checkpoint kept still reads back whole."""
+    import asyncio
+
+    import graphs
+    import spark_ckpt.retention as retention
+    from spark_ckpt import checkpointed
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+
+    def run_once() -> None:
+        graph = checkpointed(graphs.chain(8), config=CheckpointConfig(
+            backend=url, strategy="iteration", interval=1, retention_count=None), graph_id="chain")
+        try:
+            asyncio.run(graph.run({}))
+        finally:
+            graph.close()
+
+    run_once()
+    plan, planned = retention._plan, []
+
+    def another_run_after_the_plan(*args, **kwargs):
+        result = plan(*args, **kwargs)
+        planned.append(result)
+        if len(planned) == 1:
+            run_once()  # another worker, while the operator reads the plan
+        return result
+
+    monkeypatch.setattr(retention, "_plan", another_run_after_the_plan)
+    code, out = run("--store", url, "prune", "--keep", "4", "--yes")
+    monkeypatch.undo()
+    assert code == 0 and out.splitlines()[0].startswith("deleted 5 checkpoint(s), ")
+    code, out = run("--store", url, "verify")
+    assert code == 0, out
+    assert len(_ids(url)) == 9 + 9 - 5

@@ -34,7 +34,7 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
     checkpoint the plan it showed did not list, even if the store changed in between."""
     from ..config import CheckpointConfig
     from ..engine.records import rebase
-    from ..retention import protected_ids, prune
+    from ..retention import carry_out, plan_with_rebase, protected_ids
 
     if args.keep is None and args.max_age is None:
         raise ConfigError("prune needs --keep N and/or --max-age SECONDS (nothing would be deleted)")
@@ -44,12 +44,9 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
     codec = make_codec(args)
     try:
         protected = protected_ids(backend, args.graph)
-
-        def rebase_kept(header: Any) -> int | None:
-            return rebase(backend, codec, header)
-
-        # planned as the run goes: a kept checkpoint holding only changes is rebased, not kept with its past
-        planned = prune(backend, rules, graph_id=args.graph, dry_run=True, rebase=rebase_kept)
+        # planned as the run goes: a kept checkpoint holding only changes is made to stand alone (rebased),
+        # so the ones before it are listed; the run then carries out this very plan, whatever changed since
+        planned, bases = plan_with_rebase(backend, rules, graph_id=args.graph)
         if args.dry_run:
             return _prune_report(args, out, planned, protected, deleted=False)
         if planned and not args.yes:
@@ -62,16 +59,7 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
             if not confirm(f"delete these {len(planned)} checkpoint(s) ({_bytes(planned)})?"):
                 print("nothing deleted", file=sys.stderr)
                 return 1
-        shown = {h.checkpoint_id for h in planned}
-        cut = {h.execution_id for h in planned}
-
-        def rebase_if_shown(header: Any) -> int | None:
-            # only an execution the plan cuts is rewritten (None: that execution is left as it is)
-            return rebase_kept(header) if header.execution_id in cut else None
-
-        doomed = prune(_OnlyDeleting(backend, shown), rules, graph_id=args.graph,
-                       rebase=rebase_if_shown) if planned else []
-        doomed = [h for h in doomed if h.checkpoint_id in shown]
+        doomed = carry_out(backend, planned, bases, lambda header: rebase(backend, codec, header)) if planned else []
         # stores that can leave debris behind (the file backend's temp files of killed writers)
         tidy = getattr(backend, "cleanup", None)
         swept = tidy() if tidy is not None else 0
@@ -80,20 +68,6 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
     finally:
         backend.close()
     return _prune_report(args, out, doomed, protected, deleted=True, swept=swept)
-
-
-class _OnlyDeleting:
-    """The store, except that ``delete`` removes only the checkpoints in ``allowed`` (those shown)."""
-
-    def __init__(self, backend: Any, allowed: set[str]) -> None:
-        self._backend = backend
-        self._allowed = allowed
-
-    def delete(self, checkpoint_ids: Any) -> int:
-        return int(self._backend.delete([c for c in checkpoint_ids if c in self._allowed]))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._backend, name)
 
 
 def _by_execution(headers: list[Any]) -> list[dict[str, Any]]:
