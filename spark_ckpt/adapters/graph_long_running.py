@@ -155,7 +155,6 @@ class LongRunningDriver:
     # -- a run -------------------------------------------------------------------------------------------
     async def _execute(self, ex: Execution, ledger: MailboxLedger, task: Any, *, resumed: bool) -> Any:
         runner = self.runner
-        ex.builder.transient = ("processing",)  # read while a node's own ack runs: not state to restore
         renewer = await runner.take_up(ex, resumed=resumed)
         run = LongRun(self, ex, ledger, resumed=resumed)
         run.install()
@@ -399,6 +398,8 @@ class LongRun:
         ex = self.ex
         data = ex.builder.build(self.state_source, seq=ex.writer.next_seq, status=status, superstep=ex.superstep,
                                 journal=ex.journal, run_input=ex.run_input, skip={}, result=result)
+        for entry in data["node_states"].values():
+            entry.pop("processing", None)  # read while its own ack runs: not state to restore
         data["extras"].update(self.ledger.record_extras())
         if ex.journal.unsafe is not None:  # marked visits still running: a recovery must see them
             ex.journal.unsafe.carry_in_boundary(data)

@@ -31,7 +31,7 @@ Invariants:
   sharing it saves: it is rarely held again);
 * only nodes visited or fed since the last record (``dirty``) are read again;
 * with JSON records a journal entry is encoded once, the first time a record holds it, and kept as
-  that JSON (``_encode_entries``); so is a node entry, when the node is read.
+  that JSON (``_encode_entries``).
 
 Framework-neutral: the adapter gives the live graph state (``StateSource``), reads a node into its
 entry, and snapshots adapter nodes. No Spark import, no I/O.
@@ -84,16 +84,6 @@ def appended_json(old: Any, new: Any) -> bytes | None:
     return b"[" + new[len(old):]
 
 
-def _encoded_entry(entry: dict[str, Any]) -> Any:
-    """A node entry as its JSON (``orjson.Fragment``): encoded once when the node is read, not again
-    in every whole record that holds it. One that cannot be encoded stays as it is: the record reports
-    it with its path."""
-    try:
-        return orjson.Fragment(dumps_data(entry))
-    except EncodeError:
-        return entry
-
-
 def skip_outputs(skip: dict[str, Any]) -> dict[str, Any]:
     """The outputs ``skip_node`` requests were given (the rest pass their input through)."""
     return {key: output for key, output in skip.items() if output is not None}
@@ -125,12 +115,8 @@ class RecordBuilder:
         self.parts: dict[str, ValuePart] = {}
         #: graph state as last stored, per key (see ``_mark``); None: the next record is whole
         self.marks: dict[str, Any] | None = None
-        #: node entries as of the last record (with JSON records, as their JSON); only nodes in
-        #: ``dirty`` are read again (None: all)
+        #: node entries as of the last record; only nodes in ``dirty`` are read again (None: all)
         self.node_states: dict[str, Any] = {}
-        #: keys left out of every node entry (long-running graphs: "processing", read while a node's
-        #: own ack runs, is not state to restore)
-        self.transient: tuple[str, ...] = ()
         self.dirty: set[str] | None = None
         #: nodes whose entry has pending inputs (the record's ``current_node``)
         self.waiting: set[str] = set()
@@ -157,16 +143,13 @@ class RecordBuilder:
         """
         node_states = self.node_states  # updated in place (encoded right away: sharing is safe)
         dirty, self.dirty = self.dirty, set()
-        waiting, readers, transient, json_records = self.waiting, self.readers, self.transient, self.json_records
+        waiting, readers = self.waiting, self.readers
         for key in self.node_order if dirty is None else dirty:
-            entry = readers[key]()
-            for name in transient:
-                entry.pop(name, None)
+            entry = node_states[key] = readers[key]()
             if "pending_inputs" in entry:
                 waiting.add(key)
             else:
                 waiting.discard(key)
-            node_states[key] = _encoded_entry(entry) if json_records else entry
         whole, periodic = self._whole_record(status, bool(journal.replay))
         node_extras = self._extras_fields(dirty, whole) if self.adapter_keys else {}
         if self.json_records:
