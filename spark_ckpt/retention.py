@@ -87,7 +87,7 @@ def _plan(
     kinds = frozenset(kinds)
     # listed before the protected set is read: an execution started in between is in neither
     headers = [h for h in backend.list(graph_id=graph_id) if h.kind in kinds]
-    protected = protected_ids(backend, graph_id)
+    protected = protected_ids(backend, graph_id) | _unfinished_when_listed(headers)
     by_graph: dict[str, list[CheckpointHeader]] = {}
     for h in headers:
         by_graph.setdefault(h.graph_id, []).append(h)
@@ -98,6 +98,17 @@ def _plan(
                 doomed[h.checkpoint_id] = h
     bases = _keep_what_kept_records_need(headers, doomed, can_rebase) if GRAPH in kinds else []
     return [h for h in headers if h.checkpoint_id in doomed], bases
+
+
+def _unfinished_when_listed(headers: list[CheckpointHeader]) -> set[str]:
+    """The listed records of each execution whose newest listed record is unfinished: one that finished
+    after the listing (before the protected set was read) is judged by records that miss its end, so it
+    stays as a running one would. A finished execution never changes again."""
+    newest: dict[str, CheckpointHeader] = {}
+    for h in headers:
+        if h.execution_id not in newest or h.seq > newest[h.execution_id].seq:
+            newest[h.execution_id] = h
+    return {h.checkpoint_id for h in headers if newest[h.execution_id].unfinished}
 
 
 def _keep_what_kept_records_need(
@@ -152,16 +163,22 @@ def plan_with_rebase(
 
 
 def carry_out(
-    backend: Backend, doomed: list[CheckpointHeader], bases: list[CheckpointHeader], rebase: Rebase | None
+    backend: Backend, doomed: list[CheckpointHeader], bases: list[CheckpointHeader], rebase: Rebase | None,
+    *, still_stored: bool = False,
 ) -> list[CheckpointHeader]:
     """Make each of ``bases`` stand alone, then delete ``doomed`` but the records a base that could not
-    be made to stand alone still needs (its whole execution) or that follow it; return what was deleted."""
+    be made to stand alone still needs (its whole execution) or that follow it; return what was deleted.
+    ``still_stored``: a plan made a while ago (shown, confirmed): what went meanwhile is not reported."""
     for base in bases:
         keep_from = rebase(base)  # type: ignore[misc]
         if keep_from is None:  # it cannot be made to stand alone: none of that execution's records go
             doomed = [h for h in doomed if h.execution_id != base.execution_id]
         else:
             doomed = [h for h in doomed if not (h.execution_id == base.execution_id and h.seq >= keep_from)]
+    if still_stored and doomed:
+        stored = {h.checkpoint_id for execution in dict.fromkeys(h.execution_id for h in doomed)
+                  for h in backend.list(execution_id=execution)}
+        doomed = [h for h in doomed if h.checkpoint_id in stored]
     if doomed:
         backend.delete([h.checkpoint_id for h in doomed])
     return doomed

@@ -626,3 +626,75 @@ def test_prune_carries_out_the_plan_it_showed_when_the_store_changed_meanwhile(t
     code, out = run("--store", url, "verify")
     assert code == 0, out
     assert len(_ids(url)) == 9 + 9 - 5
+
+
+def _chain_runs(url: str, runs: int) -> None:
+    import asyncio
+
+    import graphs
+    from spark_ckpt import checkpointed
+
+    for _ in range(runs):
+        graph = checkpointed(graphs.chain(6), config=CheckpointConfig(
+            backend=url, strategy="iteration", interval=1, retention_count=None), graph_id="chain")
+        try:
+            asyncio.run(graph.run({}))
+        finally:
+            graph.close()
+
+
+def test_an_execution_listed_unfinished_is_kept_whole_though_it_finished_since(tmp_path, no_env_config):
+    """The listing a plan is made from shows an execution still running; it finished before the
+    protected set was read. Judged by records that miss its end, it is kept as a running one, not
+    cut where its newest records would need the ones deleted."""
+    from spark_ckpt.engine.records import rebase
+    from spark_ckpt.retention import prune
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    _chain_runs(url, 2)
+    backend = open_backend(url)
+    try:
+        first, second = sorted({h.execution_id for h in backend.list()},
+                               key=lambda e: min(h.created_at for h in backend.list(execution_id=e)))
+        end = max(h.seq for h in backend.list(execution_id=first))
+
+        class ListedWhileRunning:
+            """The store as listed before ``first`` wrote its last two records."""
+
+            def list(self, **kwargs):
+                return [h for h in backend.list(**kwargs) if not (h.execution_id == first and h.seq > end - 2)]
+
+            def __getattr__(self, name):
+                return getattr(backend, name)
+
+        codec = CheckpointConfig().make_codec()
+        keep = len(backend.list(execution_id=second))
+        rules = CheckpointConfig(retention_count=keep).make_retention_rules()
+        deleted = prune(ListedWhileRunning(), rules, graph_id="chain", rebase=lambda h: rebase(backend, codec, h))
+        assert [h for h in deleted if h.execution_id == first] == []
+    finally:
+        backend.close()
+    code, out = run("--store", url, "verify")
+    assert code == 0, out
+
+
+def test_prune_reports_only_what_it_deleted_when_another_prune_ran_meanwhile(tmp_path, no_env_config, monkeypatch):
+    import spark_ckpt.retention as retention
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    _chain_runs(url, 2)
+    plan = retention._plan
+
+    def deleted_meanwhile(*args, **kwargs):
+        doomed, bases = plan(*args, **kwargs)
+        backend = open_backend(url)
+        try:
+            backend.delete([h.checkpoint_id for h in doomed])  # another operator's prune, just before ours
+        finally:
+            backend.close()
+        return doomed, bases
+
+    monkeypatch.setattr(retention, "_plan", deleted_meanwhile)
+    code, out = run("--store", url, "prune", "--keep", "1", "--yes", "--json")
+    monkeypatch.undo()
+    assert code == 0 and json.loads(out)["checkpoints"] == 0

@@ -59,7 +59,8 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
             if not confirm(f"delete these {len(planned)} checkpoint(s) ({_bytes(planned)})?"):
                 print("nothing deleted", file=sys.stderr)
                 return 1
-        doomed = carry_out(backend, planned, bases, lambda header: rebase(backend, codec, header)) if planned else []
+        doomed = carry_out(backend, planned, bases, lambda header: rebase(backend, codec, header),
+                           still_stored=True) if planned else []
         # stores that can leave debris behind (the file backend's temp files of killed writers)
         tidy = getattr(backend, "cleanup", None)
         swept = tidy() if tidy is not None else 0
