@@ -590,33 +590,36 @@ def test_prune_keep_plans_and_deletes_what_a_rebase_frees(tmp_path, no_env_confi
         backend.close()
 
 
-def test_prune_carries_out_the_plan_it_showed_when_the_store_changed_meanwhile(tmp_path, no_env_config, monkeypatch):
-    """Another run writes between the plan (shown, confirmed) and the deletes: the run makes the kept
-    records the plan named stand alone, so every checkpoint kept still reads back whole."""
+def _chain_runs(url: str, runs: int, nodes: int = 6) -> None:
+    """``runs`` runs of a chain of ``nodes`` into ``url`` (graph "chain"), no retention."""
     import asyncio
 
     import graphs
-    import spark_ckpt.retention as retention
     from spark_ckpt import checkpointed
 
-    url = f"sqlite:///{tmp_path / 'store.db'}"
-
-    def run_once() -> None:
-        graph = checkpointed(graphs.chain(8), config=CheckpointConfig(
+    for _ in range(runs):
+        graph = checkpointed(graphs.chain(nodes), config=CheckpointConfig(
             backend=url, strategy="iteration", interval=1, retention_count=None), graph_id="chain")
         try:
             asyncio.run(graph.run({}))
         finally:
             graph.close()
 
-    run_once()
+
+def test_prune_carries_out_the_plan_it_showed_when_the_store_changed_meanwhile(tmp_path, no_env_config, monkeypatch):
+    """Another run writes between the plan (shown, confirmed) and the deletes: the run makes the kept
+    records the plan named stand alone, so every checkpoint kept still reads back whole."""
+    import spark_ckpt.retention as retention
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    _chain_runs(url, 1, nodes=8)
     plan, planned = retention._plan, []
 
     def another_run_after_the_plan(*args, **kwargs):
         result = plan(*args, **kwargs)
         planned.append(result)
         if len(planned) == 1:
-            run_once()  # another worker, while the operator reads the plan
+            _chain_runs(url, 1, nodes=8)  # another worker, while the operator reads the plan
         return result
 
     monkeypatch.setattr(retention, "_plan", another_run_after_the_plan)
@@ -626,21 +629,6 @@ def test_prune_carries_out_the_plan_it_showed_when_the_store_changed_meanwhile(t
     code, out = run("--store", url, "verify")
     assert code == 0, out
     assert len(_ids(url)) == 9 + 9 - 5
-
-
-def _chain_runs(url: str, runs: int) -> None:
-    import asyncio
-
-    import graphs
-    from spark_ckpt import checkpointed
-
-    for _ in range(runs):
-        graph = checkpointed(graphs.chain(6), config=CheckpointConfig(
-            backend=url, strategy="iteration", interval=1, retention_count=None), graph_id="chain")
-        try:
-            asyncio.run(graph.run({}))
-        finally:
-            graph.close()
 
 
 def test_an_execution_listed_unfinished_is_kept_whole_though_it_finished_since(tmp_path, no_env_config):
